@@ -1,0 +1,40 @@
+#!/bin/bash
+# Install what building and testing need on a fresh Debian-like machine (idempotent).
+#   scripts/bootstrap.sh          the package in .venv, plus squashfs-tools
+#   scripts/bootstrap.sh --test   also the test tools: debootstrap, systemd-nspawn, udev,
+#                                 lighttpd, gcc, nix-bin and the Python test extras
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_test=${1:-}
+
+need_pkgs=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have mksquashfs || need_pkgs+=(squashfs-tools)
+if [[ $want_test == --test ]]; then
+  have debootstrap || need_pkgs+=(debootstrap)
+  have systemd-nspawn || need_pkgs+=(systemd-container)
+  [[ -x /lib/systemd/systemd-udevd ]] || need_pkgs+=(udev)
+  have lighttpd || [[ -x /usr/sbin/lighttpd ]] || need_pkgs+=(lighttpd)
+  have gcc || need_pkgs+=(gcc libc6-dev)
+  have nix-store || need_pkgs+=(nix-bin)
+  have unshare || need_pkgs+=(util-linux)
+fi
+if ((${#need_pkgs[@]})); then
+  if [[ $(id -u) != 0 ]]; then
+    echo "bootstrap: need root to install: ${need_pkgs[*]} (sudo apt-get install ${need_pkgs[*]})" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  # installing a server package must not start it on the build machine
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv
+fi
+extras=""
+[[ $want_test == --test ]] && extras="[test]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".${extras}"

@@ -1,0 +1,32 @@
+"""The Python API: ``build(pname=..., version=..., units=[...])`` returns the image's path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from portable_service.build import build_image
+from portable_service.progress import QUIET, Reporter
+from portable_service.spec import Spec, spec_from_mapping
+
+
+def build(
+    spec: Spec | None = None,
+    *,
+    output_dir: str | Path = "result",
+    base_dir: str | Path | None = None,
+    quiet: bool = True,
+    **settings: Any,
+) -> Path:
+    """Build an image and return its path.
+
+    Either pass a :class:`Spec`, or the spec's keys as keyword arguments in
+    snake_case (``pname``, ``version``, ``units``, ``squash_compression``, ...).
+    Relative paths in them are relative to ``base_dir`` (default: the working
+    directory).
+    """
+    if spec is None:
+        spec = spec_from_mapping(settings, Path(base_dir or Path.cwd()).resolve())
+    elif settings:
+        raise TypeError("pass either a Spec or keyword settings, not both")
+    return build_image(spec, Path(output_dir), Reporter(quiet=quiet) if not quiet else QUIET)

@@ -1,0 +1,105 @@
+"""The build: spec -> units -> closure -> image tree -> writer -> image, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from portable_service import closure as closure_mod
+from portable_service import image, units as units_mod
+from portable_service.closure import Closure
+from portable_service.errors import PortableServiceError, SpecError
+from portable_service.progress import QUIET, Reporter
+from portable_service.spec import Spec
+from portable_service.tree import ImageTree
+from portable_service.writers import Writer, select_writer
+from portable_service.writers.options import PackOptions, parse_block_size, parse_compression
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before a byte is written."""
+
+    spec: Spec
+    units: list[units_mod.Unit]
+    closure: Closure
+    tree: ImageTree
+    writer: Writer
+    options: PackOptions
+
+
+def source_date_epoch() -> int:
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SpecError(f"SOURCE_DATE_EPOCH={raw!r} is not a whole number of seconds",
+                        "unset it or set it to e.g. 0") from None
+    if not 0 <= value < 2**32:
+        raise SpecError(f"SOURCE_DATE_EPOCH={raw} is out of range", "use 0 to 4294967295")
+    return value
+
+
+def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
+    """Check everything and lay out the image tree; nothing is written."""
+    with reporter.step(f"reading {len(spec.units)} unit source(s)"):
+        units = units_mod.load_units(spec)
+    with reporter.step("resolving the closure"):
+        closure = closure_mod.resolve(spec, units)
+    for warning in closure.warnings:
+        reporter.warn(warning)
+    with reporter.step("laying out the image tree"):
+        tree = image.assemble(spec, units, closure)
+    options = PackOptions(
+        compression=parse_compression(spec.squash_compression),
+        block_size=parse_block_size(spec.squash_block_size),
+        mtime=source_date_epoch(),
+    )
+    writer = select_writer(spec)
+    return Plan(spec, units, closure, tree, writer, options)
+
+
+def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET) -> Path:
+    """Build ``output_dir/<pname>_<version>.raw``; on any failure the old image stays as it was."""
+    p = plan(spec, reporter)
+    out = output_dir / spec.image_name
+    _prepare_dir(output_dir)
+    with reporter.step(f"writing {out} with {p.writer.name} ({len(p.tree)} entries)"):
+        write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, reporter))
+    return out
+
+
+def _prepare_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PortableServiceError(f"cannot create output folder {output_dir}: {e.strerror}",
+                                   "choose another with -o") from None
+    if not os.access(output_dir, os.W_OK):
+        raise PortableServiceError(f"output folder {output_dir} is not writable",
+                                   "choose another with -o")
+
+
+def write_atomically(out: Path, write: Callable[[Path], None]) -> None:
+    """Write to a temporary file beside ``out``, then rename it over ``out``."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+        dir_fd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

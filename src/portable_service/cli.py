@@ -1,0 +1,128 @@
+"""The command line. This is the one place where errors become a line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from portable_service.errors import PortableServiceError
+from portable_service.progress import Reporter
+from portable_service.spec import SETTINGS, load_spec, spec_from_flags
+
+PROG = "portable-service"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("spec settings (override the spec file)")
+    for s in SETTINGS:
+        kwargs: dict[str, Any] = {"dest": f"spec_{s.attr}", "help": s.help, "default": None}
+        if s.is_bool:
+            kwargs["action"] = "store_const"
+            kwargs["const"] = True
+        else:
+            kwargs["metavar"] = s.metavar or s.key.upper().replace("-", "_")
+            if s.repeatable:
+                kwargs["action"] = "append"
+        names = [s.flag] + [f"--{a}" for a in s.aliases]
+        group.add_argument(*names, **kwargs)
+
+
+def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        s.key: getattr(args, f"spec_{s.attr}")
+        for s in SETTINGS
+        if getattr(args, f"spec_{s.attr}", None) is not None
+    }
+
+
+def load_spec_from_args(args: argparse.Namespace) -> Any:
+    """The spec file (if any) with the flags on top; no file is needed when flags say it all."""
+    overrides = spec_overrides(args)
+    if args.spec is not None:
+        return load_spec(Path(args.spec), overrides)
+    default = Path("portable.toml")
+    if default.exists():
+        return load_spec(default, overrides)
+    return spec_from_flags(overrides)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from portable_service.build import build_image
+
+    reporter = Reporter(quiet=args.quiet)
+    spec = load_spec_from_args(args)
+    out = build_image(spec, Path(args.output), reporter)
+    print(out)
+    return 0
+
+
+def _build_parser(sub: Any) -> None:
+    p = sub.add_parser("build", help="build result/<pname>_<version>.raw from a spec",
+                       description="Build a portable service image.")
+    p.add_argument("spec", nargs="?", help="spec file, or a folder with portable.toml "
+                   "(default: ./portable.toml)")
+    p.add_argument("-o", "--output", default="result", metavar="DIR",
+                   help="output folder (default: ./result)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image path")
+    _add_spec_flags(p)
+    p.set_defaults(func=cmd_build)
+
+
+# Each verb registers itself here: (name -> function adding its parser).
+VERBS: list[Callable[[Any], None]] = [_build_parser]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Build and check systemd portable service images.")
+    parser.add_argument("--debug", action="store_true", help="log external commands; "
+                        "show tracebacks")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    sub.required = True
+    for register in VERBS:
+        register(sub)
+    return parser
+
+
+def _version() -> str:
+    from portable_service import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except PortableServiceError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if args.debug:
+            traceback.print_exc()
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"{PROG}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The image tree of a build: the portable scaffold, the units, the symlinks and the closure."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+from portable_service.closure import Closure, Node
+from portable_service.errors import ClosureError, TreeError
+from portable_service.spec import Spec
+from portable_service.tree import ImageTree, Kind
+from portable_service.units import Unit, mount_points
+
+P = PurePosixPath
+SCAFFOLD_DIRS = (
+    "/etc/systemd/system", "/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp",
+    "/var/lib", "/var/cache", "/var/log",
+)
+SCAFFOLD_FILES = ("/etc/machine-id", "/etc/resolv.conf", "/etc/os-release")
+STICKY_TMP = ("/tmp", "/var/tmp")
+# xattrs that belong to the file rather than to the host's security policy
+KEPT_XATTRS = ("security.capability",)
+
+
+def host_os_release(path: Path = Path("/etc/os-release")) -> dict[str, str]:
+    for candidate in (path, Path("/usr/lib/os-release")):
+        try:
+            return parse_os_release(candidate.read_text(encoding="utf-8"))
+        except OSError:
+            continue
+    return {}
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    """os-release(5): KEY=VALUE lines, values optionally quoted with shell escapes."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            quote, value = value[0], value[1:-1]
+            if quote == '"':
+                value = _unescape(value)
+        out[key.strip()] = value
+    return out
+
+
+def _unescape(value: str) -> str:
+    out, i = [], 0
+    while i < len(value):
+        if value[i] == "\\" and i + 1 < len(value) and value[i + 1] in '"\\$`':
+            i += 1
+        out.append(value[i])
+        i += 1
+    return "".join(out)
+
+
+def quote_os_release(value: str) -> str:
+    if value and all(c.isalnum() or c in "._-" for c in value):
+        return value
+    escaped = "".join("\\" + c if c in '"\\$`' else c for c in value)
+    return f'"{escaped}"'
+
+
+def os_release_fields(spec: Spec, host: dict[str, str] | None = None) -> dict[str, str]:
+    host = host_os_release() if host is None else host
+    fields: dict[str, str] = {}
+    fields["ID"] = host.get("ID", "linux")
+    if host.get("VERSION_ID"):
+        fields["VERSION_ID"] = host["VERSION_ID"]
+    fields["PORTABLE_ID"] = spec.pname
+    if spec.description:
+        fields["PORTABLE_PRETTY_NAME"] = spec.description
+    if spec.homepage:
+        fields["HOME_URL"] = spec.homepage
+    fields["IMAGE_ID"] = spec.pname
+    fields["IMAGE_VERSION"] = spec.version
+    fields["PORTABLE_PREFIXES"] = spec.pname
+    fields.update(dict(spec.os_release))
+    return fields
+
+
+def render_os_release(fields: dict[str, str]) -> bytes:
+    for key, value in fields.items():
+        if "\n" in value:
+            raise TreeError(f"os-release field {key} contains a line break", "use one line")
+    return "".join(f"{k}={quote_os_release(v)}\n" for k, v in fields.items()).encode()
+
+
+def scaffold(tree: ImageTree, spec: Spec) -> None:
+    for d in SCAFFOLD_DIRS:
+        tree.add_dir(P(d), 0o1777 if d in STICKY_TMP else 0o755, origin="scaffold")
+    tree.add_file(P("/etc/machine-id"), data=b"", origin="scaffold")
+    tree.add_file(P("/etc/resolv.conf"), data=b"", origin="scaffold")
+    fields = os_release_fields(spec)
+    if not fields.get("ID"):
+        raise TreeError("os-release ID is empty: portabled refuses such an image",
+                        "set os-release.ID to a distribution id, e.g. debian")
+    tree.add_file(P("/etc/os-release"), data=render_os_release(fields), origin="scaffold")
+
+
+def is_scaffold_path(path: PurePosixPath) -> bool:
+    return str(path) in SCAFFOLD_FILES or path == P("/etc/systemd/system") or any(
+        path == P(d) or P(d) in path.parents for d in ("/proc", "/sys", "/dev")
+    )
+
+
+def check_placement(path: PurePosixPath, what: str) -> None:
+    if is_scaffold_path(path):
+        raise TreeError(f"{what} {path} would replace the image's own {path}",
+                        "portabled needs that path as it is: choose another target")
+
+
+def add_units(tree: ImageTree, units: list[Unit]) -> None:
+    for unit in units:
+        tree.add_file(unit.image_path, data=unit.text.encode(), origin=f"unit {unit.origin}")
+
+
+def add_symlinks(tree: ImageTree, spec: Spec) -> None:
+    for link in spec.symlinks:
+        check_placement(link.symlink, "symlink")
+        target = os.path.abspath(link.object)
+        path = mirror_host_parents(tree, link.symlink, f"symlink {link.symlink}")
+        existing = tree.get(path)
+        if existing is not None and not (existing.kind is Kind.SYMLINK and existing.target == target):
+            raise TreeError(
+                f"symlink {link.symlink} conflicts with {existing.origin or 'the scaffold'}",
+                "give each image path to one entry only",
+            )
+        tree.add_symlink(path, target, origin=f"symlink {link.symlink}")
+
+
+def add_mount_points(tree: ImageTree, units: list[Unit]) -> None:
+    """Create what systemd mounts over: a read-only image cannot grow them at start."""
+    for unit in units:
+        for mp in mount_points(unit):
+            if tree.resolve(mp.path) is not None:
+                continue
+            parent = tree.resolve(mp.path.parent)
+            path = (parent or mp.path.parent) / mp.path.name
+            origin = f"mount point for {mp.directive}"
+            try:
+                if mp.is_file:
+                    tree.add_file(path, data=b"", origin=origin)
+                else:
+                    tree.add_dir(path, origin=origin)
+            except TreeError:
+                continue  # a parent is a link or file: systemd follows it, nothing to create
+
+
+def place(tree: ImageTree, node: Node) -> None:
+    """Put one closure node into the tree with its host metadata."""
+    image = mirror_host_parents(tree, node.image, node.reason)
+    check_placement(image, node.reason)
+    try:
+        st = os.lstat(node.host)
+    except OSError as e:
+        raise ClosureError(f"cannot read {node.host}: {e.strerror}",
+                           "fix its permissions or exclude it") from None
+    mode = stat.S_IMODE(st.st_mode)
+    origin = node.reason if node.parent is None else f"{node.reason} (from {node.parent})"
+    if stat.S_ISLNK(st.st_mode):
+        tree.add_symlink(image, os.readlink(node.host), origin=origin)
+    elif stat.S_ISDIR(st.st_mode):
+        tree.add_dir(image, mode, origin=origin)
+    elif stat.S_ISREG(st.st_mode):
+        if not os.access(node.host, os.R_OK):
+            raise ClosureError(f"cannot read {node.host}: permission denied",
+                               "run the build with rights to read it, or exclude it")
+        tree.add_file(image, source=node.host, mode=mode, xattrs=_xattrs(node.host), origin=origin)
+    else:
+        raise ClosureError(
+            f"{node.host} is a device, fifo or socket: a portable image has no use for it",
+            "leave it out of contents (or add it to exclude)",
+        )
+
+
+def mirror_host_parents(tree: ImageTree, path: PurePosixPath, why: str) -> PurePosixPath:
+    """Where ``path`` lands when the host's folder symlinks above it are kept as links.
+
+    On merged-/usr hosts /bin, /lib, /lib64 and /sbin are links into /usr; the
+    image gets the same links, so every absolute path that works on the host
+    works in the image, whichever spelling pulled a file in.
+    """
+    real = P("/")
+    for part in path.parent.parts[1:]:
+        candidate = Path(real / part)
+        hops = 0
+        while candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise ClosureError(f"symlink loop at {candidate}", "fix the host's symlinks")
+            target = os.readlink(candidate)
+            tree.add_symlink(P(candidate), target, origin=f"host folder link (for {why})")
+            candidate = Path(os.path.normpath(candidate.parent / target))
+        real = P(candidate)
+    return real / path.name
+
+
+def _xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
+    out = []
+    for name in KEPT_XATTRS:
+        try:
+            out.append((name, os.getxattr(path, name, follow_symlinks=False)))
+        except OSError:
+            continue
+    return tuple(out)
+
+
+def assemble(spec: Spec, units: list[Unit], closure: Closure) -> ImageTree:
+    tree = ImageTree()
+    scaffold(tree, spec)
+    add_units(tree, units)
+    add_symlinks(tree, spec)
+    for node in closure:
+        place(tree, node)
+    add_mount_points(tree, units)
+    return tree

@@ -1,0 +1,93 @@
+"""The one seam through which external tools are found and run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from portable_service.errors import ToolError
+
+log = logging.getLogger("portable_service")
+
+# Where a tool is most likely to come from on Debian-like hosts; used in hints.
+PACKAGE_OF = {
+    "mksquashfs": "squashfs-tools",
+    "unsquashfs": "squashfs-tools",
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "nix-store": "nix-bin",
+}
+
+
+def find_tool(name: str, explicit: str | Path | None = None, *, reason: str = "") -> Path:
+    """Return the tool's path, or raise one sentence saying how to get it.
+
+    ``explicit`` is a path the user named: a file, or a folder (a package
+    prefix like Nix's ``squashfsTools``) holding ``bin/NAME`` or ``NAME``.
+    """
+    why = f" (needed {reason})" if reason else ""
+    if explicit is not None:
+        p = Path(explicit)
+        for candidate in (p, p / "bin" / name, p / name):
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return candidate
+        raise ToolError(
+            f"{name} not found at {p}{why}",
+            f"give the path of an executable {name} or of a folder with bin/{name}",
+        )
+    found = shutil.which(name)
+    if found is None:
+        pkg = PACKAGE_OF.get(name, name)
+        raise ToolError(f"{name} not found in PATH{why}", f"install it: apt-get install {pkg}")
+    return Path(found)
+
+
+def run(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: IO[bytes] | int | None = subprocess.DEVNULL,
+    input: bytes | None = None,
+    check: bool = True,
+    capture: bool = True,
+    timeout: float | None = None,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command with a clean, fixed locale; a failure becomes a ToolError with its stderr."""
+    argv = [os.fspath(c) for c in cmd]
+    log.debug("+ %s", shlex.join(argv))
+    full_env = {**os.environ, "LC_ALL": "C.UTF-8", **(env or {})}
+    try:
+        proc = subprocess.run(
+            argv,
+            env=full_env,
+            stdin=None if input is not None else stdin,
+            input=input,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            timeout=timeout,
+            check=False,
+            **kwargs,
+        )
+    except FileNotFoundError as e:
+        raise ToolError(f"{argv[0]} not found", "install it or fix the path") from e
+    except subprocess.TimeoutExpired as e:
+        raise ToolError(f"{Path(argv[0]).name} did not finish within {timeout:.0f} s") from e
+    if check and proc.returncode != 0:
+        raise ToolError(f"{Path(argv[0]).name} failed (exit {proc.returncode}): {tool_message(proc)}")
+    return proc
+
+
+def tool_message(proc: subprocess.CompletedProcess[bytes]) -> str:
+    """The tool's own error text, squeezed onto one line."""
+    text = (proc.stderr or b"") + b"\n" + (proc.stdout or b"")
+    lines = [ln.strip() for ln in text.decode(errors="replace").splitlines()]
+    # progress bars and blank lines say nothing about the failure
+    lines = [ln for ln in lines if ln and not ln.startswith("[")]
+    return " / ".join(lines[-3:]) if lines else "no message"

@@ -1,0 +1,426 @@
+"""The spec: one settings table drives the TOML file, the CLI flags, the API and the docs.
+
+A spec comes from a TOML file (``portable.toml``), from flags, or from code;
+all three pass through :data:`SETTINGS`, so names, defaults and checks are
+defined once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from portable_service.errors import SpecError
+
+DEFAULT_COMPRESSION = "xz -Xdict-size 100%"
+DEFAULT_BLOCK_SIZE = "1M"
+WRITERS = ("auto", "mksquashfs", "native")
+
+
+@dataclass(frozen=True)
+class UnitSource:
+    """A unit given as a file (``path``) or inline (``text``); ``name`` is its file name.
+
+    A folder ``NAME.d`` given as a unit is a drop-in folder: its ``*.conf`` files
+    are shipped as ``etc/systemd/system/NAME.d/``.
+    """
+
+    name: str
+    path: Path | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Symlink:
+    symlink: PurePosixPath
+    object: Path
+
+
+@dataclass(frozen=True)
+class Content:
+    """A host path to ship: at ``target`` in the image (the same path unless moved)."""
+
+    source: Path
+    target: PurePosixPath
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything a build needs. Construct it with :func:`spec_from_mapping` or directly."""
+
+    pname: str
+    version: str
+    units: tuple[UnitSource, ...]
+    description: str | None = None
+    homepage: str | None = None
+    symlinks: tuple[Symlink, ...] = ()
+    contents: tuple[Content, ...] = ()
+    squashfs_tools: Path | None = None
+    squash_compression: str = DEFAULT_COMPRESSION
+    squash_block_size: str = DEFAULT_BLOCK_SIZE
+    os_release: tuple[tuple[str, str], ...] = ()
+    writer: str = "auto"
+    packages: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    allow_missing: bool = False
+
+    @property
+    def image_name(self) -> str:
+        return f"{self.pname}_{self.version}.raw"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view, keyed like the TOML spec."""
+        out: dict[str, Any] = {}
+        for s in SETTINGS:
+            value = getattr(self, s.attr)
+            out[s.key] = _jsonable(value)
+        return out
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items() if v is not None}
+    if isinstance(value, tuple | list):
+        if value and isinstance(value[0], tuple) and len(value[0]) == 2 and isinstance(value[0][0], str):
+            return {k: v for k, v in value}
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path | PurePosixPath):
+        return str(value)
+    return value
+
+
+# -- parsers: (raw value, folder relative paths are resolved against, key) -> value
+
+
+def _str(value: Any, base: Path, key: str) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"{key} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _opt_str(value: Any, base: Path, key: str) -> str | None:
+    return None if value is None else _str(value, base, key)
+
+
+def _bool(value: Any, base: Path, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise SpecError(f"{key} must be true or false, not {value!r}")
+
+
+def _str_list(value: Any, base: Path, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise SpecError(f"{key} must be a list of strings")
+    return tuple(value)
+
+
+def _host_path(value: Any, base: Path, key: str) -> Path:
+    if not isinstance(value, str | Path) or not str(value):
+        raise SpecError(f"{key} must be a non-empty path")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _opt_host_path(value: Any, base: Path, key: str) -> Path | None:
+    return None if value is None else _host_path(value, base, key)
+
+
+def image_path(value: Any, key: str) -> PurePosixPath:
+    """An absolute, normalised path inside the image; ``..`` is refused, not resolved."""
+    if not isinstance(value, str | PurePosixPath) or not str(value):
+        raise SpecError(f"{key} must be a non-empty absolute path")
+    text = str(value)
+    if not text.startswith("/"):
+        raise SpecError(f"{key} {text!r} is not absolute", f"write it as '/{text}'")
+    if ".." in text.split("/"):
+        raise SpecError(f"{key} {text!r} contains '..'", "name the path without '..'")
+    p = PurePosixPath(text)
+    if p == PurePosixPath("/"):
+        raise SpecError(f"{key} cannot be the image root '/'", "name a path below '/'")
+    return p
+
+
+def _units(value: Any, base: Path, key: str) -> tuple[UnitSource, ...]:
+    if isinstance(value, str | Path | Mapping | UnitSource):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise SpecError(f"{key} must be a list of unit files or {{ name, text }} tables")
+    out = []
+    for item in value:
+        if isinstance(item, UnitSource):
+            out.append(item)
+        elif isinstance(item, str | Path):
+            path = _host_path(item, base, key)
+            out.append(UnitSource(name=path.name, path=path))
+        elif isinstance(item, Mapping):
+            _check_keys(item, {"name", "text"}, f"{key} entry")
+            name, text = item.get("name"), item.get("text")
+            if not isinstance(name, str) or not isinstance(text, str):
+                raise SpecError(f"an inline unit needs 'name' and 'text' strings, got {dict(item)!r}")
+            out.append(UnitSource(name=name, text=text))
+        else:
+            raise SpecError(f"{key} entry {item!r} is neither a path nor a {{ name, text }} table")
+    return tuple(out)
+
+
+def _symlinks(value: Any, base: Path, key: str) -> tuple[Symlink, ...]:
+    if isinstance(value, Mapping | Symlink):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise SpecError(f"{key} must be a list of {{ object, symlink }} tables")
+    out = []
+    for item in value:
+        if isinstance(item, Symlink):
+            out.append(item)
+            continue
+        if isinstance(item, str) and "=" in item:  # LINK=OBJECT, as the flag takes it
+            link, obj = item.split("=", 1)
+            item = {"symlink": link, "object": obj}
+        if not isinstance(item, Mapping):
+            raise SpecError(f"{key} entry {item!r} must be {{ object = ..., symlink = ... }}")
+        _check_keys(item, {"object", "symlink"}, f"{key} entry")
+        if "object" not in item or "symlink" not in item:
+            raise SpecError(f"{key} entry {dict(item)!r} needs both 'object' and 'symlink'")
+        out.append(
+            Symlink(
+                symlink=image_path(item["symlink"], "symlink"),
+                object=_host_path(item["object"], base, "symlink object"),
+            )
+        )
+    return tuple(out)
+
+
+def _contents(value: Any, base: Path, key: str) -> tuple[Content, ...]:
+    if isinstance(value, str | Path | Mapping | Content):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise SpecError(f"{key} must be a list of paths or {{ source, target }} tables")
+    out = []
+    for item in value:
+        if isinstance(item, Content):
+            out.append(item)
+            continue
+        if isinstance(item, str) and "=" in item:  # SOURCE=TARGET, as the flag takes it
+            src, target = item.split("=", 1)
+            item = {"source": src, "target": target}
+        if isinstance(item, str | Path):
+            text = str(item)
+            if not text.startswith("/"):
+                raise SpecError(
+                    f"content {text!r} is not an absolute host path",
+                    f"use {{ source = {text!r}, target = '/...' }} to place a relative path",
+                )
+            out.append(Content(source=Path(text), target=image_path(text, "content")))
+        elif isinstance(item, Mapping):
+            _check_keys(item, {"source", "target"}, f"{key} entry")
+            if "source" not in item:
+                raise SpecError(f"{key} entry {dict(item)!r} needs 'source'")
+            src = _host_path(item["source"], base, "content source")
+            target = item.get("target", str(src))
+            out.append(Content(source=src, target=image_path(target, "content target")))
+        else:
+            raise SpecError(f"{key} entry {item!r} is neither a path nor a {{ source, target }} table")
+    return tuple(out)
+
+
+_OS_RELEASE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+def _os_release(value: Any, base: Path, key: str) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, list | tuple):  # KEY=VALUE strings, as the flag takes them
+        pairs = {}
+        for item in value:
+            if isinstance(item, tuple) and len(item) == 2:
+                pairs[item[0]] = item[1]
+            elif isinstance(item, str) and "=" in item:
+                k, v = item.split("=", 1)
+                pairs[k] = v
+            else:
+                raise SpecError(f"{key} entry {item!r} must be KEY=VALUE")
+        value = pairs
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{key} must be a table of os-release fields, e.g. {{ ID = \"debian\" }}")
+    out = []
+    for k, v in value.items():
+        if not isinstance(k, str) or not _OS_RELEASE_KEY.match(k):
+            raise SpecError(f"os-release field name {k!r} is invalid", "use upper case, digits and _")
+        if not isinstance(v, str | int | float):
+            raise SpecError(f"os-release field {k} must be a string")
+        out.append((k, str(v)))
+    return tuple(sorted(out))
+
+
+def _writer(value: Any, base: Path, key: str) -> str:
+    text = _str(value, base, key)
+    if text not in WRITERS:
+        raise SpecError(f"writer {text!r} is unknown", f"use one of: {', '.join(WRITERS)}")
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One spec key: its TOML name, flag, parser, default and help, in one place."""
+
+    key: str
+    parse: Callable[[Any, Path, str], Any]
+    help: str
+    required: bool = False
+    repeatable: bool = False  # a flag given many times builds a list
+    metavar: str | None = None
+    aliases: tuple[str, ...] = ()
+    is_bool: bool = False
+    flag_name: str | None = None  # singular for list keys: --unit, --content
+
+    @property
+    def attr(self) -> str:
+        return self.key.replace("-", "_")
+
+    @property
+    def flag(self) -> str:
+        return "--" + (self.flag_name or self.key)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("pname", _str, "service name: image prefix and unit prefix (no '_')", required=True),
+    Setting("version", _str, "image version (no '/' or white space)", required=True),
+    Setting("units", _units, "unit file (or NAME.d drop-in folder); inline in TOML as "
+            "{ name, text }", required=True, repeatable=True, metavar="FILE", flag_name="unit"),
+    Setting("description", _opt_str, "PORTABLE_PRETTY_NAME in os-release"),
+    Setting("homepage", _opt_str, "HOME_URL in os-release"),
+    Setting("symlinks", _symlinks, "absolute symlink in the image to a host object, "
+            "included with its closure", repeatable=True, metavar="LINK=OBJECT", flag_name="symlink"),
+    Setting("contents", _contents, "host path to include (folders recursively); "
+            "SOURCE=TARGET places it elsewhere", repeatable=True, metavar="PATH", flag_name="content"),
+    Setting("squashfs-tools", _opt_host_path, "mksquashfs to use: a file, or a folder with "
+            "bin/mksquashfs", aliases=("squashfsTools",), metavar="PATH"),
+    Setting("squash-compression", _str, f"compressor and options (default '{DEFAULT_COMPRESSION}')",
+            metavar="STR"),
+    Setting("squash-block-size", _str, f"block size, 4K to 1M (default {DEFAULT_BLOCK_SIZE})",
+            metavar="SIZE"),
+    Setting("os-release", _os_release, "os-release field to set or override",
+            repeatable=True, metavar="KEY=VALUE"),
+    Setting("writer", _writer, "squashfs writer: auto (mksquashfs when installed, else native), "
+            "mksquashfs or native", metavar="NAME"),
+    Setting("packages", _str_list, "installed Debian package to include with its run-time "
+            "dependencies", repeatable=True, metavar="NAME", flag_name="package"),
+    Setting("exclude", _str_list, "glob of image paths to leave out of the closure",
+            repeatable=True, metavar="GLOB"),
+    Setting("allow-missing", _bool, "warn, instead of failing, when a library cannot be found",
+            is_bool=True),
+)
+
+_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS} | {
+    a: s for s in SETTINGS for a in s.aliases
+}
+
+
+def _check_keys(mapping: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
+    valid = list(valid)
+    for k in mapping:
+        if k not in valid:
+            close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+            raise SpecError(f"unknown {where} key '{k}'", hint)
+
+
+def spec_from_mapping(data: Mapping[str, Any], base: Path) -> Spec:
+    """Parse and check a spec given as a mapping of TOML keys (aliases and snake_case accepted)."""
+    normalized: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("_", "-") if str(raw_key) not in _BY_KEY else str(raw_key)
+        if key not in _BY_KEY:
+            _check_keys({raw_key: value}, [s.key for s in SETTINGS], "spec")
+        setting = _BY_KEY[key]
+        if setting.key in normalized:
+            raise SpecError(f"spec key '{setting.key}' is given twice (also as an alias)")
+        normalized[setting.key] = value
+    kwargs: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.key not in normalized or normalized[s.key] is None and not s.required:
+            if s.required:
+                raise SpecError(f"spec key '{s.key}' is missing", f"set it in the spec or with {s.flag}")
+            continue
+        kwargs[s.attr] = s.parse(normalized[s.key], base, s.key)
+    spec = Spec(**kwargs)
+    check_spec(spec)
+    return spec
+
+
+def load_spec(path: Path, overrides: Mapping[str, Any] | None = None) -> Spec:
+    """Read a TOML spec (a file, or a folder holding portable.toml); ``overrides`` win.
+
+    Overrides are flag values, already keyed like the spec; their relative
+    paths are relative to the working directory, the file's to its folder.
+    """
+    file = path / "portable.toml" if path.is_dir() else path
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec file {file} does not exist",
+                        "write one (see examples/demo/portable.toml) or pass --pname, "
+                        "--version and --unit") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read spec file {file}: {e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{file} is not valid TOML: {e}", "fix the syntax at that line") from None
+    base = file.parent.resolve()
+    parsed = {k: v for k, v in data.items()}
+    return _merge(parsed, base, overrides or {})
+
+
+def spec_from_flags(overrides: Mapping[str, Any]) -> Spec:
+    return _merge({}, Path.cwd(), overrides)
+
+
+def _merge(file_data: dict[str, Any], base: Path, overrides: Mapping[str, Any]) -> Spec:
+    # Flag values are parsed against the working directory before merging, so
+    # a relative --unit means the same thing with or without a spec file.
+    cwd = Path.cwd()
+    data = dict(file_data)
+    for key, value in overrides.items():
+        for alias in _BY_KEY[key].aliases:
+            data.pop(alias, None)
+        data[key] = _BY_KEY[key].parse(value, cwd, key)
+    return spec_from_mapping(data, base)
+
+
+_UNIT_NAME_CHARS = re.compile(r"^[A-Za-z0-9:\-.\\]+$")
+
+
+def check_spec(spec: Spec) -> None:
+    """The spec-level rules; unit files and paths on disk are checked by later stages."""
+    if not spec.pname:
+        raise SpecError("pname is empty", "set pname to the service's name, e.g. pname = \"demo\"")
+    if "_" in spec.pname:
+        raise SpecError(
+            f"pname {spec.pname!r} contains '_': systemd cuts the image name at the first '_'",
+            f"use '-' instead: {spec.pname.replace('_', '-')!r}",
+        )
+    if not _UNIT_NAME_CHARS.match(spec.pname) or spec.pname.startswith("."):
+        raise SpecError(
+            f"pname {spec.pname!r} has characters not allowed in unit names",
+            "use letters, digits, ':', '-' and '.'",
+        )
+    if not spec.version:
+        raise SpecError("version is empty", "set version, e.g. version = \"1.0\"")
+    if "/" in spec.version or any(c.isspace() for c in spec.version):
+        raise SpecError(f"version {spec.version!r} contains '/' or white space",
+                        "use a plain version such as 1.0")
+    if not spec.units:
+        raise SpecError("no units given", "name at least one unit file (units = [\"demo.service\"])")
+    from portable_service.writers.options import parse_block_size, parse_compression
+
+    parse_compression(spec.squash_compression)
+    parse_block_size(spec.squash_block_size)

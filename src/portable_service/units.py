@@ -1,0 +1,272 @@
+"""Unit files: read, check against portabled's rules, and what they need from the image.
+
+Two things are read out of the units: the programs they run (roots of the
+closure) and the paths systemd mounts over in the unit's root, which must
+already exist in a read-only image.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from portable_service.errors import UnitError
+from portable_service.spec import Spec, UnitSource
+
+UNIT_TYPES = (".service", ".socket", ".target", ".timer", ".path")
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.[a-z]+$")
+MAX_UNIT_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit file (or a drop-in folder's file) as it goes into ``etc/systemd/system``."""
+
+    name: str  # e.g. demo.service, or demo.service.d/override.conf
+    text: str
+    origin: str  # the host file it came from, or "inline"
+    sections: dict[str, list[tuple[str, str]]] = field(default_factory=dict, compare=False)
+
+    @property
+    def unit_name(self) -> str:
+        """The unit this file belongs to: the name, or the folder's name less '.d'."""
+        head = self.name.split("/", 1)[0]
+        return head[:-2] if head.endswith(".d") else head
+
+    @property
+    def image_path(self) -> PurePosixPath:
+        return PurePosixPath("/etc/systemd/system") / self.name
+
+    def values(self, section: str, key: str) -> list[str]:
+        """Every value of ``key``; an empty assignment resets the list, as systemd does."""
+        out: list[str] = []
+        for k, v in self.sections.get(section, []):
+            if k == key:
+                if v == "":
+                    out.clear()
+                else:
+                    out.append(v)
+        return out
+
+    def exec_sections(self) -> Iterator[str]:
+        yield from (s for s in ("Service", "Socket", "Mount", "Swap") if s in self.sections)
+
+
+def parse_unit_text(text: str) -> dict[str, list[tuple[str, str]]]:
+    """Sections of a unit file as (key, value) lists, with continuation lines joined."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    pending = ""
+    for raw in text.splitlines():
+        line = pending + raw.strip() if pending else raw.strip()
+        pending = ""
+        if not line or line[0] in "#;":
+            continue
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], [])
+            continue
+        if "=" in line and current is not None:
+            key, value = line.split("=", 1)
+            current.append((key.strip(), value.strip()))
+    return sections
+
+
+def load_units(spec: Spec) -> list[Unit]:
+    """Read every unit of the spec and check it; the first problem is raised."""
+    units: list[Unit] = []
+    for source in spec.units:
+        units.extend(_read_source(source))
+    seen: dict[str, str] = {}
+    for unit in units:
+        check_unit_name(unit, spec.pname)
+        if unit.name in seen:
+            raise UnitError(
+                f"unit {unit.name} is given twice ({seen[unit.name]} and {unit.origin})",
+                "keep one of them",
+            )
+        seen[unit.name] = unit.origin
+    if not any("/" not in u.name for u in units):
+        raise UnitError("only drop-in folders were given, no unit file",
+                        f"add a unit such as {spec.pname}.service")
+    return units
+
+
+def _read_source(source: UnitSource) -> list[Unit]:
+    if source.text is not None:
+        return [_make_unit(source.name, source.text, "inline")]
+    assert source.path is not None
+    path = source.path
+    if path.is_dir() and path.name.endswith(".d"):
+        confs = sorted(p for p in path.iterdir() if p.name.endswith(".conf"))
+        if not confs:
+            raise UnitError(f"drop-in folder {path} has no *.conf files", "add one or remove it")
+        return [_make_unit(f"{path.name}/{p.name}", _read_unit_file(p), str(p)) for p in confs]
+    return [_make_unit(path.name, _read_unit_file(path), str(path))]
+
+
+def _read_unit_file(path: Path) -> str:
+    if not path.exists():
+        raise UnitError(f"unit file {path} does not exist", "check the path in units")
+    if path.is_dir():
+        raise UnitError(f"unit {path} is a folder",
+                        "give unit files, or a drop-in folder named like demo.service.d")
+    if not path.is_file():
+        raise UnitError(f"unit {path} is not a regular file", "give a regular unit file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UnitError(f"cannot read unit file {path}: {e.strerror}", "fix its permissions") from None
+    if len(data) > MAX_UNIT_SIZE:
+        raise UnitError(f"unit file {path} is larger than 1 MiB", "is this really a unit file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnitError(f"unit file {path} is not UTF-8 text", "save it as UTF-8") from None
+
+
+def _make_unit(name: str, text: str, origin: str) -> Unit:
+    if not text.strip():
+        raise UnitError(f"unit {name} ({origin}) is empty",
+                        "portabled ignores empty unit files: give it a [Unit] or [Service] section")
+    return Unit(name=name, text=text, origin=origin, sections=parse_unit_text(text))
+
+
+def check_unit_name(unit: Unit, pname: str) -> None:
+    """portabled's rules: a known type, and the name is ``pname`` followed by '-', '.' or '@'."""
+    name = unit.unit_name
+    if not _UNIT_NAME.match(name):
+        raise UnitError(f"{name!r} is not a valid unit name",
+                        "use letters, digits, ':', '-', '_', '.', '@' and a type suffix")
+    suffix = name[name.rfind("."):]
+    if suffix not in UNIT_TYPES:
+        raise UnitError(
+            f"unit {name} has type {suffix}, which portabled does not attach",
+            f"use one of {' '.join(UNIT_TYPES)}",
+        )
+    rest = name[len(pname):] if name.startswith(pname) else None
+    if rest is None or not rest or rest[0] not in "-.@":
+        raise UnitError(
+            f"unit {name} does not match the image prefix {pname!r}: portabled would ignore it",
+            f"rename it to {pname}{suffix} or {pname}-NAME{suffix}",
+        )
+
+
+# -- paths the unit's sandbox mounts over: they must exist in a read-only image
+
+# directive -> the root its relative names live under
+_EXEC_DIRECTORIES = {
+    "StateDirectory": "/var/lib",
+    "CacheDirectory": "/var/cache",
+    "LogsDirectory": "/var/log",
+    "ConfigurationDirectory": "/etc",
+    "RuntimeDirectory": "/run",
+}
+# directives whose values are [-+]PATH, mounted or remounted in place
+_PATH_DIRECTIVES = (
+    "ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths", "ExecPaths", "NoExecPaths",
+)
+# Paths on API file systems are mounted by systemd itself.
+_API_ROOTS = (PurePosixPath("/proc"), PurePosixPath("/sys"), PurePosixPath("/dev"))
+
+
+@dataclass(frozen=True)
+class MountPoint:
+    path: PurePosixPath
+    is_file: bool
+    directive: str  # e.g. "StateDirectory=demo in demo.service"
+
+
+def mount_points(unit: Unit) -> list[MountPoint]:
+    """Every path systemd needs in the unit's root to set up its sandbox."""
+    found: list[MountPoint] = []
+
+    def add(path: str, directive: str, is_file: bool = False) -> None:
+        if "%" in path or not path.startswith("/"):
+            return  # specifiers are resolved at run time; relative paths are invalid anyway
+        p = PurePosixPath(path)
+        if ".." in p.parts or p == PurePosixPath("/"):
+            return
+        if any(p == r or r in p.parents for r in _API_ROOTS):
+            return
+        found.append(MountPoint(p, is_file, f"{directive} in {unit.unit_name}"))
+
+    for section in unit.exec_sections():
+        for key, root in _EXEC_DIRECTORIES.items():
+            for value in unit.values(section, key):
+                for word in value.split():
+                    name = word.split(":", 1)[0]
+                    add(f"{root}/{name}", f"{key}={word}")
+        for key in ("BindPaths", "BindReadOnlyPaths"):
+            for value in unit.values(section, key):
+                for word in value.split():
+                    src, _, rest = word.lstrip("-").partition(":")
+                    dest = rest.split(":", 1)[0] if rest else src
+                    add(dest, f"{key}={word}", is_file=Path(src).is_file())
+        for value in unit.values(section, "TemporaryFileSystem"):
+            for word in value.split():
+                add(word.split(":", 1)[0], f"TemporaryFileSystem={word}")
+        for key in _PATH_DIRECTIVES:
+            for value in unit.values(section, key):
+                for word in value.split():
+                    if word.startswith("-"):
+                        continue  # systemd skips missing '-' paths by itself
+                    add(word.lstrip("+"), f"{key}={word}")
+        for value in unit.values(section, "WorkingDirectory"):
+            if not value.startswith("-") and value != "~":
+                add(value, f"WorkingDirectory={value}")
+    return found
+
+
+# -- programs the unit runs: roots of the closure
+
+EXEC_DIRECTIVES = (
+    "ExecStart", "ExecStartPre", "ExecStartPost", "ExecCondition", "ExecReload",
+    "ExecStop", "ExecStopPost",
+)
+SYSTEMD_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin")
+_EXEC_PREFIXES = "@-:+!|"
+
+
+def exec_programs(unit: Unit) -> list[tuple[str, str]]:
+    """(program, directive) for every command line in the unit; prefixes stripped.
+
+    The program is an absolute path, or a bare name systemd looks up in its
+    fixed PATH (the closure resolves those).
+    """
+    out: list[tuple[str, str]] = []
+    for section in unit.exec_sections():
+        for key in EXEC_DIRECTIVES:
+            for value in unit.values(section, key):
+                for command in _split_commands(value):
+                    word = command.lstrip(_EXEC_PREFIXES)
+                    if word:
+                        out.append((word, f"{key}= in {unit.unit_name}"))
+    return out
+
+
+def _split_commands(value: str) -> list[str]:
+    """First word of each command; systemd accepts several separated by ' ; '."""
+    words = value.split()
+    commands, take = [], True
+    for word in words:
+        if take:
+            commands.append(word.strip("'\""))
+            take = False
+        if word == ";":
+            take = True
+    return commands
+
+
+def environment_files(unit: Unit) -> list[tuple[str, str]]:
+    """EnvironmentFile= paths the unit must read (those without '-')."""
+    out = []
+    for section in unit.exec_sections():
+        for value in unit.values(section, "EnvironmentFile"):
+            if not value.startswith("-") and value.startswith("/"):
+                out.append((value, f"EnvironmentFile= in {unit.unit_name}"))
+    return out

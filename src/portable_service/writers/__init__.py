@@ -1,0 +1,50 @@
+"""Writers turn an image tree into an image file. They are interchangeable behind :class:`Writer`.
+
+A writer gets the tree, the options and a path to write (a temporary file
+the builder renames into place): it never decides where the image lives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from portable_service.progress import Reporter
+from portable_service.spec import Spec
+from portable_service.tree import ImageTree
+from portable_service.writers.options import PackOptions
+
+
+class Writer(Protocol):
+    name: str
+
+    def write(self, tree: ImageTree, out: Path, options: PackOptions, reporter: Reporter) -> None:
+        """Write the whole image to ``out`` (an existing, empty file)."""
+
+
+def select_writer(spec: Spec) -> Writer:
+    """``auto`` takes mksquashfs when it is installed (or named), else the native writer."""
+    from portable_service.errors import ToolError
+    from portable_service.writers.mksquashfs import MksquashfsWriter
+
+    if spec.writer == "mksquashfs":
+        return MksquashfsWriter.find(spec.squashfs_tools)
+    if spec.writer == "native":
+        return _native()
+    try:
+        return MksquashfsWriter.find(spec.squashfs_tools)
+    except ToolError:
+        if spec.squashfs_tools is not None:
+            raise
+        return _native()
+
+
+def _native() -> Writer:
+    from portable_service.errors import ToolError
+
+    try:
+        from portable_service.writers.native import NativeWriter
+    except ImportError:
+        raise ToolError("mksquashfs is not installed and the native writer is not available",
+                        "install it: apt-get install squashfs-tools") from None
+    return NativeWriter()

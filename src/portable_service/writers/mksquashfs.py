@@ -1,0 +1,160 @@
+"""The mksquashfs writer: the tree is streamed to ``mksquashfs -tar`` as a tar archive.
+
+Streaming a tar keeps sources where they are (no staging copy) and carries
+modes, owners, times and xattrs exactly as the tree says, whatever the host
+files' own metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from portable_service.errors import ToolError
+from portable_service.progress import Reporter
+from portable_service.run import find_tool, log, tool_message
+from portable_service.tree import Entry, ImageTree, Kind
+from portable_service.writers.options import PackOptions
+
+MIN_VERSION = (4, 5)  # -tar, -root-mode and SOURCE_DATE_EPOCH arrived in 4.5
+
+
+@dataclass(frozen=True)
+class MksquashfsWriter:
+    binary: Path
+    name: str = "mksquashfs"
+
+    @classmethod
+    def find(cls, explicit: Path | None = None) -> MksquashfsWriter:
+        binary = find_tool("mksquashfs", explicit, reason="to pack the image")
+        version = mksquashfs_version(binary)
+        if version < MIN_VERSION:
+            raise ToolError(
+                f"{binary} is version {'.'.join(map(str, version))}; 4.5 or newer is needed",
+                "install squashfs-tools 4.5+, or use --writer native",
+            )
+        return cls(binary)
+
+    def command(self, out: Path, options: PackOptions) -> list[str]:
+        return [
+            str(self.binary), "-", str(out), "-tar",
+            "-noappend", "-quiet", "-no-progress", "-exit-on-error",
+            "-all-root", "-root-mode", "755", "-no-hardlinks",
+            "-b", str(options.block_size),
+            *options.compression.mksquashfs_args(),
+        ]
+
+    def write(self, tree: ImageTree, out: Path, options: PackOptions, reporter: Reporter) -> None:
+        # SOURCE_DATE_EPOCH fixes the filesystem time; inode times come from the tar.
+        env = {**os.environ, "SOURCE_DATE_EPOCH": str(options.mtime), "LC_ALL": "C.UTF-8"}
+        cmd = self.command(out, options)
+        log.debug("+ %s", " ".join(cmd))
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        # read mksquashfs' output while we feed it, so a full pipe cannot stall either side
+        captured: dict[str, bytes] = {}
+        readers = [
+            threading.Thread(target=lambda s=s, k=k: captured.__setitem__(k, s.read()), daemon=True)
+            for k, s in (("stdout", proc.stdout), ("stderr", proc.stderr))
+        ]
+        for t in readers:
+            t.start()
+        feed_error: BaseException | None = None
+        try:
+            with reporter.bytes_bar("packing", tree.total_size()):
+                write_tar(tree, proc.stdin, options.mtime, reporter)
+        except BrokenPipeError:
+            pass  # mksquashfs stopped early: its own message says why
+        except BaseException as e:
+            feed_error = e
+            proc.kill()
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            rc = proc.wait()
+            for t in readers:
+                t.join()
+        if feed_error is not None:
+            raise feed_error
+        if rc != 0:
+            done = subprocess.CompletedProcess(cmd, rc, captured.get("stdout"),
+                                               captured.get("stderr"))
+            raise ToolError(f"mksquashfs failed (exit {rc}): {tool_message(done)}",
+                            "see its message above; --writer native avoids mksquashfs")
+
+
+def tar_info(entry: Entry, mtime: int) -> tarfile.TarInfo:
+    name = "." + str(entry.path) if str(entry.path) != "/" else "."
+    info = tarfile.TarInfo(name)
+    info.mode = entry.mode
+    info.mtime = mtime
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    if entry.kind is Kind.DIR:
+        info.type = tarfile.DIRTYPE
+    elif entry.kind is Kind.SYMLINK:
+        info.type = tarfile.SYMTYPE
+        info.linkname = entry.target or ""
+    else:
+        info.type = tarfile.REGTYPE
+        info.size = entry.size
+    if entry.xattrs:
+        info.pax_headers = {
+            f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in entry.xattrs
+        }
+    return info
+
+
+def write_tar(tree: ImageTree, stream: BinaryIO, mtime: int, reporter: Reporter) -> None:
+    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for entry in tree:
+            if str(entry.path) == "/":
+                continue  # the root's mode is given by -root-mode
+            info = tar_info(entry, mtime)
+            if entry.kind is Kind.FILE:
+                with entry.open() as f:
+                    tar.addfile(info, _Counted(f, reporter, info.size, entry))
+            else:
+                tar.addfile(info)
+
+
+class _Counted(io.RawIOBase):
+    """Reads a source for tarfile, reports progress, and refuses a file that changed size."""
+
+    def __init__(self, f: BinaryIO, reporter: Reporter, size: int, entry: Entry) -> None:
+        self.f, self.reporter, self.left, self.entry = f, reporter, size, entry
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.left -= len(data)
+        if (n and not data and self.left > 0) or self.left < 0:
+            raise ToolError(f"{self.entry.source} changed size while the image was written",
+                            "build again when it is no longer being written to")
+        self.reporter.advance(len(data))
+        return data
+
+
+def mksquashfs_version(binary: Path) -> tuple[int, ...]:
+    try:
+        out = subprocess.run([str(binary), "-version"], capture_output=True, timeout=30,
+                             check=False).stdout.decode(errors="replace")
+    except OSError as e:
+        raise ToolError(f"cannot run {binary}: {e.strerror}", "check that it is executable") from None
+    for word in out.split():
+        parts = word.split(".")
+        if len(parts) >= 2 and all(p.isdigit() for p in parts[:2]):
+            return tuple(int(p) for p in parts[:2])
+    raise ToolError(f"{binary} does not look like mksquashfs (no version in '{out[:60]}')",
+                    "give the path of a real mksquashfs")

@@ -1,0 +1,76 @@
+"""Packing options shared by every writer, in mksquashfs syntax so a spec works with any writer."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from portable_service.errors import SpecError
+
+COMPRESSORS = ("gzip", "xz", "zstd", "lz4", "lzo", "lzma")
+MIN_BLOCK, MAX_BLOCK = 4096, 1 << 20
+
+
+@dataclass(frozen=True)
+class Compression:
+    """A compressor name and its mksquashfs ``-X`` options, e.g. ``xz -Xdict-size 100%``."""
+
+    name: str
+    options: tuple[str, ...] = ()
+
+    def mksquashfs_args(self) -> list[str]:
+        return ["-comp", self.name, *self.options]
+
+    def option(self, flag: str) -> str | None:
+        """The value following ``flag``, or '' for a flag without value, or None if absent."""
+        for i, opt in enumerate(self.options):
+            if opt == flag:
+                nxt = self.options[i + 1] if i + 1 < len(self.options) else ""
+                return "" if nxt.startswith("-X") else nxt
+        return None
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    compression: Compression
+    block_size: int
+    mtime: int  # every inode's time and the filesystem's, from SOURCE_DATE_EPOCH
+
+
+def parse_compression(text: str) -> Compression:
+    try:
+        words = shlex.split(text)
+    except ValueError as e:
+        raise SpecError(f"squash-compression {text!r} cannot be parsed: {e}") from None
+    if not words:
+        raise SpecError("squash-compression is empty", f"use one of: {', '.join(COMPRESSORS)}")
+    name, *options = words
+    if name not in COMPRESSORS:
+        raise SpecError(
+            f"squash-compression: unknown compressor {name!r}",
+            f"use one of: {', '.join(COMPRESSORS)}",
+        )
+    for opt in options:
+        if opt.startswith("-") and not opt.startswith("-X"):
+            raise SpecError(
+                f"squash-compression option {opt!r} is not a compressor option",
+                "only -X options belong here, e.g. 'xz -Xdict-size 100%'",
+            )
+    return Compression(name, tuple(options))
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KkMm]?)\s*$")
+
+
+def parse_block_size(text: str | int) -> int:
+    match = _SIZE.match(str(text))
+    if not match:
+        raise SpecError(f"squash-block-size {text!r} is not a size", "use e.g. 128K or 1M")
+    n = int(match.group(1)) * {"": 1, "k": 1024, "m": 1 << 20}[match.group(2).lower()]
+    if n < MIN_BLOCK or n > MAX_BLOCK or n & (n - 1):
+        raise SpecError(
+            f"squash-block-size {text!r} is not a power of two from 4K to 1M",
+            "use 4K, 8K, ..., 128K, ..., 1M",
+        )
+    return n
