@@ -37,6 +37,7 @@ from portable_service.run import find_tool
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOOP_DEVICES = 256
+UDEV_RETRIES = 2
 _counter = itertools.count()
 
 
@@ -85,6 +86,7 @@ class Container:
     log: Path
     timings: dict[str, float] = field(default_factory=dict)
     copied: list[str] = field(default_factory=list)
+    udev_retries: int = 0  # how often systemd 247's udev wait had to be retried
 
     @property
     def root(self) -> Path:
@@ -134,10 +136,38 @@ class Container:
         name = self.copy_image(image)
         args = ["attach", f"--profile={profile}"]
         args += ["--runtime"] * runtime + ["--now"] * now
-        self.settle()
-        result = self.portablectl(*args, name)
+        for _ in range(UDEV_RETRIES + 1):
+            self.settle()
+            cursor = self._cursor()
+            result = self.portablectl(*args, name)
+            if result.ok or not self._udev_timeout(self._journal_since(cursor)):
+                break
+            self.udev_retries += 1
         self.settle()
         return result
+
+    def start(self, unit: str) -> Result:
+        """``systemctl start``, retried only for systemd 247's udev wait (see :meth:`settle`)."""
+        for _ in range(UDEV_RETRIES + 1):
+            cursor = self._cursor()
+            result = self.systemctl("start", unit)
+            if result.ok or not self._udev_timeout(self._journal_since(cursor)):
+                break
+            self.udev_retries += 1
+            self.systemctl("reset-failed", unit)
+        return result
+
+    def _udev_timeout(self, journal: str) -> bool:
+        return self.release.needs_udevd and "Failed to wait for device to be initialized" in journal
+
+    def _cursor(self) -> str:
+        out = self.run("journalctl", "-n0", "--show-cursor", "--no-pager").stdout
+        return out.strip().rsplit("cursor: ", 1)[-1] if "cursor: " in out else ""
+
+    def _journal_since(self, cursor: str) -> str:
+        args = ["journalctl", "--no-pager", "-o", "cat"]
+        args += [f"--after-cursor={cursor}"] if cursor else ["-b"]
+        return self.run(*args).stdout
 
     def settle(self) -> None:
         """On systemd < 250, let udev finish with loop devices before the next one is set up.
@@ -322,6 +352,15 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
         make_loop_devices(container.root / "dev")
         if release.needs_udevd:
             container.run("/lib/systemd/systemd-udevd", "--daemon", check=True)
+        if release.systemd >= 256:
+            # systemd >= 256 puts the host's os-release at /run/host/os-release in a unit's
+            # root. Under the "trusted" profile (BindPaths=/run) that /run is the
+            # container's, where nspawn already mounted a read-only /run/host with its own
+            # os-release ("Read-only file system", then "File exists"). A real host has no
+            # /run/host; make the container's look like that.
+            container.run("sh", "-c", "while mountpoint -q /run/host; do "
+                          "umount -l /run/host || exit 1; done; rm -f /run/host/os-release",
+                          check=True)
         container.timings["ready"] = time.monotonic() - start
         yield container
     finally:
