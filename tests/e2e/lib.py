@@ -11,8 +11,8 @@ from typing import Any
 
 from portable_service.build import plan as plan_build
 from portable_service.build import write_atomically
-from portable_service.progress import QUIET
 from portable_service.harness.nspawn import Container
+from portable_service.progress import QUIET
 from portable_service.spec import spec_from_mapping
 
 

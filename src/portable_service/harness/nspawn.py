@@ -151,11 +151,38 @@ class Container:
         for _ in range(UDEV_RETRIES + 1):
             cursor = self._cursor()
             result = self.systemctl("start", unit)
-            if result.ok or not self._udev_timeout(self._journal_since(cursor)):
+            if not self._udev_timeout(self._journal_since(cursor)) and (
+                    not result.ok or not self.release.needs_udevd or not self._failed_late(unit)
+                    or not self._udev_timeout(self._journal_since(cursor))):
                 break
             self.udev_retries += 1
             self.systemctl("reset-failed", unit)
         return result
+
+    def _failed_late(self, unit: str, timeout: float = 10) -> bool:
+        """Whether a unit that 'started' then failed before its program ran.
+
+        A simple service counts as active as soon as systemd forked it; the
+        sandbox (and the image mount) is set up after that. The child is named
+        "(program)" until it execs the program.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.unit_state(unit)
+            if state.active == "failed":
+                return True
+            if state.active != "activating":
+                pid = self.systemctl("show", "-p", "MainPID", "--value", unit).stdout.strip()
+                if pid in ("", "0"):
+                    return False
+                try:
+                    comm = (self.root / "proc" / pid / "comm").read_text().strip()
+                except OSError:
+                    comm = ""  # it exited already: look again at the state
+                if comm and not comm.startswith("("):
+                    return False
+            time.sleep(0.05)
+        return False
 
     def _udev_timeout(self, journal: str) -> bool:
         return self.release.needs_udevd and "Failed to wait for device to be initialized" in journal
@@ -183,6 +210,9 @@ class Container:
         """Detach (stopping the units with ``now``) and delete the copied image."""
         self.settle()
         result = self.portablectl("detach", *["--runtime"] * runtime, *["--now"] * now, name)
+        # a failed unit stays loaded after its file is gone, and portabled then refuses
+        # to attach an image carrying a unit of that name ("exists on the host already")
+        self.systemctl("reset-failed")
         self.remove_image(name)
         return result
 
@@ -273,8 +303,9 @@ def remove_cgroups(dirs: Sequence[Path]) -> list[Path]:
     for top in dirs:
         if not top.is_dir():
             continue
-        for d in sorted((p for p in top.rglob("*") if p.is_dir()),
-                        key=lambda p: len(p.parts), reverse=True) + [top]:
+        below = sorted((p for p in top.rglob("*") if p.is_dir()),
+                       key=lambda p: len(p.parts), reverse=True)
+        for d in [*below, top]:
             try:
                 d.rmdir()
             except FileNotFoundError:
