@@ -79,8 +79,14 @@ def _build_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_build)
 
 
+def _try_parser(sub: Any) -> None:
+    from portable_service.trycmd import register
+
+    register(sub)
+
+
 # Each verb registers itself here: (name -> function adding its parser).
-VERBS: list[Callable[[Any], None]] = [_build_parser]
+VERBS: list[Callable[[Any], None]] = [_build_parser, _try_parser]
 
 
 def make_parser() -> argparse.ArgumentParser:
