@@ -46,6 +46,13 @@ def source_date_epoch() -> int:
 
 def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     """Check everything and lay out the image tree; nothing is written."""
+    # options and tools first: a bad setting or a missing tool is reported before any work
+    options = PackOptions(
+        compression=parse_compression(spec.squash_compression),
+        block_size=parse_block_size(spec.squash_block_size),
+        mtime=source_date_epoch(),
+    )
+    writer = select_writer(spec)
     with reporter.step(f"reading {len(spec.units)} unit source(s)"):
         units = units_mod.load_units(spec)
     with reporter.step("resolving the closure"):
@@ -54,12 +61,6 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
         reporter.warn(warning)
     with reporter.step("laying out the image tree"):
         tree = image.assemble(spec, units, closure)
-    options = PackOptions(
-        compression=parse_compression(spec.squash_compression),
-        block_size=parse_block_size(spec.squash_block_size),
-        mtime=source_date_epoch(),
-    )
-    writer = select_writer(spec)
     return Plan(spec, units, closure, tree, writer, options)
 
 

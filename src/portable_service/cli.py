@@ -26,7 +26,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("spec settings (override the spec file)")
     for s in SETTINGS:
-        kwargs: dict[str, Any] = {"dest": f"spec_{s.attr}", "help": s.help, "default": None}
+        kwargs: dict[str, Any] = {"dest": f"spec_{s.attr}", "help": s.help.replace("%", "%%"),
+                                  "default": None}
         if s.is_bool:
             kwargs["action"] = "store_const"
             kwargs["const"] = True

@@ -100,7 +100,8 @@ def _jsonable(value: Any) -> Any:
 
 def _str(value: Any, base: Path, key: str) -> str:
     if not isinstance(value, str):
-        raise SpecError(f"{key} must be a string, not {type(value).__name__}")
+        raise SpecError(f"{key} must be a string, not {type(value).__name__} ({value!r})",
+                        f'quote it: {key} = "{value}"')
     return value
 
 

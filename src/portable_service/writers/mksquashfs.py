@@ -89,7 +89,7 @@ class MksquashfsWriter:
             done = subprocess.CompletedProcess(cmd, rc, captured.get("stdout"),
                                                captured.get("stderr"))
             raise ToolError(f"mksquashfs failed (exit {rc}): {tool_message(done)}",
-                            "see its message above; --writer native avoids mksquashfs")
+                            "fix what it names (often squash-compression), or try --writer native")
 
 
 def tar_info(entry: Entry, mtime: int) -> tarfile.TarInfo:
