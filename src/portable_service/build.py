@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portable_service import closure as closure_mod
-from portable_service import image, units as units_mod
+from portable_service import image
+from portable_service import units as units_mod
 from portable_service.closure import Closure
 from portable_service.errors import PortableServiceError, SpecError
 from portable_service.progress import QUIET, Reporter

@@ -12,7 +12,7 @@ import difflib
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -347,7 +347,7 @@ def spec_from_mapping(data: Mapping[str, Any], base: Path) -> Spec:
         normalized[setting.key] = value
     kwargs: dict[str, Any] = {}
     for s in SETTINGS:
-        if s.key not in normalized or normalized[s.key] is None and not s.required:
+        if s.key not in normalized or (normalized[s.key] is None and not s.required):
             if s.required:
                 raise SpecError(f"spec key '{s.key}' is missing", f"set it in the spec or with {s.flag}")
             continue

@@ -7,6 +7,7 @@ files' own metadata.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -76,10 +77,8 @@ class MksquashfsWriter:
             feed_error = e
             proc.kill()
         finally:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
-            except BrokenPipeError:
-                pass
             rc = proc.wait()
             for t in readers:
                 t.join()
