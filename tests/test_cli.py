@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +113,30 @@ def test_example_spec_builds(cli, tmp_path: Path) -> None:
                "--squash-compression", "gzip")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "r/demo_1.0.raw").is_file()
+
+
+def test_interrupted_build_keeps_the_old_image(cli, tmp_path: Path) -> None:
+    (tmp_path / "demo.service").write_text(UNIT)
+    base = ["build", "--pname", "demo", "--version", "1", "--unit", "demo.service", "-q"]
+    assert cli(*base, "--squash-compression", "gzip").returncode == 0
+    old = (tmp_path / "result/demo_1.raw").read_bytes()
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(40):  # incompressible data keeps xz busy for a while
+        (big / f"f{i}").write_bytes(os.urandom(1 << 20))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portable_service", *base, "--content", f"{big}=/opt/big"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not list((tmp_path / "result").glob(".demo_1.raw.*.tmp")):
+        assert proc.poll() is None and time.monotonic() < deadline, "build never started writing"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip() == "portable-service: interrupted; no image was written or changed"
+    assert sorted(p.name for p in (tmp_path / "result").iterdir()) == ["demo_1.raw"]
+    assert (tmp_path / "result/demo_1.raw").read_bytes() == old
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "result")], capture_output=True)
+    assert leftover.returncode == 1, "mksquashfs outlived the interrupted build"
