@@ -76,10 +76,8 @@ class Spec:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view, keyed like the TOML spec."""
-        out: dict[str, Any] = {}
-        for s in SETTINGS:
-            value = getattr(self, s.attr)
-            out[s.key] = _jsonable(value)
+        out = {s.key: _jsonable(getattr(self, s.attr)) for s in SETTINGS}
+        out["os-release"] = dict(self.os_release)
         return out
 
 
@@ -87,8 +85,6 @@ def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items() if v is not None}
     if isinstance(value, tuple | list):
-        if value and isinstance(value[0], tuple) and len(value[0]) == 2 and isinstance(value[0][0], str):
-            return {k: v for k, v in value}
         return [_jsonable(v) for v in value]
     if isinstance(value, Path | PurePosixPath):
         return str(value)
