@@ -212,3 +212,13 @@ def test_api_spec_object(project: Path) -> None:
     assert image.name == "demo_3.raw" and image.stat().st_size > 0
     assert spec.to_dict()["units"] == [{"name": "demo.service",
                                         "path": str(project / "demo.service")}]
+
+
+def test_spec_built_in_code_is_checked(project: Path) -> None:
+    from portable_service.errors import SpecError
+    from portable_service.spec import UnitSource
+
+    spec = Spec(pname="my_demo", version="1", units=(UnitSource("my_demo.service", text="[Unit]\n"),))
+    with pytest.raises(SpecError, match="contains '_'"):
+        build(spec, output_dir=project / "out")
+    assert not (project / "out").exists()

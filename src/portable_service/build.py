@@ -15,7 +15,7 @@ from portable_service import units as units_mod
 from portable_service.closure import Closure
 from portable_service.errors import PortableServiceError, SpecError
 from portable_service.progress import QUIET, Reporter
-from portable_service.spec import Spec
+from portable_service.spec import Spec, check_spec
 from portable_service.tree import ImageTree
 from portable_service.writers import Writer, select_writer
 from portable_service.writers.options import PackOptions, parse_block_size, parse_compression
@@ -47,6 +47,7 @@ def source_date_epoch() -> int:
 
 def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     """Check everything and lay out the image tree; nothing is written."""
+    check_spec(spec)  # a Spec built in code has not been through the parser's checks
     # options and tools first: a bad setting or a missing tool is reported before any work
     options = PackOptions(
         compression=parse_compression(spec.squash_compression),
