@@ -104,7 +104,7 @@ def unsquashfs_lln(image: Path) -> dict[str, tuple[str, str, str]]:
     out = subprocess.run(["unsquashfs", "-lln", str(image)], capture_output=True,
                          check=True).stdout.decode("utf-8", "surrogateescape")
     entries = {}
-    for line in out.splitlines():
+    for line in out.split("\n"):
         parts = line.split(None, 5)
         if len(parts) < 6 or not parts[5].startswith("squashfs-root"):
             continue
