@@ -223,9 +223,13 @@ def resolve(
     ctx = Context(spec, closure)
     resolvers = standard_resolvers(ctx) if resolvers is None else tuple(resolvers)
     queue = deque(root_nodes(spec, units, ctx))
+    # a path the spec makes a symlink is the spec's: the host's file there is not shipped
+    spec_links = {host_spelling(s.symlink) for s in spec.symlinks}
     while queue:
         node = queue.popleft()
         if excluded(node.image, spec.exclude):
+            continue
+        if node.parent is not None and spec_links and host_spelling(node.image) in spec_links:
             continue
         if node.image in closure.nodes:
             _check_same_source(closure.nodes[node.image], node)

@@ -162,7 +162,7 @@ class LoaderConfig:
     host_machine: str = field(default_factory=lambda: os.uname().machine)
 
     @classmethod
-    def from_host(cls, cache_file: Path = Path("/etc/ld.so.cache")) -> LoaderConfig:
+    def from_host(cls, cache_file: Path | None = None) -> LoaderConfig:
         return cls(ldcache.lookup_table(ldcache.read(cache_file)))
 
     def triplet(self, kind: tuple[int, int]) -> str | None:

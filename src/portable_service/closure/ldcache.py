@@ -83,8 +83,12 @@ def _string(data: bytes, offset: int, where: str) -> str:
     return data[offset:end].decode("utf-8", "surrogateescape")
 
 
-def read(path: Path = Path("/etc/ld.so.cache")) -> list[CacheEntry]:
+HOST_CACHE = Path("/etc/ld.so.cache")
+
+
+def read(path: Path | None = None) -> list[CacheEntry]:
     """The host's cache; a host without one (static systems, containers) has no entries."""
+    path = path or HOST_CACHE
     try:
         data = path.read_bytes()
     except FileNotFoundError:
