@@ -105,3 +105,10 @@ def ldd_libraries(program: str) -> set[str]:
         elif parts and parts[0].startswith("/"):
             libs.add(os.path.realpath(parts[0]))
     return libs
+
+
+def host_dir() -> Path:
+    """A scratch folder outside /tmp: unit paths below /tmp, /run, /var/lib ... are run-time paths."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=".ps-closure-test-", dir=Path.home()))
