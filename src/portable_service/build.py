@@ -66,9 +66,15 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     return Plan(spec, units, closure, tree, writer, options)
 
 
-def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET) -> Path:
-    """Build ``output_dir/<pname>_<version>.raw``; on any failure the old image stays as it was."""
+def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
+                inspect: Callable[[Plan], None] | None = None) -> Path:
+    """Build ``output_dir/<pname>_<version>.raw``; on any failure the old image stays as it was.
+
+    ``inspect`` sees the plan before anything is written (``--print-closure``).
+    """
     p = plan(spec, reporter)
+    if inspect is not None:
+        inspect(p)
     out = output_dir / spec.image_name
     _prepare_dir(output_dir)
     with reporter.step(f"writing {out} with {p.writer.name} ({len(p.tree)} entries)"):

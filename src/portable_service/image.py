@@ -217,5 +217,8 @@ def assemble(spec: Spec, units: list[Unit], closure: Closure) -> ImageTree:
     add_symlinks(tree, spec)
     for node in closure:
         place(tree, node)
+    for path, data in sorted(closure.generated.items()):
+        tree.add_file(mirror_host_parents(tree, path, "generated"), data=data,
+                      origin=f"generated {path}")
     add_mount_points(tree, units)
     return tree
