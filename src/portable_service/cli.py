@@ -62,7 +62,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     reporter = Reporter(quiet=args.quiet)
     spec = load_spec_from_args(args)
-    out = build_image(spec, Path(args.output), reporter)
+    out = build_image(spec, Path(args.output), reporter, verify=args.verify)
     print(out)
     return 0
 
@@ -75,12 +75,20 @@ def _build_parser(sub: Any) -> None:
     p.add_argument("-o", "--output", default="result", metavar="DIR",
                    help="output folder (default: ./result)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image path")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not check the result with 'verify' before it replaces the old image")
     _add_spec_flags(p)
     p.set_defaults(func=cmd_build)
 
 
+def _image_verbs(sub: Any) -> None:
+    from portable_service.imageverbs import register
+
+    register(sub)
+
+
 # Each verb registers itself here: (name -> function adding its parser).
-VERBS: list[Callable[[Any], None]] = [_build_parser]
+VERBS: list[Callable[[Any], None]] = [_build_parser, _image_verbs]
 
 
 def make_parser() -> argparse.ArgumentParser:
