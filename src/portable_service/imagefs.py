@@ -146,8 +146,11 @@ class SquashfsFS:
         self.path = path
         self._image = SquashfsImage(path)
         sb = self._image.superblock
+        version = getattr(sb, "version", (4, 0))
+        if isinstance(version, tuple):
+            version = ".".join(map(str, version))
         self.info = ImageInfo(
-            format=f"squashfs {getattr(sb, 'version', '4.0')}",
+            format=f"squashfs {version}",
             compressor=sb.compressor,
             block_size=sb.block_size,
             file_size=path.stat().st_size,

@@ -13,12 +13,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-JSON_HELP = "print JSON (pretty, or short: one line)"
+JSON_HELP = "print JSON; --json=short prints it on one line (also: --json=pretty, --json=off)"
 
 
 def _json_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", nargs="?", const="pretty", choices=("pretty", "short", "off"),
-                   default="off", help=JSON_HELP)
+    # literal '--json=STYLE' options, so that a bare '--json' never swallows the image path
+    p.add_argument("--json", dest="json", action="store_const", const="pretty", default="off",
+                   help=JSON_HELP)
+    for style in ("pretty", "short", "off"):
+        p.add_argument(f"--json={style}", dest="json", action="store_const", const=style,
+                       help=argparse.SUPPRESS)
 
 
 def _dump(data: Any, style: str) -> None:
@@ -29,13 +33,10 @@ def _dump(data: Any, style: str) -> None:
 
 
 def _open(path: str) -> Any:
+    """The image with its listing in memory; it stays open for reads until the process ends."""
     from portable_service.imagefs import IndexedFS, open_image
 
-    fs = open_image(path)
-    try:
-        return IndexedFS(fs)
-    finally:
-        fs.close()
+    return IndexedFS(open_image(path))
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -64,8 +65,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_cat(args: argparse.Namespace) -> int:
     from portable_service.inspect import cat_file
 
-    data = cat_file(_open(args.image), args.path)
-    sys.stdout.buffer.write(data)
+    chunks = cat_file(_open(args.image), args.path)
+    first = next(chunks, b"")  # errors (not a file, missing) before anything is printed
+    sys.stdout.buffer.write(first)
+    for data in chunks:
+        sys.stdout.buffer.write(data)
     sys.stdout.flush()
     return 0
 
@@ -107,7 +111,10 @@ def cmd_size(args: argparse.Namespace) -> int:
     if args.json != "off":
         _dump(report.to_dict(), args.json)
     else:
-        print_report(report, Console(highlight=False))
+        console = Console(highlight=False)
+        if not console.is_terminal:
+            console = Console(highlight=False, width=160)  # piped: do not fold paths at 80
+        print_report(report, console)
     return 0
 
 
