@@ -77,8 +77,12 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     def check(tmp: Path) -> None:
         from portable_service.verify import check_written
 
+        def say(line: str) -> None:  # shown even when quiet, like warnings
+            reporter.console.print(f"portable-service: verify: {line}", markup=False,
+                                   highlight=False, soft_wrap=True)
+
         with reporter.step("verifying the image"):
-            check_written(tmp, out.name, p.tree, reporter.warn)
+            check_written(tmp, out.name, p.tree, say)
 
     with reporter.step(f"writing {out} with {p.writer.name} ({len(p.tree)} entries)"):
         write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, reporter),
