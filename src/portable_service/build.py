@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portable_service import closure as closure_mod
-from portable_service import image, units as units_mod
+from portable_service import image
+from portable_service import units as units_mod
 from portable_service.closure import Closure
 from portable_service.errors import PortableServiceError, SpecError
 from portable_service.progress import QUIET, Reporter
-from portable_service.spec import Spec
+from portable_service.spec import Spec, check_spec
 from portable_service.tree import ImageTree
 from portable_service.writers import Writer, select_writer
 from portable_service.writers.options import PackOptions, parse_block_size, parse_compression
@@ -46,6 +47,14 @@ def source_date_epoch() -> int:
 
 def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     """Check everything and lay out the image tree; nothing is written."""
+    check_spec(spec)  # a Spec built in code has not been through the parser's checks
+    # options and tools first: a bad setting or a missing tool is reported before any work
+    options = PackOptions(
+        compression=parse_compression(spec.squash_compression),
+        block_size=parse_block_size(spec.squash_block_size),
+        mtime=source_date_epoch(),
+    )
+    writer = select_writer(spec)
     with reporter.step(f"reading {len(spec.units)} unit source(s)"):
         units = units_mod.load_units(spec)
     with reporter.step("resolving the closure"):
@@ -54,12 +63,6 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
         reporter.warn(warning)
     with reporter.step("laying out the image tree"):
         tree = image.assemble(spec, units, closure)
-    options = PackOptions(
-        compression=parse_compression(spec.squash_compression),
-        block_size=parse_block_size(spec.squash_block_size),
-        mtime=source_date_epoch(),
-    )
-    writer = select_writer(spec)
     return Plan(spec, units, closure, tree, writer, options)
 
 

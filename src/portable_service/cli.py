@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -26,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("spec settings (override the spec file)")
     for s in SETTINGS:
-        kwargs: dict[str, Any] = {"dest": f"spec_{s.attr}", "help": s.help, "default": None}
+        kwargs: dict[str, Any] = {"dest": f"spec_{s.attr}", "help": s.help.replace("%", "%%"),
+                                  "default": None}
         if s.is_bool:
             kwargs["action"] = "store_const"
             kwargs["const"] = True
@@ -109,7 +111,14 @@ def _version() -> str:
     return __version__
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # run the cleanups: no temporary file is left behind
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
+        signal.signal(signal.SIGINT, _interrupt)
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
@@ -122,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{PROG}: interrupted; no image was written or changed", file=sys.stderr)
         return 130
     except OSError as e:
         if args.debug:

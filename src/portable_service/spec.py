@@ -12,7 +12,7 @@ import difflib
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -76,10 +76,8 @@ class Spec:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view, keyed like the TOML spec."""
-        out: dict[str, Any] = {}
-        for s in SETTINGS:
-            value = getattr(self, s.attr)
-            out[s.key] = _jsonable(value)
+        out = {s.key: _jsonable(getattr(self, s.attr)) for s in SETTINGS}
+        out["os-release"] = dict(self.os_release)
         return out
 
 
@@ -87,8 +85,6 @@ def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items() if v is not None}
     if isinstance(value, tuple | list):
-        if value and isinstance(value[0], tuple) and len(value[0]) == 2 and isinstance(value[0][0], str):
-            return {k: v for k, v in value}
         return [_jsonable(v) for v in value]
     if isinstance(value, Path | PurePosixPath):
         return str(value)
@@ -100,7 +96,8 @@ def _jsonable(value: Any) -> Any:
 
 def _str(value: Any, base: Path, key: str) -> str:
     if not isinstance(value, str):
-        raise SpecError(f"{key} must be a string, not {type(value).__name__}")
+        raise SpecError(f"{key} must be a string, not {type(value).__name__} ({value!r})",
+                        f'quote it: {key} = "{value}"')
     return value
 
 
@@ -346,7 +343,7 @@ def spec_from_mapping(data: Mapping[str, Any], base: Path) -> Spec:
         normalized[setting.key] = value
     kwargs: dict[str, Any] = {}
     for s in SETTINGS:
-        if s.key not in normalized or normalized[s.key] is None and not s.required:
+        if s.key not in normalized or (normalized[s.key] is None and not s.required):
             if s.required:
                 raise SpecError(f"spec key '{s.key}' is missing", f"set it in the spec or with {s.flag}")
             continue

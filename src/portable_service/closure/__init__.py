@@ -9,13 +9,14 @@ the chain.
 
 from __future__ import annotations
 
+import filecmp
 import fnmatch
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from portable_service.errors import ClosureError
+from portable_service.errors import ClosureError, TreeError
 from portable_service.spec import Spec
 from portable_service.units import Unit
 
@@ -112,12 +113,33 @@ def resolve(
     queue = list(root_nodes(spec, units))
     while queue:
         node = queue.pop(0)
-        if node.image in closure.nodes or excluded(node.image, spec.exclude):
+        if excluded(node.image, spec.exclude):
+            continue
+        if node.image in closure.nodes:
+            _check_same_source(closure.nodes[node.image], node)
             continue
         closure.nodes[node.image] = node
         for resolver in resolvers:
             queue.extend(resolver(node))
     return closure
+
+
+def _check_same_source(old: Node, new: Node) -> None:
+    """Two host paths may land on one image path only when they are the same file."""
+    if old.host == new.host:
+        return
+    if all(p.is_dir() and not p.is_symlink() for p in (old.host, new.host)):
+        return  # two folders merge
+    try:
+        if os.path.samefile(old.host, new.host) or filecmp.cmp(old.host, new.host, shallow=False):
+            return
+    except OSError:
+        pass
+    raise TreeError(
+        f"{new.image} is claimed twice: by {old.host} ({old.reason}) and by {new.host} "
+        f"({new.reason})",
+        "place one of them elsewhere with { source, target }, or drop one",
+    )
 
 
 def excluded(path: PurePosixPath, patterns: Iterable[str]) -> bool:
