@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from imagetrees import PROGRAM, UNIT, host_closure, image_maker
 
 from tests.conftest import require
-from tests.inspect.conftest import PROGRAM, UNIT, host_closure
 
 
 def _rm(rel: str) -> Callable[[Path], None]:
@@ -94,6 +94,11 @@ DEFECTS = [
     ("world-writable", "demo_1.0.raw", _world_writable, (), "world-writable",
      "world-writable file", 0),
 ]
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Callable[..., Path]:
+    return image_maker(tmp_path)
 
 
 def test_a_working_image_is_clean(image, cli) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from imagetrees import PROGRAM, UNIT, host_closure
+
 from tests.conftest import require_tool
-from tests.inspect.conftest import PROGRAM, UNIT, host_closure
 
 
 def _project(tmp_path: Path, extra: str = "") -> Path:

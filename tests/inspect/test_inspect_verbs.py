@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from imagetrees import make_tree, mksquashfs
 
 from tests.conftest import require_tool
-from tests.inspect.conftest import make_tree, mksquashfs
 
 
 def _disk(root: Path) -> dict[str, os.stat_result]:

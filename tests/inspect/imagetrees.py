@@ -1,4 +1,5 @@
-"""Hand-made image trees (one working service, then one defect at a time) and mksquashfs."""
+"""Helpers for tests/inspect: hand-made image trees (a working service, then one defect
+each) and mksquashfs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 
@@ -91,9 +91,11 @@ def mksquashfs(root: Path, out: Path, *extra: str) -> Path:
     return out
 
 
-@pytest.fixture
-def image(tmp_path: Path) -> Callable[..., Path]:
-    """image(name, change=None, *mksquashfs_args): a tree, changed by ``change``, packed."""
+def image_maker(tmp_path: Path) -> Callable[..., Path]:
+    """image(name, change=None, *mksquashfs_args): a working tree, changed by ``change``, packed.
+
+    (A helper, not a conftest fixture: tests/conftest.py is imported as ``conftest``.)
+    """
     require(Path(PROGRAM).exists(), f"{PROGRAM} is missing on this host")
     counter = [0]
 
