@@ -10,9 +10,9 @@ from imagetrees import PROGRAM, UNIT, host_closure
 from tests.conftest import require_tool
 
 
-def _project(tmp_path: Path, extra: str = "") -> Path:
+def _project(tmp_path: Path, extra: str = "", more_contents: str = "") -> Path:
     (tmp_path / "demo.service").write_text(UNIT)
-    contents = ", ".join(json.dumps(p) for p in host_closure(PROGRAM))
+    contents = ", ".join(json.dumps(p) for p in host_closure(PROGRAM)) + more_contents
     (tmp_path / "portable.toml").write_text(
         'pname = "demo"\nversion = "1.0"\nunits = ["demo.service"]\n'
         f'squash-compression = "gzip"\ncontents = [{contents}]\n{extra}')
@@ -51,3 +51,42 @@ def test_a_failing_image_never_replaces_the_old_one(cli, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert img.read_bytes() != before
     assert cli("verify", str(img)).returncode == 1
+
+
+def test_closure_roots_are_recorded_and_sized(cli, tmp_path) -> None:
+    require_tool("mksquashfs")
+    project = _project(tmp_path)
+    assert cli("build", cwd=project).returncode == 0
+    img = project / "result/demo_1.0.raw"
+    roots = json.loads(cli("inspect", "--json", str(img), check=True).stdout)["closure_roots"]
+    assert {r["path"] for r in roots} >= {PROGRAM}
+    size = json.loads(cli("size", "--json", str(img), check=True).stdout)
+    by_root = {r["path"]: r["bytes"] for r in size["closure_roots"]}
+    assert sum(by_root.values()) == size["total"]
+    assert by_root[PROGRAM] >= Path(PROGRAM).stat().st_size
+    libc = next(p for p in host_closure(PROGRAM) if Path(p).name == "libc.so.6")
+    # the record names paths as they lie in the image (host folder links kept as links)
+    placed = [p for p in by_root if Path(p).name == "libc.so.6"]
+    assert placed and by_root[placed[0]] == Path(libc).resolve().stat().st_size
+    assert "by closure root" in cli("size", str(img), check=True).stdout
+
+
+def test_absolute_links_never_ship_dangling(cli, tmp_path) -> None:
+    """Absolute link targets that need a PAX header (long or non-ASCII) must survive packing,
+    or the build must refuse the image; never a silently broken link."""
+    require_tool("mksquashfs")
+    project = _project(tmp_path)
+    app = project / "app"
+    deep = app / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    (deep / "data-ő.txt").write_text("x\n")
+    (app / "link").symlink_to(f"/opt/app/{'d' * 60}/{'e' * 60}/data-ő.txt")
+    _project(tmp_path, more_contents=', { source = "app", target = "/opt/app" }')
+    proc = cli("build", cwd=project)
+    assert "Traceback" not in proc.stderr
+    if proc.returncode == 0:
+        img = project / "result/demo_1.0.raw"
+        assert cli("cat", str(img), "/opt/app/link", check=True).stdout == "x\n"
+    else:
+        assert proc.returncode == 2
+        assert "/opt/app/link: the symlink" in proc.stderr and "dangles" in proc.stderr
