@@ -148,41 +148,42 @@ class Container:
 
     def start(self, unit: str) -> Result:
         """``systemctl start``, retried only for systemd 247's udev wait (see :meth:`settle`)."""
+        if not self.release.needs_udevd:
+            return self.systemctl("start", unit)
         for _ in range(UDEV_RETRIES + 1):
             cursor = self._cursor()
             result = self.systemctl("start", unit)
-            if not self._udev_timeout(self._journal_since(cursor)) and (
-                    not result.ok or not self.release.needs_udevd or not self._failed_late(unit)
-                    or not self._udev_timeout(self._journal_since(cursor))):
+            if result.ok:
+                self._wait_until_exec(unit)  # a simple service can still fail after this
+            if not self._udev_timeout(self._journal_since(cursor)):
                 break
             self.udev_retries += 1
             self.systemctl("reset-failed", unit)
         return result
 
-    def _failed_late(self, unit: str, timeout: float = 10) -> bool:
-        """Whether a unit that 'started' then failed before its program ran.
+    def _wait_until_exec(self, unit: str, timeout: float = 10) -> None:
+        """Until the unit's program runs, or the unit failed or finished.
 
         A simple service counts as active as soon as systemd forked it; the
-        sandbox (and the image mount) is set up after that. The child is named
+        sandbox (and the image mount) is set up after that, in a child named
         "(program)" until it execs the program.
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             state = self.unit_state(unit)
             if state.active == "failed":
-                return True
+                return
             if state.active != "activating":
                 pid = self.systemctl("show", "-p", "MainPID", "--value", unit).stdout.strip()
                 if pid in ("", "0"):
-                    return False
+                    return
                 try:
                     comm = (self.root / "proc" / pid / "comm").read_text().strip()
                 except OSError:
                     comm = ""  # it exited already: look again at the state
                 if comm and not comm.startswith("("):
-                    return False
+                    return
             time.sleep(0.05)
-        return False
 
     def _udev_timeout(self, journal: str) -> bool:
         return self.release.needs_udevd and "Failed to wait for device to be initialized" in journal
