@@ -37,7 +37,7 @@ from portable_service.run import find_tool
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOOP_DEVICES = 256
-UDEV_RETRIES = 2
+UDEV_RETRIES = 4
 _counter = itertools.count()
 
 
@@ -384,6 +384,14 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
         make_loop_devices(container.root / "dev")
         if release.needs_udevd:
             container.run("/lib/systemd/systemd-udevd", "--daemon", check=True)
+            # When udev's message about a new loop device does not arrive within 5 s,
+            # systemd 247 re-triggers it by writing "change" to its uevent file; nspawn's
+            # /sys is read-only, so that fails ("Read-only file system"). Give the
+            # container writable block-device folders (and nothing else of /sys).
+            container.run("sh", "-c", "mkdir -p /run/harness-sysfs && "
+                          "mount -t sysfs sysfs /run/harness-sysfs && "
+                          "mount --bind /run/harness-sysfs/devices/virtual/block "
+                          "/sys/devices/virtual/block && umount /run/harness-sysfs", check=True)
         if release.systemd >= 256:
             # systemd >= 256 puts the host's os-release at /run/host/os-release in a unit's
             # root. Under the "trusted" profile (BindPaths=/run) that /run is the
