@@ -33,11 +33,13 @@ from pathlib import Path
 
 from portable_service.errors import ToolError
 from portable_service.harness.roots import Release
-from portable_service.run import find_tool
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOOP_DEVICES = 256
 UDEV_RETRIES = 4
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_UNIT_SUFFIXES = (".service", ".socket", ".target", ".timer", ".path")
+INSTALL_HINT = "install it: apt-get install systemd-container debootstrap"
 _counter = itertools.count()
 
 
@@ -258,10 +260,6 @@ class Container:
         return self.systemctl("status", "--lines=0", unit).stdout
 
 
-_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_UNIT_SUFFIXES = (".service", ".socket", ".target", ".timer", ".path")
-
-
 def one_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return " / ".join(lines[-3:]) if lines else "no message"
@@ -272,11 +270,12 @@ def check_host() -> None:
     if os.geteuid() != 0:
         raise ToolError("booting a throwaway systemd needs root",
                         "run it as root (e.g. with sudo)")
-    for tool in ("systemd-nspawn", "unshare", "nsenter"):
-        if shutil.which(tool) is None:
+    for tool, hint in (("systemd-nspawn", INSTALL_HINT), ("debootstrap", INSTALL_HINT),
+                       ("unshare", "install it: apt-get install util-linux"),
+                       ("nsenter", "install it: apt-get install util-linux")):
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
             raise ToolError(f"{tool} not found in PATH (needed to boot a throwaway systemd)",
-                            "install it: apt-get install systemd-container debootstrap")
-    find_tool("debootstrap", reason="to create the Debian root systemd boots from")
+                            hint)
 
 
 # -- cgroups: one per container, in every named hierarchy systemd cares about
