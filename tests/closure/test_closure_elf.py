@@ -165,3 +165,38 @@ def test_default_folders_match_the_host_loader() -> None:
     out = subprocess.run([LOADER, "--help"], capture_output=True, text=True, check=True).stdout
     system = [line.split()[0] for line in out.splitlines() if "(system search path)" in line]
     assert list(elf.LoaderConfig.from_host().default_dirs((64, elf.EM_X86_64))) == system
+
+
+def test_fast_reader_agrees_with_pyelftools_on_host_files() -> None:
+    """The struct reader against pyelftools (the reference) on every ELF file of a few host folders."""
+    checked = 0
+    for folder in ("/usr/bin", "/usr/sbin", "/usr/lib/x86_64-linux-gnu/systemd", "/usr/lib/lighttpd"):
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            p = os.path.join(folder, name)
+            if os.path.islink(p) or not os.path.isfile(p) or elf.elf_kind(p) is None:
+                continue
+            with open(p, "rb") as f:
+                assert elf.read_dynamic(f) == elf.read_with_pyelftools(f), p
+            checked += 1
+    assert checked > 100
+
+
+def test_a_library_already_loaded_is_not_searched_again(tmp_path: Path) -> None:
+    """prog (RUNPATH d) needs libb and liba; liba needs libb but has no path of its own.
+
+    The loader finds libb for liba because prog loaded it first (systemd's
+    programs and libsystemd-core work this way); a search from liba alone fails.
+    """
+    d = tmp_path / "d"
+    cc(d / "libb.so", "int b(void) { return 42; }\n", "-shared")
+    cc(d / "liba.so", "int b(void);\nint a(void) { return b(); }\n", "-shared", f"-L{d}", "-lb")
+    prog = cc(tmp_path / "prog", "int a(void); int b(void);\nint main(void) { return a() == b() ? 0 : 1; }\n",
+              f"-L{d}", "-lb", "-la", f"-Wl,-rpath,{d}", NEW_TAGS, "-Wl,--no-as-needed")
+    assert elf.read_elf(prog).needed == ("libb.so", "liba.so")  # type: ignore[union-attr]
+    assert runs_on_host(prog)
+    c = closure_of(tmp_path, contents=[str(prog)])
+    assert {str(d / "liba.so"), str(d / "libb.so")} <= paths(c)
+    with pytest.raises(ClosureError, match=r"liba\.so needs libb\.so"):
+        closure_of(tmp_path, contents=[str(d / "liba.so")])
