@@ -194,7 +194,7 @@ def test_a_library_already_loaded_is_not_searched_again(tmp_path: Path) -> None:
     cc(d / "liba.so", "int b(void);\nint a(void) { return b(); }\n", "-shared", f"-L{d}", "-lb")
     prog = cc(tmp_path / "prog", "int a(void); int b(void);\nint main(void) { return a() == b() ? 0 : 1; }\n",
               f"-L{d}", "-lb", "-la", f"-Wl,-rpath,{d}", NEW_TAGS, "-Wl,--no-as-needed")
-    assert elf.read_elf(prog).needed == ("libb.so", "liba.so")  # type: ignore[union-attr]
+    assert elf.read_elf(prog).needed[:2] == ("libb.so", "liba.so")  # type: ignore[union-attr]
     assert runs_on_host(prog)
     c = closure_of(tmp_path, contents=[str(prog)])
     assert {str(d / "liba.so"), str(d / "libb.so")} <= paths(c)
