@@ -200,3 +200,15 @@ def test_a_library_already_loaded_is_not_searched_again(tmp_path: Path) -> None:
     assert {str(d / "liba.so"), str(d / "libb.so")} <= paths(c)
     with pytest.raises(ClosureError, match=r"liba\.so needs libb\.so"):
         closure_of(tmp_path, contents=[str(d / "liba.so")])
+
+
+def test_a_library_before_its_program_is_judged_by_the_program(tmp_path: Path) -> None:
+    """Whatever the order the closure meets them in, liba's need is met by prog's load."""
+    d = tmp_path / "d"
+    cc(d / "libb.so", "int b(void) { return 42; }\n", "-shared")
+    cc(d / "liba.so", "int b(void);\nint a(void) { return b(); }\n", "-shared", f"-L{d}", "-lb")
+    prog = cc(tmp_path / "prog", "int a(void); int b(void);\nint main(void) { return a() == b() ? 0 : 1; }\n",
+              f"-L{d}", "-lb", "-la", f"-Wl,-rpath,{d}", NEW_TAGS, "-Wl,--no-as-needed")
+    for contents in ([str(d / "liba.so"), str(prog)], [str(prog), str(d / "liba.so")]):
+        c = closure_of(tmp_path, contents=contents)
+        assert c.warnings == [] and str(d / "libb.so") in paths(c)

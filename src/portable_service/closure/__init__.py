@@ -237,6 +237,10 @@ def resolve(
         closure.nodes[node.image] = node
         for resolver in resolvers:
             queue.extend(resolver(node))
+    for resolver in resolvers:
+        finish = getattr(resolver, "finish", None)
+        if finish is not None:
+            finish()  # checks that need the whole closure (a library's misses)
     _add_ld_cache(closure, spec)
     return closure
 

@@ -413,6 +413,10 @@ class ElfResolver:
         self._loaded: set[str] = set()  # image paths (and their real paths) already resolved in a load
         self._by_path: dict[str, ElfInfo | None] = {}
         self._real: dict[str, str] = {}
+        # a library resolved on its own may need one only its program's load provides:
+        # its misses count only if no program loads it (see finish)
+        self._deferred: dict[str, list[tuple[str, str]]] = {}
+        self._by_programs: set[str] = set()  # paths some program's load pulls in
 
     def realpath(self, path: Path | str) -> str:
         key = str(path)
@@ -454,7 +458,8 @@ class ElfResolver:
         info = self.info_at(node.image, node.host)
         if info is None:
             return
-        self._loaded.add(str(node.image))
+        if info.interp:
+            self._loaded.add(str(node.image))
         if info.interp:
             interp = PurePosixPath(info.interp)
             host = Path(self.ctx.host_of(info.interp))
@@ -467,11 +472,22 @@ class ElfResolver:
                                  "install the loader for its architecture or leave the file out")
         yield from self._load(node, info)
 
-    def _mark(self, image: str, host: Path | str) -> None:
-        self._loaded.add(image)
-        self._loaded.add(self.realpath(host))
+    def _mark(self, image: str, host: Path | str, by_program: bool = True) -> None:
+        paths = (image, self.realpath(host))
+        self._loaded.update(paths)
+        if by_program:
+            self._by_programs.update(paths)
+
+    def finish(self) -> None:
+        """Report the misses of libraries no program of the closure loads."""
+        for root, misses in self._deferred.items():
+            if root not in self._by_programs:
+                for message, hint in misses:
+                    self.ctx.missing(message, hint)
+        self._deferred.clear()
 
     def _load(self, root: Node, root_info: ElfInfo) -> Iterator[Node]:
+        standalone = root_info.interp is None  # a library (or plugin): no program loads it yet
         names: set[str] = set()  # names the loaded objects answer to
         files: set[str] = {self.realpath(root.host)}
         queue: deque[tuple[PurePosixPath, ElfInfo, tuple[str, ...]]] = deque(
@@ -485,16 +501,19 @@ class ElfResolver:
                     continue
                 found = self.loader.find(name, info, origin, inherited)
                 if found is None:
-                    self.ctx.missing(
-                        f"{image} needs {name}, which the loader would not find "
-                        f"(searched {self._searched(info, origin, inherited)})",
-                        "install the package that ships it, add its folder to contents, "
-                        "or set allow-missing = true to build anyway")
+                    miss = (f"{image} needs {name}, which the loader would not find "
+                            f"(searched {self._searched(info, origin, inherited)})",
+                            "install the package that ships it, add its folder to contents, "
+                            "or set allow-missing = true to build anyway")
+                    if standalone:
+                        self._deferred.setdefault(str(root.image), []).append(miss)
+                    else:
+                        self.ctx.missing(*miss)
                     continue
                 names.add(name)
                 for path in found.paths:
                     host = self.ctx.host_of(path)
-                    self._mark(path, host)
+                    self._mark(path, host, not standalone)
                     yield Node(PurePosixPath(path), Path(host), f"DT_NEEDED {name} ({found.via})", image)
                 first = found.paths[0]
                 real = self.realpath(self.ctx.host_of(first))
