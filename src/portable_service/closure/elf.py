@@ -2,6 +2,9 @@
 
 The search order for a library NAME needed by object O (elf/dl-load.c, ld.so(8)):
 
+0. NAME that an object already loaded answers to (the name it was loaded by,
+   or its DT_SONAME) is that object: the load is followed breadth first from
+   the program, as the loader does it;
 1. NAME with a ``/`` is opened as it is;
 2. unless O has DT_RUNPATH: the DT_RPATH of O, then of the object that loaded
    O, and so on up to the executable;
@@ -389,8 +392,6 @@ class Loader:
         lib, platform = self.config.lib(info.kind), self.config.platform(info.kind)
         own = tuple(d for d in (expand_dst(e, origin, lib, platform) for e in info.rpath) if d)
         return own + tuple(inherited)
-
-
 
 
 class ElfResolver:
