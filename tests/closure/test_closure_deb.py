@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -148,3 +149,15 @@ def test_spec_keys_for_packages(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, packages=["a"], skip_packages=[], package_docs=True)
     assert (spec.skip_packages, spec.package_docs) == ((), True)
     assert make_spec(tmp_path).skip_packages is None  # the documented default list applies
+
+
+def test_a_package_folder_link_does_not_bring_the_whole_folder(tmp_path: Path) -> None:
+    """dpkg lists /lib for libbz2-1.0 (and not /usr/lib); on merged-/usr hosts /lib is a link."""
+    require(_host_has("libbz2-1.0"), "libbz2-1.0 is not installed")
+    require(os.path.islink("/lib"), "this host's /lib is not a link (merged /usr)")
+    c = closure_of(tmp_path, packages=["libbz2-1.0"], skip_packages=["libc6"])
+    node = c.nodes[PurePosixPath("/usr/lib")]
+    assert node.reason == "symlink target of /lib" and node.package == "libbz2-1.0"
+    files = {str(p) for p in c.nodes}
+    assert not any(f.startswith("/usr/lib/python3") for f in files)
+    assert len(files) < 100

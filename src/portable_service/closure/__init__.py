@@ -199,7 +199,9 @@ def symlink_resolver(node: Node) -> Iterator[Node]:
     target = os.readlink(node.host)
     resolved = PurePosixPath(os.path.normpath(os.path.join(node.host.parent, target)))
     if os.path.lexists(resolved):
-        yield Node(resolved, Path(resolved), f"symlink target of {node.image}", node.image)
+        # a package's link (dpkg lists /lib -> usr/lib) must not turn into the whole folder
+        yield Node(resolved, Path(resolved), f"symlink target of {node.image}", node.image,
+                   package=node.package)
 
 
 DEFAULT_RESOLVERS: tuple[Resolver, ...] = (folder_resolver, symlink_resolver)
