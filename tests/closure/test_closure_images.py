@@ -126,3 +126,15 @@ def _get(url: str, server: subprocess.Popen[str]) -> str:
                 err = server.stderr.read() if server.stderr else ""
                 raise AssertionError(f"lighttpd did not answer ({e}): {err}") from None
             time.sleep(0.05)
+
+
+def test_closure_images_are_reproducible(tmp_path: Path) -> None:
+    """Same inputs, same bytes: the closure's order and the generated ld.so.cache are fixed."""
+    require(os.path.exists("/usr/sbin/lighttpd"), "lighttpd is not installed (apt-get install lighttpd)")
+    from portable_service import build
+
+    settings = {"pname": "t", "version": "1", "units": [unit("/usr/bin/bash")], "packages": ["lighttpd"],
+                "squash_compression": "gzip"}
+    a = build(output_dir=tmp_path / "a", base_dir=tmp_path, **settings)
+    b = build(output_dir=tmp_path / "b", base_dir=tmp_path, **settings)
+    assert a.read_bytes() == b.read_bytes()
