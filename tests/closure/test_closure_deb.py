@@ -161,3 +161,29 @@ def test_a_package_folder_link_does_not_bring_the_whole_folder(tmp_path: Path) -
     files = {str(p) for p in c.nodes}
     assert not any(f.startswith("/usr/lib/python3") for f in files)
     assert len(files) < 100
+
+
+def test_package_files_from_a_dpkg_database(tmp_path: Path) -> None:
+    """Files as dpkg lists them: docs left out, diversions followed, missing files passed over."""
+    from portable_service.closure import Closure, Context
+
+    root = tmp_path / "fs"
+    for rel in ("usr/bin/tool", "usr/bin/tool.distrib", "etc/app.conf"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+    admin = tmp_path / "dpkg"
+    (admin / "info").mkdir(parents=True)
+    (admin / "status").write_text("Package: app\nStatus: install ok installed\nArchitecture: amd64\n")
+    doc = "/usr/share/doc/libc6/copyright"  # a real doc file: docs are known by their host path
+    require(os.path.exists(doc), f"{doc} is missing")
+    listed = ["/.", str(root), f"{root}/usr/bin/tool", doc, f"{root}/etc/app.conf", f"{root}/etc/gone.conf"]
+    (admin / "info/app:amd64.list").write_text("\n".join(listed) + "\n")
+    # another package diverted app's tool away: app's own file is tool.distrib
+    (admin / "diversions").write_text(f"{root}/usr/bin/tool\n{root}/usr/bin/tool.distrib\nother\n")
+    spec = make_spec(tmp_path, packages=["app"])
+    nodes = {str(n.image): n for n in deb.package_nodes(spec, Context(spec, Closure()), admin)}
+    assert set(nodes) == {str(root), f"{root}/usr/bin/tool.distrib", f"{root}/etc/app.conf"}
+    assert all(n.package == "app" for n in nodes.values())
+    docs = make_spec(tmp_path, packages=["app"], package_docs=True)
+    assert doc in {
+        str(n.image) for n in deb.package_nodes(docs, Context(docs, Closure()), admin)}
