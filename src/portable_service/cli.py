@@ -116,8 +116,14 @@ def _image_verbs(sub: Any) -> None:
     register(sub)
 
 
+def _try_parser(sub: Any) -> None:
+    from portable_service.trycmd import register
+
+    register(sub)
+
+
 # Each verb registers itself here: (name -> function adding its parser).
-VERBS: list[Callable[[Any], None]] = [_build_parser, _why_parser, _image_verbs]
+VERBS: list[Callable[[Any], None]] = [_build_parser, _why_parser, _image_verbs, _try_parser]
 
 
 def make_parser() -> argparse.ArgumentParser:
