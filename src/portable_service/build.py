@@ -67,18 +67,32 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
 
 
 def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
-                inspect: Callable[[Plan], None] | None = None) -> Path:
+                inspect: Callable[[Plan], None] | None = None, verify: bool = True) -> Path:
     """Build ``output_dir/<pname>_<version>.raw``; on any failure the old image stays as it was.
 
-    ``inspect`` sees the plan before anything is written (``--print-closure``).
+    ``inspect`` sees the plan before anything is written (``--print-closure``). With
+    ``verify`` the written file is checked (portable_service.verify) before it replaces the
+    old image, so an image portabled would refuse never lands.
     """
     p = plan(spec, reporter)
     if inspect is not None:
         inspect(p)
     out = output_dir / spec.image_name
     _prepare_dir(output_dir)
+
+    def check(tmp: Path) -> None:
+        from portable_service.verify import check_written
+
+        def say(line: str) -> None:  # shown even when quiet, like warnings
+            reporter.console.print(f"portable-service: verify: {line}", markup=False,
+                                   highlight=False, soft_wrap=True)
+
+        with reporter.step("verifying the image"):
+            check_written(tmp, out.name, p.tree, say)
+
     with reporter.step(f"writing {out} with {p.writer.name} ({len(p.tree)} entries)"):
-        write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, reporter))
+        write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, reporter),
+                         check if verify else None)
     return out
 
 
@@ -93,14 +107,17 @@ def _prepare_dir(output_dir: Path) -> None:
                                    "choose another with -o")
 
 
-def write_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file beside ``out``, then rename it over ``out``."""
+def write_atomically(out: Path, write: Callable[[Path], None],
+                     check: Callable[[Path], None] | None = None) -> None:
+    """Write to a temporary file beside ``out``, ``check`` it, then rename it over ``out``."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)
+        if check is not None:
+            check(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)

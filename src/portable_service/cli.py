@@ -71,7 +71,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         def inspect(plan: Any) -> None:
             print("\n".join(closure_listing(plan.closure)))
 
-    out = build_image(spec, Path(args.output), reporter, inspect=inspect)
+    out = build_image(spec, Path(args.output), reporter, inspect=inspect, verify=args.verify)
     print(out)
     return 0
 
@@ -104,12 +104,26 @@ def _build_parser(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image path")
     p.add_argument("--print-closure", action="store_true",
                    help="list the closure with sizes, largest first, before the image path")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not check the result with 'verify' before it replaces the old image")
     _add_spec_flags(p)
     p.set_defaults(func=cmd_build)
 
 
+def _image_verbs(sub: Any) -> None:
+    from portable_service.imageverbs import register
+
+    register(sub)
+
+
+def _try_parser(sub: Any) -> None:
+    from portable_service.trycmd import register
+
+    register(sub)
+
+
 # Each verb registers itself here: (name -> function adding its parser).
-VERBS: list[Callable[[Any], None]] = [_build_parser, _why_parser]
+VERBS: list[Callable[[Any], None]] = [_build_parser, _why_parser, _image_verbs, _try_parser]
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -25,9 +25,11 @@ from closure_helpers import (
 
 from conftest import REPO, require, require_root
 from portable_service.closure import deb
+from portable_service.image import CLOSURE_RECORD
 
 pytestmark = pytest.mark.root
-GENERATED = {"/etc/machine-id", "/etc/resolv.conf", "/etc/os-release", "/etc/ld.so.cache"}
+GENERATED = {"/etc/machine-id", "/etc/resolv.conf", "/etc/os-release", "/etc/ld.so.cache",
+             str(CLOSURE_RECORD)}
 
 
 def regular_files(root: Path) -> set[str]:

@@ -1,0 +1,610 @@
+"""A squashfs 4.0 reader: list, stat, read files and links, xattrs.
+
+It reads images made by mksquashfs as well as by our writer, and treats
+every image as hostile: offsets are checked against the image and its
+tables, counts and sizes against sane limits, every metadata read moves
+forward, and a directory met twice while walking is reported as a cycle.
+Any problem becomes one :class:`~portable_service.errors.ImageError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat as stat_mod
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from portable_service.squashfs import compressor as comp
+from portable_service.squashfs import format as fmt
+from portable_service.squashfs.errors import (
+    CorruptImageError,
+    NotFoundError,
+    OutOfBoundsError,
+    UnsupportedError,
+)
+from portable_service.squashfs.format import Superblock
+from portable_service.squashfs.metadata import MetadataReader
+
+__all__ = ["SquashfsImage", "Stat", "Superblock"]
+
+MAX_LISTING = 64 << 20  # bytes of one directory listing
+MAX_BLOCK_LIST = 16 << 20  # data blocks of one file (16 TiB at 1 MiB blocks)
+MAX_SYMLINK = 64 << 10
+MAX_XATTR_VALUE = 16 << 20
+MAX_XATTR_COUNT = 65536
+MAX_READ = 1 << 30  # read() returns bytes; larger files are for open()
+MAX_LINKS = 40  # symlinks followed in one path lookup
+MAX_DEPTH = 4096
+
+
+@dataclass(frozen=True)
+class Stat:
+    kind: str  # 'dir', 'file', 'symlink', 'chardev', 'blockdev', 'fifo', 'socket'
+    mode: int  # permission bits (0o7777)
+    uid: int
+    gid: int
+    size: int
+    mtime: int
+    inode: int
+    nlink: int
+    target: str | None = None
+
+    @property
+    def st_mode(self) -> int:
+        """The full mode with the file type bits, as os.stat gives it."""
+        return fmt.S_IFMT[self.kind] | self.mode
+
+    def filemode(self) -> str:
+        return stat_mod.filemode(self.st_mode)
+
+
+@dataclass
+class Inode:
+    """A decoded inode; which fields mean something depends on ``kind``."""
+
+    ref: int
+    type: int
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    number: int
+    nlink: int = 1
+    size: int = 0
+    xattr: int = fmt.NO_XATTR
+    # directories
+    dir_block: int = 0
+    dir_offset: int = 0
+    parent: int = 0
+    index_count: int = 0
+    # files
+    blocks_start: int = 0
+    fragment: int = fmt.NO_FRAGMENT
+    frag_offset: int = 0
+    sparse: int = 0
+    blocks_at: tuple[int, int] = (0, 0)  # where the block size list starts in the inode table
+    # symlinks and devices
+    target: bytes = b""
+    device: int = 0
+    _blocks: list[int] | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return fmt.kind_of(self.type)
+
+
+class SquashfsImage:
+    """An open squashfs image. Paths are absolute image paths such as ``/etc/os-release``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise NotFoundError(f"cannot open image {self.path}: {e.strerror}",
+                                "check the path") from None
+        try:
+            self._size = os.fstat(self._fd).st_size
+            self._setup()
+        except BaseException:
+            os.close(self._fd)
+            self._fd = -1
+            raise
+
+    # -- life cycle
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> SquashfsImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # -- raw access
+
+    def _read_at(self, pos: int, size: int) -> bytes:
+        if pos < 0 or size < 0 or pos + size > self._limit:
+            raise OutOfBoundsError(f"read of {size} bytes at {pos} is beyond the image "
+                                   f"({self._limit} bytes)")
+        if self._fd < 0:
+            raise UnsupportedError("the image is closed")
+        data = os.pread(self._fd, size, pos)
+        if len(data) != size:
+            raise OutOfBoundsError(f"the image is truncated at {pos + len(data)}")
+        return data
+
+    def _setup(self) -> None:
+        self._limit = self._size
+        sb = self.superblock = Superblock.parse(self._read_at(0, fmt.SUPERBLOCK_SIZE)
+                                                if self._size >= fmt.SUPERBLOCK_SIZE else b"")
+        if sb.bytes_used > self._size:
+            raise OutOfBoundsError(f"the image is truncated: it should have {sb.bytes_used} "
+                                   f"bytes, the file has {self._size}")
+        self._limit = sb.bytes_used
+        for name in ("inode_table", "directory_table", "id_table"):
+            if not fmt.SUPERBLOCK_SIZE <= getattr(sb, name) < sb.bytes_used:
+                raise OutOfBoundsError(f"superblock: {name} at {getattr(sb, name)} is outside "
+                                       "the image")
+        if not sb.inode_table < sb.directory_table:
+            raise CorruptImageError("superblock: the inode table does not precede directories")
+        record = None
+        if sb.flags & fmt.F_COMPRESSOR_OPTIONS:
+            # the options record is one metadata block right after the superblock
+            opts = MetadataReader(self._read_at, comp.Compressor("gzip", sb.block_size),
+                                  fmt.SUPERBLOCK_SIZE, sb.inode_table, "compressor options")
+            header = self._read_at(fmt.SUPERBLOCK_SIZE, 2)
+            if not fmt.U16.unpack(header)[0] & fmt.METADATA_UNCOMPRESSED:
+                raise UnsupportedError("compressed compressor options are not supported")
+            record, _ = opts.block(fmt.SUPERBLOCK_SIZE)
+        self.compressor = comp.from_image(sb.compression_id, record, sb.block_size)
+        self._inodes = MetadataReader(self._read_at, self.compressor, sb.inode_table,
+                                      sb.directory_table, "inode table")
+        self._dirs = MetadataReader(self._read_at, self.compressor, sb.directory_table,
+                                    sb.bytes_used, "directory table")
+        self._tables = MetadataReader(self._read_at, self.compressor, fmt.SUPERBLOCK_SIZE,
+                                      sb.bytes_used, "lookup tables")
+        self._ids = self._read_ids()
+        self._fragments: dict[int, tuple[int, int]] = {}
+        self._listings: OrderedDict[int, list[fmt.DirEntry]] = OrderedDict()
+        self._frag_cache: OrderedDict[int, bytes] = OrderedDict()
+        self._xattr_start = 0
+        self._xattr_count = 0
+        if sb.xattr_table != fmt.NO_TABLE:
+            if not sb.xattr_table + fmt.XATTR_ID_TABLE.size <= sb.bytes_used:
+                raise OutOfBoundsError("superblock: the xattr table is outside the image")
+            kv, count, _ = fmt.XATTR_ID_TABLE.unpack(
+                self._read_at(sb.xattr_table, fmt.XATTR_ID_TABLE.size))
+            if not fmt.SUPERBLOCK_SIZE <= kv <= sb.xattr_table:
+                raise OutOfBoundsError("xattr table: key/value start is outside the image")
+            self._xattr_start, self._xattr_count = kv, count
+        self.root = self._inode(sb.root_inode)
+        if self.root.kind != "dir":
+            raise CorruptImageError("the root inode is not a directory")
+
+    def _table_entry(self, index_start: int, count: int, entry_size: int, i: int,
+                     what: str) -> bytes:
+        """Entry ``i`` of a table stored as metadata blocks behind an index of u64 pointers."""
+        if not 0 <= i < count:
+            raise OutOfBoundsError(f"{what}: entry {i} of {count}")
+        per_block = fmt.METADATA_SIZE // entry_size
+        n_blocks = -(-count // per_block)
+        if index_start + 8 * n_blocks > self._limit:
+            raise OutOfBoundsError(f"{what}: the index is beyond the image")
+        (block,) = fmt.U64.unpack(self._read_at(index_start + 8 * (i // per_block), 8))
+        if block >= index_start:
+            raise OutOfBoundsError(f"{what}: a block pointer points past the index")
+        data, _, _ = self._tables.read(block, (i % per_block) * entry_size, entry_size)
+        return data
+
+    def _read_ids(self) -> list[int]:
+        sb = self.superblock
+        if sb.id_count == 0:
+            raise CorruptImageError("the image has no id table entries")
+        return [fmt.U32.unpack(self._table_entry(sb.id_table, sb.id_count, 4, i, "id table"))[0]
+                for i in range(sb.id_count)]
+
+    def _id(self, idx: int) -> int:
+        if idx >= len(self._ids):
+            raise OutOfBoundsError(f"an inode names id {idx} of {len(self._ids)}")
+        return self._ids[idx]
+
+    # -- inodes
+
+    def _inode(self, ref: int) -> Inode:
+        block, offset = fmt.split_ref(ref)
+        if offset >= fmt.METADATA_SIZE:
+            raise OutOfBoundsError(f"inode reference {ref:#x} has offset {offset}")
+        pos = self.superblock.inode_table + block
+        raw, pos, offset = self._inodes.read(pos, offset, fmt.InodeHeader.FMT.size)
+        h = fmt.InodeHeader.parse(raw)
+        if not 1 <= h.type <= 14:
+            raise CorruptImageError(f"inode {h.inode_number}: unknown type {h.type}")
+        if not 1 <= h.inode_number <= self.superblock.inode_count:
+            raise CorruptImageError(f"inode number {h.inode_number} is out of range")
+        ino = Inode(ref, h.type, h.mode & 0o7777, self._id(h.uid_idx), self._id(h.gid_idx),
+                    h.mtime, h.inode_number)
+
+        def take(s: fmt.struct.Struct) -> tuple:
+            nonlocal pos, offset
+            data, pos, offset = self._inodes.read(pos, offset, s.size)
+            return s.unpack(data)
+
+        t = h.type
+        if t == fmt.DIR:
+            ino.dir_block, ino.nlink, ino.size, ino.dir_offset, ino.parent = take(fmt.DIR_BODY)
+        elif t == fmt.LDIR:
+            (ino.nlink, ino.size, ino.dir_block, ino.parent, ino.index_count, ino.dir_offset,
+             ino.xattr) = take(fmt.LDIR_BODY)
+        elif t == fmt.FILE:
+            ino.blocks_start, ino.fragment, ino.frag_offset, ino.size = take(fmt.FILE_BODY)
+            ino.blocks_at = (pos, offset)
+        elif t == fmt.LFILE:
+            (ino.blocks_start, ino.size, ino.sparse, ino.nlink, ino.fragment, ino.frag_offset,
+             ino.xattr) = take(fmt.LFILE_BODY)
+            ino.blocks_at = (pos, offset)
+        elif t in (fmt.SYMLINK, fmt.LSYMLINK):
+            ino.nlink, n = take(fmt.SYMLINK_BODY)
+            if n > MAX_SYMLINK:
+                raise OutOfBoundsError(f"inode {h.inode_number}: symlink target of {n} bytes")
+            ino.target, pos, offset = self._inodes.read(pos, offset, n)
+            ino.size = n
+            if t == fmt.LSYMLINK:
+                (ino.xattr,) = take(fmt.U32)
+        elif t in (fmt.BLKDEV, fmt.CHRDEV):
+            ino.nlink, ino.device = take(fmt.DEV_BODY)
+        elif t in (fmt.LBLKDEV, fmt.LCHRDEV):
+            ino.nlink, ino.device, ino.xattr = take(fmt.LDEV_BODY)
+        elif t in (fmt.FIFO, fmt.SOCKET):
+            (ino.nlink,) = take(fmt.IPC_BODY)
+        else:
+            ino.nlink, ino.xattr = take(fmt.LIPC_BODY)
+        if ino.kind == "dir" and ino.size < 3:
+            raise CorruptImageError(f"directory inode {ino.number} has size {ino.size}")
+        return ino
+
+    def _stat(self, ino: Inode) -> Stat:
+        target = os.fsdecode(ino.target) if ino.kind == "symlink" else None
+        return Stat(ino.kind, ino.mode, ino.uid, ino.gid, ino.size, ino.mtime, ino.number,
+                    ino.nlink, target)
+
+    # -- directories
+
+    def _listing(self, ino: Inode) -> list[fmt.DirEntry]:
+        cached = self._listings.get(ino.ref)
+        if cached is not None:
+            self._listings.move_to_end(ino.ref)
+            return cached
+        size = ino.size - 3  # the size counts "." and ".." that are not stored
+        if size > MAX_LISTING:
+            raise OutOfBoundsError(f"directory inode {ino.number}: listing of {size} bytes")
+        if ino.dir_offset >= fmt.METADATA_SIZE:
+            raise OutOfBoundsError(f"directory inode {ino.number}: bad offset")
+        data = b""
+        if size > 0:
+            data, _, _ = self._dirs.read(self.superblock.directory_table + ino.dir_block,
+                                         ino.dir_offset, size)
+        entries = parse_listing(data)
+        self._listings[ino.ref] = entries
+        if len(self._listings) > 64:
+            self._listings.popitem(last=False)
+        return entries
+
+    def _entries(self, ino: Inode) -> list[fmt.DirEntry]:
+        if ino.kind != "dir":
+            raise NotFoundError("not a directory")
+        return self._listing(ino)
+
+    def _lookup(self, path: str, follow_last: bool = False) -> Inode:
+        """Resolve an absolute image path; symlinks on the way are followed inside the image."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise NotFoundError(f"{path!r} is not an absolute image path", "start it with /")
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        stack = [self.root]
+        links = 0
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if len(stack) > 1:
+                    stack.pop()
+                continue
+            cur = stack[-1]
+            if cur.kind != "dir":
+                raise NotFoundError(f"{path}: a component is not a directory")
+            name = os.fsencode(part)
+            entry = next((e for e in self._listing(cur) if e.name == name), None)
+            if entry is None:
+                raise NotFoundError(f"{path} is not in the image")
+            child = self._inode(fmt.inode_ref(entry.inode_block, entry.inode_offset))
+            if child.kind == "symlink" and (parts or follow_last):
+                links += 1
+                if links > MAX_LINKS:
+                    raise NotFoundError(f"{path}: too many levels of symbolic links")
+                target = os.fsdecode(child.target)
+                new = [p for p in target.split("/") if p not in ("", ".")]
+                if target.startswith("/"):
+                    del stack[1:]
+                parts = new + parts
+                continue
+            stack.append(child)
+            if len(stack) > MAX_DEPTH:
+                raise OutOfBoundsError(f"{path}: nested too deeply")
+        return stack[-1]
+
+    # -- the public API
+
+    def stat(self, path: str) -> Stat:
+        """The entry at ``path``; a symlink in the last component is not followed."""
+        return self._stat(self._lookup(path))
+
+    def listdir(self, path: str) -> list[str]:
+        ino = self._lookup(path, follow_last=True)
+        if ino.kind != "dir":
+            raise NotFoundError(f"{path} is not a directory")
+        return [os.fsdecode(e.name) for e in self._listing(ino)]
+
+    def walk(self) -> Iterator[tuple[str, Stat]]:
+        """Every entry, ``/`` first, depth-first in sorted order."""
+        yield "/", self._stat(self.root)
+        seen = {self.root.ref}
+        stack: list[tuple[str, Iterator[fmt.DirEntry]]] = [("", iter(self._listing(self.root)))]
+        while stack:
+            prefix, it = stack[-1]
+            entry = next(it, None)
+            if entry is None:
+                stack.pop()
+                continue
+            ino = self._inode(fmt.inode_ref(entry.inode_block, entry.inode_offset))
+            if fmt.basic_type(ino.type) != entry.type:
+                raise CorruptImageError(f"{prefix}/{os.fsdecode(entry.name)}: the listing and "
+                                        "the inode disagree on its type")
+            path = f"{prefix}/{os.fsdecode(entry.name)}"
+            yield path, self._stat(ino)
+            if ino.kind == "dir":
+                if ino.ref in seen:
+                    raise CorruptImageError(f"{path}: directory cycle")
+                seen.add(ino.ref)
+                if len(stack) >= MAX_DEPTH:
+                    raise OutOfBoundsError(f"{path}: nested too deeply")
+                stack.append((path, iter(self._listing(ino))))
+
+    def readlink(self, path: str) -> str:
+        ino = self._lookup(path)
+        if ino.kind != "symlink":
+            raise NotFoundError(f"{path} is not a symlink")
+        return os.fsdecode(ino.target)
+
+    def open(self, path: str) -> BinaryIO:
+        ino = self._lookup(path, follow_last=True)
+        if ino.kind != "file":
+            raise NotFoundError(f"{path} is not a regular file")
+        return io.BufferedReader(FileReader(self, ino), buffer_size=self.superblock.block_size)
+
+    def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
+        ino = self._lookup(path, follow_last=True)
+        if ino.kind != "file":
+            raise NotFoundError(f"{path} is not a regular file")
+        offset = max(0, min(offset, ino.size))
+        size = ino.size - offset if size is None else max(0, min(size, ino.size - offset))
+        if size > MAX_READ:
+            raise OutOfBoundsError(f"{path}: reading {size} bytes at once",
+                                   "use open() to stream it")
+        return self._read_range(ino, offset, size)
+
+    def xattrs(self, path: str) -> dict[str, bytes]:
+        return self._xattrs(self._lookup(path))
+
+    # -- file data
+
+    def _block_list(self, ino: Inode) -> list[int]:
+        if ino._blocks is not None:
+            return ino._blocks
+        bs = self.superblock.block_size
+        has_frag = ino.fragment != fmt.NO_FRAGMENT
+        n = ino.size // bs if has_frag else -(-ino.size // bs)
+        if n > MAX_BLOCK_LIST:
+            raise OutOfBoundsError(f"inode {ino.number}: {n} data blocks")
+        pos, offset = ino.blocks_at
+        raw, _, _ = self._inodes.read(pos, offset, 4 * n)
+        blocks = list(fmt.struct.unpack(f"<{n}I", raw))
+        end = ino.blocks_start + sum(b & (fmt.BLOCK_UNCOMPRESSED - 1) for b in blocks)
+        if ino.blocks_start > self._limit or end > self._limit:
+            raise OutOfBoundsError(f"inode {ino.number}: data beyond the image")
+        ino._blocks = blocks
+        return blocks
+
+    def _block(self, ino: Inode, i: int, starts: list[int]) -> bytes:
+        """Data block ``i`` of a file, decoded to its full length."""
+        bs = self.superblock.block_size
+        blocks = self._block_list(ino)
+        want = min(bs, ino.size - i * bs)
+        if i >= len(blocks):
+            return self._fragment_tail(ino, want)
+        word = blocks[i]
+        size = word & (fmt.BLOCK_UNCOMPRESSED - 1)
+        if size == 0:
+            return bytes(want)  # sparse
+        if size > bs:
+            raise OutOfBoundsError(f"inode {ino.number}: a block of {size} bytes")
+        raw = self._read_at(starts[i], size)
+        data = raw if word & fmt.BLOCK_UNCOMPRESSED else self.compressor.decompress(raw, bs)
+        if len(data) != want:
+            raise CorruptImageError(f"inode {ino.number}: block {i} has {len(data)} bytes, "
+                                    f"not {want}")
+        return data
+
+    def _starts(self, ino: Inode) -> list[int]:
+        starts, pos = [], ino.blocks_start
+        for b in self._block_list(ino):
+            starts.append(pos)
+            pos += b & (fmt.BLOCK_UNCOMPRESSED - 1)
+        return starts
+
+    def _fragment_tail(self, ino: Inode, want: int) -> bytes:
+        if ino.fragment == fmt.NO_FRAGMENT:
+            raise CorruptImageError(f"inode {ino.number}: data is missing its fragment")
+        block = self._fragment_block(ino.fragment)
+        if ino.frag_offset + want > len(block):
+            raise OutOfBoundsError(f"inode {ino.number}: the tail is beyond its fragment")
+        return block[ino.frag_offset: ino.frag_offset + want]
+
+    def _fragment_block(self, index: int) -> bytes:
+        cached = self._frag_cache.get(index)
+        if cached is not None:
+            return cached
+        sb = self.superblock
+        if sb.fragment_table == fmt.NO_TABLE:
+            raise CorruptImageError("a file has a fragment but the image has no fragment table")
+        raw = self._table_entry(sb.fragment_table, sb.fragment_count, fmt.FRAGMENT_ENTRY.size,
+                                index, "fragment table")
+        start, word, _ = fmt.FRAGMENT_ENTRY.unpack(raw)
+        size = word & (fmt.BLOCK_UNCOMPRESSED - 1)
+        if size > sb.block_size or size == 0:
+            raise OutOfBoundsError(f"fragment {index} has size {size}")
+        data = self._read_at(start, size)
+        if not word & fmt.BLOCK_UNCOMPRESSED:
+            data = self.compressor.decompress(data, sb.block_size)
+        self._frag_cache[index] = data
+        if len(self._frag_cache) > 8:
+            self._frag_cache.popitem(last=False)
+        return data
+
+    def _read_range(self, ino: Inode, offset: int, size: int) -> bytes:
+        bs = self.superblock.block_size
+        out = bytearray()
+        if size <= 0:
+            return b""
+        starts = self._starts(ino)
+        i = offset // bs
+        skip = offset - i * bs
+        while len(out) < size:
+            data = self._block(ino, i, starts)
+            out += data[skip: skip + size - len(out)]
+            skip = 0
+            i += 1
+        return bytes(out)
+
+    # -- xattrs
+
+    def _xattrs(self, ino: Inode) -> dict[str, bytes]:
+        if ino.xattr == fmt.NO_XATTR:
+            return {}
+        sb = self.superblock
+        if sb.xattr_table == fmt.NO_TABLE:
+            raise CorruptImageError(f"inode {ino.number} has xattrs but the image has none")
+        raw = self._table_entry(sb.xattr_table + fmt.XATTR_ID_TABLE.size, self._xattr_count,
+                                fmt.XATTR_ID.size, ino.xattr, "xattr id table")
+        ref, count, _size = fmt.XATTR_ID.unpack(raw)
+        if count > MAX_XATTR_COUNT:
+            raise OutOfBoundsError(f"inode {ino.number}: {count} xattrs")
+        kv = MetadataReader(self._read_at, self.compressor, self._xattr_start, sb.xattr_table,
+                            "xattr table")
+        kv._cache = self._tables._cache  # share decoded blocks: same image, same positions
+        block, offset = fmt.split_ref(ref)
+        pos = self._xattr_start + block
+        out: dict[str, bytes] = {}
+        for _ in range(count):
+            head, pos, offset = kv.read(pos, offset, fmt.XATTR_KEY.size)
+            kind, name_size = fmt.XATTR_KEY.unpack(head)
+            prefix = fmt.XATTR_PREFIXES.get(kind & 0xFF)
+            if prefix is None:
+                raise CorruptImageError(f"inode {ino.number}: unknown xattr prefix {kind & 0xFF}")
+            name, pos, offset = kv.read(pos, offset, name_size)
+            vhead, pos, offset = kv.read(pos, offset, 4)
+            (vsize,) = fmt.U32.unpack(vhead)
+            if vsize > MAX_XATTR_VALUE:
+                raise OutOfBoundsError(f"inode {ino.number}: xattr value of {vsize} bytes")
+            value, pos, offset = kv.read(pos, offset, vsize)
+            if kind & fmt.XATTR_OOL:
+                if vsize != 8:
+                    raise CorruptImageError(f"inode {ino.number}: bad out-of-line xattr")
+                vblock, voff = fmt.split_ref(fmt.U64.unpack(value)[0])
+                vhead, vpos, vo = kv.read(self._xattr_start + vblock, voff, 4)
+                (vsize,) = fmt.U32.unpack(vhead)
+                if vsize > MAX_XATTR_VALUE:
+                    raise OutOfBoundsError(f"inode {ino.number}: xattr value of {vsize} bytes")
+                value, _, _ = kv.read(vpos, vo, vsize)
+            out[prefix + os.fsdecode(name)] = value
+        return out
+
+
+def parse_listing(data: bytes) -> list[fmt.DirEntry]:
+    """A directory listing (headers and entries) as DirEntry records, checked for sanity."""
+    entries: list[fmt.DirEntry] = []
+    pos, end = 0, len(data)
+    last = b""
+    while pos < end:
+        if pos + fmt.DIR_HEADER.size > end:
+            raise CorruptImageError("a directory listing ends inside a header")
+        count, block, base = fmt.DIR_HEADER.unpack_from(data, pos)
+        pos += fmt.DIR_HEADER.size
+        if count + 1 > fmt.DIR_HEADER_MAX:
+            raise CorruptImageError(f"a directory header counts {count + 1} entries")
+        for _ in range(count + 1):
+            if pos + fmt.DIR_ENTRY.size > end:
+                raise CorruptImageError("a directory listing ends inside an entry")
+            offset, delta, itype, name_size = fmt.DIR_ENTRY.unpack_from(data, pos)
+            pos += fmt.DIR_ENTRY.size
+            n = name_size + 1
+            if n > fmt.MAX_NAME or pos + n > end:
+                raise CorruptImageError("a directory entry's name is too long or truncated")
+            name = data[pos: pos + n]
+            pos += n
+            if not 1 <= itype <= 7:
+                raise CorruptImageError(f"directory entry {name!r} has type {itype}")
+            if b"/" in name or b"\0" in name or name in (b".", b".."):
+                raise CorruptImageError(f"directory entry {name!r} is not a valid name")
+            if entries and name <= last:
+                raise CorruptImageError("directory entries are not sorted or repeat a name")
+            last = name
+            entries.append(fmt.DirEntry(name, block, offset, base + delta, itype))
+    return entries
+
+
+class FileReader(io.RawIOBase):
+    """A file in the image as a seekable binary stream, decoding one block at a time."""
+
+    def __init__(self, image: SquashfsImage, ino: Inode) -> None:
+        self.image, self.ino = image, ino
+        self.pos = 0
+        self._starts = image._starts(ino) if ino.size else []
+        self._cached: tuple[int, bytes] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.ino.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.pos >= self.ino.size:
+            return 0
+        bs = self.image.superblock.block_size
+        i = self.pos // bs
+        if self._cached is None or self._cached[0] != i:
+            self._cached = (i, self.image._block(self.ino, i, self._starts))
+        data = self._cached[1]
+        skip = self.pos - i * bs
+        n = min(len(buf), len(data) - skip)
+        buf[:n] = data[skip: skip + n]
+        self.pos += n
+        return n

@@ -1,0 +1,155 @@
+"""The reader against images made by mksquashfs, and against broken images."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from portable_service.errors import ImageError
+from portable_service.squashfs.errors import NotFoundError
+from portable_service.squashfs.reader import SquashfsImage
+from tests.squashfs.conftest import (
+    CAP,
+    describe_dir,
+    describe_image,
+    mksquashfs,
+    unsquashfs_lln,
+)
+
+COMPRESSORS = [["-comp", "gzip"], ["-comp", "xz"], ["-comp", "zstd"], ["-comp", "lz4"],
+               ["-comp", "gzip", "-noI", "-noD", "-noF", "-noX"],
+               ["-comp", "xz", "-Xbcj", "x86", "-Xdict-size", "50%"],
+               ["-comp", "gzip", "-Xcompression-level", "1"], ["-comp", "lz4", "-Xhc"]]
+
+
+@pytest.mark.parametrize("args", COMPRESSORS, ids=lambda a: " ".join(a))
+def test_reads_mksquashfs_images(sample: Path, tmp_path: Path, args: list[str]) -> None:
+    image = mksquashfs(sample, tmp_path / "img", *args)
+    assert describe_image(image) == describe_dir(sample)
+
+
+@pytest.mark.parametrize("block", ["4K", "128K", "1M"])
+def test_block_sizes(sample: Path, tmp_path: Path, block: str) -> None:
+    image = mksquashfs(sample, tmp_path / "img", "-b", block, "-comp", "zstd")
+    assert describe_image(image) == describe_dir(sample)
+    with SquashfsImage(image) as im:
+        assert im.superblock.block_size == {"4K": 4096, "128K": 131072, "1M": 1 << 20}[block]
+
+
+def test_metadata_agrees_with_unsquashfs(sample: Path, tmp_path: Path) -> None:
+    image = mksquashfs(sample, tmp_path / "img", "-comp", "xz", "-mkfs-time", "1000",
+                       "-all-time", "1234")
+    listed = unsquashfs_lln(image)
+    with SquashfsImage(image) as im:
+        assert im.superblock.compressor == "xz"
+        assert im.superblock.mkfs_time == 1000
+        ours = dict(im.walk())
+        assert sorted(listed) == sorted(ours)
+        for path, (mode, owner, size_or_target) in listed.items():
+            st = ours[path]
+            assert st.filemode() == mode, path
+            assert owner == f"{st.uid}/{st.gid}" == "0/0"
+            assert size_or_target == (st.target if st.kind == "symlink" else str(st.size))
+            assert st.mtime == 1234
+
+
+def test_api(sample: Path, tmp_path: Path) -> None:
+    image = mksquashfs(sample, tmp_path / "img", "-comp", "gzip")
+    with SquashfsImage(image) as im:
+        assert im.read("/etc/os-release") == b"ID=test\n"
+        assert im.read("/lib/big", 10, 5) == (sample / "usr/lib/big").read_bytes()[10:15]
+        assert im.read("/sparse", (1 << 20) - 2, 10) == b"\0\0middle\0\0"
+        assert im.stat("/lib").kind == "symlink" and im.readlink("/lib") == "usr/lib"
+        assert im.stat("/lib/text").size == 500_000  # through the symlink
+        assert im.stat("/bin/prog").mode == 0o4755
+        assert im.xattrs("/bin/prog") == {"security.capability": CAP}
+        assert im.xattrs("/etc/os-release") == {"user.note": b"hello"}
+        assert im.xattrs("/etc") == {}
+        names = im.listdir("/many")
+        assert len(names) == 600 and names == sorted(names)
+        assert im.listdir("/") == sorted(os.listdir(sample), key=os.fsencode)
+        with im.open("/usr/lib/text") as f:
+            f.seek(499_990)
+            assert f.read() == b"squash me "
+        assert next(p for p, _ in im.walk()) == "/"
+        with pytest.raises(NotFoundError):
+            im.stat("/etc/missing")
+        with pytest.raises(FileNotFoundError):
+            im.read("/nope")
+        with pytest.raises(ImageError):
+            im.read("/etc")
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"hello" * 100)
+    with pytest.raises(ImageError, match="not a squashfs image"):
+        SquashfsImage(bad)
+    with pytest.raises(ImageError):
+        SquashfsImage(tmp_path / "absent")
+
+
+def test_truncated(sample: Path, tmp_path: Path) -> None:
+    image = mksquashfs(sample, tmp_path / "img", "-comp", "gzip")
+    data = image.read_bytes()
+    for cut in (50, 4096, len(data) // 2, len(data) - 5000):
+        short = tmp_path / f"short{cut}"
+        short.write_bytes(data[:cut])
+        with pytest.raises(ImageError):
+            SquashfsImage(short)
+
+
+def exercise(image: Path) -> None:
+    """Everything the reader can do, over the whole image."""
+    with SquashfsImage(image) as im:
+        for path, st in im.walk():
+            if st.kind == "file":
+                im.read(path, 0, 1 << 22)
+            im.xattrs(path)
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    buf = bytearray(data)
+    for _ in range(rng.choice((1, 2, 4, 16))):
+        i = rng.randrange(len(buf))
+        choice = rng.random()
+        if choice < 0.5:
+            buf[i] = rng.randrange(256)
+        elif choice < 0.8:
+            buf[i] ^= 1 << rng.randrange(8)
+        else:
+            for j in range(i, min(i + 8, len(buf))):
+                buf[j] = 0xFF
+    if rng.random() < 0.1:
+        del buf[rng.randrange(len(buf)):]
+    return bytes(buf)
+
+
+def test_fuzz_sample(tmp_path: Path) -> None:
+    """Mutated images give an ImageError or read fine: never another exception or a hang."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d/file").write_bytes(b"abc" * 3000)
+    (src / "tail").write_bytes(b"tail")
+    (src / "link").symlink_to("d/file")
+    os.setxattr(src / "tail", "user.x", b"y")
+    image = mksquashfs(src, tmp_path / "img", "-comp", "gzip", "-b", "4K")
+    exercise(image)
+    data = image.read_bytes()
+    rng = random.Random(5)
+    failures = 0
+    for n in range(300):
+        case = tmp_path / "case"
+        case.write_bytes(mutate(data, rng))
+        try:
+            exercise(case)
+        except ImageError:
+            failures += 1
+        except Exception as e:  # pragma: no cover - the failure message is the point
+            shutil.copy(case, tmp_path / f"crash{n}")
+            raise AssertionError(f"case {n}: {type(e).__name__}: {e}") from e
+    assert failures > 50  # mutations do get noticed
