@@ -139,7 +139,7 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
     Paths the spec places itself (contents targets, symlinks) and paths made at
     run time are not host dependencies.
     """
-    from portable_service.closure.scripts import which
+    from portable_service.closure.scripts import env_commands, which
 
     placed = [host_spelling(c.target) for c in spec.contents]
     placed += [host_spelling(s.symlink) for s in spec.symlinks]
@@ -151,7 +151,7 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
         return not any(spelled == t or t in spelled.parents for t in placed)
 
     for unit in units:
-        for word, directive in exec_programs(unit):
+        for word, directive in exec_programs(unit) + env_commands(unit):
             if "%" in word or "$" in word:
                 continue  # specifiers and variables are only known at run time
             found = word if word.startswith("/") else which(word)
