@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from closure_helpers import LOADER, cc, closure_of, ldd_libraries, make_spec, paths, unit
 
+from conftest import require
 from portable_service.closure import Closure, Context, Node, elf
 from portable_service.errors import ClosureError
 
@@ -154,8 +155,7 @@ def test_not_elf_and_broken_elf(tmp_path: Path) -> None:
 @pytest.mark.parametrize("program", ["/usr/bin/bash", "/usr/bin/python3", "/usr/bin/ls",
                                      "/usr/sbin/lighttpd"])
 def test_same_libraries_as_ldd(tmp_path: Path, program: str) -> None:
-    if not os.path.exists(program):
-        pytest.skip(f"{program} is not installed")  # ldd comparison only; images test the rest
+    require(os.path.exists(program), f"{program} is not installed")
     found = {os.path.realpath(n.host) for n in closure_of(tmp_path, units=[unit(program)])
              if elf.elf_kind(n.host) is not None and os.path.realpath(n.host) != os.path.realpath(program)}
     assert found == ldd_libraries(program)
