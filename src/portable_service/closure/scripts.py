@@ -3,7 +3,11 @@
 The kernel reads at most 256 bytes of the ``#!`` line (BINPRM_BUF_SIZE) and
 splits it into the interpreter and one optional argument. For
 ``#!/usr/bin/env NAME`` the interpreter is ``env`` and NAME is looked up in the
-PATH a service starts with: systemd's fixed default, below.
+PATH a service starts with: systemd's fixed default. A unit's own
+``Exec*=/usr/bin/env NAME`` brings NAME the same way (:func:`env_commands`).
+
+Files of Debian packages are data unless a unit runs them: a package's admin,
+cron and init scripts would otherwise bring perl and the shell into every image.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ def read_shebang(path: Path) -> tuple[str, str | None] | None:
         return None
     if not head.startswith(b"#!"):
         return None
-    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "surrogateescape").strip(" \t\r")
+    # spaces and tabs only: the kernel keeps a \r, and so fails on a DOS line end
+    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "surrogateescape").strip(" \t")
     if not line:
         return None
     parts = line.split(None, 1)
