@@ -105,7 +105,6 @@ def test_mount_points_of_every_directive() -> None:
     found = {str(m.path): m.is_file for m in mount_points(u)}
     assert found == {
         "/var/lib/demo": False, "/var/lib/demo/sub": False, "/var/cache/demo": False,
-        # no /run/demo: /run is a tmpfs in the unit's root (tests/e2e/test_mount_points.py)
         "/var/log/demo": False, "/etc/demo": False, "/data": False,
         "/opt/x": False, "/etc/demo-host": True, "/scratch": False, "/var/spool/demo": False,
         "/srv/demo": False,

@@ -226,7 +226,7 @@ def assemble(spec: Spec, units: list[Unit], closure: Closure) -> ImageTree:
     return tree
 
 
-# Read by `inspect` and `size` (portable_service.inspect.CLOSURE_RECORD): the roots of the
+# Read by `inspect` and `size`: the roots of the
 # closure and, for every other path, the path that pulled it in, as placed in the image.
 CLOSURE_RECORD = P("/usr/lib/portable-service/closure.json")
 
