@@ -273,10 +273,18 @@ def read_text(fs: ImageFS, path: str, limit: int = 1 << 20) -> str | None:
 
 
 class ImageFile(io.RawIOBase):
-    """A seekable stream over one file of the image (what pyelftools needs)."""
+    """A seekable stream over one file of the image (what pyelftools needs).
 
-    def __init__(self, fs: ImageFS, path: str, size: int) -> None:
+    Reads whole aligned chunks (the image's block size) and keeps the last few:
+    a parser jumping between headers, tables and strings then decompresses each
+    block once instead of once per jump.
+    """
+
+    def __init__(self, fs: ImageFS, path: str, size: int, chunk: int = 128 << 10,
+                 keep: int = 4) -> None:
         self.fs, self.path, self.size, self.pos = fs, path, size, 0
+        self.chunk, self.keep = max(4096, chunk), keep
+        self._chunks: dict[int, bytes] = {}
 
     def readable(self) -> bool:
         return True
@@ -292,18 +300,36 @@ class ImageFile(io.RawIOBase):
     def tell(self) -> int:
         return self.pos
 
+    def _chunk(self, index: int) -> bytes:
+        data = self._chunks.pop(index, None)
+        if data is None:
+            start = index * self.chunk
+            data = self.fs.read(self.path, start, min(self.chunk, self.size - start))
+            if len(self._chunks) >= self.keep:
+                del self._chunks[next(iter(self._chunks))]
+        self._chunks[index] = data  # most recently used last
+        return data
+
     def readinto(self, buffer: Any) -> int:
         want = min(len(buffer), max(0, self.size - self.pos))
-        if want == 0:
-            return 0
-        data = self.fs.read(self.path, self.pos, want)
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+        done = 0
+        while done < want:
+            index, skip = divmod(self.pos, self.chunk)
+            piece = self._chunk(index)[skip: skip + want - done]
+            if not piece:
+                break
+            buffer[done: done + len(piece)] = piece
+            done += len(piece)
+            self.pos += len(piece)
+        return done
 
 
 def open_file(fs: ImageFS, path: str, size: int) -> BinaryIO:
-    return io.BufferedReader(ImageFile(fs, path, size), buffer_size=1 << 16)  # type: ignore[arg-type]
+    """A seekable reader of one image file, chunked by the image's block size."""
+    info = getattr(fs, "info", None)
+    chunk = info.block_size if info is not None and info.block_size else 128 << 10
+    # the C buffer serves a parser's many tiny reads; the chunks spare re-decompression
+    return io.BufferedReader(ImageFile(fs, path, size, chunk), buffer_size=16 << 10)
 
 
 class IndexedFS:
