@@ -205,7 +205,7 @@ def check_units(fs: ImageFS, prefix: str) -> tuple[list[Problem], list[UnitFile]
 
 
 def load_unit(fs: ImageFS, unit: UnitFile) -> Unit:
-    text = fs.read(unit.path, 0, 1 << 20).decode("utf-8", "replace")
+    text = read_text(fs, unit.path) or ""
     return Unit(name=unit.name, text=text, origin=unit.path, sections=parse_unit_text(text))
 
 
