@@ -67,13 +67,16 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
 
 
 def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
-                verify: bool = True) -> Path:
+                inspect: Callable[[Plan], None] | None = None, verify: bool = True) -> Path:
     """Build ``output_dir/<pname>_<version>.raw``; on any failure the old image stays as it was.
 
-    With ``verify`` the written file is checked (portable_service.verify) before it
-    replaces the old image, so an image portabled would refuse never lands.
+    ``inspect`` sees the plan before anything is written (``--print-closure``). With
+    ``verify`` the written file is checked (portable_service.verify) before it replaces the
+    old image, so an image portabled would refuse never lands.
     """
     p = plan(spec, reporter)
+    if inspect is not None:
+        inspect(p)
     out = output_dir / spec.image_name
     _prepare_dir(output_dir)
 

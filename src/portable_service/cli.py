@@ -64,9 +64,34 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     reporter = Reporter(quiet=args.quiet)
     spec = load_spec_from_args(args)
-    out = build_image(spec, Path(args.output), reporter, verify=args.verify)
+    inspect = None
+    if args.print_closure:
+        from portable_service.closure.report import closure_listing
+
+        def inspect(plan: Any) -> None:
+            print("\n".join(closure_listing(plan.closure)))
+
+    out = build_image(spec, Path(args.output), reporter, inspect=inspect, verify=args.verify)
     print(out)
     return 0
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    from portable_service.closure.report import why_report
+
+    lines, found = why_report(load_spec_from_args(args), args.path)
+    print("\n".join(lines))
+    return 0 if found else 1
+
+
+def _why_parser(sub: Any) -> None:
+    p = sub.add_parser("why", help="show the chain of references that pulls PATH into the image",
+                       description="Explain why a path is in the image's closure "
+                                   "(exit 1 when it is not).")
+    p.add_argument("spec", nargs="?", help="spec file, or a folder with portable.toml")
+    p.add_argument("path", help="absolute path in the image, e.g. /usr/lib/x86_64-linux-gnu/libc.so.6")
+    _add_spec_flags(p)
+    p.set_defaults(func=cmd_why)
 
 
 def _build_parser(sub: Any) -> None:
@@ -77,6 +102,8 @@ def _build_parser(sub: Any) -> None:
     p.add_argument("-o", "--output", default="result", metavar="DIR",
                    help="output folder (default: ./result)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image path")
+    p.add_argument("--print-closure", action="store_true",
+                   help="list the closure with sizes, largest first, before the image path")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="do not check the result with 'verify' before it replaces the old image")
     _add_spec_flags(p)
@@ -89,8 +116,14 @@ def _image_verbs(sub: Any) -> None:
     register(sub)
 
 
+def _try_parser(sub: Any) -> None:
+    from portable_service.trycmd import register
+
+    register(sub)
+
+
 # Each verb registers itself here: (name -> function adding its parser).
-VERBS: list[Callable[[Any], None]] = [_build_parser, _image_verbs]
+VERBS: list[Callable[[Any], None]] = [_build_parser, _why_parser, _image_verbs, _try_parser]
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,9 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 
-from portable_service.imagefs import ImageFS, Stat, open_file, resolve
+from portable_service.closure import ldcache
+from portable_service.errors import PortableServiceError
+from portable_service.imagefs import ImageFS, Stat, open_file, read_bytes, resolve
 
 if TYPE_CHECKING:
     from portable_service.verify import Problem
@@ -119,6 +121,23 @@ def ld_so_conf_dirs(fs: ImageFS) -> list[str]:
     return dirs
 
 
+def ld_so_cache_dirs(fs: ImageFS) -> list[str]:
+    """Folders of the libraries listed in the image's /etc/ld.so.cache (the build writes one
+    when the host found libraries through ld.so.conf.d)."""
+    data = read_bytes(fs, "/etc/ld.so.cache", limit=64 << 20)
+    if data is None:
+        return []
+    try:
+        entries = ldcache.parse(data, "the image's /etc/ld.so.cache")
+    except PortableServiceError:
+        return []  # ld.so ignores a cache it cannot read; so do we
+    return [posixpath.dirname(e.path) for e in entries]
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
 def _glob(fs: ImageFS, pattern: str) -> list[str]:
     folder, name = posixpath.split(pattern)
     real = resolve(fs, folder)
@@ -132,7 +151,7 @@ class LibraryResolver:
 
     def __init__(self, fs: ImageFS) -> None:
         self.fs = fs
-        self.conf_dirs = ld_so_conf_dirs(fs)
+        self.conf_dirs = _unique(ld_so_conf_dirs(fs) + ld_so_cache_dirs(fs))
         self._keys: dict[str, tuple[int, int, int] | None] = {}
         self._found: dict[tuple[str, tuple[str, ...], tuple[int, int, int]], str | None] = {}
 

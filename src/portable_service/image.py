@@ -218,12 +218,15 @@ def assemble(spec: Spec, units: list[Unit], closure: Closure) -> ImageTree:
     add_symlinks(tree, spec)
     for node in closure:
         place(tree, node)
+    for path, data in sorted(closure.generated.items()):
+        tree.add_file(mirror_host_parents(tree, path, "generated"), data=data,
+                      origin=f"generated {path}")
     add_mount_points(tree, units)
     add_closure_record(tree, closure)
     return tree
 
 
-# Read by `inspect` and `size` (portable_service.inspect.CLOSURE_RECORD): the roots of the
+# Read by `inspect` and `size`: the roots of the
 # closure and, for every other path, the path that pulled it in, as placed in the image.
 CLOSURE_RECORD = P("/usr/lib/portable-service/closure.json")
 

@@ -264,12 +264,18 @@ def exists(fs: ImageFS, path: str) -> bool:
     return True
 
 
-def read_text(fs: ImageFS, path: str, limit: int = 1 << 20) -> str | None:
-    """A small text file, symlinks followed; None when absent or not a file."""
+def read_bytes(fs: ImageFS, path: str, limit: int = 1 << 20) -> bytes | None:
+    """A small file, symlinks followed; None when absent or not a file."""
     found = stat_resolved(fs, path)
     if found is None or found[1].kind != "file":
         return None
-    return fs.read(found[0], 0, limit).decode("utf-8", "replace")
+    return fs.read(found[0], 0, limit)
+
+
+def read_text(fs: ImageFS, path: str, limit: int = 1 << 20) -> str | None:
+    """A small text file, symlinks followed; None when absent or not a file."""
+    data = read_bytes(fs, path, limit)
+    return None if data is None else data.decode("utf-8", "replace")
 
 
 class ImageFile(io.RawIOBase):

@@ -13,12 +13,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from portable_service import image
 from portable_service.errors import ImageError
 from portable_service.imagefs import ImageFS, ImageInfo, Stat, read_text, resolve
 from portable_service.verify import attached_units, find_os_release, image_prefix
 
 # Written by our build (image.assemble): what pulled each path into the image.
-CLOSURE_RECORD = "/usr/lib/portable-service/closure.json"
+CLOSURE_RECORD = str(image.CLOSURE_RECORD)
 OS_RELEASE_SHOWN = (
     "ID", "ID_LIKE", "VERSION_ID", "BUILD_ID", "IMAGE_ID", "IMAGE_VERSION", "SYSEXT_LEVEL",
     "PORTABLE_ID", "PORTABLE_PRETTY_NAME", "PORTABLE_PREFIXES", "PRETTY_NAME", "HOME_URL",

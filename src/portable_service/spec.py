@@ -69,6 +69,8 @@ class Spec:
     packages: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     allow_missing: bool = False
+    skip_packages: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_SKIP
+    package_docs: bool = False
 
     @property
     def image_name(self) -> str:
@@ -313,6 +315,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("exclude", _str_list, "glob of image paths to leave out of the closure",
             repeatable=True, metavar="GLOB"),
     Setting("allow-missing", _bool, "warn, instead of failing, when a library cannot be found",
+            is_bool=True),
+    Setting("skip-packages", _str_list, "Debian package never followed as a dependency of "
+            "packages (replaces the default list: init, debconf, dpkg, adduser, ...)",
+            repeatable=True, metavar="NAME", flag_name="skip-package"),
+    Setting("package-docs", _bool, "keep the documentation, man pages and locales of packages",
             is_bool=True),
 )
 

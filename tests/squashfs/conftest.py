@@ -104,7 +104,7 @@ def unsquashfs_lln(image: Path) -> dict[str, tuple[str, str, str]]:
     out = subprocess.run(["unsquashfs", "-lln", str(image)], capture_output=True,
                          check=True).stdout.decode("utf-8", "surrogateescape")
     entries = {}
-    for line in out.splitlines():
+    for line in out.split("\n"):
         parts = line.split(None, 5)
         if len(parts) < 6 or not parts[5].startswith("squashfs-root"):
             continue
@@ -113,3 +113,24 @@ def unsquashfs_lln(image: Path) -> dict[str, tuple[str, str, str]]:
         path = path[len("squashfs-root"):] or "/"
         entries[path] = (mode, owner, target or size)
     return entries
+
+
+def write_dir(src: Path, out: Path, compression: str = "xz", block_size: int = 128 << 10,
+              mtime: int = 1_700_000_000, workers: int | None = None) -> Path:
+    """Our writer on a host directory (the lower-level API), like mksquashfs -all-root."""
+    from portable_service.squashfs.compressor import from_options
+    from portable_service.squashfs.writer import WriterOptions, nodes_from_directory, write_image
+
+    name, *opts = compression.split()
+    options = WriterOptions(from_options(name, tuple(opts), block_size), block_size, mtime,
+                            workers)
+    with open(out, "wb") as f:
+        write_image(nodes_from_directory(src, mtime=mtime), f, options)
+    return out
+
+
+def unsquashfs_extract(image: Path, dest: Path) -> Path:
+    require_tool("unsquashfs")
+    subprocess.run(["unsquashfs", "-no-progress", "-d", str(dest), str(image)], check=True,
+                   capture_output=True)
+    return dest

@@ -188,12 +188,12 @@ def _dict_size(value: str | None, block_size: int) -> int:
     except ValueError:
         raise SpecError(f"xz -Xdict-size {value!r} is not a size",
                         "use e.g. 100%, 50% or 512K") from None
-    # the kernel only takes 2^n or 2^n + 2^(n-1), between 8K and the block size
+    # the kernel only takes 2^n or 2^n + 2^(n-1), up to the block size
     top = n.bit_length() - 1
-    ok = n == 1 << top or n == (1 << top) + (1 << (top - 1))
-    if not ok or n < 8192 or n > block_size:
+    ok = n > 0 and (n == 1 << top or n == (1 << top) + (1 << (top - 1)))
+    if not ok or n < min(8192, block_size) or n > block_size:
         raise SpecError(f"xz -Xdict-size {value!r} gives {n} bytes",
-                        "use a power of two (or 1.5 times one) from 8K to the block size")
+                        "use a power of two (or 1.5 times one) up to the block size")
     return n
 
 
@@ -251,7 +251,10 @@ def _zstd(c: Compressor, data: bytes) -> bytes:
     if cctx is None or getattr(_local, "zstd_level", None) != c.level:
         cctx = zstandard.ZstdCompressor(level=c.level)
         _local.zstd, _local.zstd_level = cctx, c.level
-    return cctx.compress(data)
+    # ZstdCompressor.compress holds the GIL; the batch API runs in its own thread without it,
+    # which lets blocks compress in parallel. The frames are the same bytes.
+    out = cctx.multi_compress_to_buffer([data], threads=1)
+    return bytes(out[0])
 
 
 def _lz4(c: Compressor, data: bytes) -> bytes:

@@ -167,7 +167,7 @@ class SquashfsImage:
             header = self._read_at(fmt.SUPERBLOCK_SIZE, 2)
             if not fmt.U16.unpack(header)[0] & fmt.METADATA_UNCOMPRESSED:
                 raise UnsupportedError("compressed compressor options are not supported")
-            record, _, _ = opts.read(fmt.SUPERBLOCK_SIZE, 0, 8)
+            record, _ = opts.block(fmt.SUPERBLOCK_SIZE)
         self.compressor = comp.from_image(sb.compression_id, record, sb.block_size)
         self._inodes = MetadataReader(self._read_at, self.compressor, sb.inode_table,
                                       sb.directory_table, "inode table")

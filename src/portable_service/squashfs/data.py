@@ -1,0 +1,190 @@
+"""The block processor: file bytes in, data blocks and fragment blocks out.
+
+Files are cut into blocks of the block size; all-zero blocks are stored as
+sparse (size 0, no bytes), the tail shorter than a block goes into a shared
+fragment block. Blocks are compressed by a pool of threads (zlib, lzma and
+zstd release the GIL) but committed strictly in submission order, so the
+image does not depend on thread timing. At most ``window`` blocks are in
+flight, which bounds memory whatever the size of the input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from portable_service.squashfs import format as fmt
+from portable_service.squashfs.compressor import Compressor
+from portable_service.squashfs.errors import InputError
+
+
+@dataclass
+class FileData:
+    """Where a file's bytes went: what its inode records."""
+
+    size: int
+    blocks_start: int = 0
+    blocks: list[int] = field(default_factory=list)  # on-disk size words, as in the inode
+    fragment: int = fmt.NO_FRAGMENT
+    frag_offset: int = 0
+    sparse: int = 0  # bytes stored as sparse blocks
+
+
+def _pack(compressor: Compressor, block: bytes) -> tuple[bytes, int]:
+    """Compress one block; a block that does not shrink is stored as it is."""
+    packed = compressor.compress(block)
+    if len(packed) < len(block):
+        return packed, len(packed)
+    return block, len(block) | fmt.BLOCK_UNCOMPRESSED
+
+
+class BlockProcessor:
+    """Streams files into the data area of an image open for writing at ``start``."""
+
+    def __init__(self, out: BinaryIO, start: int, compressor: Compressor, block_size: int,
+                 workers: int | None = None, fragments: bool = True) -> None:
+        self.out = out
+        self.pos = start
+        self.compressor = compressor
+        self.block_size = block_size
+        self.use_fragments = fragments
+        self.workers = workers or os.cpu_count() or 1
+        self.window = max(4, 4 * self.workers)
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="squashfs") \
+            if self.workers > 1 else None
+        self.pending: deque[tuple[Future | tuple[bytes, int], Callable[[int, int], None]]] = \
+            deque()
+        self.fragment_buf = bytearray()
+        self.fragment_table: list[tuple[int, int]] = []  # (start, size word) per fragment block
+        self.fragment_count = 0  # fragment blocks started; the current one has this index
+        self._zero = bytes(block_size)
+        self.bytes_in = 0
+
+    # -- one file
+
+    def add_file(self, f: BinaryIO, size: int, name: str,
+                 progress: Callable[[int], None] | None = None) -> FileData:
+        """Read exactly ``size`` bytes of ``f`` into the image."""
+        fd = FileData(size)
+        bs = self.block_size
+        n_full, tail = divmod(size, bs)
+        if not self.use_fragments and tail:
+            n_full, tail = n_full + 1, 0
+        first = True
+        for i in range(n_full):
+            want = min(bs, size - i * bs)
+            block = _read_exactly(f, want, name)
+            if progress:
+                progress(len(block))
+            self._submit_block(fd, i, block, first)
+            first = False
+        if first:
+            fd.blocks_start = self.pos  # no blocks; kept for the inode only
+            self._on_commit(lambda pos, fd=fd: setattr(fd, "blocks_start", pos))
+        if tail:
+            block = _read_exactly(f, tail, name)
+            if progress:
+                progress(len(block))
+            self._add_tail(fd, block)
+        if f.read(1):
+            raise InputError(f"{name} grew while the image was written",
+                             "build again when it is no longer being written to")
+        self.bytes_in += size
+        return fd
+
+    def _submit_block(self, fd: FileData, i: int, block: bytes, first: bool) -> None:
+        fd.blocks.append(0)
+        if block == self._zero[: len(block)]:
+            fd.sparse += len(block)
+
+            def sparse(pos: int, _word: int, fd: FileData = fd, first: bool = first) -> None:
+                if first:
+                    fd.blocks_start = pos
+
+            self._push((b"", 0), sparse)
+            return
+
+        def done(pos: int, word: int, fd: FileData = fd, i: int = i, first: bool = first) -> None:
+            if first:
+                fd.blocks_start = pos
+            fd.blocks[i] = word
+
+        self._push(self._compress(block), done)
+
+    def _add_tail(self, fd: FileData, tail: bytes) -> None:
+        if len(self.fragment_buf) + len(tail) > self.block_size:
+            self._flush_fragment()
+        fd.fragment = self.fragment_count
+        fd.frag_offset = len(self.fragment_buf)
+        self.fragment_buf += tail
+
+    def _flush_fragment(self) -> None:
+        if not self.fragment_buf:
+            return
+        block = bytes(self.fragment_buf)
+        self.fragment_buf.clear()
+        self.fragment_count += 1
+
+        def done(pos: int, word: int) -> None:
+            self.fragment_table.append((pos, word))
+
+        self._push(self._compress(block), done)
+
+    # -- the ordered pipeline
+
+    def _compress(self, block: bytes) -> Future | tuple[bytes, int]:
+        if self.pool is None:
+            return _pack(self.compressor, block)
+        return self.pool.submit(_pack, self.compressor, block)
+
+    def _on_commit(self, fn: Callable[[int], None]) -> None:
+        """Run ``fn(position)`` once everything submitted before it is on disk."""
+        self._push((b"", 0), lambda pos, _w: fn(pos))
+
+    def _push(self, job: Future | tuple[bytes, int], done: Callable[[int, int], None]) -> None:
+        self.pending.append((job, done))
+        while len(self.pending) > self.window or (
+                self.pending and not isinstance(self.pending[0][0], Future)):
+            self._commit_one()
+
+    def _commit_one(self) -> None:
+        job, done = self.pending.popleft()
+        data, word = job.result() if isinstance(job, Future) else job
+        pos = self.pos
+        if data:
+            self.out.write(data)
+            self.pos += len(data)
+        done(pos, word)
+
+    def finish(self) -> int:
+        """Write the last fragment and everything in flight; returns the end of the data."""
+        self._flush_fragment()
+        while self.pending:
+            self._commit_one()
+        if self.pool is not None:
+            self.pool.shutdown()
+        return self.pos
+
+    def abort(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_exactly(f: BinaryIO, n: int, name: str) -> bytes:
+    data = f.read(n)
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = f.read(n - got)
+        if not more:
+            raise InputError(f"{name} shrank while the image was written",
+                             "build again when it is no longer being written to")
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)

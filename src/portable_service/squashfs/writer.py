@@ -1,0 +1,373 @@
+"""The squashfs writer: nodes in, an image out, in squashfs-tools-ng's fixed order.
+
+Superblock placeholder, compressor options, data blocks and fragments
+(streamed, compressed in parallel), then the inode and directory tables,
+the fragment, export, id and xattr tables, and finally the real superblock.
+Everything that could depend on the host (listing order, thread timing,
+source times) is fixed, so the same nodes give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat as stat_mod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from portable_service.squashfs import format as fmt
+from portable_service.squashfs.compressor import Compressor
+from portable_service.squashfs.data import BlockProcessor, FileData
+from portable_service.squashfs.directory import write_listing
+from portable_service.squashfs.errors import InputError
+from portable_service.squashfs.metadata import MetadataWriter, pack_block
+from portable_service.squashfs.tables import IdTable, XattrTable, pack_table
+
+Path_ = tuple[bytes, ...]  # an image path as its components; () is the root
+MAX_SYMLINK = 4095
+STORABLE_XATTRS = ("user.", "trusted.", "security.")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One path of the image. Files give ``size`` and ``opener``; hard links share ``link``."""
+
+    path: Path_
+    kind: str  # 'dir', 'file' or 'symlink'
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
+    size: int = 0
+    opener: Callable[[], BinaryIO] | None = field(default=None, compare=False)
+    target: bytes = b""
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    link: object = None
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    compressor: Compressor
+    block_size: int
+    mkfs_time: int
+    workers: int | None = None  # compression threads; default: one per CPU
+    fragments: bool = True
+    dedupe: bool = True
+
+
+def write_image(nodes: Iterable[Node], out: BinaryIO, options: WriterOptions,
+                progress: Callable[[int], None] | None = None) -> fmt.Superblock:
+    """Write a whole image to ``out`` (a new file open for writing) and return its superblock."""
+    tree = _Tree(nodes)
+    comp = options.compressor
+    record = comp.options_record()
+    head = pack_block(record, comp, compress=False) if record else b""
+    out.write(bytes(fmt.SUPERBLOCK_SIZE) + head)
+
+    # 1. data: files in path order, duplicates and hard links stored once
+    dups = _duplicates(tree) if options.dedupe else {}
+    data: dict[object, FileData] = {}
+    bp = BlockProcessor(out, fmt.SUPERBLOCK_SIZE + len(head), comp, options.block_size,
+                        options.workers, options.fragments)
+    try:
+        for node in tree.preorder():
+            key = tree.key(node)
+            if node.kind != "file" or key in data:
+                continue
+            original = dups.get(key)
+            if original is not None:
+                data[key] = data[original]
+                if progress:
+                    progress(node.size)
+                continue
+            assert node.opener is not None
+            with node.opener() as f:
+                data[key] = bp.add_file(f, node.size, tree.name(node), progress)
+        end = bp.finish()
+    except BaseException:
+        bp.abort()
+        raise
+
+    # 2. inodes and directories, children before their directory
+    inodes, dirs = MetadataWriter(comp), MetadataWriter(comp)
+    ids, xattrs = IdTable(), XattrTable(comp)
+    numbers = tree.numbers()
+    refs: dict[object, tuple[int, int]] = {}
+    count = len(numbers)
+    for node in tree.postorder():
+        key = tree.key(node)
+        if key in refs:
+            continue
+        header = fmt.InodeHeader(0, node.mode & 0o7777, ids.index(node.uid), ids.index(node.gid),
+                                 node.mtime, numbers[key])
+        xattr = xattrs.index(node.xattrs)
+        if node.kind == "dir":
+            children = tree.children(node.path)
+            entries = []
+            for child in children:
+                block, offset = refs[tree.key(child)]
+                entries.append(fmt.DirEntry(child.path[-1], block, offset,
+                                            numbers[tree.key(child)], _basic(child.kind)))
+            listing = write_listing(dirs, entries)
+            nlink = 2 + sum(1 for c in children if c.kind == "dir")
+            parent = numbers[tree.key(tree.nodes[node.path[:-1]])] if node.path else count + 1
+            if listing.index_count or xattr != fmt.NO_XATTR or listing.size > 0xFFFF:
+                body = fmt.LDIR_BODY.pack(nlink, listing.size, listing.start_block, parent,
+                                          listing.index_count, listing.offset, xattr)
+                raw = _with_type(header, fmt.LDIR) + body + listing.index
+            else:
+                body = fmt.DIR_BODY.pack(listing.start_block, nlink, listing.size,
+                                         listing.offset, parent)
+                raw = _with_type(header, fmt.DIR) + body
+        elif node.kind == "file":
+            fd = data[key]
+            blocks = b"".join(fmt.U32.pack(w) for w in fd.blocks)
+            nlink = tree.link_counts.get(key, 1)
+            if (fd.blocks_start > 0xFFFFFFFF or fd.size > 0xFFFFFFFF or nlink > 1
+                    or xattr != fmt.NO_XATTR or fd.sparse):
+                body = fmt.LFILE_BODY.pack(fd.blocks_start, fd.size, fd.sparse, nlink,
+                                           fd.fragment, fd.frag_offset, xattr)
+                raw = _with_type(header, fmt.LFILE) + body + blocks
+            else:
+                body = fmt.FILE_BODY.pack(fd.blocks_start, fd.fragment, fd.frag_offset, fd.size)
+                raw = _with_type(header, fmt.FILE) + body + blocks
+        else:
+            nlink = tree.link_counts.get(key, 1)
+            if xattr != fmt.NO_XATTR:
+                raw = (_with_type(header, fmt.LSYMLINK) + fmt.SYMLINK_BODY.pack(
+                    nlink, len(node.target)) + node.target + fmt.U32.pack(xattr))
+            else:
+                raw = (_with_type(header, fmt.SYMLINK) + fmt.SYMLINK_BODY.pack(
+                    nlink, len(node.target)) + node.target)
+        refs[key] = inodes.write(raw)
+    root_ref = fmt.inode_ref(*refs[tree.key(tree.nodes[()])])
+
+    # 3. tables, back to back
+    inode_table = end
+    out.write(inodes.finish())
+    directory_table = out.tell()
+    out.write(dirs.finish())
+    frag_entries = b"".join(fmt.FRAGMENT_ENTRY.pack(s, w, 0) for s, w in bp.fragment_table)
+    blob, fragment_table = pack_table(frag_entries, out.tell(), comp)
+    out.write(blob)
+    by_number = sorted((numbers[k], ref) for k, ref in refs.items())
+    export = b"".join(fmt.U64.pack(fmt.inode_ref(*ref)) for _, ref in by_number)
+    blob, export_table = pack_table(export, out.tell(), comp)
+    out.write(blob)
+    blob, id_table = pack_table(ids.pack(), out.tell(), comp)
+    out.write(blob)
+    xattr_table = fmt.NO_TABLE
+    if xattrs.count:
+        blob, xattr_table = xattrs.pack(out.tell(), comp)
+        out.write(blob)
+    bytes_used = out.tell()
+    out.write(bytes(-bytes_used % fmt.DEVBLK_SIZE))
+
+    flags = fmt.F_EXPORTABLE | (fmt.F_DUPLICATES if options.dedupe else 0)
+    flags |= fmt.F_COMPRESSOR_OPTIONS if record else 0
+    flags |= 0 if options.fragments else fmt.F_NO_FRAGMENTS
+    sb = fmt.Superblock(
+        inode_count=count, mkfs_time=options.mkfs_time, block_size=options.block_size,
+        fragment_count=len(bp.fragment_table), compression_id=comp.id,
+        block_log=options.block_size.bit_length() - 1, flags=flags, id_count=len(ids.ids),
+        version_major=4, version_minor=0, root_inode=root_ref, bytes_used=bytes_used,
+        id_table=id_table, xattr_table=xattr_table, inode_table=inode_table,
+        directory_table=directory_table, fragment_table=fragment_table,
+        export_table=export_table,
+    )
+    out.seek(0)
+    out.write(sb.pack())
+    out.seek(0, os.SEEK_END)
+    return sb
+
+
+def _with_type(header: fmt.InodeHeader, inode_type: int) -> bytes:
+    return fmt.InodeHeader(inode_type, header.mode, header.uid_idx, header.gid_idx,
+                           header.mtime, header.inode_number).pack()
+
+
+def _basic(kind: str) -> int:
+    return {"dir": fmt.DIR, "file": fmt.FILE, "symlink": fmt.SYMLINK}[kind]
+
+
+class _Tree:
+    """The nodes checked and indexed: children sorted byte-wise, hard links counted."""
+
+    def __init__(self, nodes: Iterable[Node]) -> None:
+        self.nodes: dict[Path_, Node] = {}
+        kids: dict[Path_, list[Node]] = {}
+        self.link_counts: dict[object, int] = {}
+        for node in nodes:
+            _check(node)
+            if node.path in self.nodes:
+                raise InputError(f"{self.name(node)} is given twice")
+            self.nodes[node.path] = node
+            if node.path:
+                kids.setdefault(node.path[:-1], []).append(node)
+            if node.link is not None:
+                self.link_counts[node.link] = self.link_counts.get(node.link, 0) + 1
+        root = self.nodes.get(())
+        if root is None or root.kind != "dir":
+            raise InputError("the image has no root directory")
+        for parent, children in kids.items():
+            p = self.nodes.get(parent)
+            if p is None or p.kind != "dir":
+                raise InputError(f"{self.name(children[0])} has no parent directory")
+            children.sort(key=lambda n: n.path[-1])
+        self._kids = kids
+
+    def key(self, node: Node) -> object:
+        return node.link if node.link is not None else node.path
+
+    def children(self, path: Path_) -> list[Node]:
+        return self._kids.get(path, [])
+
+    def name(self, node: Node) -> str:
+        return "/" + os.fsdecode(b"/".join(node.path))
+
+    def preorder(self) -> Iterable[Node]:
+        stack = [self.nodes[()]]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(self.children(node.path)))
+
+    def postorder(self) -> Iterable[Node]:
+        stack: list[tuple[Node, bool]] = [(self.nodes[()], False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded or node.kind != "dir":
+                yield node
+                continue
+            stack.append((node, True))
+            stack.extend((c, False) for c in reversed(self.children(node.path)))
+
+    def numbers(self) -> dict[object, int]:
+        """Inode numbers in the order inodes are written: from 1, the root last."""
+        numbers: dict[object, int] = {}
+        for node in self.postorder():
+            numbers.setdefault(self.key(node), len(numbers) + 1)
+        return numbers
+
+
+def _check(node: Node) -> None:
+    where = "/" + os.fsdecode(b"/".join(node.path))
+    if node.kind not in ("dir", "file", "symlink"):
+        raise InputError(f"{where} is a {node.kind}: device nodes, fifos and sockets "
+                         "have no place in a portable image", "remove it from the input")
+    for part in node.path:
+        if not part or len(part) > 255 or b"/" in part or b"\0" in part or part in (b".", b".."):
+            raise InputError(f"{where}: {part!r} is not a valid file name",
+                             "names are 1 to 255 bytes without '/' or NUL")
+    if node.kind == "symlink" and not 0 < len(node.target) <= MAX_SYMLINK:
+        raise InputError(f"{where}: a symlink target must be 1 to {MAX_SYMLINK} bytes")
+    if node.kind == "file" and (node.opener is None or node.size < 0):
+        raise InputError(f"{where}: a file needs its size and contents")
+    if not 0 <= node.uid <= 0xFFFFFFFF or not 0 <= node.gid <= 0xFFFFFFFF:
+        raise InputError(f"{where}: owner {node.uid}:{node.gid} is out of range")
+
+
+def _duplicates(tree: _Tree) -> dict[object, object]:
+    """Files whose bytes equal an earlier file's: {key: key of the first such file}.
+
+    Only files sharing a size with another are read here (hashed), so the
+    common case of unique sizes costs nothing.
+    """
+    by_size: dict[int, list[Node]] = {}
+    seen: set[object] = set()
+    for node in tree.preorder():
+        key = tree.key(node)
+        if node.kind == "file" and node.size > 0 and key not in seen:
+            seen.add(key)
+            by_size.setdefault(node.size, []).append(node)
+    out: dict[object, object] = {}
+    for nodes in by_size.values():
+        if len(nodes) < 2:
+            continue
+        first: dict[bytes, object] = {}
+        for node in nodes:
+            assert node.opener is not None
+            h = hashlib.sha256()
+            with node.opener() as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            digest = h.digest()
+            if digest in first:
+                out[tree.key(node)] = first[digest]
+            else:
+                first[digest] = tree.key(node)
+    return out
+
+
+def nodes_from_directory(root: str | os.PathLike, *, mtime: int | None = None,
+                         all_root: bool = True) -> list[Node]:
+    """The nodes of a host directory, as mksquashfs would take it.
+
+    Device nodes, fifos and sockets are refused. Hard links become shared
+    inodes; extended attributes squashfs can store are kept.
+    """
+    base = Path(root)
+    nodes: list[Node] = []
+
+    def node_of(path: Path, parts: Path_) -> Node:
+        st = path.lstat()
+        kind = ("dir" if stat_mod.S_ISDIR(st.st_mode) else "file" if stat_mod.S_ISREG(st.st_mode)
+                else "symlink" if stat_mod.S_ISLNK(st.st_mode) else _odd_kind(st.st_mode))
+        common = {
+            "path": parts, "kind": kind, "mode": stat_mod.S_IMODE(st.st_mode),
+            "uid": 0 if all_root else st.st_uid, "gid": 0 if all_root else st.st_gid,
+            "mtime": int(st.st_mtime) if mtime is None else mtime,
+            "xattrs": _host_xattrs(path),
+        }
+        if kind == "dir" and not parts:
+            return Node(**common)
+        if kind == "file":
+            link = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
+            return Node(**common, size=st.st_size, opener=lambda p=path: open(p, "rb"),
+                        link=link)
+        if kind == "symlink":
+            return Node(**common, target=os.fsencode(os.readlink(path)))
+        if kind == "dir":
+            return Node(**common)
+        raise InputError(f"{path} is a {kind}: device nodes, fifos and sockets have no place "
+                         "in a portable image", "remove it from the input directory")
+
+    stack: list[tuple[Path, Path_]] = [(base, ())]
+    while stack:
+        path, parts = stack.pop()
+        node = node_of(path, parts)
+        nodes.append(node)
+        if node.kind == "dir":
+            with os.scandir(path) as it:
+                names = sorted(os.fsencode(e.name) for e in it)
+            stack.extend((path / os.fsdecode(n), (*parts, n)) for n in names)
+    return nodes
+
+
+def _odd_kind(mode: int) -> str:
+    if stat_mod.S_ISCHR(mode):
+        return "character device"
+    if stat_mod.S_ISBLK(mode):
+        return "block device"
+    if stat_mod.S_ISFIFO(mode):
+        return "fifo"
+    if stat_mod.S_ISSOCK(mode):
+        return "socket"
+    return "file of unknown type"
+
+
+def _host_xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return ()
+    out = []
+    for name in sorted(names):
+        if name.startswith(STORABLE_XATTRS):
+            try:
+                out.append((name, os.getxattr(path, name, follow_symlinks=False)))
+            except OSError:
+                continue
+    return tuple(out)

@@ -1,0 +1,48 @@
+"""The native writer: the image tree written as squashfs by our own Python code.
+
+It needs no external tool. File bytes stream from their sources straight
+into the image (no staging copy); owners are root, every time is the
+build's fixed time, so the result is reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from portable_service.progress import Reporter
+from portable_service.squashfs.compressor import from_options
+from portable_service.squashfs.writer import Node, WriterOptions, write_image
+from portable_service.tree import Entry, ImageTree, Kind
+from portable_service.writers.options import PackOptions
+
+
+def tree_nodes(tree: ImageTree, mtime: int) -> list[Node]:
+    return [node_of(entry, mtime) for entry in tree]
+
+
+def node_of(entry: Entry, mtime: int) -> Node:
+    parts = tuple(os.fsencode(p) for p in entry.path.parts[1:])
+    if entry.kind is Kind.DIR:
+        return Node(parts, "dir", entry.mode, mtime=mtime, xattrs=entry.xattrs)
+    if entry.kind is Kind.SYMLINK:
+        return Node(parts, "symlink", 0o777, mtime=mtime, target=os.fsencode(entry.target or ""),
+                    xattrs=entry.xattrs)
+    return Node(parts, "file", entry.mode, mtime=mtime, size=entry.size, opener=entry.open,
+                xattrs=entry.xattrs)
+
+
+class NativeWriter:
+    name = "native"
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers
+
+    def write(self, tree: ImageTree, out: Path, options: PackOptions, reporter: Reporter) -> None:
+        compressor = from_options(options.compression.name, options.compression.options,
+                                  options.block_size)
+        opts = WriterOptions(compressor, options.block_size, options.mtime, self.workers)
+        nodes = tree_nodes(tree, options.mtime)
+        with open(out, "wb", buffering=1 << 20) as f, \
+                reporter.bytes_bar("packing", tree.total_size()):
+            write_image(nodes, f, opts, reporter.advance)
