@@ -123,13 +123,15 @@ def check_os_release(fs: ImageFS, prefix: str) -> Iterator[Problem]:
     if not fields.get("ID"):
         yield Problem(ERROR, "os-release-id", path,
                       "os-release has no or an empty ID=: portabled refuses the image "
-                      "('os-release metadata lacks the ID field')",
+                      "('os-release metadata lacks the ID field'; systemd 252+, 247 did not "
+                      "check)",
                       "set ID= to a distribution id, e.g. ID=debian")
     prefixes = fields.get("PORTABLE_PREFIXES", "").split()
     if prefixes and prefix and prefix not in prefixes:
         yield Problem(ERROR, "portable-prefixes", path,
                       f"PORTABLE_PREFIXES={' '.join(prefixes)} does not allow the prefix "
-                      f"{prefix!r} that the file name gives: portabled refuses to attach it",
+                      f"{prefix!r} that the file name gives: portabled refuses to attach it "
+                      "(systemd 252+, 247 did not check)",
                       f"name the file {prefixes[0]}_VERSION.raw or add {prefix} to "
                       "PORTABLE_PREFIXES")
 
