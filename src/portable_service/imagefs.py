@@ -198,12 +198,32 @@ def open_image(path: str | Path) -> SquashfsFS:
                          "give a squashfs .raw file (directory images are not read by this tool)")
     if not os.access(p, os.R_OK):
         raise ImageError(f"cannot read {p}: permission denied", "check its permissions")
+    other = _other_format(p)
+    if other is not None:
+        raise ImageError(f"{p} is {other}; this tool reads bare squashfs images only",
+                         "use portablectl inspect for it, or extract its root file system")
     try:
         return SquashfsFS(p)
     except ImageError as e:
         raise ImageError(f"{p}: {e.message}", e.hint or "is it a squashfs image?") from None
     except OSError as e:
         raise ImageError(f"cannot read {p}: {e.strerror or e}", "check the file") from None
+
+
+def _other_format(path: Path) -> str | None:
+    """Name the other image formats portabled accepts, for a clearer refusal."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2048)
+    except OSError:
+        return None
+    if head[512:520] == b"EFI PART":
+        return "a GPT disk image (a Discoverable Disk Image, as mkosi makes by default)"
+    if head[1024:1028] == b"\xe2\xe1\xf5\xe0":
+        return "an erofs image"
+    if head[1080:1082] == b"\x53\xef":
+        return "an ext2/3/4 image"
+    return None
 
 
 # -- path resolution inside the image

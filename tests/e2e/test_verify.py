@@ -138,7 +138,7 @@ def _log(c, name: str, errs: list, outcome: str, said: str) -> None:  # type: ig
 
 @pytest.mark.parametrize(("name", "change", "extra"), [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
-def test_verify_agrees_with_systemd(container, tmp_path, name, change, extra) -> None:
+def test_verify_agrees_with_systemd(container, tmp_path, request, name, change, extra) -> None:
     root = trees.make_tree(tmp_path / "tree", unit=UNIT)
     if change is not None:
         change(root)
@@ -146,7 +146,7 @@ def test_verify_agrees_with_systemd(container, tmp_path, name, change, extra) ->
     problems = verify(IndexedFS(open_image(image)), image.name)
     outcome, said = _outcome(container, image)
     errs = errors(problems)
-    _log(container, name, errs, outcome, said)
+    _log(container, request.node.callspec.id, errs, outcome, said)
     where = f"{container.release.suite}: verify said {[p.line() for p in problems]}; " \
             f"systemd: {outcome}: {said[-1500:]}"
     if errs and {e.rule for e in errs} <= NEWER_RULES \
