@@ -244,7 +244,7 @@ def _under(path: str, roots: Iterable[str]) -> bool:
     return any(path == r or path.startswith(r + "/") for r in roots)
 
 
-def check_unit_needs(fs: ImageFS, unit: Unit, where: str) -> tuple[list[Problem], set[str]]:
+def check_unit_needs(fs: ImageFS, unit: Unit) -> tuple[list[Problem], set[str]]:
     """Mount points, programs and environment files; also returns the programs' real paths."""
     problems: list[Problem] = []
     programs: set[str] = set()
@@ -261,7 +261,7 @@ def check_unit_needs(fs: ImageFS, unit: Unit, where: str) -> tuple[list[Problem]
     for program, directive in exec_programs(unit):
         if "%" in program or "$" in program:
             continue  # specifiers and variables are expanded at start
-        problems.extend(_check_program(fs, program, directive, where, programs))
+        problems.extend(_check_program(fs, program, directive, programs))
     for path, directive in environment_files(unit):
         if "%" not in path and resolve(fs, path) is None:
             problems.append(Problem(ERROR, "environment-file", path,
@@ -280,7 +280,7 @@ def _find_program(fs: ImageFS, program: str) -> str | None:
     return None
 
 
-def _check_program(fs: ImageFS, program: str, directive: str, where: str,
+def _check_program(fs: ImageFS, program: str, directive: str,
                    programs: set[str]) -> Iterator[Problem]:
     real = _find_program(fs, program)
     if real is None:
@@ -385,7 +385,7 @@ def verify(fs: ImageFS, image_name: str) -> list[Problem]:
     problems.extend(check_scaffold(ifs))
     programs: set[str] = set()
     for unit_file in units:
-        unit_needs, found = check_unit_needs(ifs, load_unit(ifs, unit_file), unit_file.path)
+        unit_needs, found = check_unit_needs(ifs, load_unit(ifs, unit_file))
         problems.extend(unit_needs)
         programs |= found
     problems.extend(elfcheck.check_elf_files(ifs, ifs.entries, programs))
