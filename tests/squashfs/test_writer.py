@@ -255,3 +255,13 @@ def test_sparse_file_over_4gib(tmp_path: Path) -> None:
             assert f.read() == b"theend"
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_unreadable_source_is_one_error(tmp_path: Path) -> None:
+    tree = ImageTree()
+    tree.add_file(PurePosixPath("/gone"), source=tmp_path / "gone")
+    (tmp_path / "gone").write_text("x")
+    opts = PackOptions(Compression("gzip"), 131072, MTIME)
+    (tmp_path / "gone").unlink()
+    with pytest.raises(ImageError):
+        NativeWriter().write(tree, tmp_path / "img", opts, QUIET)

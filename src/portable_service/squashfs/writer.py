@@ -82,10 +82,9 @@ def write_image(nodes: Iterable[Node], out: BinaryIO, options: WriterOptions,
                 if progress:
                     progress(node.size)
                 continue
-            assert node.opener is not None
-            with node.opener() as f:
-                data[key] = bp.add_file(f, node.size, tree.name(node), progress)
+            data[key] = _add_file(bp, node, tree.name(node), progress)
         end = bp.finish()
+        assert end == out.tell()
     except BaseException:
         bp.abort()
         raise
@@ -181,6 +180,17 @@ def write_image(nodes: Iterable[Node], out: BinaryIO, options: WriterOptions,
     out.write(sb.pack())
     out.seek(0, os.SEEK_END)
     return sb
+
+
+def _add_file(bp: BlockProcessor, node: Node, name: str,
+              progress: Callable[[int], None] | None) -> FileData:
+    assert node.opener is not None
+    try:
+        with node.opener() as f:
+            return bp.add_file(f, node.size, name, progress)
+    except OSError as e:
+        raise InputError(f"cannot read {getattr(e, 'filename', None) or name}: "
+                         f"{e.strerror or e}", "check that it exists and is readable") from None
 
 
 def _with_type(header: fmt.InodeHeader, inode_type: int) -> bytes:
@@ -290,9 +300,13 @@ def _duplicates(tree: _Tree) -> dict[object, object]:
         for node in nodes:
             assert node.opener is not None
             h = hashlib.sha256()
-            with node.opener() as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
+            try:
+                with node.opener() as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+            except OSError as e:
+                raise InputError(f"cannot read {tree.name(node)}: {e.strerror or e}",
+                                 "check that it exists and is readable") from None
             digest = h.digest()
             if digest in first:
                 out[tree.key(node)] = first[digest]
