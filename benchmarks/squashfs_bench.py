@@ -72,8 +72,9 @@ def bench_tree(tree: Path, runs: int, work: Path) -> list[str]:
     rows = []
     size = warm(tree)
     files = sum(len(f) for _, _, f in os.walk(tree))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"tree {tree}: {size / 1e6:.1f} MB in {files} files; {os.cpu_count()} cores; "
-          f"median of {runs} runs", flush=True)
+          f"median of {runs} runs; load average before: {load}", flush=True)
     header = (f"| {'options':<24} | {'mksquashfs s':>12} | {'native s':>8} | {'time x':>6} | "
               f"{'mksquashfs bytes':>16} | {'native bytes':>12} | {'size x':>6} | "
               f"{'mksq MB':>7} | {'native MB':>9} |")
@@ -101,6 +102,7 @@ def bench_tree(tree: Path, runs: int, work: Path) -> list[str]:
                     f"{tn / tm:>6.2f} | {s_m:>16,} | {s_n:>12,} | {s_n / s_m:>6.3f} | "
                     f"{max(m_m):>7.0f} | {max(m_n):>9.0f} |")
         print(rows[-1], flush=True)
+    print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     return rows
 
 
