@@ -29,4 +29,4 @@ def build(
         spec = spec_from_mapping(settings, Path(base_dir or Path.cwd()).resolve())
     elif settings:
         raise TypeError("pass either a Spec or keyword settings, not both")
-    return build_image(spec, Path(output_dir), Reporter(quiet=quiet) if not quiet else QUIET)
+    return build_image(spec, Path(output_dir), QUIET if quiet else Reporter())

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portable_service import closure as closure_mod
-from portable_service import image, units as units_mod
+from portable_service import image
+from portable_service import units as units_mod
 from portable_service.closure import Closure
 from portable_service.errors import PortableServiceError, SpecError
 from portable_service.progress import QUIET, Reporter
-from portable_service.spec import Spec
+from portable_service.spec import Spec, check_spec
 from portable_service.tree import ImageTree
 from portable_service.writers import Writer, select_writer
 from portable_service.writers.options import PackOptions, parse_block_size, parse_compression
@@ -46,6 +47,14 @@ def source_date_epoch() -> int:
 
 def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     """Check everything and lay out the image tree; nothing is written."""
+    check_spec(spec)  # a Spec built in code has not been through the parser's checks
+    # options and tools first: a bad setting or a missing tool is reported before any work
+    options = PackOptions(
+        compression=parse_compression(spec.squash_compression),
+        block_size=parse_block_size(spec.squash_block_size),
+        mtime=source_date_epoch(),
+    )
+    writer = select_writer(spec)
     with reporter.step(f"reading {len(spec.units)} unit source(s)"):
         units = units_mod.load_units(spec)
     with reporter.step("resolving the closure"):
@@ -54,22 +63,36 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
         reporter.warn(warning)
     with reporter.step("laying out the image tree"):
         tree = image.assemble(spec, units, closure)
-    options = PackOptions(
-        compression=parse_compression(spec.squash_compression),
-        block_size=parse_block_size(spec.squash_block_size),
-        mtime=source_date_epoch(),
-    )
-    writer = select_writer(spec)
     return Plan(spec, units, closure, tree, writer, options)
 
 
-def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET) -> Path:
-    """Build ``output_dir/<pname>_<version>.raw``; on any failure the old image stays as it was."""
+def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
+                inspect: Callable[[Plan], None] | None = None, verify: bool = True) -> Path:
+    """Build ``output_dir/<pname>_<version>.raw``; on any failure the old image stays as it was.
+
+    ``inspect`` sees the plan before anything is written (``--print-closure``). With
+    ``verify`` the written file is checked (portable_service.verify) before it replaces the
+    old image, so an image portabled would refuse never lands.
+    """
     p = plan(spec, reporter)
+    if inspect is not None:
+        inspect(p)
     out = output_dir / spec.image_name
     _prepare_dir(output_dir)
+
+    def check(tmp: Path) -> None:
+        from portable_service.verify import check_written
+
+        def say(line: str) -> None:  # shown even when quiet, like warnings
+            reporter.console.print(f"portable-service: verify: {line}", markup=False,
+                                   highlight=False, soft_wrap=True)
+
+        with reporter.step("verifying the image"):
+            check_written(tmp, out.name, p.tree, say)
+
     with reporter.step(f"writing {out} with {p.writer.name} ({len(p.tree)} entries)"):
-        write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, reporter))
+        write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, reporter),
+                         check if verify else None)
     return out
 
 
@@ -84,14 +107,17 @@ def _prepare_dir(output_dir: Path) -> None:
                                    "choose another with -o")
 
 
-def write_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file beside ``out``, then rename it over ``out``."""
+def write_atomically(out: Path, write: Callable[[Path], None],
+                     check: Callable[[Path], None] | None = None) -> None:
+    """Write to a temporary file beside ``out``, ``check`` it, then rename it over ``out``."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)
+        if check is not None:
+            check(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -26,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("spec settings (override the spec file)")
     for s in SETTINGS:
-        kwargs: dict[str, Any] = {"dest": f"spec_{s.attr}", "help": s.help, "default": None}
+        kwargs: dict[str, Any] = {"dest": f"spec_{s.attr}", "help": s.help.replace("%", "%%"),
+                                  "default": None}
         if s.is_bool:
             kwargs["action"] = "store_const"
             kwargs["const"] = True
@@ -62,9 +64,34 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     reporter = Reporter(quiet=args.quiet)
     spec = load_spec_from_args(args)
-    out = build_image(spec, Path(args.output), reporter)
+    inspect = None
+    if args.print_closure:
+        from portable_service.closure.report import closure_listing
+
+        def inspect(plan: Any) -> None:
+            print("\n".join(closure_listing(plan.closure)))
+
+    out = build_image(spec, Path(args.output), reporter, inspect=inspect, verify=args.verify)
     print(out)
     return 0
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    from portable_service.closure.report import why_report
+
+    lines, found = why_report(load_spec_from_args(args), args.path)
+    print("\n".join(lines))
+    return 0 if found else 1
+
+
+def _why_parser(sub: Any) -> None:
+    p = sub.add_parser("why", help="show the chain of references that pulls PATH into the image",
+                       description="Explain why a path is in the image's closure "
+                                   "(exit 1 when it is not).")
+    p.add_argument("spec", nargs="?", help="spec file, or a folder with portable.toml")
+    p.add_argument("path", help="absolute path in the image, e.g. /usr/lib/x86_64-linux-gnu/libc.so.6")
+    _add_spec_flags(p)
+    p.set_defaults(func=cmd_why)
 
 
 def _build_parser(sub: Any) -> None:
@@ -75,12 +102,28 @@ def _build_parser(sub: Any) -> None:
     p.add_argument("-o", "--output", default="result", metavar="DIR",
                    help="output folder (default: ./result)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image path")
+    p.add_argument("--print-closure", action="store_true",
+                   help="list the closure with sizes, largest first, before the image path")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not check the result with 'verify' before it replaces the old image")
     _add_spec_flags(p)
     p.set_defaults(func=cmd_build)
 
 
+def _image_verbs(sub: Any) -> None:
+    from portable_service.imageverbs import register
+
+    register(sub)
+
+
+def _try_parser(sub: Any) -> None:
+    from portable_service.trycmd import register
+
+    register(sub)
+
+
 # Each verb registers itself here: (name -> function adding its parser).
-VERBS: list[Callable[[Any], None]] = [_build_parser]
+VERBS: list[Callable[[Any], None]] = [_build_parser, _why_parser, _image_verbs, _try_parser]
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -101,7 +144,14 @@ def _version() -> str:
     return __version__
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # run the cleanups: no temporary file is left behind
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
+        signal.signal(signal.SIGINT, _interrupt)
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
@@ -114,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{PROG}: interrupted; no image was written or changed", file=sys.stderr)
         return 130
     except OSError as e:
         if args.debug:

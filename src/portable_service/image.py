@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path, PurePosixPath
@@ -217,5 +218,26 @@ def assemble(spec: Spec, units: list[Unit], closure: Closure) -> ImageTree:
     add_symlinks(tree, spec)
     for node in closure:
         place(tree, node)
+    for path, data in sorted(closure.generated.items()):
+        tree.add_file(mirror_host_parents(tree, path, "generated"), data=data,
+                      origin=f"generated {path}")
     add_mount_points(tree, units)
+    add_closure_record(tree, closure)
     return tree
+
+
+# Read by `inspect` and `size`: the roots of the
+# closure and, for every other path, the path that pulled it in, as placed in the image.
+CLOSURE_RECORD = P("/usr/lib/portable-service/closure.json")
+
+
+def add_closure_record(tree: ImageTree, closure: Closure) -> None:
+    def placed(path: PurePosixPath) -> str:
+        parent = tree.resolve(path.parent)
+        return str((parent or path.parent) / path.name)
+
+    roots = [{"path": placed(n.image), "reason": n.reason} for n in closure if n.parent is None]
+    parents = {placed(n.image): placed(n.parent) for n in closure if n.parent is not None}
+    record = {"format": "portable-service closure 1", "roots": roots, "parents": parents}
+    data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    tree.add_file(CLOSURE_RECORD, data=data, origin="closure record")

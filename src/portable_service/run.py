@@ -85,9 +85,12 @@ def run(
 
 
 def tool_message(proc: subprocess.CompletedProcess[bytes]) -> str:
-    """The tool's own error text, squeezed onto one line."""
+    """The tool's own error line: the first that says 'error', else the first it printed."""
     text = (proc.stderr or b"") + b"\n" + (proc.stdout or b"")
     lines = [ln.strip() for ln in text.decode(errors="replace").splitlines()]
     # progress bars and blank lines say nothing about the failure
     lines = [ln for ln in lines if ln and not ln.startswith("[")]
-    return " / ".join(lines[-3:]) if lines else "no message"
+    for line in lines:
+        if "error" in line.lower():
+            return line
+    return lines[0] if lines else "no message"

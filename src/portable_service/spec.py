@@ -12,7 +12,7 @@ import difflib
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -69,6 +69,8 @@ class Spec:
     packages: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     allow_missing: bool = False
+    skip_packages: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_SKIP
+    package_docs: bool = False
 
     @property
     def image_name(self) -> str:
@@ -76,10 +78,8 @@ class Spec:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view, keyed like the TOML spec."""
-        out: dict[str, Any] = {}
-        for s in SETTINGS:
-            value = getattr(self, s.attr)
-            out[s.key] = _jsonable(value)
+        out = {s.key: _jsonable(getattr(self, s.attr)) for s in SETTINGS}
+        out["os-release"] = dict(self.os_release)
         return out
 
 
@@ -87,8 +87,6 @@ def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items() if v is not None}
     if isinstance(value, tuple | list):
-        if value and isinstance(value[0], tuple) and len(value[0]) == 2 and isinstance(value[0][0], str):
-            return {k: v for k, v in value}
         return [_jsonable(v) for v in value]
     if isinstance(value, Path | PurePosixPath):
         return str(value)
@@ -100,7 +98,8 @@ def _jsonable(value: Any) -> Any:
 
 def _str(value: Any, base: Path, key: str) -> str:
     if not isinstance(value, str):
-        raise SpecError(f"{key} must be a string, not {type(value).__name__}")
+        raise SpecError(f"{key} must be a string, not {type(value).__name__} ({value!r})",
+                        f'quote it: {key} = "{value}"')
     return value
 
 
@@ -317,6 +316,11 @@ SETTINGS: tuple[Setting, ...] = (
             repeatable=True, metavar="GLOB"),
     Setting("allow-missing", _bool, "warn, instead of failing, when a library cannot be found",
             is_bool=True),
+    Setting("skip-packages", _str_list, "Debian package never followed as a dependency of "
+            "packages (replaces the default list: init, debconf, dpkg, adduser, ...)",
+            repeatable=True, metavar="NAME", flag_name="skip-package"),
+    Setting("package-docs", _bool, "keep the documentation, man pages and locales of packages",
+            is_bool=True),
 )
 
 _BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS} | {
@@ -346,7 +350,7 @@ def spec_from_mapping(data: Mapping[str, Any], base: Path) -> Spec:
         normalized[setting.key] = value
     kwargs: dict[str, Any] = {}
     for s in SETTINGS:
-        if s.key not in normalized or normalized[s.key] is None and not s.required:
+        if s.key not in normalized or (normalized[s.key] is None and not s.required):
             if s.required:
                 raise SpecError(f"spec key '{s.key}' is missing", f"set it in the spec or with {s.flag}")
             continue

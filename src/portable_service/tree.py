@@ -62,7 +62,7 @@ class Entry:
             return io.BytesIO(self.data)
         if self.source is None:
             raise ValueError(f"{self.path} is not a file")
-        return open(self.source, "rb")  # noqa: SIM115 - the caller closes it
+        return open(self.source, "rb")
 
 
 def sort_key(path: PurePosixPath) -> tuple[bytes, ...]:

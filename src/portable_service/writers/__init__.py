@@ -45,6 +45,6 @@ def _native() -> Writer:
     try:
         from portable_service.writers.native import NativeWriter
     except ImportError:
-        raise ToolError("mksquashfs is not installed and the native writer is not available",
-                        "install it: apt-get install squashfs-tools") from None
+        raise ToolError("the native squashfs writer is not part of this installation",
+                        "install mksquashfs: apt-get install squashfs-tools") from None
     return NativeWriter()

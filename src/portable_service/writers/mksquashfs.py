@@ -7,6 +7,7 @@ files' own metadata.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -66,30 +67,27 @@ class MksquashfsWriter:
         ]
         for t in readers:
             t.start()
-        feed_error: BaseException | None = None
         try:
-            with reporter.bytes_bar("packing", tree.total_size()):
-                write_tar(tree, proc.stdin, options.mtime, reporter)
-        except BrokenPipeError:
-            pass  # mksquashfs stopped early: its own message says why
-        except BaseException as e:
-            feed_error = e
-            proc.kill()
-        finally:
             try:
-                proc.stdin.close()
+                with reporter.bytes_bar("packing", tree.total_size()):
+                    write_tar(tree, proc.stdin, options.mtime, reporter)
             except BrokenPipeError:
-                pass
+                pass  # mksquashfs stopped early: its own message says why
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
             rc = proc.wait()
+        finally:
+            # on any failure or interrupt, mksquashfs must not outlive the build
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
             for t in readers:
                 t.join()
-        if feed_error is not None:
-            raise feed_error
         if rc != 0:
             done = subprocess.CompletedProcess(cmd, rc, captured.get("stdout"),
                                                captured.get("stderr"))
             raise ToolError(f"mksquashfs failed (exit {rc}): {tool_message(done)}",
-                            "see its message above; --writer native avoids mksquashfs")
+                            "fix what it names (often squash-compression), or try --writer native")
 
 
 def tar_info(entry: Entry, mtime: int) -> tarfile.TarInfo:

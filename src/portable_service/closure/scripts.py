@@ -1,0 +1,105 @@
+"""Scripts: an executable file starting with ``#!`` brings its interpreter.
+
+The kernel reads at most 256 bytes of the ``#!`` line (BINPRM_BUF_SIZE) and
+splits it into the interpreter and one optional argument. For
+``#!/usr/bin/env NAME`` the interpreter is ``env`` and NAME is looked up in the
+PATH a service starts with: systemd's fixed default, below.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+
+from portable_service.closure import Context, Node, Resolver, in_nix_store
+from portable_service.units import SYSTEMD_PATH
+
+SHEBANG_MAX = 256
+
+
+def read_shebang(path: Path) -> tuple[str, str | None] | None:
+    """(interpreter, optional argument) of a ``#!`` line, as the kernel splits it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SHEBANG_MAX)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "surrogateescape").strip(" \t\r")
+    if not line:
+        return None
+    parts = line.split(None, 1)
+    arg = parts[1].strip() if len(parts) > 1 else None
+    return parts[0], arg or None
+
+
+def env_program(arg: str | None) -> str | None:
+    """The program ``env ARG`` runs: skip env's options and VAR=value words (``-S`` splits)."""
+    if not arg:
+        return None
+    words = arg.split()
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w in ("-u", "--unset", "-C", "--chdir"):
+            i += 2
+            continue
+        if w.startswith("-S") and len(w) > 2:  # -Spython3 -u
+            return w[2:]
+        if w.startswith("-") or ("=" in w and not w.startswith("/")):
+            i += 1
+            continue
+        return w
+    return None
+
+
+def which(name: str, path: Sequence[str] = SYSTEMD_PATH) -> str | None:
+    """The first executable ``name`` in ``path``, as systemd and env look it up."""
+    for folder in path:
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def script_resolver(ctx: Context) -> Resolver:
+    def resolve(node: Node) -> Iterator[Node]:
+        # package files are data unless a unit runs them: their admin and init scripts
+        # would otherwise drag perl and the shell into every image
+        if node.package is not None or in_nix_store(node.image):
+            return
+        try:
+            st = os.lstat(node.host)
+        except OSError:
+            return
+        if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+            return  # the kernel runs only executable files
+        shebang = read_shebang(node.host)
+        if shebang is None:
+            return
+        interp, arg = shebang
+        if not interp.startswith("/"):
+            ctx.missing(f"script {node.image} names a relative interpreter {interp!r}",
+                        "write the interpreter as an absolute path")
+            return
+        if not os.path.exists(ctx.host_of(interp)):
+            ctx.missing(f"script {node.image} runs {interp}, which is not on this host",
+                        "install it, or fix the #! line")
+            return
+        yield Node(PurePosixPath(interp), Path(ctx.host_of(interp)), "#! interpreter", node.image)
+        if os.path.basename(interp) == "env":
+            name = env_program(arg)
+            if name is None:
+                return
+            found = name if name.startswith("/") else which(name)
+            if found is None or not os.path.exists(found):
+                ctx.missing(f"script {node.image} runs {name!r} through env, but it is not in "
+                            f"systemd's PATH ({':'.join(SYSTEMD_PATH)})",
+                            f"install {name}, or use an absolute #! path")
+                return
+            yield Node(PurePosixPath(found), Path(found), f"#!/usr/bin/env {name}", node.image)
+
+    return resolve

@@ -1,0 +1,1 @@
+"""A throwaway real systemd to judge images: cached Debian roots booted with systemd-nspawn."""

@@ -1,0 +1,496 @@
+"""Boot a throwaway systemd with systemd-nspawn, run portablectl inside, tear it all down.
+
+Works on hosts whose PID 1 is not systemd (containers, CI runners):
+
+- no system bus on the host: ``--register=no --keep-unit``;
+- the host's /run may be on disk: nspawn runs in a private mount namespace
+  with a tmpfs on /run (``unshare --mount --propagation private``);
+- nspawn gets its own cgroup (both hierarchies on a hybrid host), so every
+  process it leaves behind can be found and killed, and the cgroup removed;
+- ``--volatile=overlay``: writes go to a tmpfs layer, the cached root stays clean;
+- the container's /dev has no loop devices: they are created inside.
+
+Commands run inside with ``nsenter -t <init> -a``. :func:`booted` is the only
+way in: its exit (normal, exception or Ctrl-C) always powers the container
+off, kills what is left by PID, removes the cgroups and checks that no loop
+device still holds one of the copied images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from portable_service.errors import ToolError
+from portable_service.harness.roots import Release
+from portable_service.run import find_tool
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+LOOP_DEVICES = 256
+UDEV_RETRIES = 2
+_counter = itertools.count()
+
+
+class BootError(ToolError):
+    """The container did not come up; the message carries nspawn's own output."""
+
+
+@dataclass
+class Result:
+    """A command run inside the container."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def output(self) -> str:
+        return (self.stdout + self.stderr).strip()
+
+
+@dataclass
+class UnitState:
+    name: str
+    active: str  # ActiveState: active, inactive, failed, activating, ...
+    sub: str
+    result: str  # Result: success, exit-code, resources, ...
+    exit_status: str
+    load: str
+
+    @property
+    def failed(self) -> bool:
+        return self.active == "failed" or self.result not in ("success", "")
+
+
+@dataclass
+class Container:
+    release: Release
+    name: str
+    nspawn: subprocess.Popen[bytes]
+    init_pid: int
+    log: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    copied: list[str] = field(default_factory=list)
+    udev_retries: int = 0  # how often systemd 247's udev wait had to be retried
+
+    @property
+    def root(self) -> Path:
+        """The container's root as the host sees it (inside its mount namespace)."""
+        return Path(f"/proc/{self.init_pid}/root")
+
+    def run(self, *argv: str, check: bool = False, timeout: float = 60,
+            input: str | None = None) -> Result:
+        cmd = ["nsenter", "-t", str(self.init_pid), "-a", "--", *argv]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  input=input, env={"LC_ALL": "C.UTF-8", "PATH": _PATH,
+                                                    "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0",
+                                                    "TERM": "dumb"})
+        except subprocess.TimeoutExpired:
+            raise ToolError(f"{' '.join(argv)} did not finish within {timeout:.0f} s "
+                            f"in the {self.release.suite} container") from None
+        result = Result(list(argv), proc.returncode, proc.stdout, proc.stderr)
+        if check and not result.ok:
+            raise ToolError(f"{' '.join(argv)} failed in the {self.release.suite} container "
+                            f"(exit {result.returncode}): {one_line(result.output)}")
+        return result
+
+    def systemctl(self, *args: str, check: bool = False) -> Result:
+        if args and args[0] in ("start", "restart"):
+            self.settle()
+        return self.run("systemctl", "--no-pager", *args, check=check)
+
+    def portablectl(self, *args: str, check: bool = False) -> Result:
+        return self.run("portablectl", "--no-pager", *args, check=check, timeout=120)
+
+    def copy_image(self, image: Path) -> str:
+        """Copy an image to /var/lib/portables; returns the name portablectl knows it by."""
+        dest = self.root / "var/lib/portables"
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image, dest / image.name)
+        self.copied.append(image.name)
+        return image.name.removesuffix(".raw")
+
+    def remove_image(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "var/lib/portables" / f"{name}.raw").unlink()
+
+    def attach(self, image: Path, *, profile: str = "default", runtime: bool = True,
+               now: bool = False) -> Result:
+        """Copy ``image`` in and ``portablectl attach`` it; the result says if it worked."""
+        name = self.copy_image(image)
+        args = ["attach", f"--profile={profile}"]
+        args += ["--runtime"] * runtime + ["--now"] * now
+        for _ in range(UDEV_RETRIES + 1):
+            self.settle()
+            cursor = self._cursor()
+            result = self.portablectl(*args, name)
+            if result.ok or not self._udev_timeout(self._journal_since(cursor)):
+                break
+            self.udev_retries += 1
+        self.settle()
+        return result
+
+    def start(self, unit: str) -> Result:
+        """``systemctl start``, retried only for systemd 247's udev wait (see :meth:`settle`)."""
+        for _ in range(UDEV_RETRIES + 1):
+            cursor = self._cursor()
+            result = self.systemctl("start", unit)
+            if not self._udev_timeout(self._journal_since(cursor)) and (
+                    not result.ok or not self.release.needs_udevd or not self._failed_late(unit)
+                    or not self._udev_timeout(self._journal_since(cursor))):
+                break
+            self.udev_retries += 1
+            self.systemctl("reset-failed", unit)
+        return result
+
+    def _failed_late(self, unit: str, timeout: float = 10) -> bool:
+        """Whether a unit that 'started' then failed before its program ran.
+
+        A simple service counts as active as soon as systemd forked it; the
+        sandbox (and the image mount) is set up after that. The child is named
+        "(program)" until it execs the program.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.unit_state(unit)
+            if state.active == "failed":
+                return True
+            if state.active != "activating":
+                pid = self.systemctl("show", "-p", "MainPID", "--value", unit).stdout.strip()
+                if pid in ("", "0"):
+                    return False
+                try:
+                    comm = (self.root / "proc" / pid / "comm").read_text().strip()
+                except OSError:
+                    comm = ""  # it exited already: look again at the state
+                if comm and not comm.startswith("("):
+                    return False
+            time.sleep(0.05)
+        return False
+
+    def _udev_timeout(self, journal: str) -> bool:
+        return self.release.needs_udevd and "Failed to wait for device to be initialized" in journal
+
+    def _cursor(self) -> str:
+        out = self.run("journalctl", "-n0", "--show-cursor", "--no-pager").stdout
+        return out.strip().rsplit("cursor: ", 1)[-1] if "cursor: " in out else ""
+
+    def _journal_since(self, cursor: str) -> str:
+        args = ["journalctl", "--no-pager", "-o", "cat"]
+        args += [f"--after-cursor={cursor}"] if cursor else ["-b"]
+        return self.run(*args).stdout
+
+    def settle(self) -> None:
+        """On systemd < 250, let udev finish with loop devices before the next one is set up.
+
+        systemd 247 waits for udev to initialise every loop device it mounts; a
+        device freed a moment ago and reused at once can time out there
+        ("Failed to wait for device to be initialized").
+        """
+        if self.release.needs_udevd:
+            self.run("udevadm", "settle", "--timeout=10")
+
+    def detach(self, name: str, *, runtime: bool = True, now: bool = True) -> Result:
+        """Detach (stopping the units with ``now``) and delete the copied image."""
+        self.settle()
+        result = self.portablectl("detach", *["--runtime"] * runtime, *["--now"] * now, name)
+        # a failed unit stays loaded after its file is gone, and portabled then refuses
+        # to attach an image carrying a unit of that name ("exists on the host already")
+        self.systemctl("reset-failed")
+        self.remove_image(name)
+        return result
+
+    def attached_units(self, runtime: bool = True) -> list[str]:
+        """Units portabled placed for attached images."""
+        folder = self.root / ("run" if runtime else "etc") / "systemd/system.attached"
+        try:
+            return sorted(p.name for p in folder.iterdir()
+                          if not p.name.endswith(".d") and p.suffix in _UNIT_SUFFIXES)
+        except FileNotFoundError:
+            return []
+
+    def read_file(self, path: str) -> str:
+        return (self.root / path.lstrip("/")).read_text()
+
+    def unit_state(self, unit: str) -> UnitState:
+        out = self.systemctl("show", unit, "-p",
+                             "ActiveState,SubState,Result,ExecMainStatus,LoadState").stdout
+        props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        return UnitState(unit, props.get("ActiveState", ""), props.get("SubState", ""),
+                         props.get("Result", ""), props.get("ExecMainStatus", ""),
+                         props.get("LoadState", ""))
+
+    def wait_for(self, unit: str, states: Sequence[str] = ("active",),
+                 timeout: float = 10) -> UnitState:
+        """Poll until the unit reaches one of ``states`` or fails; returns the last state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.unit_state(unit)
+            if state.active in states or state.active == "failed" or time.monotonic() > deadline:
+                return state
+            time.sleep(0.1)
+
+    def journal(self, unit: str | None = None, *fields: str) -> str:
+        """This boot's journal (of one unit), message text only."""
+        args = ["journalctl", "--no-pager", "-b", "-o", "cat"]
+        if unit:
+            args += ["-u", unit]
+        return self.run(*args, *fields).stdout
+
+    def status(self, unit: str) -> str:
+        return self.systemctl("status", "--lines=0", unit).stdout
+
+
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_UNIT_SUFFIXES = (".service", ".socket", ".target", ".timer", ".path")
+
+
+def one_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " / ".join(lines[-3:]) if lines else "no message"
+
+
+def check_host() -> None:
+    """Root and the tools; each missing piece is one sentence with its fix."""
+    if os.geteuid() != 0:
+        raise ToolError("booting a throwaway systemd needs root",
+                        "run it as root (e.g. with sudo)")
+    for tool in ("systemd-nspawn", "unshare", "nsenter"):
+        if shutil.which(tool) is None:
+            raise ToolError(f"{tool} not found in PATH (needed to boot a throwaway systemd)",
+                            "install it: apt-get install systemd-container debootstrap")
+    find_tool("debootstrap", reason="to create the Debian root systemd boots from")
+
+
+# -- cgroups: one per container, in every named hierarchy systemd cares about
+
+def _cgroup_dirs(name: str) -> list[Path]:
+    if (CGROUP_ROOT / "cgroup.controllers").exists():  # pure cgroup v2
+        return [CGROUP_ROOT / name]
+    return [CGROUP_ROOT / h / name for h in ("systemd", "unified")
+            if (CGROUP_ROOT / h / "cgroup.procs").exists()]
+
+
+def cgroup_pids(dirs: Sequence[Path]) -> set[int]:
+    pids: set[int] = set()
+    for top in dirs:
+        for proc_file in top.rglob("cgroup.procs") if top.is_dir() else ():
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in proc_file.read_text().split())
+    return pids
+
+
+def remove_cgroups(dirs: Sequence[Path]) -> list[Path]:
+    """Remove the cgroups depth-first (nspawn makes payload/ and supervisor/ below); returns
+    those that could not be removed."""
+    left = []
+    for top in dirs:
+        if not top.is_dir():
+            continue
+        below = sorted((p for p in top.rglob("*") if p.is_dir()),
+                       key=lambda p: len(p.parts), reverse=True)
+        for d in [*below, top]:
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left.append(d)
+    return left
+
+
+def _enter_cgroup(dirs: Sequence[Path]) -> None:  # runs in the child before exec
+    for d in dirs:
+        (d / "cgroup.procs").write_text(str(os.getpid()))
+
+
+# -- boot and teardown
+
+def _find_init(nspawn_pid: int) -> int | None:
+    """The container's PID 1 as the host sees it: nspawn's child running systemd."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        if ppid == nspawn_pid and comm == "systemd":
+            return int(entry.name)
+    return None
+
+
+@contextlib.contextmanager
+def booted(release: Release, root: Path, *, log_dir: Path | None = None,
+           boot_timeout: float = 60) -> Iterator[Container]:
+    """A running container of ``root``; always torn down on exit."""
+    check_host()
+    name = f"ps-{release.suite}-{os.getpid()}-{next(_counter)}"
+    log_dir = log_dir or Path(tempfile.gettempdir()) / "portable-service-nspawn"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    dirs = _cgroup_dirs(name)
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    nspawn: subprocess.Popen[bytes] | None = None
+    container: Container | None = None
+    try:
+        with open(log, "wb") as log_file:
+            nspawn = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "--",
+                 "sh", "-c", 'mount -t tmpfs tmpfs /run && exec "$@"', "sh",
+                 "systemd-nspawn", "-D", str(root), "--volatile=overlay", "-M", name,
+                 "--register=no", "--keep-unit", "--console=read-only", "-b"],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                # own session: a Ctrl-C in the terminal reaches us, not nspawn, and
+                # teardown stays in our hands
+                start_new_session=True, preexec_fn=lambda: _enter_cgroup(dirs),
+                env={"PATH": _PATH, "LC_ALL": "C.UTF-8"})
+        init = _wait(lambda: _find_init(nspawn.pid) if nspawn.poll() is None else -1,
+                     boot_timeout)
+        if not init or init == -1:
+            raise BootError(f"systemd-nspawn did not start {release.suite}'s systemd: "
+                            f"{one_line(_read(log))}", f"see {log}")
+        container = Container(release, name, nspawn, init, log)
+        container.timings["nspawn"] = time.monotonic() - start
+        _wait(lambda: (container.root / "run/systemd/private").exists() or None, boot_timeout)
+        state = container.run("systemctl", "is-system-running", "--wait",
+                              timeout=boot_timeout).stdout.strip()
+        if state not in ("running", "degraded"):
+            failed = container.systemctl("--failed", "--no-legend").stdout
+            raise BootError(f"the {release.suite} container did not boot (state {state!r}): "
+                            f"{one_line(failed)}", f"see {log}")
+        container.timings["booted"] = time.monotonic() - start
+        make_loop_devices(container.root / "dev")
+        if release.needs_udevd:
+            container.run("/lib/systemd/systemd-udevd", "--daemon", check=True)
+        if release.systemd >= 256:
+            # systemd >= 256 puts the host's os-release at /run/host/os-release in a unit's
+            # root. Under the "trusted" profile (BindPaths=/run) that /run is the
+            # container's, where nspawn already mounted a read-only /run/host with its own
+            # os-release ("Read-only file system", then "File exists"). A real host has no
+            # /run/host; make the container's look like that.
+            container.run("sh", "-c", "while mountpoint -q /run/host; do "
+                          "umount -l /run/host || exit 1; done; rm -f /run/host/os-release",
+                          check=True)
+        container.timings["ready"] = time.monotonic() - start
+        yield container
+    finally:
+        teardown(nspawn, container, dirs)
+
+
+def make_loop_devices(dev: Path, count: int = LOOP_DEVICES) -> None:
+    """Device nodes for the host's loop devices (nspawn's private /dev has none)."""
+    for path, major, minor in [(dev / "loop-control", 10, 237)] + [
+            (dev / f"loop{i}", 7, i) for i in range(count)]:
+        with contextlib.suppress(FileExistsError):
+            kind = stat.S_IFCHR if major == 10 else stat.S_IFBLK
+            os.mknod(path, 0o660 | kind, os.makedev(major, minor))
+
+
+def _wait(probe, timeout: float):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.05)
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def teardown(nspawn: subprocess.Popen[bytes] | None, container: Container | None,
+             dirs: Sequence[Path]) -> None:
+    """Power off, then kill by PID whatever is left, remove the cgroups, check loop devices.
+
+    Runs with SIGINT held off so that a second Ctrl-C cannot leave a half-torn container.
+    """
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+    try:
+        if nspawn is not None and nspawn.poll() is None:
+            if container is not None:
+                with contextlib.suppress(Exception):
+                    container.run("systemctl", "poweroff", "--no-block", timeout=10)
+            else:
+                nspawn.terminate()  # nspawn turns SIGTERM into an orderly shutdown
+            try:
+                nspawn.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                nspawn.kill()
+        for _ in range(50):
+            pids = cgroup_pids(dirs)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        if nspawn is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                nspawn.wait(timeout=5)
+        remove_cgroups(dirs)
+        if container is not None:
+            release_loops(container.copied)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def release_loops(image_names: Sequence[str]) -> list[str]:
+    """Detach loop devices still backed by one of our copied images.
+
+    The mounts die with the container's mount namespace and portabled sets
+    autoclear, so normally there is nothing to do; a killed container can leave
+    a device behind, and loop devices are global to the host.
+    """
+    detached = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            path = backing.read_text().strip().removesuffix(" (deleted)")
+            if path.startswith("/var/lib/portables/") and Path(path).name in image_names:
+                dev = f"/dev/{backing.parent.parent.name}"
+                subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+                detached.append(dev)
+    return detached
+
+
+def loops_in_use(image_names: Sequence[str]) -> list[str]:
+    """Loop devices backed by one of these image names (for checks after teardown)."""
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            path = backing.read_text().strip().removesuffix(" (deleted)")
+            if path.startswith("/var/lib/portables/") and Path(path).name in image_names:
+                found.append(backing.parent.parent.name)
+    return found

@@ -1,0 +1,359 @@
+"""A read-only view of an image's files, whatever holds them.
+
+``inspect``, ``verify``, ``diff`` and ``size`` only need to stat, list, walk
+and read paths. Two things provide that: a squashfs image file (through the
+pure-Python reader, no root needed) and the in-memory :class:`ImageTree` of
+a build that is not written yet, so a build can be checked with the same
+rules as a finished image.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import stat as stat_mod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, Protocol
+
+from portable_service.errors import ImageError
+from portable_service.tree import ImageTree, Kind
+
+KINDS = ("dir", "file", "symlink", "chardev", "blockdev", "fifo", "socket")
+_TYPE_CHAR = {"dir": "d", "file": "-", "symlink": "l", "chardev": "c", "blockdev": "b",
+              "fifo": "p", "socket": "s"}
+MAX_LINKS = 40  # as the kernel and ld.so: a longer chain counts as a loop
+
+
+@dataclass(frozen=True)
+class Stat:
+    kind: str  # one of KINDS
+    mode: int  # permission bits (0o7777)
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    mtime: int = 0
+    inode: int = 0
+    nlink: int = 1
+    target: str | None = None
+
+    def mode_string(self) -> str:
+        """``ls -l`` style, e.g. ``drwxr-xr-x`` or ``-rwsr-xr-x``."""
+        return _TYPE_CHAR.get(self.kind, "?") + stat_mod.filemode(self.mode)[1:]
+
+
+class NotInImage(ImageError, FileNotFoundError):
+    """A path that the image does not hold."""
+
+
+class ImageFS(Protocol):
+    """What the read-only commands need from an image. Paths are absolute image paths."""
+
+    def stat(self, path: str) -> Stat:
+        """The entry itself; the last component is not followed if it is a symlink."""
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in a folder, sorted byte-wise."""
+
+    def walk(self) -> Iterator[tuple[str, Stat]]:
+        """Every path, "/" first, depth-first, sorted."""
+
+    def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
+        """Bytes of a regular file."""
+
+    def readlink(self, path: str) -> str:
+        """A symlink's target as stored."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Facts about the container of the files, for ``inspect``."""
+
+    format: str  # "squashfs 4.0" or "image tree (not written)"
+    compressor: str | None = None
+    block_size: int | None = None
+    file_size: int | None = None  # bytes of the image file
+    bytes_used: int | None = None
+    mkfs_time: int | None = None
+
+
+# -- the in-memory tree of a build
+
+
+class TreeFS:
+    """An :class:`ImageTree` seen as an image: owners root, times the build's fixed time."""
+
+    def __init__(self, tree: ImageTree, mtime: int = 0) -> None:
+        self.tree = tree
+        self.mtime = mtime
+        self.info = ImageInfo(format="image tree (not written)")
+
+    def _entry(self, path: str) -> Any:
+        entry = self.tree.get(PurePosixPath(path))
+        if entry is None:
+            raise NotInImage(f"{path}: no such file in the image", "check the path")
+        return entry
+
+    def stat(self, path: str) -> Stat:
+        e = self._entry(path)
+        kind = {Kind.DIR: "dir", Kind.FILE: "file", Kind.SYMLINK: "symlink"}[e.kind]
+        # a folder's link count would need its children (a scan of the tree): not worth it here
+        nlink = 2 if e.kind is Kind.DIR else 1
+        return Stat(kind, e.mode, size=e.size, mtime=self.mtime, nlink=nlink, target=e.target)
+
+    def listdir(self, path: str) -> list[str]:
+        e = self._entry(path)
+        if e.kind is not Kind.DIR:
+            raise ImageError(f"{path} is not a folder", "give a folder")
+        return [c.path.name for c in self.tree.children(e.path)]
+
+    def walk(self) -> Iterator[tuple[str, Stat]]:
+        for entry in self.tree:
+            yield str(entry.path), self.stat(str(entry.path))
+
+    def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
+        e = self._entry(path)
+        if e.kind is not Kind.FILE:
+            raise ImageError(f"{path} is not a regular file", "give a file")
+        with e.open() as f:
+            f.seek(offset)
+            return f.read() if size is None else f.read(size)
+
+    def readlink(self, path: str) -> str:
+        e = self._entry(path)
+        if e.kind is not Kind.SYMLINK:
+            raise ImageError(f"{path} is not a symlink", "give a symlink")
+        return e.target or ""
+
+    def close(self) -> None:
+        pass
+
+
+# -- a squashfs image file, through the pure-Python reader
+
+
+class SquashfsFS:
+    """A squashfs image file read without root or mounting."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            from portable_service.squashfs.reader import SquashfsImage
+        except ImportError:
+            raise ImageError("this build has no squashfs reader",
+                             "install a portable-service release that includes it") from None
+        self.path = path
+        self._image = SquashfsImage(path)
+        sb = self._image.superblock
+        version = getattr(sb, "version", (4, 0))
+        if isinstance(version, tuple):
+            version = ".".join(map(str, version))
+        self.info = ImageInfo(
+            format=f"squashfs {version}",
+            compressor=sb.compressor,
+            block_size=sb.block_size,
+            file_size=path.stat().st_size,
+            bytes_used=sb.bytes_used,
+            mkfs_time=sb.mkfs_time,
+        )
+
+    def stat(self, path: str) -> Stat:
+        return _convert(self._image.stat(path))
+
+    def listdir(self, path: str) -> list[str]:
+        return list(self._image.listdir(path))
+
+    def walk(self) -> Iterator[tuple[str, Stat]]:
+        for path, st in self._image.walk():
+            yield path, _convert(st)
+
+    def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
+        return self._image.read(path, offset, size)
+
+    def readlink(self, path: str) -> str:
+        return self._image.readlink(path)
+
+    def close(self) -> None:
+        self._image.close()
+
+
+def _convert(st: Any) -> Stat:
+    return Stat(kind=st.kind, mode=st.mode & 0o7777, uid=st.uid, gid=st.gid, size=st.size,
+                mtime=st.mtime, inode=st.inode, nlink=st.nlink, target=st.target)
+
+
+def open_image(path: str | Path) -> SquashfsFS:
+    """Open an image file; every way it can fail is one :class:`ImageError` (exit 2)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ImageError(f"{p} does not exist", "give the path of a .raw image") from None
+    except OSError as e:
+        raise ImageError(f"cannot read {p}: {e.strerror}", "check the path and its permissions") \
+            from None
+    if stat_mod.S_ISDIR(st.st_mode):
+        raise ImageError(f"{p} is a folder, not an image file",
+                         "give a squashfs .raw file (directory images are not read by this tool)")
+    if not os.access(p, os.R_OK):
+        raise ImageError(f"cannot read {p}: permission denied", "check its permissions")
+    try:
+        return SquashfsFS(p)
+    except ImageError as e:
+        raise ImageError(f"{p}: {e.message}", e.hint or "is it a squashfs image?") from None
+    except OSError as e:
+        raise ImageError(f"cannot read {p}: {e.strerror or e}", "check the file") from None
+
+
+# -- path resolution inside the image
+
+
+def resolve(fs: ImageFS, path: str, follow_last: bool = True) -> str | None:
+    """Follow symlinks inside the image, absolute ones against the image root.
+
+    Returns the final path, or None when it dangles, loops or runs through a
+    non-folder. This is how systemd and the loader see paths in the unit's root.
+    """
+    parts = [p for p in path.split("/") if p]
+    current = "/"
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            current = posixpath.dirname(current) or "/"
+            continue
+        candidate = posixpath.join(current, part)
+        try:
+            st = fs.stat(candidate)
+        except FileNotFoundError:
+            return None
+        if st.kind == "symlink" and (parts or follow_last):
+            links += 1
+            if links > MAX_LINKS:
+                return None
+            target = st.target if st.target is not None else fs.readlink(candidate)
+            if target.startswith("/"):
+                current = "/"
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        if parts and st.kind != "dir":
+            return None
+        current = candidate
+    return current
+
+
+def stat_resolved(fs: ImageFS, path: str) -> tuple[str, Stat] | None:
+    """The path symlinks lead to and its stat, or None when nothing is there."""
+    real = resolve(fs, path)
+    if real is None:
+        return None
+    try:
+        return real, fs.stat(real)
+    except FileNotFoundError:
+        return None
+
+
+def exists(fs: ImageFS, path: str) -> bool:
+    try:
+        fs.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_bytes(fs: ImageFS, path: str, limit: int = 1 << 20) -> bytes | None:
+    """A small file, symlinks followed; None when absent or not a file."""
+    found = stat_resolved(fs, path)
+    if found is None or found[1].kind != "file":
+        return None
+    return fs.read(found[0], 0, limit)
+
+
+def read_text(fs: ImageFS, path: str, limit: int = 1 << 20) -> str | None:
+    """A small text file, symlinks followed; None when absent or not a file."""
+    data = read_bytes(fs, path, limit)
+    return None if data is None else data.decode("utf-8", "replace")
+
+
+class ImageFile(io.RawIOBase):
+    """A seekable stream over one file of the image (what pyelftools needs)."""
+
+    def __init__(self, fs: ImageFS, path: str, size: int) -> None:
+        self.fs, self.path, self.size, self.pos = fs, path, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), max(0, self.size - self.pos))
+        if want == 0:
+            return 0
+        data = self.fs.read(self.path, self.pos, want)
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def open_file(fs: ImageFS, path: str, size: int) -> BinaryIO:
+    return io.BufferedReader(ImageFile(fs, path, size), buffer_size=1 << 16)  # type: ignore[arg-type]
+
+
+class IndexedFS:
+    """Any ImageFS with its whole listing held in memory: stat and listdir without I/O.
+
+    verify and diff resolve many paths; one walk up front is cheaper than a
+    directory lookup per path component.
+    """
+
+    def __init__(self, fs: ImageFS) -> None:
+        self.fs = fs
+        self.info: ImageInfo | None = getattr(fs, "info", None)
+        self.entries: dict[str, Stat] = {}
+        self._children: dict[str, list[str]] = {}
+        for path, st in fs.walk():
+            self.entries[path] = st
+            if path != "/":
+                self._children.setdefault(posixpath.dirname(path), []).append(
+                    posixpath.basename(path))
+
+    def stat(self, path: str) -> Stat:
+        st = self.entries.get(_norm(path))
+        if st is None:
+            raise NotInImage(f"{path}: no such file in the image", "check the path")
+        return st
+
+    def listdir(self, path: str) -> list[str]:
+        st = self.stat(path)
+        if st.kind != "dir":
+            raise ImageError(f"{path} is not a folder", "give a folder")
+        return list(self._children.get(_norm(path), []))
+
+    def walk(self) -> Iterator[tuple[str, Stat]]:
+        yield from self.entries.items()
+
+    def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
+        return self.fs.read(_norm(path), offset, size)
+
+    def readlink(self, path: str) -> str:
+        st = self.stat(path)
+        if st.target is not None:
+            return st.target
+        return self.fs.readlink(_norm(path))
+
+
+def _norm(path: str) -> str:
+    return posixpath.normpath("/" + path.lstrip("/")) if path not in ("", "/") else "/"

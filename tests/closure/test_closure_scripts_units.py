@@ -1,0 +1,134 @@
+"""Scripts bring their interpreters; units bring the programs they run and the files they read."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import pytest
+from closure_helpers import closure_of, host_dir, paths, unit
+
+from portable_service.closure import scripts
+from portable_service.errors import ClosureError
+
+P = PurePosixPath
+
+
+def script(path: Path, text: str, mode: int = 0o755) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("line,program", [
+    ("#!/usr/bin/env python3\n", "python3"),
+    ("#! /usr/bin/env -S python3 -u\n", "python3"),
+    ("#!/usr/bin/env -Spython3 -u\n", "python3"),
+    ("#!/usr/bin/env -i LANG=C bash\n", "bash"),
+    ("#!/usr/bin/env -u FOO bash\n", "bash"),
+])
+def test_env_shebangs(tmp_path: Path, line: str, program: str) -> None:
+    s = script(tmp_path / "run", line + "print(1)\n")
+    interp, arg = scripts.read_shebang(s)  # type: ignore[misc]
+    assert interp == "/usr/bin/env"
+    assert scripts.env_program(arg) == program
+    c = closure_of(tmp_path, contents=[str(s)])
+    found = scripts.which(program)
+    assert found is not None
+    assert c.nodes[P(found)].reason == f"#!/usr/bin/env {program}"
+    assert c.nodes[P(found)].parent == P(s)
+    assert "/usr/bin/env" in paths(c)
+    # and the ELF closure of the interpreter follows: its libc
+    assert any(p.endswith("libc.so.6") for p in paths(c))
+
+
+def test_plain_shebang_with_argument(tmp_path: Path) -> None:
+    s = script(tmp_path / "run", "#!/bin/bash -eu\necho hi\n")
+    assert scripts.read_shebang(s) == ("/bin/bash", "-eu")
+    c = closure_of(tmp_path, contents=[str(s)])
+    assert c.nodes[P("/bin/bash")].reason == "#! interpreter"
+
+
+def test_non_executable_script_is_data(tmp_path: Path) -> None:
+    s = script(tmp_path / "lib.py", "#!/usr/bin/env python3\n", mode=0o644)
+    c = closure_of(tmp_path, contents=[str(s)])
+    assert "/usr/bin/env" not in paths(c)
+
+
+def test_env_program_not_in_path_is_an_error(tmp_path: Path) -> None:
+    s = script(tmp_path / "run", "#!/usr/bin/env no-such-interpreter-xyz\n")
+    with pytest.raises(ClosureError, match=r"runs 'no-such-interpreter-xyz' through env"):
+        closure_of(tmp_path, contents=[str(s)])
+    c = closure_of(tmp_path, contents=[str(s)], allow_missing=True)
+    assert any("no-such-interpreter-xyz" in w for w in c.warnings)
+
+
+def test_missing_interpreter_is_an_error(tmp_path: Path) -> None:
+    s = script(tmp_path / "run", "#!/opt/nowhere/bin/interp\n")
+    with pytest.raises(ClosureError, match=r"runs /opt/nowhere/bin/interp, which is not on this host"):
+        closure_of(tmp_path, contents=[str(s)])
+
+
+def test_exec_programs_become_roots(tmp_path: Path) -> None:
+    text = ("ExecStartPre=-/usr/bin/true\nExecStartPost=+!/usr/bin/env\nExecReload=kill -HUP $MAINPID\n"
+            "ExecStop=/bin/sh -c 'exit 0'\nEnvironmentFile=/etc/os-release\nEnvironmentFile=-/etc/nope\n")
+    c = closure_of(tmp_path, units=[unit("@/usr/bin/bash bash -c true", extra=text)])
+    assert c.nodes[P("/usr/bin/bash")].reason == "program of ExecStart= in t.service"
+    assert c.nodes[P("/usr/bin/true")].reason == "program of ExecStartPre= in t.service"
+    assert P("/usr/bin/env") in c.nodes
+    kill = scripts.which("kill")
+    assert kill is not None and P(kill) in c.nodes  # a bare name, looked up as systemd does
+    assert P("/bin/sh") in c.nodes
+    assert "/etc/os-release" not in paths(c)  # the image makes its own
+    assert "/etc/nope" not in paths(c)
+
+
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    d = host_dir()
+    yield d
+    shutil.rmtree(d)
+
+
+def test_environment_file_is_shipped(tmp_path: Path, outside_tmp: Path) -> None:
+    env = outside_tmp / "etc/demo.env"
+    env.parent.mkdir()
+    env.write_text("A=1\n")
+    c = closure_of(tmp_path, units=[unit("/usr/bin/true", extra=f"EnvironmentFile={env}\n")])
+    assert c.nodes[P(env)].reason == "EnvironmentFile= in t.service"
+
+
+def test_missing_program_is_an_error_naming_the_directive(tmp_path: Path) -> None:
+    with pytest.raises(ClosureError, match=r"ExecStart= in t.service runs /usr/bin/no-such-xyz, "
+                                           r"which does not exist"):
+        closure_of(tmp_path, units=[unit("/usr/bin/no-such-xyz")])
+    with pytest.raises(ClosureError, match=r"runs 'no-such-xyz', which is not in systemd's PATH"):
+        closure_of(tmp_path, units=[unit("no-such-xyz")])
+
+
+def test_program_placed_by_the_spec_is_not_a_host_dependency(tmp_path: Path) -> None:
+    s = script(tmp_path / "demo.sh", "#!/bin/sh\necho hi\n")
+    c = closure_of(tmp_path, units=[unit("/usr/bin/demo-xyz"), unit("/bin/sh", name="t-b.service")],
+                   contents=[{"source": str(s), "target": "/usr/bin/demo-xyz"}],
+                   symlinks=[{"object": "/usr/bin/dash", "symlink": "/bin/sh"}])
+    assert c.nodes[P("/usr/bin/demo-xyz")].reason == "content"
+    # /bin/sh is the spec's link to dash: the host's /bin/sh is not shipped over it
+    assert P("/bin/sh") not in c.nodes
+    assert P("/usr/bin/dash") in c.nodes
+
+
+def test_runtime_paths_are_not_dependencies(tmp_path: Path) -> None:
+    c = closure_of(tmp_path, units=[unit("/var/lib/t/bin/run", extra="ExecStartPre=/run/t/prep\n")])
+    assert not any(p.startswith(("/var/lib", "/run")) for p in paths(c))
+
+
+def test_symlink_to_a_program_brings_the_chain(tmp_path: Path, outside_tmp: Path) -> None:
+    (outside_tmp / "bin").mkdir()
+    os.symlink("/usr/bin/bash", outside_tmp / "bin/b1")
+    os.symlink("b1", outside_tmp / "bin/b2")
+    c = closure_of(tmp_path, units=[unit(str(outside_tmp / "bin/b2"))])
+    chain = [str(n.image) for n in c.why(P("/usr/bin/bash"))]
+    assert chain == [str(outside_tmp / "bin/b2"), str(outside_tmp / "bin/b1"), "/usr/bin/bash"]

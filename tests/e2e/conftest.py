@@ -1,0 +1,65 @@
+"""Fixtures for the end-to-end tests: a booted container per release and test module.
+
+Every test here runs on Debian 11, 12 and 13 (systemd 247, 252, 257). A
+container boots once per module and release; tests attach and detach their
+images in it. Missing root or tools skip locally and fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require, require_root, require_tool
+
+from portable_service.harness import nspawn, roots
+from portable_service.progress import Reporter
+
+HERE = Path(__file__).resolve().parent
+RELEASES = list(roots.RELEASES)
+LOG_DIR = Path(os.environ.get("PORTABLE_SERVICE_E2E_LOGS", "/var/tmp/portable-service-e2e-logs"))
+
+
+def require_e2e() -> None:
+    require_root()
+    for tool in ("systemd-nspawn", "debootstrap", "unshare", "nsenter", "mksquashfs", "gcc"):
+        require_tool(tool)
+
+
+@pytest.fixture(scope="session")
+def psdemo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/e2e/psdemo.c linked statically: runs in any image without a library closure."""
+    require_e2e()
+    out = tmp_path_factory.mktemp("bin") / "psdemo"
+    proc = subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(HERE / "psdemo.c")],
+                          capture_output=True, text=True, check=False)
+    require(proc.returncode == 0 or "cannot find -lc" not in proc.stderr,
+            "static glibc is not installed (apt-get install libc6-dev)")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _root(suite: str) -> Path:
+    release = roots.RELEASES[suite]
+    if not roots.is_ready(release):
+        # first run: say why the session pauses
+        print(f"\ncreating the {suite} root for the end-to-end tests (once)", file=sys.stderr)
+    return roots.ensure_root(release, Reporter(quiet=False))
+
+
+@pytest.fixture(scope="module", params=RELEASES)
+def container(request: pytest.FixtureRequest) -> Iterator[nspawn.Container]:
+    """A booted systemd of one release, shared by the tests of a module."""
+    require_e2e()
+    suite = request.param
+    release = roots.RELEASES[suite]
+    root = _root(suite)
+    with nspawn.booted(release, root, log_dir=LOG_DIR) as c:
+        yield c
+        # a test that failed half-way may leave an image attached: the next module
+        # gets a fresh container anyway
+    assert nspawn.loops_in_use(c.copied) == [], "a loop device outlived the container"

@@ -1,0 +1,77 @@
+"""Helpers of the end-to-end tests: build with the project's pipeline, attach, probe."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from portable_service.build import plan as plan_build
+from portable_service.build import write_atomically
+from portable_service.harness.nspawn import Container
+from portable_service.progress import QUIET
+from portable_service.spec import spec_from_mapping
+
+
+def unit(name: str, text: str) -> dict[str, str]:
+    return {"name": name, "text": text}
+
+
+def build_image(out_dir: Path, settings: Mapping[str, Any],
+                drop: PurePosixPath | None = None) -> Path:
+    """Build with the real pipeline; ``drop`` removes one path from the planned tree
+    before writing (the negative control of a mount point)."""
+    spec = spec_from_mapping({"squash-compression": "gzip", **settings}, out_dir)
+    plan = plan_build(spec)
+    if drop is not None:
+        entry = plan.tree.get(drop)
+        assert entry is not None, f"{drop} is not in the image tree, nothing to drop"
+        plan.tree.remove(drop)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / spec.image_name
+    write_atomically(out, lambda tmp: plan.writer.write(plan.tree, tmp, plan.options,
+                                                              QUIET))
+    return out
+
+
+@contextlib.contextmanager
+def attached(c: Container, image: Path, *, profile: str = "default", now: bool = False,
+             runtime: bool = True) -> Iterator[str]:
+    """The image attached (its name is yielded); detached with --now afterwards."""
+    result = c.attach(image, profile=profile, now=now, runtime=runtime)
+    name = image.name.removesuffix(".raw")
+    assert result.ok, f"attach of {image.name} failed on {c.release.suite}: {result.output}"
+    try:
+        yield name
+    finally:
+        c.detach(name, runtime=runtime)
+
+
+def tcp_get(port: int, timeout: float = 10) -> str:
+    """Connect from the host to 127.0.0.1:port (retrying while the service starts); the reply."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                chunks = []
+                while data := s.recv(4096):
+                    chunks.append(data)
+                return b"".join(chunks).decode(errors="replace")
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def port_closed(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def failure_text(c: Container, unit_name: str) -> str:
+    """systemd's own lines about a failed unit (journal), for assertion messages."""
+    return "\n".join(ln for ln in c.journal(unit_name).splitlines() if ln.strip())

@@ -1,0 +1,124 @@
+"""Unit files: parsing, portabled's naming rules, mount points and programs."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from portable_service.errors import UnitError
+from portable_service.spec import UnitSource, spec_from_mapping
+from portable_service.units import (
+    Unit,
+    exec_programs,
+    load_units,
+    mount_points,
+    parse_unit_text,
+)
+
+
+def unit(text: str, name: str = "demo.service") -> Unit:
+    return Unit(name=name, text=text, origin="test", sections=parse_unit_text(text))
+
+
+def test_parse_continuations_comments_and_resets() -> None:
+    u = unit("[Service]\n# c\n; c\nExecStart=/bin/a \\\n  --flag\nEnvironment=A=1\n"
+             "Environment=\nEnvironment=B=2\n")
+    assert u.values("Service", "ExecStart") == ["/bin/a  --flag"]
+    assert u.values("Service", "Environment") == ["B=2"]
+
+
+@pytest.mark.parametrize(
+    "name", ["demo.service", "demo-web.service", "demo.web.socket", "demo@.service", "demo.timer",
+             "demo-x.path", "demo.target"]
+)
+def test_names_portabled_accepts(tmp_path: Path, name: str) -> None:
+    s = spec_from_mapping({"pname": "demo", "version": "1",
+                           "units": [{"name": name, "text": "[Unit]\n"}]}, tmp_path)
+    assert [u.name for u in load_units(s)] == [name]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("demonstration.service", "does not match the image prefix"),  # plain prefix is not enough
+        ("other.service", "does not match the image prefix"),
+        ("demo.mount", "portabled does not attach"),
+        ("demo.device", "portabled does not attach"),
+        ("demo", "not a valid unit name"),
+        ("de mo.service", "not a valid unit name"),
+    ],
+)
+def test_names_portabled_refuses(tmp_path: Path, name: str, message: str) -> None:
+    s = spec_from_mapping({"pname": "demo", "version": "1",
+                           "units": [{"name": name, "text": "[Unit]\n"}]}, tmp_path)
+    with pytest.raises(UnitError, match=message):
+        load_units(s)
+
+
+def test_unit_file_problems(tmp_path: Path) -> None:
+    empty = tmp_path / "demo.service"
+    empty.write_text("  \n")
+    s = spec_from_mapping({"pname": "demo", "version": "1", "units": [str(empty)]}, tmp_path)
+    with pytest.raises(UnitError, match="is empty"):
+        load_units(s)
+    s = spec_from_mapping({"pname": "demo", "version": "1", "units": ["missing.service"]},
+                          tmp_path)
+    with pytest.raises(UnitError, match="does not exist"):
+        load_units(s)
+    binary = tmp_path / "demo.socket"
+    binary.write_bytes(b"\xff\xfe[Socket]\n")
+    s = spec_from_mapping({"pname": "demo", "version": "1", "units": [str(binary)]}, tmp_path)
+    with pytest.raises(UnitError, match="not UTF-8"):
+        load_units(s)
+
+
+def test_drop_in_folder(tmp_path: Path) -> None:
+    (tmp_path / "demo.service").write_text("[Service]\nExecStart=/bin/true\n")
+    d = tmp_path / "demo.service.d"
+    d.mkdir()
+    (d / "10-env.conf").write_text("[Service]\nEnvironment=A=1\n")
+    (d / "README").write_text("not a drop-in")
+    s = spec_from_mapping({"pname": "demo", "version": "1",
+                           "units": ["demo.service", "demo.service.d"]}, tmp_path)
+    names = [u.name for u in load_units(s)]
+    assert names == ["demo.service", "demo.service.d/10-env.conf"]
+
+
+def test_duplicate_units(tmp_path: Path) -> None:
+    s = spec_from_mapping({"pname": "demo", "version": "1", "units": [
+        UnitSource("demo.service", text="[Unit]\n"), UnitSource("demo.service", text="[Unit]\n")
+    ]}, tmp_path)
+    with pytest.raises(UnitError, match="given twice"):
+        load_units(s)
+
+
+def test_mount_points_of_every_directive() -> None:
+    u = unit(
+        "[Service]\n"
+        "StateDirectory=demo demo/sub\nCacheDirectory=demo\nLogsDirectory=demo\n"
+        "ConfigurationDirectory=demo\nRuntimeDirectory=demo\n"
+        "BindPaths=/srv/data:/data -/opt/x\nBindReadOnlyPaths=/etc/hostname:/etc/demo-host\n"
+        "TemporaryFileSystem=/scratch:size=10M\nReadWritePaths=/var/spool/demo -/maybe\n"
+        "WorkingDirectory=/srv/demo\nInaccessiblePaths=/proc/kcore\nBindPaths=/x/%i\n"
+    )
+    found = {str(m.path): m.is_file for m in mount_points(u)}
+    assert found == {
+        "/var/lib/demo": False, "/var/lib/demo/sub": False, "/var/cache/demo": False,
+        "/var/log/demo": False, "/etc/demo": False, "/run/demo": False, "/data": False,
+        "/opt/x": False, "/etc/demo-host": True, "/scratch": False, "/var/spool/demo": False,
+        "/srv/demo": False,
+    }
+
+
+def test_exec_programs_strip_prefixes() -> None:
+    u = unit("[Service]\nExecStartPre=-/usr/bin/mkdir x\nExecStart=@/usr/bin/demo demo-argv0\n"
+             "ExecStartPost=+!/bin/true ; /bin/false\nExecReload=kill -HUP $MAINPID\n")
+    assert [p for p, _ in exec_programs(u)] == [
+        "/usr/bin/demo", "/usr/bin/mkdir", "/bin/true", "/bin/false", "kill"]
+
+
+def test_unit_image_path() -> None:
+    assert unit("[Unit]\n").image_path == PurePosixPath("/etc/systemd/system/demo.service")
+    drop = unit("[Service]\n", name="demo.service.d/a.conf")
+    assert drop.unit_name == "demo.service"
