@@ -41,8 +41,12 @@ def child_native(tree: str, out: str, compression: str, block: str) -> None:
                     WriterOptions(from_options(name, tuple(opts), bs), bs, MTIME))
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one command."""
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS in MB, CPU seconds) of one command.
+
+    CPU seconds (user + system) say how much work a writer does whatever
+    else runs on the machine; wall time is what a user waits.
+    """
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, **(env or {})})
@@ -51,7 +55,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, f
     if os.waitstatus_to_exitcode(status) != 0:
         err = proc.stderr.read().decode() if proc.stderr else ""
         raise SystemExit(f"failed: {' '.join(cmd)}\n{err}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def warm(tree: Path) -> int:
@@ -76,30 +80,35 @@ def bench_tree(tree: Path, runs: int, work: Path) -> list[str]:
     print(f"tree {tree}: {size / 1e6:.1f} MB in {files} files; {os.cpu_count()} cores; "
           f"median of {runs} runs; load average before: {load}", flush=True)
     header = (f"| {'options':<24} | {'mksquashfs s':>12} | {'native s':>8} | {'time x':>6} | "
+              f"{'mksq CPU s':>10} | {'native CPU s':>12} | "
               f"{'mksquashfs bytes':>16} | {'native bytes':>12} | {'size x':>6} | "
               f"{'mksq MB':>7} | {'native MB':>9} |")
     rows.append(header)
     rows.append("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for compression, block in CONFIGS:
         theirs, ours = work / "theirs.img", work / "ours.img"
-        t_m, t_n, m_m, m_n = [], [], [], []
+        t_m, t_n, m_m, m_n, c_m, c_n = [], [], [], [], [], []
         for _ in range(runs):
             for p in (theirs, ours):
                 p.unlink(missing_ok=True)
-            wall, rss = measure(["mksquashfs", str(tree), str(theirs), "-noappend", "-quiet",
-                                 "-no-progress", "-all-root", "-all-time", str(MTIME),
-                                 "-mkfs-time", str(MTIME), "-b", block, "-comp",
-                                 *compression.split()])
+            wall, rss, cpu = measure(["mksquashfs", str(tree), str(theirs), "-noappend", "-quiet",
+                                      "-no-progress", "-all-root", "-all-time", str(MTIME),
+                                      "-mkfs-time", str(MTIME), "-b", block, "-comp",
+                                      *compression.split()])
             t_m.append(wall)
             m_m.append(rss)
-            wall, rss = measure([sys.executable, __file__, "--child", str(tree), str(ours),
-                                 compression, block], env)
+            c_m.append(cpu)
+            wall, rss, cpu = measure([sys.executable, __file__, "--child", str(tree), str(ours),
+                                      compression, block], env)
             t_n.append(wall)
             m_n.append(rss)
+            c_n.append(cpu)
         s_m, s_n = theirs.stat().st_size, ours.stat().st_size
         tm, tn = statistics.median(t_m), statistics.median(t_n)
         rows.append(f"| {compression + ' ' + block:<24} | {tm:>12.2f} | {tn:>8.2f} | "
-                    f"{tn / tm:>6.2f} | {s_m:>16,} | {s_n:>12,} | {s_n / s_m:>6.3f} | "
+                    f"{tn / tm:>6.2f} | {statistics.median(c_m):>10.2f} | "
+                    f"{statistics.median(c_n):>12.2f} | "
+                    f"{s_m:>16,} | {s_n:>12,} | {s_n / s_m:>6.3f} | "
                     f"{max(m_m):>7.0f} | {max(m_n):>9.0f} |")
         print(rows[-1], flush=True)
     print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
@@ -119,16 +128,18 @@ def bench_e2e(work: Path, runs: int) -> list[str]:
             "(closure + image, spec's default compression):"]
     print(rows[0], flush=True)
     for writer in ("mksquashfs", "native"):
-        walls, rss_all = [], []
+        walls, rss_all, cpus = [], [], []
         for _ in range(runs):
             out = work / f"out-{writer}"
             shutil.rmtree(out, ignore_errors=True)
-            wall, rss = measure([sys.executable, "-m", "portable_service", "build", str(spec),
-                                 "--writer", writer, "-q", "-o", str(out)], env)
+            wall, rss, cpu = measure([sys.executable, "-m", "portable_service", "build",
+                                      str(spec), "--writer", writer, "-q", "-o", str(out)], env)
             walls.append(wall)
             rss_all.append(rss)
+            cpus.append(cpu)
         image = next((work / f"out-{writer}").glob("*.raw"))
         rows.append(f"  {writer:<10} {statistics.median(walls):6.2f} s  "
+                    f"CPU {statistics.median(cpus):6.2f} s  "
                     f"{image.stat().st_size:>12,} bytes  peak {max(rss_all):5.0f} MB")
         print(rows[-1], flush=True)
     return rows

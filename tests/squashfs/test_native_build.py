@@ -37,3 +37,16 @@ def test_native_build_matches_mksquashfs(cli, tmp_path: Path) -> None:
             if st.kind == "file":
                 assert ours.read(path) == other.read(path), path
                 assert ours.xattrs(path) == other.xattrs(path), path
+
+
+def test_auto_uses_native_without_mksquashfs(cli, tmp_path: Path) -> None:
+    """A machine without squashfs-tools still gets an image (the writer is chosen at run time)."""
+    spec = tmp_path / "demo"
+    shutil.copytree(REPO / "examples/demo", spec)
+    proc = cli("build", str(spec), "-o", str(tmp_path / "out"),
+               env={"PATH": str(tmp_path / "empty-path")}, check=True)
+    assert "with native" in proc.stderr
+    (image,) = (tmp_path / "out").glob("*.raw")
+    with SquashfsImage(image) as im:
+        assert b"IMAGE_VERSION=1.0" in im.read("/etc/os-release")
+        assert im.stat("/etc/systemd/system/demo.service").kind == "file"
