@@ -24,6 +24,7 @@ from portable_service.squashfs.compressor import Compressor
 from portable_service.squashfs.errors import InputError
 
 SEEK_DATA: int | None = getattr(os, "SEEK_DATA", None)
+MAX_PENDING = 1 << 16  # queued entries of any kind, to bound memory on huge sparse files
 
 
 @dataclass
@@ -57,7 +58,8 @@ class BlockProcessor:
         self.block_size = block_size
         self.use_fragments = fragments
         self.workers = workers or os.cpu_count() or 1
-        self.window = max(4, 4 * self.workers)
+        self.window = max(4, 4 * self.workers)  # compressions in flight
+        self.in_flight = 0
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="squashfs") \
             if self.workers > 1 else None
         self.pending: deque[tuple[Future | tuple[bytes, int], Callable[[int, int], None]]] = \
@@ -158,14 +160,25 @@ class BlockProcessor:
         self._push((b"", 0), lambda pos, _w: fn(pos))
 
     def _push(self, job: Future | tuple[bytes, int], done: Callable[[int, int], None]) -> None:
+        # Only compressions count against the window: markers for small files and holes
+        # are cheap, and letting them fill it would leave the compression threads idle.
         self.pending.append((job, done))
-        while len(self.pending) > self.window or (
-                self.pending and not isinstance(self.pending[0][0], Future)):
+        if isinstance(job, Future):
+            self.in_flight += 1
+        while self.pending:
+            head = self.pending[0][0]
+            ready = not isinstance(head, Future) or head.done()
+            if not (ready or self.in_flight > self.window or len(self.pending) > MAX_PENDING):
+                break
             self._commit_one()
 
     def _commit_one(self) -> None:
         job, done = self.pending.popleft()
-        data, word = job.result() if isinstance(job, Future) else job
+        if isinstance(job, Future):
+            self.in_flight -= 1
+            data, word = job.result()
+        else:
+            data, word = job
         pos = self.pos
         if data:
             self.out.write(data)
