@@ -9,6 +9,7 @@ Any problem becomes one :class:`~portable_service.errors.ImageError`.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
 import os
@@ -39,6 +40,7 @@ MAX_XATTR_COUNT = 65536
 MAX_READ = 1 << 30  # read() returns bytes; larger files are for open()
 MAX_LINKS = 40  # symlinks followed in one path lookup
 MAX_DEPTH = 4096
+DATA_CACHE_BYTES = 16 << 20  # decoded data blocks kept per image
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,7 @@ class SquashfsImage:
         self._fragments: dict[int, tuple[int, int]] = {}
         self._listings: OrderedDict[int, list[fmt.DirEntry]] = OrderedDict()
         self._frag_cache: OrderedDict[int, bytes] = OrderedDict()
+        self._data_cache: OrderedDict[int, bytes] = OrderedDict()
         self._xattr_start = 0
         self._xattr_count = 0
         if sb.xattr_table != fmt.NO_TABLE:
@@ -323,7 +326,9 @@ class SquashfsImage:
             if cur.kind != "dir":
                 raise NotFoundError(f"{path}: a component is not a directory")
             name = os.fsencode(part)
-            entry = next((e for e in self._listing(cur) if e.name == name), None)
+            listing = self._listing(cur)  # sorted by name: checked when parsed
+            at = bisect.bisect_left(listing, name, key=lambda e: e.name)
+            entry = listing[at] if at < len(listing) and listing[at].name == name else None
             if entry is None:
                 raise NotFoundError(f"{path} is not in the image")
             child = self._inode(fmt.inode_ref(entry.inode_block, entry.inode_offset))
@@ -437,11 +442,19 @@ class SquashfsImage:
             return bytes(want)  # sparse
         if size > bs:
             raise OutOfBoundsError(f"inode {ino.number}: a block of {size} bytes")
+        cached = self._data_cache.get(starts[i])
+        if cached is not None and len(cached) == want:
+            self._data_cache.move_to_end(starts[i])
+            return cached
         raw = self._read_at(starts[i], size)
         data = raw if word & fmt.BLOCK_UNCOMPRESSED else self.compressor.decompress(raw, bs)
         if len(data) != want:
             raise CorruptImageError(f"inode {ino.number}: block {i} has {len(data)} bytes, "
                                     f"not {want}")
+        # readers such as ELF parsers jump back and forth: keep a few decoded blocks
+        self._data_cache[starts[i]] = data
+        while len(self._data_cache) > max(2, DATA_CACHE_BYTES // bs):
+            self._data_cache.popitem(last=False)
         return data
 
     def _starts(self, ino: Inode) -> list[int]:
