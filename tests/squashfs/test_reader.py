@@ -201,3 +201,25 @@ def test_owners_through_the_id_table(tmp_path: Path) -> None:
         st = im.stat("/f")
     assert (st.uid, st.gid) == (1234, 5678)
     assert unsquashfs_lln(image)["/f"][1] == "1234/5678"
+
+
+def test_hostile_sizes_are_bounded(tmp_path: Path) -> None:
+    """A file claiming 4 GiB in a tiny image fails fast instead of allocating or looping."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x" * 10000)
+    image = mksquashfs(src, tmp_path / "img", "-comp", "gzip", "-b", "4K", "-noI", "-noD",
+                       "-noF", "-noX")
+    data = bytearray(image.read_bytes())
+    with SquashfsImage(image) as im:
+        block, offset = im._lookup("/f").ref >> 16, im._lookup("/f").ref & 0xFFFF
+        assert block == 0
+        size_at = im.superblock.inode_table + 2 + offset + 16 + 12  # header, then file_size
+        assert int.from_bytes(data[size_at: size_at + 4], "little") == 10000
+    data[size_at: size_at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
+    bad = tmp_path / "bad"
+    bad.write_bytes(bytes(data))
+    with SquashfsImage(bad) as im:
+        assert im.stat("/f").size == 0xFFFFFFFF
+        with pytest.raises(ImageError):
+            im.read("/f", 0, 100)

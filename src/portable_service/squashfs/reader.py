@@ -9,11 +9,13 @@ Any problem becomes one :class:`~portable_service.errors.ImageError`.
 
 from __future__ import annotations
 
+import array
 import bisect
 import contextlib
 import io
 import os
 import stat as stat_mod
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,8 +34,9 @@ from portable_service.squashfs.metadata import MetadataReader
 
 __all__ = ["SquashfsImage", "Stat", "Superblock"]
 
-MAX_LISTING = 64 << 20  # bytes of one directory listing
-MAX_BLOCK_LIST = 16 << 20  # data blocks of one file (16 TiB at 1 MiB blocks)
+MAX_LISTING = 8 << 20  # bytes of one directory listing (about 200,000 names)
+MAX_CACHED_ENTRIES = 1 << 20  # directory entries kept decoded, over all listings
+MAX_BLOCK_LIST = 4 << 20  # data blocks of one file (4 TiB at 1 MiB blocks, 16 GiB at 4 KiB)
 MAX_SYMLINK = 64 << 10
 MAX_XATTR_VALUE = 16 << 20
 MAX_XATTR_COUNT = 65536
@@ -92,7 +95,7 @@ class Inode:
     # symlinks and devices
     target: bytes = b""
     device: int = 0
-    _blocks: list[int] | None = field(default=None, repr=False)
+    _blocks: array.array | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -180,6 +183,7 @@ class SquashfsImage:
         self._ids = self._read_ids()
         self._fragments: dict[int, tuple[int, int]] = {}
         self._listings: OrderedDict[int, list[fmt.DirEntry]] = OrderedDict()
+        self._cached_entries = 0
         self._frag_cache: OrderedDict[int, bytes] = OrderedDict()
         self._data_cache: OrderedDict[int, bytes] = OrderedDict()
         self._xattr_start = 0
@@ -300,8 +304,11 @@ class SquashfsImage:
                                          ino.dir_offset, size)
         entries = parse_listing(data)
         self._listings[ino.ref] = entries
-        if len(self._listings) > 64:
-            self._listings.popitem(last=False)
+        self._cached_entries += len(entries)
+        while len(self._listings) > 1 and (len(self._listings) > 64
+                                           or self._cached_entries > MAX_CACHED_ENTRIES):
+            _, dropped = self._listings.popitem(last=False)
+            self._cached_entries -= len(dropped)
         return entries
 
     def _entries(self, ino: Inode) -> list[fmt.DirEntry]:
@@ -412,7 +419,7 @@ class SquashfsImage:
 
     # -- file data
 
-    def _block_list(self, ino: Inode) -> list[int]:
+    def _block_list(self, ino: Inode) -> array.array:
         if ino._blocks is not None:
             return ino._blocks
         bs = self.superblock.block_size
@@ -422,14 +429,16 @@ class SquashfsImage:
             raise OutOfBoundsError(f"inode {ino.number}: {n} data blocks")
         pos, offset = ino.blocks_at
         raw, _, _ = self._inodes.read(pos, offset, 4 * n)
-        blocks = list(fmt.struct.unpack(f"<{n}I", raw))
+        blocks = array.array("I", raw)  # 4 bytes an entry, not a Python int each
+        if sys.byteorder != "little":
+            blocks.byteswap()
         end = ino.blocks_start + sum(b & (fmt.BLOCK_UNCOMPRESSED - 1) for b in blocks)
         if ino.blocks_start > self._limit or end > self._limit:
             raise OutOfBoundsError(f"inode {ino.number}: data beyond the image")
         ino._blocks = blocks
         return blocks
 
-    def _block(self, ino: Inode, i: int, starts: list[int]) -> bytes:
+    def _block(self, ino: Inode, i: int, starts: array.array) -> bytes:
         """Data block ``i`` of a file, decoded to its full length."""
         bs = self.superblock.block_size
         blocks = self._block_list(ino)
@@ -457,8 +466,9 @@ class SquashfsImage:
             self._data_cache.popitem(last=False)
         return data
 
-    def _starts(self, ino: Inode) -> list[int]:
-        starts, pos = [], ino.blocks_start
+    def _starts(self, ino: Inode) -> array.array:
+        """Where each data block of a file starts in the image."""
+        starts, pos = array.array("Q"), ino.blocks_start
         for b in self._block_list(ino):
             starts.append(pos)
             pos += b & (fmt.BLOCK_UNCOMPRESSED - 1)
