@@ -222,3 +222,20 @@ def test_spec_built_in_code_is_checked(project: Path) -> None:
     with pytest.raises(SpecError, match="contains '_'"):
         build(spec, output_dir=project / "out")
     assert not (project / "out").exists()
+
+
+def test_long_and_non_ascii_absolute_link_targets_survive(project: Path) -> None:
+    long_target = "/opt/" + "x" * 150 + "/target"
+    odd_target = "/usr/share/F\u0151tan\u00fas\u00edtv\u00e1ny.pem"
+    links = project / "links"
+    links.mkdir()
+    (links / ("long-" + "y" * 120)).symlink_to(long_target)
+    (links / "odd").symlink_to(odd_target)
+    (links / "short").symlink_to("/usr/bin/env")
+    # the targets are not in the image: verify would refuse the dangling links
+    image = make(project, contents=[{"source": "links", "target": "/opt/links"},
+                                    "/usr/bin/env"], verify=False)
+    entries = unsquashfs_list(image)
+    assert entries["/opt/links/long-" + "y" * 120][2] == long_target
+    assert entries["/opt/links/odd"][2] == odd_target
+    assert entries["/opt/links/short"][2] == "/usr/bin/env"

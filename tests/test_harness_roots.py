@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import require_root, require_tool
 
+from conftest import require_root, require_tool
 from portable_service.errors import ToolError
 from portable_service.harness import roots
 

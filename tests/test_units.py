@@ -105,7 +105,7 @@ def test_mount_points_of_every_directive() -> None:
     found = {str(m.path): m.is_file for m in mount_points(u)}
     assert found == {
         "/var/lib/demo": False, "/var/lib/demo/sub": False, "/var/cache/demo": False,
-        "/var/log/demo": False, "/etc/demo": False, "/run/demo": False, "/data": False,
+        "/var/log/demo": False, "/etc/demo": False, "/data": False,
         "/opt/x": False, "/etc/demo-host": True, "/scratch": False, "/var/spool/demo": False,
         "/srv/demo": False,
     }

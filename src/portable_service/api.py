@@ -16,6 +16,7 @@ def build(
     output_dir: str | Path = "result",
     base_dir: str | Path | None = None,
     quiet: bool = True,
+    verify: bool = True,
     **settings: Any,
 ) -> Path:
     """Build an image and return its path.
@@ -23,10 +24,11 @@ def build(
     Either pass a :class:`Spec`, or the spec's keys as keyword arguments in
     snake_case (``pname``, ``version``, ``units``, ``squash_compression``, ...).
     Relative paths in them are relative to ``base_dir`` (default: the working
-    directory).
+    directory). With ``verify`` (the default) an image that systemd would refuse, or whose
+    units would fail to start, raises instead of replacing the old image.
     """
     if spec is None:
         spec = spec_from_mapping(settings, Path(base_dir or Path.cwd()).resolve())
     elif settings:
         raise TypeError("pass either a Spec or keyword settings, not both")
-    return build_image(spec, Path(output_dir), QUIET if quiet else Reporter())
+    return build_image(spec, Path(output_dir), QUIET if quiet else Reporter(), verify=verify)

@@ -63,15 +63,16 @@ def header_key(head: bytes) -> tuple[int, int, int] | None:
 
 def read_facts(fs: ImageFS, path: str, size: int) -> ElfFacts | None:
     """The dynamic-linking facts of an ELF file; None when it is not a (readable) ELF object."""
-    key = header_key(fs.read(path, 0, 20))
-    if key is None:
-        return None
     interp: str | None = None
     needed: list[str] = []
     runpath: list[str] = []
     rpath: list[str] = []
     try:
         with open_file(fs, path, size) as stream:
+            key = header_key(stream.read(20))
+            if key is None:
+                return None
+            stream.seek(0)
             elf = ELFFile(stream)
             if elf["e_type"] not in ("ET_EXEC", "ET_DYN"):
                 return None

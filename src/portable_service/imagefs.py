@@ -198,12 +198,32 @@ def open_image(path: str | Path) -> SquashfsFS:
                          "give a squashfs .raw file (directory images are not read by this tool)")
     if not os.access(p, os.R_OK):
         raise ImageError(f"cannot read {p}: permission denied", "check its permissions")
+    other = _other_format(p)
+    if other is not None:
+        raise ImageError(f"{p} is {other}; this tool reads bare squashfs images only",
+                         "use portablectl inspect for it, or extract its root file system")
     try:
         return SquashfsFS(p)
     except ImageError as e:
         raise ImageError(f"{p}: {e.message}", e.hint or "is it a squashfs image?") from None
     except OSError as e:
         raise ImageError(f"cannot read {p}: {e.strerror or e}", "check the file") from None
+
+
+def _other_format(path: Path) -> str | None:
+    """Name the other image formats portabled accepts, for a clearer refusal."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2048)
+    except OSError:
+        return None
+    if head[512:520] == b"EFI PART":
+        return "a GPT disk image (a Discoverable Disk Image, as mkosi makes by default)"
+    if head[1024:1028] == b"\xe2\xe1\xf5\xe0":
+        return "an erofs image"
+    if head[1080:1082] == b"\x53\xef":
+        return "an ext2/3/4 image"
+    return None
 
 
 # -- path resolution inside the image
@@ -279,10 +299,18 @@ def read_text(fs: ImageFS, path: str, limit: int = 1 << 20) -> str | None:
 
 
 class ImageFile(io.RawIOBase):
-    """A seekable stream over one file of the image (what pyelftools needs)."""
+    """A seekable stream over one file of the image (what pyelftools needs).
 
-    def __init__(self, fs: ImageFS, path: str, size: int) -> None:
+    Reads whole aligned chunks (the image's block size) and keeps the last few:
+    a parser jumping between headers, tables and strings then decompresses each
+    block once instead of once per jump.
+    """
+
+    def __init__(self, fs: ImageFS, path: str, size: int, chunk: int = 128 << 10,
+                 keep: int = 4) -> None:
         self.fs, self.path, self.size, self.pos = fs, path, size, 0
+        self.chunk, self.keep = max(4096, chunk), keep
+        self._chunks: dict[int, bytes] = {}
 
     def readable(self) -> bool:
         return True
@@ -298,18 +326,36 @@ class ImageFile(io.RawIOBase):
     def tell(self) -> int:
         return self.pos
 
+    def _chunk(self, index: int) -> bytes:
+        data = self._chunks.pop(index, None)
+        if data is None:
+            start = index * self.chunk
+            data = self.fs.read(self.path, start, min(self.chunk, self.size - start))
+            if len(self._chunks) >= self.keep:
+                del self._chunks[next(iter(self._chunks))]
+        self._chunks[index] = data  # most recently used last
+        return data
+
     def readinto(self, buffer: Any) -> int:
         want = min(len(buffer), max(0, self.size - self.pos))
-        if want == 0:
-            return 0
-        data = self.fs.read(self.path, self.pos, want)
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+        done = 0
+        while done < want:
+            index, skip = divmod(self.pos, self.chunk)
+            piece = self._chunk(index)[skip: skip + want - done]
+            if not piece:
+                break
+            buffer[done: done + len(piece)] = piece
+            done += len(piece)
+            self.pos += len(piece)
+        return done
 
 
 def open_file(fs: ImageFS, path: str, size: int) -> BinaryIO:
-    return io.BufferedReader(ImageFile(fs, path, size), buffer_size=1 << 16)  # type: ignore[arg-type]
+    """A seekable reader of one image file, chunked by the image's block size."""
+    info = getattr(fs, "info", None)
+    chunk = info.block_size if info is not None and info.block_size else 128 << 10
+    # the C buffer serves a parser's many tiny reads; the chunks spare re-decompression
+    return io.BufferedReader(ImageFile(fs, path, size, chunk), buffer_size=16 << 10)
 
 
 class IndexedFS:

@@ -314,7 +314,8 @@ SETTINGS: tuple[Setting, ...] = (
             "dependencies", repeatable=True, metavar="NAME", flag_name="package"),
     Setting("exclude", _str_list, "glob of image paths to leave out of the closure",
             repeatable=True, metavar="GLOB"),
-    Setting("allow-missing", _bool, "warn, instead of failing, when a library cannot be found",
+    Setting("allow-missing", _bool, "warn, instead of failing, when a library, interpreter or "
+            "unit program cannot be found",
             is_bool=True),
     Setting("skip-packages", _str_list, "Debian package never followed as a dependency of "
             "packages (replaces the default list: init, debconf, dpkg, adduser, ...)",

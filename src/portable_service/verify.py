@@ -123,13 +123,15 @@ def check_os_release(fs: ImageFS, prefix: str) -> Iterator[Problem]:
     if not fields.get("ID"):
         yield Problem(ERROR, "os-release-id", path,
                       "os-release has no or an empty ID=: portabled refuses the image "
-                      "('os-release metadata lacks the ID field')",
+                      "('os-release metadata lacks the ID field'; systemd 252+, 247 did not "
+                      "check)",
                       "set ID= to a distribution id, e.g. ID=debian")
     prefixes = fields.get("PORTABLE_PREFIXES", "").split()
     if prefixes and prefix and prefix not in prefixes:
         yield Problem(ERROR, "portable-prefixes", path,
                       f"PORTABLE_PREFIXES={' '.join(prefixes)} does not allow the prefix "
-                      f"{prefix!r} that the file name gives: portabled refuses to attach it",
+                      f"{prefix!r} that the file name gives: portabled refuses to attach it "
+                      "(systemd 252+, 247 did not check)",
                       f"name the file {prefixes[0]}_VERSION.raw or add {prefix} to "
                       "PORTABLE_PREFIXES")
 
@@ -205,7 +207,7 @@ def check_units(fs: ImageFS, prefix: str) -> tuple[list[Problem], list[UnitFile]
 
 
 def load_unit(fs: ImageFS, unit: UnitFile) -> Unit:
-    text = fs.read(unit.path, 0, 1 << 20).decode("utf-8", "replace")
+    text = read_text(fs, unit.path) or ""
     return Unit(name=unit.name, text=text, origin=unit.path, sections=parse_unit_text(text))
 
 
@@ -242,7 +244,7 @@ def _under(path: str, roots: Iterable[str]) -> bool:
     return any(path == r or path.startswith(r + "/") for r in roots)
 
 
-def check_unit_needs(fs: ImageFS, unit: Unit, where: str) -> tuple[list[Problem], set[str]]:
+def check_unit_needs(fs: ImageFS, unit: Unit) -> tuple[list[Problem], set[str]]:
     """Mount points, programs and environment files; also returns the programs' real paths."""
     problems: list[Problem] = []
     programs: set[str] = set()
@@ -259,7 +261,7 @@ def check_unit_needs(fs: ImageFS, unit: Unit, where: str) -> tuple[list[Problem]
     for program, directive in exec_programs(unit):
         if "%" in program or "$" in program:
             continue  # specifiers and variables are expanded at start
-        problems.extend(_check_program(fs, program, directive, where, programs))
+        problems.extend(_check_program(fs, program, directive, programs))
     for path, directive in environment_files(unit):
         if "%" not in path and resolve(fs, path) is None:
             problems.append(Problem(ERROR, "environment-file", path,
@@ -278,7 +280,7 @@ def _find_program(fs: ImageFS, program: str) -> str | None:
     return None
 
 
-def _check_program(fs: ImageFS, program: str, directive: str, where: str,
+def _check_program(fs: ImageFS, program: str, directive: str,
                    programs: set[str]) -> Iterator[Problem]:
     real = _find_program(fs, program)
     if real is None:
@@ -383,7 +385,7 @@ def verify(fs: ImageFS, image_name: str) -> list[Problem]:
     problems.extend(check_scaffold(ifs))
     programs: set[str] = set()
     for unit_file in units:
-        unit_needs, found = check_unit_needs(ifs, load_unit(ifs, unit_file), unit_file.path)
+        unit_needs, found = check_unit_needs(ifs, load_unit(ifs, unit_file))
         problems.extend(unit_needs)
         programs |= found
     problems.extend(elfcheck.check_elf_files(ifs, ifs.entries, programs))

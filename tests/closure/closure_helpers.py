@@ -48,15 +48,16 @@ def paths(closure: Closure) -> set[str]:
     return {str(p) for p in closure.nodes}
 
 
-def build_and_unpack(base: Path, **settings: Any) -> tuple[Path, Path]:
+def build_and_unpack(base: Path, output_dir: Path | None = None, root: Path | None = None,
+                     **settings: Any) -> tuple[Path, Path]:
     """Build with the real mksquashfs, unpack with unsquashfs -d; (image, root folder)."""
     require_tool("mksquashfs")
     unsquashfs = require_tool("unsquashfs")
     data: dict[str, Any] = {"pname": "t", "version": "1", "units": [unit("/usr/bin/true")],
                             "squash_compression": "gzip"}
     data.update(settings)
-    image = build(output_dir=base / "result", base_dir=base, **data)
-    root = base / "root"
+    image = build(output_dir=output_dir or base / "result", base_dir=base, **data)
+    root = root or base / "root"
     subprocess.run([unsquashfs, "-q", "-n", "-d", str(root), str(image)], check=True,
                    capture_output=True)
     return image, root

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -148,3 +149,41 @@ def test_spec_keys_for_packages(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, packages=["a"], skip_packages=[], package_docs=True)
     assert (spec.skip_packages, spec.package_docs) == ((), True)
     assert make_spec(tmp_path).skip_packages is None  # the documented default list applies
+
+
+def test_a_package_folder_link_does_not_bring_the_whole_folder(tmp_path: Path) -> None:
+    """dpkg lists /lib for libbz2-1.0 (and not /usr/lib); on merged-/usr hosts /lib is a link."""
+    require(_host_has("libbz2-1.0"), "libbz2-1.0 is not installed")
+    require(os.path.islink("/lib"), "this host's /lib is not a link (merged /usr)")
+    c = closure_of(tmp_path, packages=["libbz2-1.0"], skip_packages=["libc6"])
+    node = c.nodes[PurePosixPath("/usr/lib")]
+    assert node.reason == "symlink target of /lib" and node.package == "libbz2-1.0"
+    files = {str(p) for p in c.nodes}
+    assert not any(f.startswith("/usr/lib/python3") for f in files)
+    assert len(files) < 100
+
+
+def test_package_files_from_a_dpkg_database(tmp_path: Path) -> None:
+    """Files as dpkg lists them: docs left out, diversions followed, missing files passed over."""
+    from portable_service.closure import Closure, Context
+
+    root = tmp_path / "fs"
+    for rel in ("usr/bin/tool", "usr/bin/tool.distrib", "etc/app.conf"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+    admin = tmp_path / "dpkg"
+    (admin / "info").mkdir(parents=True)
+    (admin / "status").write_text("Package: app\nStatus: install ok installed\nArchitecture: amd64\n")
+    doc = "/usr/share/doc/libc6/copyright"  # a real doc file: docs are known by their host path
+    require(os.path.exists(doc), f"{doc} is missing")
+    listed = ["/.", str(root), f"{root}/usr/bin/tool", doc, f"{root}/etc/app.conf", f"{root}/etc/gone.conf"]
+    (admin / "info/app:amd64.list").write_text("\n".join(listed) + "\n")
+    # another package diverted app's tool away: app's own file is tool.distrib
+    (admin / "diversions").write_text(f"{root}/usr/bin/tool\n{root}/usr/bin/tool.distrib\nother\n")
+    spec = make_spec(tmp_path, packages=["app"])
+    nodes = {str(n.image): n for n in deb.package_nodes(spec, Context(spec, Closure()), admin)}
+    assert set(nodes) == {str(root), f"{root}/usr/bin/tool.distrib", f"{root}/etc/app.conf"}
+    assert all(n.package == "app" for n in nodes.values())
+    docs = make_spec(tmp_path, packages=["app"], package_docs=True)
+    assert doc in {
+        str(n.image) for n in deb.package_nodes(docs, Context(docs, Closure()), admin)}

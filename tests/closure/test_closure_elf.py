@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from closure_helpers import LOADER, cc, closure_of, ldd_libraries, make_spec, paths, unit
 
+from conftest import require
 from portable_service.closure import Closure, Context, Node, elf
 from portable_service.errors import ClosureError
 
@@ -154,8 +155,7 @@ def test_not_elf_and_broken_elf(tmp_path: Path) -> None:
 @pytest.mark.parametrize("program", ["/usr/bin/bash", "/usr/bin/python3", "/usr/bin/ls",
                                      "/usr/sbin/lighttpd"])
 def test_same_libraries_as_ldd(tmp_path: Path, program: str) -> None:
-    if not os.path.exists(program):
-        pytest.skip(f"{program} is not installed")  # ldd comparison only; images test the rest
+    require(os.path.exists(program), f"{program} is not installed")
     found = {os.path.realpath(n.host) for n in closure_of(tmp_path, units=[unit(program)])
              if elf.elf_kind(n.host) is not None and os.path.realpath(n.host) != os.path.realpath(program)}
     assert found == ldd_libraries(program)
@@ -165,3 +165,50 @@ def test_default_folders_match_the_host_loader() -> None:
     out = subprocess.run([LOADER, "--help"], capture_output=True, text=True, check=True).stdout
     system = [line.split()[0] for line in out.splitlines() if "(system search path)" in line]
     assert list(elf.LoaderConfig.from_host().default_dirs((64, elf.EM_X86_64))) == system
+
+
+def test_fast_reader_agrees_with_pyelftools_on_host_files() -> None:
+    """The struct reader against pyelftools (the reference) on every ELF file of a few host folders."""
+    checked = 0
+    for folder in ("/usr/bin", "/usr/sbin", "/usr/lib/x86_64-linux-gnu/systemd", "/usr/lib/lighttpd"):
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            p = os.path.join(folder, name)
+            if os.path.islink(p) or not os.path.isfile(p) or elf.elf_kind(p) is None:
+                continue
+            with open(p, "rb") as f:
+                assert elf.read_dynamic(f) == elf.read_with_pyelftools(f), p
+            checked += 1
+    assert checked > 100
+
+
+def test_a_library_already_loaded_is_not_searched_again(tmp_path: Path) -> None:
+    """prog (RUNPATH d) needs libb and liba; liba needs libb but has no path of its own.
+
+    The loader finds libb for liba because prog loaded it first (systemd's
+    programs and libsystemd-core work this way); a search from liba alone fails.
+    """
+    d = tmp_path / "d"
+    cc(d / "libb.so", "int b(void) { return 42; }\n", "-shared")
+    cc(d / "liba.so", "int b(void);\nint a(void) { return b(); }\n", "-shared", f"-L{d}", "-lb")
+    prog = cc(tmp_path / "prog", "int a(void); int b(void);\nint main(void) { return a() == b() ? 0 : 1; }\n",
+              f"-L{d}", "-lb", "-la", f"-Wl,-rpath,{d}", NEW_TAGS, "-Wl,--no-as-needed")
+    assert elf.read_elf(prog).needed[:2] == ("libb.so", "liba.so")  # type: ignore[union-attr]
+    assert runs_on_host(prog)
+    c = closure_of(tmp_path, contents=[str(prog)])
+    assert {str(d / "liba.so"), str(d / "libb.so")} <= paths(c)
+    with pytest.raises(ClosureError, match=r"liba\.so needs libb\.so"):
+        closure_of(tmp_path, contents=[str(d / "liba.so")])
+
+
+def test_a_library_before_its_program_is_judged_by_the_program(tmp_path: Path) -> None:
+    """Whatever the order the closure meets them in, liba's need is met by prog's load."""
+    d = tmp_path / "d"
+    cc(d / "libb.so", "int b(void) { return 42; }\n", "-shared")
+    cc(d / "liba.so", "int b(void);\nint a(void) { return b(); }\n", "-shared", f"-L{d}", "-lb")
+    prog = cc(tmp_path / "prog", "int a(void); int b(void);\nint main(void) { return a() == b() ? 0 : 1; }\n",
+              f"-L{d}", "-lb", "-la", f"-Wl,-rpath,{d}", NEW_TAGS, "-Wl,--no-as-needed")
+    for contents in ([str(d / "liba.so"), str(prog)], [str(prog), str(d / "liba.so")]):
+        c = closure_of(tmp_path, contents=contents)
+        assert c.warnings == [] and str(d / "libb.so") in paths(c)

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import time
+import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,7 @@ from closure_helpers import (
     unit,
 )
 
-from conftest import require, require_root
+from conftest import REPO, require, require_root
 from portable_service.closure import deb
 from portable_service.image import CLOSURE_RECORD
 
@@ -63,8 +67,7 @@ def test_program_image_holds_exactly_its_closure(tmp_path: Path, program: str) -
 
 def test_python_with_its_standard_library_from_packages(tmp_path: Path) -> None:
     require_root()
-    require(os.path.exists("/usr/bin/python3") and
-            (deb.ADMIN_DIR / "info/libpython3.11-stdlib:amd64.list").exists(),
+    require(os.path.exists("/usr/bin/python3") and "python3" in deb.Database.load().by_name,
             "Debian's python3 is not installed (apt-get install python3)")
     _, root = build_and_unpack(tmp_path, packages=["python3"],
                                units=[unit("/usr/bin/python3 -m http.server")])
@@ -80,31 +83,60 @@ def test_python_with_its_standard_library_from_packages(tmp_path: Path) -> None:
     assert not any(deb.is_doc(f) for f in files)
 
 
-def test_lighttpd_from_packages_serves_without_systemd_perl_or_dpkg(tmp_path: Path) -> None:
+def test_lighttpd_example_serves_without_systemd_perl_or_dpkg(tmp_path: Path) -> None:
+    """examples/lighttpd: packages = ["lighttpd"], unpacked and served from a chroot."""
     require_root()
     require(os.path.exists("/usr/sbin/lighttpd"), "lighttpd is not installed (apt-get install lighttpd)")
-    conf = tmp_path / "test.conf"
-    modules = ["mod_accesslog", "mod_auth", "mod_authn_file", "mod_cgi", "mod_dirlisting",
-               "mod_proxy", "mod_ssi", "mod_status", "mod_userdir", "mod_wstunnel"]
-    conf.write_text('server.document-root = "/var/www/html"\nserver.port = 8080\n'
-                    f"server.modules = ({', '.join(repr(m).replace(chr(39), chr(34)) for m in modules)})\n"
-                    'include "/etc/lighttpd/conf-available/10-status.conf"\n')
-    _, root = build_and_unpack(
-        tmp_path, packages=["lighttpd"],
-        units=[unit("/usr/sbin/lighttpd -D -f /etc/lighttpd/test.conf", name="t.service")],
-        contents=[{"source": str(conf), "target": "/etc/lighttpd/test.conf"}])
+    example = REPO / "examples/lighttpd"
+    spec = tomllib.loads((example / "portable.toml").read_text())
+    _, root = build_and_unpack(example, **{k.replace("-", "_"): v for k, v in spec.items()},
+                               output_dir=tmp_path / "result", root=tmp_path / "root")
     run = chroot(root, "/usr/sbin/lighttpd", "-v")
     assert run.returncode == 0 and run.stdout.startswith("lighttpd/"), run.stderr
-    # -tt loads every module the config names: their libraries must all be there;
     # /dev/null is what systemd's private /dev gives the service
     os.mknod(root / "dev/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
-    run = chroot(root, "/usr/sbin/lighttpd", "-tt", "-f", "/etc/lighttpd/test.conf")
+    # -tt loads every module of the config; then it serves, as the unit runs it
+    run = chroot(root, "/usr/sbin/lighttpd", "-tt", "-f", "/etc/lighttpd/web.conf")
     assert run.returncode == 0, run.stdout + run.stderr
+    server = subprocess.Popen(["chroot", str(root), "/usr/sbin/lighttpd", "-D", "-f",
+                               "/etc/lighttpd/web.conf"], stderr=subprocess.PIPE, text=True)
+    try:
+        page = _get("http://127.0.0.1:18081/", server)
+        assert "hello from a portable lighttpd" in page
+        assert "Uptime" in _get("http://127.0.0.1:18081/server-status", server)  # mod_status
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
     assert assert_every_elf_loads(root) >= 20
     files = image_files(root)
-    assert {"/etc/mime.types", "/usr/lib/lighttpd/mod_status.so", "/var/www/html"} <= files | {
-        "/var/www/html"} and (root / "var/www/html").is_dir()
+    assert {"/etc/mime.types", "/usr/lib/lighttpd/mod_status.so", "/usr/lib/lighttpd/mod_cgi.so"} <= files
+    assert (root / "var/www/html").is_dir()  # a folder the package ships, without the host's contents
     assert not {"/usr/bin/perl", "/usr/bin/dpkg", "/usr/bin/systemctl", "/usr/lib/systemd/systemd",
                 "/usr/sbin/adduser", "/usr/bin/debconf"} & files
     assert not any(deb.is_doc(f) for f in files)
     assert len(regular_files(root)) < 400
+
+
+def _get(url: str, server: subprocess.Popen[str]) -> str:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read().decode()
+        except OSError as e:
+            if server.poll() is not None or time.monotonic() > deadline:
+                err = server.stderr.read() if server.stderr else ""
+                raise AssertionError(f"lighttpd did not answer ({e}): {err}") from None
+            time.sleep(0.05)
+
+
+def test_closure_images_are_reproducible(tmp_path: Path) -> None:
+    """Same inputs, same bytes: the closure's order and the generated ld.so.cache are fixed."""
+    require(os.path.exists("/usr/sbin/lighttpd"), "lighttpd is not installed (apt-get install lighttpd)")
+    from portable_service import build
+
+    settings = {"pname": "t", "version": "1", "units": [unit("/usr/bin/bash")], "packages": ["lighttpd"],
+                "squash_compression": "gzip"}
+    a = build(output_dir=tmp_path / "a", base_dir=tmp_path, **settings)
+    b = build(output_dir=tmp_path / "b", base_dir=tmp_path, **settings)
+    assert a.read_bytes() == b.read_bytes()

@@ -76,6 +76,7 @@ def test_image_carries_exactly_the_nix_requisites(tmp_path: Path) -> None:
 
 def test_unknown_store_path_is_one_error(tmp_path: Path) -> None:
     require_tool("nix-store")
+    require_root()
     fake = Path("/nix/store/00000000000000000000000000000000-ps-test-not-valid")
     fake.mkdir(parents=True, exist_ok=True)
     try:

@@ -132,3 +132,14 @@ def test_symlink_to_a_program_brings_the_chain(tmp_path: Path, outside_tmp: Path
     c = closure_of(tmp_path, units=[unit(str(outside_tmp / "bin/b2"))])
     chain = [str(n.image) for n in c.why(P("/usr/bin/bash"))]
     assert chain == [str(outside_tmp / "bin/b2"), str(outside_tmp / "bin/b1"), "/usr/bin/bash"]
+
+
+def test_env_in_a_unit_brings_the_program_it_runs(tmp_path: Path) -> None:
+    c = closure_of(tmp_path, units=[unit("/usr/bin/env -u HOME bash -c true ; @/usr/bin/env env-argv0 ls",
+                                         extra="ExecStartPre=/usr/bin/env X=1 no-such-xyz-prog\n")],
+                   allow_missing=True)
+    bash, ls = scripts.which("bash"), scripts.which("ls")
+    assert bash and ls
+    assert c.nodes[P(bash)].reason == "program of ExecStart= in t.service (through env)"
+    assert P(ls) in c.nodes
+    assert any("no-such-xyz-prog" in w for w in c.warnings)

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require, require_root, require_tool
 
+from conftest import require, require_root, require_tool
 from portable_service.harness import nspawn, roots
 from portable_service.progress import Reporter
 

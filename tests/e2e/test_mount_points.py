@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 import pytest
-from conftest import unsquashfs_list
 
+from conftest import unsquashfs_list
 from e2e.conftest import LOG_DIR
 from e2e.lib import build_image, unit
 

@@ -186,3 +186,20 @@ def test_a_library_of_another_machine_does_not_count(runpath_prog, tmp_path: Pat
                       "demo_1.raw")
     assert "elf-library" in [p.rule for p in problems]
 
+
+
+def test_units_in_usr_lib_count_and_etc_wins() -> None:
+    from portable_service.verify import attached_units
+
+    t = _tree()
+    t.remove(P("/etc/systemd/system/demo.service"))
+    t.add_symlink(P("/lib"), "usr/lib")
+    t.add_file(P("/usr/lib/systemd/system/demo.service"), data=UNIT.encode())
+    t.add_file(P("/usr/lib/systemd/system/demo-extra.service"),
+               data=b"[Service]\nExecStart=/usr/bin/missing\n")
+    t.add_file(P("/etc/systemd/system/demo-extra.service"), data=UNIT.encode())
+    fs = TreeFS(t)
+    assert [(u.name, u.path) for u in attached_units(fs, "demo")] == [
+        ("demo-extra.service", "/etc/systemd/system/demo-extra.service"),
+        ("demo.service", "/usr/lib/systemd/system/demo.service")]
+    assert verify(fs, "demo_1.0.raw") == []  # the /usr/lib copy of demo-extra is shadowed

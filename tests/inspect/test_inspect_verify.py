@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from imagetrees import PROGRAM, UNIT, host_closure, image_maker
 
-from tests.conftest import require
+from tests.conftest import require, require_tool
 
 
 def _rm(rel: str) -> Callable[[Path], None]:
@@ -172,7 +173,8 @@ def test_script_with_missing_interpreter(image, cli) -> None:
     assert "starts with #!/usr/bin/python3, which is not in the image" in proc.stdout
 
 
-@pytest.mark.parametrize("kind", ["text", "truncated", "random", "empty", "folder", "absent"])
+@pytest.mark.parametrize("kind", ["text", "truncated", "random", "empty", "folder", "absent",
+                                  "ext4", "gpt"])
 def test_non_images_exit_2_with_one_line(image, cli, tmp_path, kind) -> None:
     path = tmp_path / f"bad_{kind}.raw"
     if kind == "text":
@@ -186,6 +188,15 @@ def test_non_images_exit_2_with_one_line(image, cli, tmp_path, kind) -> None:
         path.write_bytes(b"")
     elif kind == "folder":
         path.mkdir()
+    elif kind == "ext4":
+        subprocess.run([require_tool("mkfs.ext4"), "-q", "-F", str(path), "4M"], check=True,
+                       capture_output=True)
+    elif kind == "gpt":
+        # a disk image's protective MBR and GPT header signature (no partitioning tool here)
+        data = bytearray(1 << 20)
+        data[510:512] = b"\x55\xaa"
+        data[512:520] = b"EFI PART"
+        path.write_bytes(bytes(data))
     for verb in ("verify", "inspect", "size", "ls"):
         proc = cli(verb, str(path))
         assert proc.returncode == 2, (verb, proc.stdout, proc.stderr)
@@ -193,3 +204,7 @@ def test_non_images_exit_2_with_one_line(image, cli, tmp_path, kind) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("portable-service: error: "), lines
         assert str(path) in lines[0]
+        if kind == "ext4":
+            assert "is an ext2/3/4 image; this tool reads bare squashfs images only" in lines[0]
+        if kind == "gpt":
+            assert "is a GPT disk image (a Discoverable Disk Image" in lines[0]

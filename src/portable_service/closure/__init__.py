@@ -139,7 +139,7 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
     Paths the spec places itself (contents targets, symlinks) and paths made at
     run time are not host dependencies.
     """
-    from portable_service.closure.scripts import which
+    from portable_service.closure.scripts import env_commands, which
 
     placed = [host_spelling(c.target) for c in spec.contents]
     placed += [host_spelling(s.symlink) for s in spec.symlinks]
@@ -151,7 +151,7 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
         return not any(spelled == t or t in spelled.parents for t in placed)
 
     for unit in units:
-        for word, directive in exec_programs(unit):
+        for word, directive in exec_programs(unit) + env_commands(unit):
             if "%" in word or "$" in word:
                 continue  # specifiers and variables are only known at run time
             found = word if word.startswith("/") else which(word)
@@ -199,7 +199,9 @@ def symlink_resolver(node: Node) -> Iterator[Node]:
     target = os.readlink(node.host)
     resolved = PurePosixPath(os.path.normpath(os.path.join(node.host.parent, target)))
     if os.path.lexists(resolved):
-        yield Node(resolved, Path(resolved), f"symlink target of {node.image}", node.image)
+        # a package's link (dpkg lists /lib -> usr/lib) must not turn into the whole folder
+        yield Node(resolved, Path(resolved), f"symlink target of {node.image}", node.image,
+                   package=node.package)
 
 
 DEFAULT_RESOLVERS: tuple[Resolver, ...] = (folder_resolver, symlink_resolver)
@@ -237,6 +239,10 @@ def resolve(
         closure.nodes[node.image] = node
         for resolver in resolvers:
             queue.extend(resolver(node))
+    for resolver in resolvers:
+        finish = getattr(resolver, "finish", None)
+        if finish is not None:
+            finish()  # checks that need the whole closure (a library's misses)
     _add_ld_cache(closure, spec)
     return closure
 

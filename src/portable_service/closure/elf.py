@@ -2,6 +2,9 @@
 
 The search order for a library NAME needed by object O (elf/dl-load.c, ld.so(8)):
 
+0. NAME that an object already loaded answers to (the name it was loaded by,
+   or its DT_SONAME) is that object: the load is followed breadth first from
+   the program, as the loader does it;
 1. NAME with a ``/`` is opened as it is;
 2. unless O has DT_RUNPATH: the DT_RPATH of O, then of the object that loaded
    O, and so on up to the executable;
@@ -24,9 +27,11 @@ import os
 import re
 import stat
 import struct
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -84,7 +89,16 @@ class NotElf(Exception):
 
 
 def read_elf(path: Path | str) -> ElfInfo | None:
-    """The loader's view of ``path``; None when it is not an ELF file."""
+    """The loader's view of ``path``; None when it is not an ELF file.
+
+    The loader reads only the program headers, the PT_INTERP string and the
+    PT_DYNAMIC entries (with DT_STRTAB found through the PT_LOAD mappings), so
+    that is all :func:`read_dynamic` reads, with every offset bounded: it is
+    several times faster than a full parse. Anything it does not expect
+    (section-header-only files, PN_XNUM, a string table outside every
+    segment) goes to pyelftools, which is also the reference the tests
+    compare it with.
+    """
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below; pyelftools reads lazily
     except OSError:
@@ -92,11 +106,114 @@ def read_elf(path: Path | str) -> ElfInfo | None:
     with f:
         if f.read(4) != ELF_MAGIC:
             return None
-        f.seek(0)
         try:
-            return _parse(ELFFile(f))
-        except (ELFError, struct.error, ValueError, IndexError, KeyError) as e:
-            raise NotElf(str(e) or type(e).__name__) from None
+            return read_dynamic(f)
+        except _Unusual:
+            pass
+        return read_with_pyelftools(f)
+
+
+def read_with_pyelftools(f: BinaryIO) -> ElfInfo:
+    f.seek(0)
+    try:
+        return _parse(ELFFile(f))
+    except (ELFError, struct.error, ValueError, IndexError, KeyError, AttributeError) as e:
+        raise NotElf(str(e) or type(e).__name__) from None
+
+
+class _Unusual(Exception):
+    """A layout the fast reader leaves to pyelftools."""
+
+
+PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
+DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_SONAME, DT_RPATH, DT_RUNPATH = 0, 1, 5, 10, 14, 15, 29
+DT_FLAGS_1 = 0x6FFFFFFB
+# after e_ident: e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize e_phentsize e_phnum
+_EHDR = {32: "HHIIIIIHHH", 64: "HHIQQQIHHH"}
+# p_type, p_offset, p_vaddr, p_filesz (positions differ between the classes)
+_PHDR = {32: ("IIIIIIII", 32, (0, 1, 2, 4)), 64: ("IIQQQQQQ", 56, (0, 2, 3, 5))}
+_DYN = {32: ("ii", 8), 64: ("qQ", 16)}
+_MAX_DYNAMIC = 1 << 20  # no real dynamic section or string table comes near this
+
+
+def read_dynamic(f: BinaryIO) -> ElfInfo:
+    """Program headers, PT_INTERP and PT_DYNAMIC of an open ELF file, read with struct."""
+    f.seek(0)
+    ident = f.read(16)
+    if len(ident) < 16 or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+        raise _Unusual
+    bits = 32 if ident[4] == 1 else 64
+    order = "<" if ident[5] == 1 else ">"
+    ehdr = struct.Struct(order + _EHDR[bits])
+    raw = f.read(ehdr.size)
+    if len(raw) < ehdr.size:
+        raise _Unusual
+    _type, machine, _ver, _entry, phoff, _shoff, _flags, _ehsize, phentsize, phnum = ehdr.unpack(raw)
+    fmt, size, (i_type, i_off, i_vaddr, i_filesz) = _PHDR[bits]
+    if phnum == 0xFFFF or phentsize != size or phnum > 256:
+        raise _Unusual
+    f.seek(phoff)
+    table = f.read(size * phnum)
+    if len(table) < size * phnum:
+        raise _Unusual
+    phdr = struct.Struct(order + fmt)
+    loads: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
+    interp = None
+    dynamic: tuple[int, int] | None = None
+    for i in range(phnum):
+        h = phdr.unpack_from(table, i * size)
+        ptype, off, vaddr, filesz = h[i_type], h[i_off], h[i_vaddr], h[i_filesz]
+        if ptype == PT_LOAD:
+            loads.append((vaddr, off, filesz))
+        elif ptype == PT_INTERP:
+            interp = _read_at(f, off, min(filesz, 4096)).split(b"\0", 1)[0].decode(
+                "utf-8", "surrogateescape")
+        elif ptype == PT_DYNAMIC:
+            dynamic = (off, filesz)
+    if dynamic is None:
+        return ElfInfo(bits, machine, interp)
+    dfmt, dsize = _DYN[bits]
+    data = _read_at(f, dynamic[0], min(dynamic[1], _MAX_DYNAMIC))
+    entry = struct.Struct(order + dfmt)
+    tags: list[tuple[int, int]] = []
+    for i in range(len(data) // dsize):
+        tag, val = entry.unpack_from(data, i * dsize)
+        if tag == DT_NULL:
+            break
+        tags.append((tag, val))
+    values = dict(tags)
+    if DT_STRTAB not in values:
+        raise _Unusual
+    strtab_off = _file_offset(loads, values[DT_STRTAB])
+    strings = _read_at(f, strtab_off, min(values.get(DT_STRSZ, _MAX_DYNAMIC), _MAX_DYNAMIC))
+
+    def string(offset: int) -> str:
+        end = strings.find(b"\0", offset)
+        if offset >= len(strings) or end < 0:
+            raise _Unusual
+        return strings[offset:end].decode("utf-8", "surrogateescape")
+
+    needed = tuple(string(v) for t, v in tags if t == DT_NEEDED)
+    rpath = tuple(p for t, v in tags if t == DT_RPATH for p in string(v).split(":") if p)
+    runpath = tuple(p for t, v in tags if t == DT_RUNPATH for p in string(v).split(":") if p)
+    soname = string(values[DT_SONAME]) if DT_SONAME in values else None
+    nodeflib = bool(values.get(DT_FLAGS_1, 0) & DF_1_NODEFLIB)
+    return ElfInfo(bits, machine, interp, needed, rpath, runpath, soname, nodeflib)
+
+
+def _file_offset(loads: list[tuple[int, int, int]], addr: int) -> int:
+    for vaddr, off, filesz in loads:
+        if vaddr <= addr < vaddr + filesz:
+            return addr - vaddr + off
+    raise _Unusual
+
+
+def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) < size:
+        raise _Unusual
+    return data
 
 
 def _parse(elf: ELFFile) -> ElfInfo:
@@ -277,21 +394,48 @@ class Loader:
         return own + tuple(inherited)
 
 
-
-
 class ElfResolver:
-    """Resolver: an ELF file brings its interpreter and its libraries (and theirs, in turn)."""
+    """Resolver: an ELF file brings its interpreter and every library its load pulls in.
+
+    The load is simulated as the loader does it: breadth first from the
+    object, each DT_NEEDED name searched from the object that needs it
+    (with the RPATHs of the objects that loaded that one), and a name that an
+    already loaded object carries (as the name it was loaded by, or its
+    DT_SONAME) is not searched again. That last rule matters: a library may
+    need one that only the program's RUNPATH finds, which works because the
+    program loaded it first. Libraries loaded this way are not resolved again
+    on their own.
+    """
 
     def __init__(self, ctx: Context, loader: Loader | None = None) -> None:
         self.ctx = ctx
         self.loader = loader or Loader(LoaderConfig.from_host(), ctx.host_of)
         self._infos: dict[tuple[int, int], ElfInfo | None] = {}
-        # RPATH folders a library inherits from the object that first loaded it
-        self._inherited: dict[PurePosixPath, tuple[str, ...]] = {}
+        self._loaded: set[str] = set()  # image paths (and their real paths) already resolved in a load
+        self._by_path: dict[str, ElfInfo | None] = {}
+        self._real: dict[str, str] = {}
+        # a library resolved on its own may need one only its program's load provides:
+        # its misses count only if no program loads it (see finish)
+        self._deferred: dict[str, list[tuple[str, str]]] = {}
+        self._by_programs: set[str] = set()  # paths some program's load pulls in
 
-    def info(self, node: Node) -> ElfInfo | None:
+    def realpath(self, path: Path | str) -> str:
+        key = str(path)
+        got = self._real.get(key)
+        if got is None:
+            got = self._real[key] = os.path.realpath(key)
+        return got
+
+    def info_at(self, image: PurePosixPath | str, host: Path | str) -> ElfInfo | None:
+        key = str(host)
+        if key in self._by_path:
+            return self._by_path[key]
+        info = self._by_path[key] = self._info_by_inode(image, host)
+        return info
+
+    def _info_by_inode(self, image: PurePosixPath | str, host: Path | str) -> ElfInfo | None:
         try:
-            st = os.lstat(node.host)
+            st = os.stat(host)
         except OSError:
             return None
         if not stat.S_ISREG(st.st_mode):
@@ -299,46 +443,89 @@ class ElfResolver:
         key = (st.st_dev, st.st_ino)
         if key not in self._infos:
             try:
-                self._infos[key] = read_elf(node.host)
+                self._infos[key] = read_elf(host)
             except NotElf as e:
                 self.ctx.closure.warnings.append(
-                    f"{node.image} starts like an ELF file but cannot be read ({e}); "
+                    f"{image} starts like an ELF file but cannot be read ({e}); "
                     "its libraries are not followed")
                 self._infos[key] = None
         return self._infos[key]
 
     def __call__(self, node: Node) -> Iterator[Node]:
-        if in_nix_store(node.image):
-            return  # Nix records the closure of store paths itself
-        info = self.info(node)
+        if in_nix_store(node.image) or node.host.is_symlink():
+            return  # Nix records store closures itself; a link's target is resolved in its turn
+        if str(node.image) in self._loaded or self.realpath(node.host) in self._loaded:
+            return
+        info = self.info_at(node.image, node.host)
         if info is None:
             return
-        origin = node.image.parent
+        if info.interp:
+            self._loaded.add(str(node.image))
         if info.interp:
             interp = PurePosixPath(info.interp)
             host = Path(self.ctx.host_of(info.interp))
             if os.path.exists(host):
+                self._mark(info.interp, host)
                 yield Node(interp, host, "PT_INTERP", node.image)
             else:
                 self.ctx.missing(f"{node.image} needs the program interpreter {interp}, "
                                  "which is not on this host",
                                  "install the loader for its architecture or leave the file out")
-        inherited = self._inherited.get(node.image, ())
-        passed_on = self.loader.rpath_for_children(info, origin, inherited)
-        for name in info.needed:
-            found = self.loader.find(name, info, origin, inherited)
-            if found is None:
-                self.ctx.missing(
-                    f"{node.image} needs {name}, which the loader would not find "
-                    f"(searched {self._searched(info, origin, inherited)})",
-                    "install the package that ships it, add its folder to contents, "
-                    "or set allow-missing = true to build anyway")
-                continue
-            for path in found.paths:
-                image = PurePosixPath(path)
-                self._inherited.setdefault(image, passed_on)
-                yield Node(image, Path(self.ctx.host_of(path)), f"DT_NEEDED {name} ({found.via})",
-                           node.image)
+        yield from self._load(node, info)
+
+    def _mark(self, image: str, host: Path | str, by_program: bool = True) -> None:
+        paths = (image, self.realpath(host))
+        self._loaded.update(paths)
+        if by_program:
+            self._by_programs.update(paths)
+
+    def finish(self) -> None:
+        """Report the misses of libraries no program of the closure loads."""
+        for root, misses in self._deferred.items():
+            if root not in self._by_programs:
+                for message, hint in misses:
+                    self.ctx.missing(message, hint)
+        self._deferred.clear()
+
+    def _load(self, root: Node, root_info: ElfInfo) -> Iterator[Node]:
+        standalone = root_info.interp is None  # a library (or plugin): no program loads it yet
+        names: set[str] = set()  # names the loaded objects answer to
+        files: set[str] = {self.realpath(root.host)}
+        queue: deque[tuple[PurePosixPath, ElfInfo, tuple[str, ...]]] = deque(
+            [(root.image, root_info, ())])
+        while queue:
+            image, info, inherited = queue.popleft()
+            origin = image.parent
+            passed_on = self.loader.rpath_for_children(info, origin, inherited)
+            for name in info.needed:
+                if name in names:
+                    continue
+                found = self.loader.find(name, info, origin, inherited)
+                if found is None:
+                    miss = (f"{image} needs {name}, which the loader would not find "
+                            f"(searched {self._searched(info, origin, inherited)})",
+                            "install the package that ships it, add its folder to contents, "
+                            "or set allow-missing = true to build anyway")
+                    if standalone:
+                        self._deferred.setdefault(str(root.image), []).append(miss)
+                    else:
+                        self.ctx.missing(*miss)
+                    continue
+                names.add(name)
+                for path in found.paths:
+                    host = self.ctx.host_of(path)
+                    self._mark(path, host, not standalone)
+                    yield Node(PurePosixPath(path), Path(host), f"DT_NEEDED {name} ({found.via})", image)
+                first = found.paths[0]
+                real = self.realpath(self.ctx.host_of(first))
+                if real in files:
+                    continue  # the same file under another name: loaded once
+                files.add(real)
+                lib_info = self.info_at(first, self.ctx.host_of(first))
+                if lib_info is not None:
+                    if lib_info.soname:
+                        names.add(lib_info.soname)
+                    queue.append((PurePosixPath(first), lib_info, passed_on))
 
     def _searched(self, info: ElfInfo, origin: PurePosixPath, inherited: Sequence[str]) -> str:
         cfg = self.loader.config
@@ -350,4 +537,3 @@ class ElfResolver:
         if not info.nodeflib:
             where += ["ld.so.cache", *cfg.default_dirs(info.kind)]
         return ", ".join(where)
-

@@ -3,18 +3,23 @@
 The kernel reads at most 256 bytes of the ``#!`` line (BINPRM_BUF_SIZE) and
 splits it into the interpreter and one optional argument. For
 ``#!/usr/bin/env NAME`` the interpreter is ``env`` and NAME is looked up in the
-PATH a service starts with: systemd's fixed default, below.
+PATH a service starts with: systemd's fixed default. A unit's own
+``Exec*=/usr/bin/env NAME`` brings NAME the same way (:func:`env_commands`).
+
+Files of Debian packages are data unless a unit runs them: a package's admin,
+cron and init scripts would otherwise bring perl and the shell into every image.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from portable_service.closure import Context, Node, Resolver, in_nix_store
-from portable_service.units import SYSTEMD_PATH
+from portable_service.units import EXEC_DIRECTIVES, SYSTEMD_PATH, Unit
 
 SHEBANG_MAX = 256
 
@@ -28,7 +33,8 @@ def read_shebang(path: Path) -> tuple[str, str | None] | None:
         return None
     if not head.startswith(b"#!"):
         return None
-    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "surrogateescape").strip(" \t\r")
+    # spaces and tabs only: the kernel keeps a \r, and so fails on a DOS line end
+    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "surrogateescape").strip(" \t")
     if not line:
         return None
     parts = line.split(None, 1)
@@ -54,6 +60,32 @@ def env_program(arg: str | None) -> str | None:
             continue
         return w
     return None
+
+
+def env_commands(unit: Unit) -> list[tuple[str, str]]:
+    """(NAME, directive) for each ``Exec*=/usr/bin/env [OPTIONS] NAME ...`` of a unit."""
+    out = []
+    for section in unit.exec_sections():
+        for key in EXEC_DIRECTIVES:
+            for value in unit.values(section, key):
+                try:
+                    words = shlex.split(value)
+                except ValueError:
+                    continue  # systemd rejects it too; the unit checks say so
+                command: list[str] = []
+                for word in [*words, ";"]:
+                    if word != ";":
+                        command.append(word)
+                        continue
+                    if command:
+                        prefixes = command[0][: len(command[0]) - len(command[0].lstrip("@-:+!|"))]
+                        args = command[2:] if "@" in prefixes else command[1:]
+                        if os.path.basename(command[0]) == "env":
+                            name = env_program(" ".join(args))
+                            if name:
+                                out.append((name, f"{key}= in {unit.unit_name} (through env)"))
+                    command = []
+    return out
 
 
 def which(name: str, path: Sequence[str] = SYSTEMD_PATH) -> str | None:

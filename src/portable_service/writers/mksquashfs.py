@@ -121,6 +121,15 @@ def write_tar(tree: ImageTree, stream: BinaryIO, mtime: int, reporter: Reporter)
             if entry.kind is Kind.FILE:
                 with entry.open() as f:
                     tar.addfile(info, _Counted(f, reporter, info.size, entry))
+            elif entry.kind is Kind.SYMLINK:
+                # mksquashfs 4.5.1 drops the leading '/' of a PAX linkpath (targets over
+                # 100 bytes or not ASCII); a GNU long-link header keeps it. Links carry
+                # no xattrs, so nothing PAX-only is lost.
+                tar.format = tarfile.GNU_FORMAT
+                try:
+                    tar.addfile(info)
+                finally:
+                    tar.format = tarfile.PAX_FORMAT
             else:
                 tar.addfile(info)
 
