@@ -3,6 +3,7 @@
 Seeds are small images made by mksquashfs (each compressor) and by our
 writer. Each case mutates one seed (byte flips, random bytes, 0xFF runs,
 truncation, superblock fields), then lists, stats and reads everything.
+Seeds and mutations are fixed by --seed, so a run can be repeated exactly.
 A case that raises anything but ImageError, takes over --case-timeout
 seconds, or runs out of the address-space limit is a finding and is saved.
 
@@ -64,7 +65,8 @@ def make_seeds(work: Path) -> list[Path]:
     for comp in ("gzip", "xz", "zstd", "lz4"):
         out = work / f"mksquashfs-{comp}.img"
         subprocess.run(["mksquashfs", str(src), str(out), "-noappend", "-quiet", "-no-progress",
-                        "-comp", comp, "-b", "4K", "-all-root"], check=True, capture_output=True)
+                        "-comp", comp, "-b", "4K", "-all-root", "-mkfs-time", "0",
+                        "-all-time", "0"], check=True, capture_output=True)
         seeds.append(out)
     from portable_service.squashfs.compressor import from_options
     from portable_service.squashfs.writer import WriterOptions, nodes_from_directory, write_image
