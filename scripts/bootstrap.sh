@@ -18,6 +18,9 @@ if [[ $want_test == --test ]]; then
   have gcc || need_pkgs+=(gcc libc6-dev)
   have nix-store || need_pkgs+=(nix-bin)
   have unshare || need_pkgs+=(util-linux)
+  # the end-to-end harness: signed Debian roots, and statically linked test servers
+  [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || need_pkgs+=(debian-archive-keyring)
+  { have gcc && [[ $(gcc -print-file-name=libc.a) == /* ]]; } || need_pkgs+=(libc6-dev)
 fi
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) != 0 ]]; then

@@ -101,7 +101,11 @@ def try_image(image: Path, *, release_name: str = roots.DEFAULT_RELEASE, profile
         if not attach.ok:
             raise VerifyError(f"portablectl attach failed on systemd {release.systemd}: "
                               f"{first_cause(attach.output)}", _hint(image))
-        chosen = list(units) or units_to_start(c.attached_units())
+        attached = c.attached_units()
+        chosen = list(units) or units_to_start(attached)
+        for unit in sorted(set(attached) - set(chosen)):
+            why = "a template" if "@." in unit else "started by its trigger on demand"
+            reporter.info(f"not starting {unit} ({why}; name it with --unit to start it)")
         if not chosen:
             raise VerifyError("the image has no unit to start (only templates?)",
                               "name one with --unit NAME@INSTANCE.service")

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -43,21 +44,29 @@ def psdemo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _root(suite: str) -> Path:
-    release = roots.RELEASES[suite]
-    if not roots.is_ready(release):
+@pytest.fixture(scope="session")
+def release_roots() -> dict[str, Path]:
+    """The cached roots; missing ones are made in parallel (about 80 s each, network bound)."""
+    require_e2e()
+    missing = [s for s in RELEASES if not roots.is_ready(roots.RELEASES[s])]
+    if missing:
         # first run: say why the session pauses
-        print(f"\ncreating the {suite} root for the end-to-end tests (once)", file=sys.stderr)
-    return roots.ensure_root(release, Reporter(quiet=False))
+        print(f"\ncreating the Debian roots for the end-to-end tests (once): {missing}",
+              file=sys.stderr)
+    with ThreadPoolExecutor(max_workers=len(RELEASES)) as pool:
+        made = pool.map(lambda s: roots.ensure_root(roots.RELEASES[s], Reporter(quiet=False)),
+                        RELEASES)
+        return dict(zip(RELEASES, made, strict=True))
 
 
 @pytest.fixture(scope="module", params=RELEASES)
-def container(request: pytest.FixtureRequest) -> Iterator[nspawn.Container]:
+def container(request: pytest.FixtureRequest,
+              release_roots: dict[str, Path]) -> Iterator[nspawn.Container]:
     """A booted systemd of one release, shared by the tests of a module."""
     require_e2e()
     suite = request.param
     release = roots.RELEASES[suite]
-    root = _root(suite)
+    root = release_roots[suite]
     with nspawn.booted(release, root, log_dir=LOG_DIR) as c:
         yield c
         # a test that failed half-way may leave an image attached: the next module

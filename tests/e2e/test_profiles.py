@@ -8,7 +8,6 @@ from e2e.lib import attached, build_image, port_closed, tcp_get, unit
 
 pytestmark = pytest.mark.e2e
 PORT = 18121
-UDEV_WAIT = "Failed to wait for device to be initialized"
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +22,7 @@ def report(c, profile, image) -> tuple[dict[str, str], bool]:
     """(fields the service printed, whether the host reached it over TCP)."""
     with attached(c, image, profile=profile):
         assert c.start("prof.service").ok, c.journal("prof.service")
-        if c.wait_for("prof.service").active != "active":
-            journal = c.journal("prof.service")
-            if c.release.systemd < 248 and UDEV_WAIT in journal:
-                # PrivateNetwork= on 247: the unit's process waits for udev to announce
-                # the image's loop device from inside its new network namespace, which
-                # udev's messages do not reach; it only wins the race now and then
-                pytest.xfail(f"systemd {c.release.systemd}: PrivateNetwork= with "
-                             f"RootImage= under nspawn: {UDEV_WAIT}")
-            raise AssertionError(journal)
+        assert c.wait_for("prof.service").active == "active", c.journal("prof.service")
         # it prints its report, then either listens or says why it cannot
         for _ in range(100):
             journal = c.journal("prof.service").split("Started")[-1]

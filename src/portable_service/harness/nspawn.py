@@ -33,11 +33,13 @@ from pathlib import Path
 
 from portable_service.errors import ToolError
 from portable_service.harness.roots import Release
-from portable_service.run import find_tool
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOOP_DEVICES = 256
-UDEV_RETRIES = 2
+UDEV_RETRIES = 4
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_UNIT_SUFFIXES = (".service", ".socket", ".target", ".timer", ".path")
+INSTALL_HINT = "install it: apt-get install systemd-container debootstrap"
 _counter = itertools.count()
 
 
@@ -148,41 +150,42 @@ class Container:
 
     def start(self, unit: str) -> Result:
         """``systemctl start``, retried only for systemd 247's udev wait (see :meth:`settle`)."""
+        if not self.release.needs_udevd:
+            return self.systemctl("start", unit)
         for _ in range(UDEV_RETRIES + 1):
             cursor = self._cursor()
             result = self.systemctl("start", unit)
-            if not self._udev_timeout(self._journal_since(cursor)) and (
-                    not result.ok or not self.release.needs_udevd or not self._failed_late(unit)
-                    or not self._udev_timeout(self._journal_since(cursor))):
+            if result.ok:
+                self._wait_until_exec(unit)  # a simple service can still fail after this
+            if not self._udev_timeout(self._journal_since(cursor)):
                 break
             self.udev_retries += 1
             self.systemctl("reset-failed", unit)
         return result
 
-    def _failed_late(self, unit: str, timeout: float = 10) -> bool:
-        """Whether a unit that 'started' then failed before its program ran.
+    def _wait_until_exec(self, unit: str, timeout: float = 10) -> None:
+        """Until the unit's program runs, or the unit failed or finished.
 
         A simple service counts as active as soon as systemd forked it; the
-        sandbox (and the image mount) is set up after that. The child is named
+        sandbox (and the image mount) is set up after that, in a child named
         "(program)" until it execs the program.
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             state = self.unit_state(unit)
             if state.active == "failed":
-                return True
+                return
             if state.active != "activating":
                 pid = self.systemctl("show", "-p", "MainPID", "--value", unit).stdout.strip()
                 if pid in ("", "0"):
-                    return False
+                    return
                 try:
                     comm = (self.root / "proc" / pid / "comm").read_text().strip()
                 except OSError:
                     comm = ""  # it exited already: look again at the state
                 if comm and not comm.startswith("("):
-                    return False
+                    return
             time.sleep(0.05)
-        return False
 
     def _udev_timeout(self, journal: str) -> bool:
         return self.release.needs_udevd and "Failed to wait for device to be initialized" in journal
@@ -257,10 +260,6 @@ class Container:
         return self.systemctl("status", "--lines=0", unit).stdout
 
 
-_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_UNIT_SUFFIXES = (".service", ".socket", ".target", ".timer", ".path")
-
-
 def one_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return " / ".join(lines[-3:]) if lines else "no message"
@@ -271,11 +270,12 @@ def check_host() -> None:
     if os.geteuid() != 0:
         raise ToolError("booting a throwaway systemd needs root",
                         "run it as root (e.g. with sudo)")
-    for tool in ("systemd-nspawn", "unshare", "nsenter"):
-        if shutil.which(tool) is None:
+    for tool, hint in (("systemd-nspawn", INSTALL_HINT), ("debootstrap", INSTALL_HINT),
+                       ("unshare", "install it: apt-get install util-linux"),
+                       ("nsenter", "install it: apt-get install util-linux")):
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
             raise ToolError(f"{tool} not found in PATH (needed to boot a throwaway systemd)",
-                            "install it: apt-get install systemd-container debootstrap")
-    find_tool("debootstrap", reason="to create the Debian root systemd boots from")
+                            hint)
 
 
 # -- cgroups: one per container, in every named hierarchy systemd cares about
@@ -383,6 +383,14 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
         make_loop_devices(container.root / "dev")
         if release.needs_udevd:
             container.run("/lib/systemd/systemd-udevd", "--daemon", check=True)
+            # When udev's message about a new loop device does not arrive within 5 s,
+            # systemd 247 re-triggers it by writing "change" to its uevent file; nspawn's
+            # /sys is read-only, so that fails ("Read-only file system"). Give the
+            # container writable block-device folders (and nothing else of /sys).
+            container.run("sh", "-c", "mkdir -p /run/harness-sysfs && "
+                          "mount -t sysfs sysfs /run/harness-sysfs && "
+                          "mount --bind /run/harness-sysfs/devices/virtual/block "
+                          "/sys/devices/virtual/block && umount /run/harness-sysfs", check=True)
         if release.systemd >= 256:
             # systemd >= 256 puts the host's os-release at /run/host/os-release in a unit's
             # root. Under the "trusted" profile (BindPaths=/run) that /run is the
