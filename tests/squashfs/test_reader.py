@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,72 @@ def test_fuzz_sample(tmp_path: Path) -> None:
             shutil.copy(case, tmp_path / f"crash{n}")
             raise AssertionError(f"case {n}: {type(e).__name__}: {e}") from e
     assert failures > 50  # mutations do get noticed
+
+
+def test_special_files_from_mksquashfs(tmp_path: Path) -> None:
+    """Device nodes, fifos and sockets (pseudo files here) are listed with their kind."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("f")
+    image = mksquashfs(src, tmp_path / "img", "-comp", "gzip",
+                       "-p", "null c 666 0 0 1 3", "-p", "sda b 660 0 6 8 0",
+                       "-p", "pipe i 600 0 0 f", "-p", "sock i 600 0 0 s")
+    with SquashfsImage(image) as im:
+        kinds = {p: (st.kind, st.mode, st.gid) for p, st in im.walk()}
+    assert kinds["/null"] == ("chardev", 0o666, 0)
+    assert kinds["/sda"] == ("blockdev", 0o660, 0)  # -all-root
+    assert kinds["/pipe"][0] == "fifo" and kinds["/sock"][0] == "socket"
+
+
+def test_directory_cycle_is_reported(tmp_path: Path) -> None:
+    """A listing that points back at the root would loop forever: it is an error instead."""
+    src = tmp_path / "src"
+    (src / "a/loopdir").mkdir(parents=True)
+    image = mksquashfs(src, tmp_path / "img", "-comp", "gzip", "-noI", "-noD", "-noF", "-noX")
+    data = bytearray(image.read_bytes())
+    with SquashfsImage(image) as im:
+        root_block, root_offset = im.superblock.root_inode >> 16, im.superblock.root_inode & 0xFFFF
+        at = data.index(b"loopdir", im.superblock.directory_table)
+    # the entry is 8 bytes before its name, its run's header 12 bytes before the entry
+    entry, header = at - 8, at - 8 - 12
+    data[entry: entry + 2] = root_offset.to_bytes(2, "little")
+    data[header + 4: header + 8] = root_block.to_bytes(4, "little")
+    bad = tmp_path / "cycle"
+    bad.write_bytes(bytes(data))
+    with SquashfsImage(bad) as im, pytest.raises(ImageError, match="cycle"):
+        list(im.walk())
+
+
+def test_owners_through_the_id_table(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("f")
+    image = tmp_path / "img"
+    subprocess.run(["mksquashfs", str(src), str(image), "-quiet", "-no-progress", "-force-uid",
+                    "1234", "-force-gid", "5678"], check=True, capture_output=True)
+    with SquashfsImage(image) as im:
+        st = im.stat("/f")
+    assert (st.uid, st.gid) == (1234, 5678)
+    assert unsquashfs_lln(image)["/f"][1] == "1234/5678"
+
+
+def test_hostile_sizes_are_bounded(tmp_path: Path) -> None:
+    """A file claiming 4 GiB in a tiny image fails fast instead of allocating or looping."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x" * 10000)
+    image = mksquashfs(src, tmp_path / "img", "-comp", "gzip", "-b", "4K", "-noI", "-noD",
+                       "-noF", "-noX")
+    data = bytearray(image.read_bytes())
+    with SquashfsImage(image) as im:
+        block, offset = im._lookup("/f").ref >> 16, im._lookup("/f").ref & 0xFFFF
+        assert block == 0
+        size_at = im.superblock.inode_table + 2 + offset + 16 + 12  # header, then file_size
+        assert int.from_bytes(data[size_at: size_at + 4], "little") == 10000
+    data[size_at: size_at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
+    bad = tmp_path / "bad"
+    bad.write_bytes(bytes(data))
+    with SquashfsImage(bad) as im:
+        assert im.stat("/f").size == 0xFFFFFFFF
+        with pytest.raises(ImageError):
+            im.read("/f", 0, 100)

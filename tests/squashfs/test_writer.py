@@ -255,3 +255,46 @@ def test_sparse_file_over_4gib(tmp_path: Path) -> None:
             assert f.read() == b"theend"
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_unreadable_source_is_one_error(tmp_path: Path) -> None:
+    tree = ImageTree()
+    tree.add_file(PurePosixPath("/gone"), source=tmp_path / "gone")
+    (tmp_path / "gone").write_text("x")
+    opts = PackOptions(Compression("gzip"), 131072, MTIME)
+    (tmp_path / "gone").unlink()
+    with pytest.raises(ImageError):
+        NativeWriter().write(tree, tmp_path / "img", opts, QUIET)
+
+
+def test_huge_directories(tmp_path: Path) -> None:
+    """Listings over 64 KiB (extended directory inode, index) and inode numbers too far apart
+    for one directory header (over 32767): unsquashfs, our reader and the kernel agree."""
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "huge").mkdir()
+    for name in ("0", "b"):
+        (src / name).write_bytes(b"")
+    for i in range(33000):
+        (src / f"a/f{i}").touch()
+    for i in range(3000):
+        (src / f"huge/{'n' * 40}{i:05d}").write_bytes(b"%d" % i)
+    image = write_dir(src, tmp_path / "img", "gzip")
+    listed = unsquashfs_lln(image)
+    assert len(listed) == 36005
+    assert int(listed["/huge"][2]) > 0xFFFF
+    with SquashfsImage(image) as im:
+        b_inode = im.stat("/b").inode
+        assert b_inode - im.stat("/0").inode > 32767
+        assert im.read(f"/huge/{'n' * 40}02999") == b"2999"
+        assert len(im.listdir("/a")) == 33000
+    require_root()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop,ro", "-t", "squashfs", str(image), str(mnt)], check=True)
+    try:
+        assert len(os.listdir(mnt / "a")) == 33000
+        assert (mnt / f"huge/{'n' * 40}01234").read_bytes() == b"1234"
+        assert os.stat(mnt / "b").st_ino == b_inode
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -10,6 +10,8 @@ flight, which bounds memory whatever the size of the input.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 from collections import deque
 from collections.abc import Callable
@@ -20,6 +22,9 @@ from typing import BinaryIO
 from portable_service.squashfs import format as fmt
 from portable_service.squashfs.compressor import Compressor
 from portable_service.squashfs.errors import InputError
+
+SEEK_DATA: int | None = getattr(os, "SEEK_DATA", None)
+MAX_PENDING = 1 << 16  # queued entries of any kind, to bound memory on huge sparse files
 
 
 @dataclass
@@ -53,7 +58,8 @@ class BlockProcessor:
         self.block_size = block_size
         self.use_fragments = fragments
         self.workers = workers or os.cpu_count() or 1
-        self.window = max(4, 4 * self.workers)
+        self.window = max(4, 4 * self.workers)  # compressions in flight
+        self.in_flight = 0
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="squashfs") \
             if self.workers > 1 else None
         self.pending: deque[tuple[Future | tuple[bytes, int], Callable[[int, int], None]]] = \
@@ -68,8 +74,13 @@ class BlockProcessor:
 
     def add_file(self, f: BinaryIO, size: int, name: str,
                  progress: Callable[[int], None] | None = None) -> FileData:
-        """Read exactly ``size`` bytes of ``f`` into the image."""
+        """Read exactly ``size`` bytes of ``f`` into the image.
+
+        A host file is read with pread, and its holes (SEEK_DATA) are not
+        read at all: a sparse file of many GiB costs what its data costs.
+        """
         fd = FileData(size)
+        src = _Source(f, name)
         bs = self.block_size
         n_full, tail = divmod(size, bs)
         if not self.use_fragments and tail:
@@ -77,29 +88,31 @@ class BlockProcessor:
         first = True
         for i in range(n_full):
             want = min(bs, size - i * bs)
-            block = _read_exactly(f, want, name)
+            block = src.read(i * bs, want)
             if progress:
-                progress(len(block))
-            self._submit_block(fd, i, block, first)
+                progress(want)
+            self._submit_block(fd, i, block, want, first)
             first = False
         if first:
             fd.blocks_start = self.pos  # no blocks; kept for the inode only
             self._on_commit(lambda pos, fd=fd: setattr(fd, "blocks_start", pos))
         if tail:
-            block = _read_exactly(f, tail, name)
+            block = src.read(n_full * bs, tail, hole_ok=False)
+            assert block is not None
             if progress:
                 progress(len(block))
             self._add_tail(fd, block)
-        if f.read(1):
+        if src.more(size):
             raise InputError(f"{name} grew while the image was written",
                              "build again when it is no longer being written to")
         self.bytes_in += size
         return fd
 
-    def _submit_block(self, fd: FileData, i: int, block: bytes, first: bool) -> None:
+    def _submit_block(self, fd: FileData, i: int, block: bytes | None, length: int,
+                      first: bool) -> None:
         fd.blocks.append(0)
-        if block == self._zero[: len(block)]:
-            fd.sparse += len(block)
+        if block is None or block == self._zero[:length]:
+            fd.sparse += length
 
             def sparse(pos: int, _word: int, fd: FileData = fd, first: bool = first) -> None:
                 if first:
@@ -113,6 +126,7 @@ class BlockProcessor:
                 fd.blocks_start = pos
             fd.blocks[i] = word
 
+        assert block is not None
         self._push(self._compress(block), done)
 
     def _add_tail(self, fd: FileData, tail: bytes) -> None:
@@ -146,14 +160,25 @@ class BlockProcessor:
         self._push((b"", 0), lambda pos, _w: fn(pos))
 
     def _push(self, job: Future | tuple[bytes, int], done: Callable[[int, int], None]) -> None:
+        # Only compressions count against the window: markers for small files and holes
+        # are cheap, and letting them fill it would leave the compression threads idle.
         self.pending.append((job, done))
-        while len(self.pending) > self.window or (
-                self.pending and not isinstance(self.pending[0][0], Future)):
+        if isinstance(job, Future):
+            self.in_flight += 1
+        while self.pending:
+            head = self.pending[0][0]
+            ready = not isinstance(head, Future) or head.done()
+            if not (ready or self.in_flight > self.window or len(self.pending) > MAX_PENDING):
+                break
             self._commit_one()
 
     def _commit_one(self) -> None:
         job, done = self.pending.popleft()
-        data, word = job.result() if isinstance(job, Future) else job
+        if isinstance(job, Future):
+            self.in_flight -= 1
+            data, word = job.result()
+        else:
+            data, word = job
         pos = self.pos
         if data:
             self.out.write(data)
@@ -172,6 +197,49 @@ class BlockProcessor:
     def abort(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Source:
+    """Reads a file's byte ranges: pread and hole detection for host files, else read()."""
+
+    def __init__(self, f: BinaryIO, name: str) -> None:
+        self.f, self.name = f, name
+        self.pos = 0
+        try:
+            self.fd: int | None = f.fileno()
+            os.fstat(self.fd)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            self.fd = None
+        self.next_data = 0  # no data before this offset (a hole), when fd is set
+
+    def read(self, at: int, n: int, hole_ok: bool = True) -> bytes | None:
+        """``n`` bytes at ``at``; None when they all lie in a hole (they are zeros)."""
+        if self.fd is None:
+            return _read_exactly(self.f, n, self.name)
+        hole_ok = hole_ok and SEEK_DATA is not None
+        if hole_ok and at >= self.next_data:
+            assert SEEK_DATA is not None
+            try:
+                self.next_data = os.lseek(self.fd, at, SEEK_DATA)
+            except OSError as e:
+                # ENXIO: no data after ``at``; anything else: treat it all as data
+                self.next_data = 1 << 63 if e.errno == errno.ENXIO else 0
+                hole_ok = e.errno == errno.ENXIO
+        if hole_ok and self.next_data >= at + n:
+            return None
+        data = os.pread(self.fd, n, at)
+        while len(data) < n:
+            more = os.pread(self.fd, n - len(data), at + len(data))
+            if not more:
+                raise InputError(f"{self.name} shrank while the image was written",
+                                 "build again when it is no longer being written to")
+            data += more
+        return data
+
+    def more(self, size: int) -> bool:
+        if self.fd is None:
+            return bool(self.f.read(1))
+        return bool(os.pread(self.fd, 1, size))
 
 
 def _read_exactly(f: BinaryIO, n: int, name: str) -> bytes:

@@ -8,7 +8,7 @@ reader checks references between records.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from portable_service.squashfs.errors import CorruptImageError, UnsupportedError
 
@@ -189,7 +189,7 @@ def split_ref(ref: int) -> tuple[int, int]:
     return ref >> 16, ref & 0xFFFF
 
 
-@dataclass
+@dataclass(slots=True)
 class DirEntry:
     """One name in a directory listing, as the writer builds and the reader returns it."""
 
@@ -198,4 +198,3 @@ class DirEntry:
     inode_offset: int
     inode_number: int
     type: int  # basic inode type
-    extra: dict = field(default_factory=dict, compare=False)

@@ -9,10 +9,13 @@ Any problem becomes one :class:`~portable_service.errors.ImageError`.
 
 from __future__ import annotations
 
+import array
+import bisect
 import contextlib
 import io
 import os
 import stat as stat_mod
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,14 +34,16 @@ from portable_service.squashfs.metadata import MetadataReader
 
 __all__ = ["SquashfsImage", "Stat", "Superblock"]
 
-MAX_LISTING = 64 << 20  # bytes of one directory listing
-MAX_BLOCK_LIST = 16 << 20  # data blocks of one file (16 TiB at 1 MiB blocks)
+MAX_LISTING = 8 << 20  # bytes of one directory listing (about 200,000 names)
+MAX_CACHED_ENTRIES = 1 << 20  # directory entries kept decoded, over all listings
+MAX_BLOCK_LIST = 4 << 20  # data blocks of one file (4 TiB at 1 MiB blocks, 16 GiB at 4 KiB)
 MAX_SYMLINK = 64 << 10
 MAX_XATTR_VALUE = 16 << 20
 MAX_XATTR_COUNT = 65536
 MAX_READ = 1 << 30  # read() returns bytes; larger files are for open()
 MAX_LINKS = 40  # symlinks followed in one path lookup
 MAX_DEPTH = 4096
+DATA_CACHE_BYTES = 16 << 20  # decoded data blocks kept per image
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class Inode:
     # symlinks and devices
     target: bytes = b""
     device: int = 0
-    _blocks: list[int] | None = field(default=None, repr=False)
+    _blocks: array.array | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -178,7 +183,9 @@ class SquashfsImage:
         self._ids = self._read_ids()
         self._fragments: dict[int, tuple[int, int]] = {}
         self._listings: OrderedDict[int, list[fmt.DirEntry]] = OrderedDict()
+        self._cached_entries = 0
         self._frag_cache: OrderedDict[int, bytes] = OrderedDict()
+        self._data_cache: OrderedDict[int, bytes] = OrderedDict()
         self._xattr_start = 0
         self._xattr_count = 0
         if sb.xattr_table != fmt.NO_TABLE:
@@ -297,8 +304,11 @@ class SquashfsImage:
                                          ino.dir_offset, size)
         entries = parse_listing(data)
         self._listings[ino.ref] = entries
-        if len(self._listings) > 64:
-            self._listings.popitem(last=False)
+        self._cached_entries += len(entries)
+        while len(self._listings) > 1 and (len(self._listings) > 64
+                                           or self._cached_entries > MAX_CACHED_ENTRIES):
+            _, dropped = self._listings.popitem(last=False)
+            self._cached_entries -= len(dropped)
         return entries
 
     def _entries(self, ino: Inode) -> list[fmt.DirEntry]:
@@ -323,7 +333,9 @@ class SquashfsImage:
             if cur.kind != "dir":
                 raise NotFoundError(f"{path}: a component is not a directory")
             name = os.fsencode(part)
-            entry = next((e for e in self._listing(cur) if e.name == name), None)
+            listing = self._listing(cur)  # sorted by name: checked when parsed
+            at = bisect.bisect_left(listing, name, key=lambda e: e.name)
+            entry = listing[at] if at < len(listing) and listing[at].name == name else None
             if entry is None:
                 raise NotFoundError(f"{path} is not in the image")
             child = self._inode(fmt.inode_ref(entry.inode_block, entry.inode_offset))
@@ -407,7 +419,7 @@ class SquashfsImage:
 
     # -- file data
 
-    def _block_list(self, ino: Inode) -> list[int]:
+    def _block_list(self, ino: Inode) -> array.array:
         if ino._blocks is not None:
             return ino._blocks
         bs = self.superblock.block_size
@@ -417,14 +429,16 @@ class SquashfsImage:
             raise OutOfBoundsError(f"inode {ino.number}: {n} data blocks")
         pos, offset = ino.blocks_at
         raw, _, _ = self._inodes.read(pos, offset, 4 * n)
-        blocks = list(fmt.struct.unpack(f"<{n}I", raw))
+        blocks = array.array("I", raw)  # 4 bytes an entry, not a Python int each
+        if sys.byteorder != "little":
+            blocks.byteswap()
         end = ino.blocks_start + sum(b & (fmt.BLOCK_UNCOMPRESSED - 1) for b in blocks)
         if ino.blocks_start > self._limit or end > self._limit:
             raise OutOfBoundsError(f"inode {ino.number}: data beyond the image")
         ino._blocks = blocks
         return blocks
 
-    def _block(self, ino: Inode, i: int, starts: list[int]) -> bytes:
+    def _block(self, ino: Inode, i: int, starts: array.array) -> bytes:
         """Data block ``i`` of a file, decoded to its full length."""
         bs = self.superblock.block_size
         blocks = self._block_list(ino)
@@ -437,15 +451,24 @@ class SquashfsImage:
             return bytes(want)  # sparse
         if size > bs:
             raise OutOfBoundsError(f"inode {ino.number}: a block of {size} bytes")
+        cached = self._data_cache.get(starts[i])
+        if cached is not None and len(cached) == want:
+            self._data_cache.move_to_end(starts[i])
+            return cached
         raw = self._read_at(starts[i], size)
         data = raw if word & fmt.BLOCK_UNCOMPRESSED else self.compressor.decompress(raw, bs)
         if len(data) != want:
             raise CorruptImageError(f"inode {ino.number}: block {i} has {len(data)} bytes, "
                                     f"not {want}")
+        # readers such as ELF parsers jump back and forth: keep a few decoded blocks
+        self._data_cache[starts[i]] = data
+        while len(self._data_cache) > max(2, DATA_CACHE_BYTES // bs):
+            self._data_cache.popitem(last=False)
         return data
 
-    def _starts(self, ino: Inode) -> list[int]:
-        starts, pos = [], ino.blocks_start
+    def _starts(self, ino: Inode) -> array.array:
+        """Where each data block of a file starts in the image."""
+        starts, pos = array.array("Q"), ino.blocks_start
         for b in self._block_list(ino):
             starts.append(pos)
             pos += b & (fmt.BLOCK_UNCOMPRESSED - 1)

@@ -20,7 +20,7 @@ from typing import BinaryIO
 from portable_service.squashfs import format as fmt
 from portable_service.squashfs.compressor import Compressor
 from portable_service.squashfs.data import BlockProcessor, FileData
-from portable_service.squashfs.directory import write_listing
+from portable_service.squashfs.directory import Listing, write_listing
 from portable_service.squashfs.errors import InputError
 from portable_service.squashfs.metadata import MetadataWriter, pack_block
 from portable_service.squashfs.tables import IdTable, XattrTable, pack_table
@@ -65,11 +65,18 @@ def write_image(nodes: Iterable[Node], out: BinaryIO, options: WriterOptions,
     record = comp.options_record()
     head = pack_block(record, comp, compress=False) if record else b""
     out.write(bytes(fmt.SUPERBLOCK_SIZE) + head)
+    data, fragments = _write_data(tree, out, options, progress)
+    meta = _Metadata(tree, data, comp)
+    return _write_tables(out, options, meta, fragments, record is not None)
 
-    # 1. data: files in path order, duplicates and hard links stored once
+
+def _write_data(tree: _Tree, out: BinaryIO, options: WriterOptions,
+                progress: Callable[[int], None] | None
+                ) -> tuple[dict[object, FileData], list[tuple[int, int]]]:
+    """File bytes in path order, duplicates and hard links stored once."""
     dups = _duplicates(tree) if options.dedupe else {}
     data: dict[object, FileData] = {}
-    bp = BlockProcessor(out, fmt.SUPERBLOCK_SIZE + len(head), comp, options.block_size,
+    bp = BlockProcessor(out, out.tell(), options.compressor, options.block_size,
                         options.workers, options.fragments)
     try:
         for node in tree.preorder():
@@ -82,97 +89,113 @@ def write_image(nodes: Iterable[Node], out: BinaryIO, options: WriterOptions,
                 if progress:
                     progress(node.size)
                 continue
-            assert node.opener is not None
-            with node.opener() as f:
-                data[key] = bp.add_file(f, node.size, tree.name(node), progress)
+            data[key] = _add_file(bp, node, tree.name(node), progress)
         end = bp.finish()
+        assert end == out.tell()
     except BaseException:
         bp.abort()
         raise
+    return data, bp.fragment_table
 
-    # 2. inodes and directories, children before their directory
-    inodes, dirs = MetadataWriter(comp), MetadataWriter(comp)
-    ids, xattrs = IdTable(), XattrTable(comp)
-    numbers = tree.numbers()
-    refs: dict[object, tuple[int, int]] = {}
-    count = len(numbers)
-    for node in tree.postorder():
+
+class _Metadata:
+    """Inodes and directory listings, children before their directory (refs are then known)."""
+
+    def __init__(self, tree: _Tree, data: dict[object, FileData], comp: Compressor) -> None:
+        self.inodes, self.dirs = MetadataWriter(comp), MetadataWriter(comp)
+        self.ids, self.xattrs = IdTable(), XattrTable(comp)
+        self.numbers = tree.numbers()
+        self.refs: dict[object, tuple[int, int]] = {}
+        for node in tree.postorder():
+            key = tree.key(node)
+            if key not in self.refs:
+                self.refs[key] = self.inodes.write(self._inode(tree, node, data))
+        self.root = fmt.inode_ref(*self.refs[tree.key(tree.nodes[()])])
+
+    def _inode(self, tree: _Tree, node: Node, data: dict[object, FileData]) -> bytes:
         key = tree.key(node)
-        if key in refs:
-            continue
-        header = fmt.InodeHeader(0, node.mode & 0o7777, ids.index(node.uid), ids.index(node.gid),
-                                 node.mtime, numbers[key])
-        xattr = xattrs.index(node.xattrs)
-        if node.kind == "dir":
-            children = tree.children(node.path)
-            entries = []
-            for child in children:
-                block, offset = refs[tree.key(child)]
-                entries.append(fmt.DirEntry(child.path[-1], block, offset,
-                                            numbers[tree.key(child)], _basic(child.kind)))
-            listing = write_listing(dirs, entries)
-            nlink = 2 + sum(1 for c in children if c.kind == "dir")
-            parent = numbers[tree.key(tree.nodes[node.path[:-1]])] if node.path else count + 1
-            if listing.index_count or xattr != fmt.NO_XATTR or listing.size > 0xFFFF:
-                body = fmt.LDIR_BODY.pack(nlink, listing.size, listing.start_block, parent,
-                                          listing.index_count, listing.offset, xattr)
-                raw = _with_type(header, fmt.LDIR) + body + listing.index
-            else:
-                body = fmt.DIR_BODY.pack(listing.start_block, nlink, listing.size,
-                                         listing.offset, parent)
-                raw = _with_type(header, fmt.DIR) + body
-        elif node.kind == "file":
-            fd = data[key]
-            blocks = b"".join(fmt.U32.pack(w) for w in fd.blocks)
-            nlink = tree.link_counts.get(key, 1)
-            if (fd.blocks_start > 0xFFFFFFFF or fd.size > 0xFFFFFFFF or nlink > 1
-                    or xattr != fmt.NO_XATTR or fd.sparse):
-                body = fmt.LFILE_BODY.pack(fd.blocks_start, fd.size, fd.sparse, nlink,
-                                           fd.fragment, fd.frag_offset, xattr)
-                raw = _with_type(header, fmt.LFILE) + body + blocks
-            else:
-                body = fmt.FILE_BODY.pack(fd.blocks_start, fd.fragment, fd.frag_offset, fd.size)
-                raw = _with_type(header, fmt.FILE) + body + blocks
-        else:
-            nlink = tree.link_counts.get(key, 1)
-            if xattr != fmt.NO_XATTR:
-                raw = (_with_type(header, fmt.LSYMLINK) + fmt.SYMLINK_BODY.pack(
-                    nlink, len(node.target)) + node.target + fmt.U32.pack(xattr))
-            else:
-                raw = (_with_type(header, fmt.SYMLINK) + fmt.SYMLINK_BODY.pack(
-                    nlink, len(node.target)) + node.target)
-        refs[key] = inodes.write(raw)
-    root_ref = fmt.inode_ref(*refs[tree.key(tree.nodes[()])])
+        header = fmt.InodeHeader(0, node.mode & 0o7777, self.ids.index(node.uid),
+                                 self.ids.index(node.gid), node.mtime, self.numbers[key])
+        xattr = self.xattrs.index(node.xattrs)
+        nlink = tree.link_counts.get(key, 1)
+        if node.kind == "file":
+            return _file_inode(header, data[key], nlink, xattr)
+        if node.kind == "symlink":
+            return _symlink_inode(header, node.target, nlink, xattr)
+        children = tree.children(node.path)
+        entries = []
+        for child in children:
+            block, offset = self.refs[tree.key(child)]
+            entries.append(fmt.DirEntry(child.path[-1], block, offset,
+                                        self.numbers[tree.key(child)], _basic(child.kind)))
+        listing = write_listing(self.dirs, entries)
+        nlink = 2 + sum(1 for c in children if c.kind == "dir")
+        # the root's parent is one past the last inode, as mksquashfs has it
+        parent = (self.numbers[tree.key(tree.nodes[node.path[:-1]])] if node.path
+                  else len(self.numbers) + 1)
+        return _dir_inode(header, listing, nlink, parent, xattr)
 
-    # 3. tables, back to back
-    inode_table = end
-    out.write(inodes.finish())
+
+def _dir_inode(header: fmt.InodeHeader, listing: Listing, nlink: int, parent: int,
+               xattr: int) -> bytes:
+    if listing.index_count or xattr != fmt.NO_XATTR or listing.size > 0xFFFF:
+        body = fmt.LDIR_BODY.pack(nlink, listing.size, listing.start_block, parent,
+                                  listing.index_count, listing.offset, xattr)
+        return _with_type(header, fmt.LDIR) + body + listing.index
+    body = fmt.DIR_BODY.pack(listing.start_block, nlink, listing.size, listing.offset, parent)
+    return _with_type(header, fmt.DIR) + body
+
+
+def _file_inode(header: fmt.InodeHeader, fd: FileData, nlink: int, xattr: int) -> bytes:
+    blocks = b"".join(fmt.U32.pack(w) for w in fd.blocks)
+    if (fd.blocks_start > 0xFFFFFFFF or fd.size > 0xFFFFFFFF or nlink > 1
+            or xattr != fmt.NO_XATTR or fd.sparse):
+        body = fmt.LFILE_BODY.pack(fd.blocks_start, fd.size, fd.sparse, nlink, fd.fragment,
+                                   fd.frag_offset, xattr)
+        return _with_type(header, fmt.LFILE) + body + blocks
+    body = fmt.FILE_BODY.pack(fd.blocks_start, fd.fragment, fd.frag_offset, fd.size)
+    return _with_type(header, fmt.FILE) + body + blocks
+
+
+def _symlink_inode(header: fmt.InodeHeader, target: bytes, nlink: int, xattr: int) -> bytes:
+    body = fmt.SYMLINK_BODY.pack(nlink, len(target)) + target
+    if xattr != fmt.NO_XATTR:
+        return _with_type(header, fmt.LSYMLINK) + body + fmt.U32.pack(xattr)
+    return _with_type(header, fmt.SYMLINK) + body
+
+
+def _write_tables(out: BinaryIO, options: WriterOptions, meta: _Metadata,
+                  fragments: list[tuple[int, int]], has_options: bool) -> fmt.Superblock:
+    """The metadata tables back to back after the data, then the superblock at the start."""
+    comp = options.compressor
+    inode_table = out.tell()
+    out.write(meta.inodes.finish())
     directory_table = out.tell()
-    out.write(dirs.finish())
-    frag_entries = b"".join(fmt.FRAGMENT_ENTRY.pack(s, w, 0) for s, w in bp.fragment_table)
+    out.write(meta.dirs.finish())
+    frag_entries = b"".join(fmt.FRAGMENT_ENTRY.pack(s, w, 0) for s, w in fragments)
     blob, fragment_table = pack_table(frag_entries, out.tell(), comp)
     out.write(blob)
-    by_number = sorted((numbers[k], ref) for k, ref in refs.items())
+    by_number = sorted((meta.numbers[k], ref) for k, ref in meta.refs.items())
     export = b"".join(fmt.U64.pack(fmt.inode_ref(*ref)) for _, ref in by_number)
     blob, export_table = pack_table(export, out.tell(), comp)
     out.write(blob)
-    blob, id_table = pack_table(ids.pack(), out.tell(), comp)
+    blob, id_table = pack_table(meta.ids.pack(), out.tell(), comp)
     out.write(blob)
     xattr_table = fmt.NO_TABLE
-    if xattrs.count:
-        blob, xattr_table = xattrs.pack(out.tell(), comp)
+    if meta.xattrs.count:
+        blob, xattr_table = meta.xattrs.pack(out.tell(), comp)
         out.write(blob)
     bytes_used = out.tell()
     out.write(bytes(-bytes_used % fmt.DEVBLK_SIZE))
 
     flags = fmt.F_EXPORTABLE | (fmt.F_DUPLICATES if options.dedupe else 0)
-    flags |= fmt.F_COMPRESSOR_OPTIONS if record else 0
+    flags |= fmt.F_COMPRESSOR_OPTIONS if has_options else 0
     flags |= 0 if options.fragments else fmt.F_NO_FRAGMENTS
     sb = fmt.Superblock(
-        inode_count=count, mkfs_time=options.mkfs_time, block_size=options.block_size,
-        fragment_count=len(bp.fragment_table), compression_id=comp.id,
-        block_log=options.block_size.bit_length() - 1, flags=flags, id_count=len(ids.ids),
-        version_major=4, version_minor=0, root_inode=root_ref, bytes_used=bytes_used,
+        inode_count=len(meta.numbers), mkfs_time=options.mkfs_time,
+        block_size=options.block_size, fragment_count=len(fragments), compression_id=comp.id,
+        block_log=options.block_size.bit_length() - 1, flags=flags, id_count=len(meta.ids.ids),
+        version_major=4, version_minor=0, root_inode=meta.root, bytes_used=bytes_used,
         id_table=id_table, xattr_table=xattr_table, inode_table=inode_table,
         directory_table=directory_table, fragment_table=fragment_table,
         export_table=export_table,
@@ -181,6 +204,17 @@ def write_image(nodes: Iterable[Node], out: BinaryIO, options: WriterOptions,
     out.write(sb.pack())
     out.seek(0, os.SEEK_END)
     return sb
+
+
+def _add_file(bp: BlockProcessor, node: Node, name: str,
+              progress: Callable[[int], None] | None) -> FileData:
+    assert node.opener is not None
+    try:
+        with node.opener() as f:
+            return bp.add_file(f, node.size, name, progress)
+    except OSError as e:
+        raise InputError(f"cannot read {getattr(e, 'filename', None) or name}: "
+                         f"{e.strerror or e}", "check that it exists and is readable") from None
 
 
 def _with_type(header: fmt.InodeHeader, inode_type: int) -> bytes:
@@ -290,9 +324,13 @@ def _duplicates(tree: _Tree) -> dict[object, object]:
         for node in nodes:
             assert node.opener is not None
             h = hashlib.sha256()
-            with node.opener() as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
+            try:
+                with node.opener() as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+            except OSError as e:
+                raise InputError(f"cannot read {tree.name(node)}: {e.strerror or e}",
+                                 "check that it exists and is readable") from None
             digest = h.digest()
             if digest in first:
                 out[tree.key(node)] = first[digest]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from portable_service.progress import Reporter
 from portable_service.squashfs.compressor import from_options
+from portable_service.squashfs.errors import InputError
 from portable_service.squashfs.writer import Node, WriterOptions, write_image
 from portable_service.tree import Entry, ImageTree, Kind
 from portable_service.writers.options import PackOptions
@@ -28,7 +29,12 @@ def node_of(entry: Entry, mtime: int) -> Node:
     if entry.kind is Kind.SYMLINK:
         return Node(parts, "symlink", 0o777, mtime=mtime, target=os.fsencode(entry.target or ""),
                     xattrs=entry.xattrs)
-    return Node(parts, "file", entry.mode, mtime=mtime, size=entry.size, opener=entry.open,
+    try:
+        size = entry.size
+    except OSError as e:
+        raise InputError(f"cannot read {entry.source} for {entry.path}: {e.strerror}",
+                         "check that it exists and is readable") from None
+    return Node(parts, "file", entry.mode, mtime=mtime, size=size, opener=entry.open,
                 xattrs=entry.xattrs)
 
 
@@ -44,5 +50,5 @@ class NativeWriter:
         opts = WriterOptions(compressor, options.block_size, options.mtime, self.workers)
         nodes = tree_nodes(tree, options.mtime)
         with open(out, "wb", buffering=1 << 20) as f, \
-                reporter.bytes_bar("packing", tree.total_size()):
+                reporter.bytes_bar("packing", sum(n.size for n in nodes)):
             write_image(nodes, f, opts, reporter.advance)
