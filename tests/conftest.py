@@ -52,12 +52,15 @@ def cli(tmp_path: Path):
 
 
 def unsquashfs_list(image: Path) -> dict[str, tuple[str, str, str]]:
-    """unsquashfs -lln as {path: (mode string, owner, size-or-target)}; path '/' is the root."""
+    """unsquashfs -lln as {path: (mode string, owner, size-or-target)}; path '/' is the root.
+
+    Names that are not UTF-8 are kept (surrogate escapes), as os.fsdecode gives them.
+    """
     require_tool("unsquashfs")
-    out = subprocess.run(["unsquashfs", "-lln", str(image)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(["unsquashfs", "-lln", str(image)], capture_output=True,
+                         check=True).stdout.decode("utf-8", "surrogateescape")
     entries = {}
-    for line in out.splitlines():
+    for line in out.split("\n"):
         parts = line.split(None, 5)
         if len(parts) < 6 or not parts[5].startswith("squashfs-root"):
             continue

@@ -12,7 +12,7 @@ from pathlib import Path
 from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 
-from tests.conftest import require, require_tool
+from conftest import require, require_tool
 
 PROGRAM = "/usr/bin/sleep"  # what the sample unit runs: a real dynamically linked program
 UNIT = "[Unit]\nDescription=demo\n\n[Service]\nExecStart=/usr/bin/sleep infinity\n" \

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from imagetrees import PROGRAM, UNIT, host_closure
 
-from tests.conftest import require_tool
+from conftest import require_tool
 
 
 def _project(tmp_path: Path, extra: str = "", more_contents: str = "") -> Path:

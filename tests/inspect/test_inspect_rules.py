@@ -8,13 +8,13 @@ from pathlib import Path, PurePosixPath
 import pytest
 from imagetrees import PROGRAM, UNIT, host_closure
 
+from conftest import require_tool
 from portable_service.imagefs import IndexedFS, SquashfsFS, TreeFS, resolve
 from portable_service.progress import QUIET
 from portable_service.tree import ImageTree
 from portable_service.verify import image_prefix, prefix_matches, verify
 from portable_service.writers.mksquashfs import MksquashfsWriter
 from portable_service.writers.options import PackOptions, parse_block_size, parse_compression
-from tests.conftest import require_tool
 
 P = PurePosixPath
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from imagetrees import make_tree, mksquashfs
 
-from tests.conftest import require_tool
+from conftest import require_tool
 
 
 def _disk(root: Path) -> dict[str, os.stat_result]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from imagetrees import PROGRAM, UNIT, host_closure, image_maker
 
-from tests.conftest import require, require_tool
+from conftest import require, require_tool
 
 
 def _rm(rel: str) -> Callable[[Path], None]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_tool, unsquashfs_list
 from portable_service.squashfs.reader import SquashfsImage
-from tests.conftest import require_tool
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_bind_service+ep
 
@@ -98,21 +98,8 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_sample(tmp_path_factory.mktemp("sample") / "root")
 
 
-def unsquashfs_lln(image: Path) -> dict[str, tuple[str, str, str]]:
-    """unsquashfs -lln as {path: (mode string, owner, size-or-target)}, non-UTF-8 names kept."""
-    require_tool("unsquashfs")
-    out = subprocess.run(["unsquashfs", "-lln", str(image)], capture_output=True,
-                         check=True).stdout.decode("utf-8", "surrogateescape")
-    entries = {}
-    for line in out.split("\n"):
-        parts = line.split(None, 5)
-        if len(parts) < 6 or not parts[5].startswith("squashfs-root"):
-            continue
-        mode, owner, size, _date, _time, rest = parts
-        path, _, target = rest.partition(" -> ")
-        path = path[len("squashfs-root"):] or "/"
-        entries[path] = (mode, owner, target or size)
-    return entries
+# the listing every test of the project reads images with
+unsquashfs_lln = unsquashfs_list
 
 
 def write_dir(src: Path, out: Path, compression: str = "xz", block_size: int = 128 << 10,

@@ -138,7 +138,7 @@ def test_generated_trees(tree: dict, many: bool, deep: bool, hardlink: bool, xat
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 @given(tree=st.dictionaries(names, trees, min_size=1, max_size=6))
 def test_kernel_agrees(tree: dict) -> None:
-    from tests.conftest import require_root
+    from conftest import require_root
 
     require_root()
     with tempfile.TemporaryDirectory() as tmp:

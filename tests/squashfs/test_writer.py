@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from conftest import require_root
 from portable_service.errors import ImageError, SpecError
 from portable_service.progress import QUIET
 from portable_service.squashfs import format as fmt
@@ -21,7 +22,6 @@ from portable_service.squashfs.writer import Node, WriterOptions, nodes_from_dir
 from portable_service.tree import ImageTree
 from portable_service.writers.native import NativeWriter
 from portable_service.writers.options import Compression, PackOptions
-from tests.conftest import require_root
 from tests.squashfs.conftest import (
     CAP,
     describe_dir,
