@@ -149,87 +149,83 @@ def image_path(value: Any, key: str) -> PurePosixPath:
     return p
 
 
-def _units(value: Any, base: Path, key: str) -> tuple[UnitSource, ...]:
-    if isinstance(value, str | Path | Mapping | UnitSource):
-        value = [value]
+def _list_of(value: Any, key: str, single: tuple[type, ...], what: str) -> list[Any]:
+    """A list setting; one bare item stands for a list of one."""
+    if isinstance(value, single):
+        return [value]
     if not isinstance(value, list | tuple):
-        raise SpecError(f"{key} must be a list of unit files or {{ name, text }} tables")
-    out = []
-    for item in value:
-        if isinstance(item, UnitSource):
-            out.append(item)
-        elif isinstance(item, str | Path):
-            path = _host_path(item, base, key)
-            out.append(UnitSource(name=path.name, path=path))
-        elif isinstance(item, Mapping):
-            _check_keys(item, {"name", "text"}, f"{key} entry")
-            name, text = item.get("name"), item.get("text")
-            if not isinstance(name, str) or not isinstance(text, str):
-                raise SpecError(f"an inline unit needs 'name' and 'text' strings, got {dict(item)!r}")
-            out.append(UnitSource(name=name, text=text))
-        else:
-            raise SpecError(f"{key} entry {item!r} is neither a path nor a {{ name, text }} table")
-    return tuple(out)
+        raise SpecError(f"{key} must be a list of {what}")
+    return list(value)
+
+
+def _units(value: Any, base: Path, key: str) -> tuple[UnitSource, ...]:
+    items = _list_of(value, key, (str, Path, Mapping, UnitSource),
+                     "unit files or { name, text } tables")
+    return tuple(_unit(item, base, key) for item in items)
+
+
+def _unit(item: Any, base: Path, key: str) -> UnitSource:
+    if isinstance(item, UnitSource):
+        return item
+    if isinstance(item, str | Path):
+        path = _host_path(item, base, key)
+        return UnitSource(name=path.name, path=path)
+    if isinstance(item, Mapping):
+        _check_keys(item, {"name", "text"}, f"{key} entry")
+        name, text = item.get("name"), item.get("text")
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise SpecError(f"an inline unit needs 'name' and 'text' strings, got {dict(item)!r}")
+        return UnitSource(name=name, text=text)
+    raise SpecError(f"{key} entry {item!r} is neither a path nor a {{ name, text }} table")
 
 
 def _symlinks(value: Any, base: Path, key: str) -> tuple[Symlink, ...]:
-    if isinstance(value, Mapping | Symlink):
-        value = [value]
-    if not isinstance(value, list | tuple):
-        raise SpecError(f"{key} must be a list of {{ object, symlink }} tables")
-    out = []
-    for item in value:
-        if isinstance(item, Symlink):
-            out.append(item)
-            continue
-        if isinstance(item, str) and "=" in item:  # LINK=OBJECT, as the flag takes it
-            link, obj = item.split("=", 1)
-            item = {"symlink": link, "object": obj}
-        if not isinstance(item, Mapping):
-            raise SpecError(f"{key} entry {item!r} must be {{ object = ..., symlink = ... }}")
-        _check_keys(item, {"object", "symlink"}, f"{key} entry")
-        if "object" not in item or "symlink" not in item:
-            raise SpecError(f"{key} entry {dict(item)!r} needs both 'object' and 'symlink'")
-        out.append(
-            Symlink(
-                symlink=image_path(item["symlink"], "symlink"),
-                object=_host_path(item["object"], base, "symlink object"),
-            )
-        )
-    return tuple(out)
+    items = _list_of(value, key, (Mapping, Symlink), "{ object, symlink } tables")
+    return tuple(_symlink(item, base, key) for item in items)
+
+
+def _symlink(item: Any, base: Path, key: str) -> Symlink:
+    if isinstance(item, Symlink):
+        return item
+    if isinstance(item, str) and "=" in item:  # LINK=OBJECT, as the flag takes it
+        link, obj = item.split("=", 1)
+        item = {"symlink": link, "object": obj}
+    if not isinstance(item, Mapping):
+        raise SpecError(f"{key} entry {item!r} must be {{ object = ..., symlink = ... }}")
+    _check_keys(item, {"object", "symlink"}, f"{key} entry")
+    if "object" not in item or "symlink" not in item:
+        raise SpecError(f"{key} entry {dict(item)!r} needs both 'object' and 'symlink'")
+    return Symlink(symlink=image_path(item["symlink"], "symlink"),
+                   object=_host_path(item["object"], base, "symlink object"))
 
 
 def _contents(value: Any, base: Path, key: str) -> tuple[Content, ...]:
-    if isinstance(value, str | Path | Mapping | Content):
-        value = [value]
-    if not isinstance(value, list | tuple):
-        raise SpecError(f"{key} must be a list of paths or {{ source, target }} tables")
-    out = []
-    for item in value:
-        if isinstance(item, Content):
-            out.append(item)
-            continue
-        if isinstance(item, str) and "=" in item:  # SOURCE=TARGET, as the flag takes it
-            src, target = item.split("=", 1)
-            item = {"source": src, "target": target}
-        if isinstance(item, str | Path):
-            text = str(item)
-            if not text.startswith("/"):
-                raise SpecError(
-                    f"content {text!r} is not an absolute host path",
-                    f"use {{ source = {text!r}, target = '/...' }} to place a relative path",
-                )
-            out.append(Content(source=Path(text), target=image_path(text, "content")))
-        elif isinstance(item, Mapping):
-            _check_keys(item, {"source", "target"}, f"{key} entry")
-            if "source" not in item:
-                raise SpecError(f"{key} entry {dict(item)!r} needs 'source'")
-            src = _host_path(item["source"], base, "content source")
-            target = item.get("target", str(src))
-            out.append(Content(source=src, target=image_path(target, "content target")))
-        else:
-            raise SpecError(f"{key} entry {item!r} is neither a path nor a {{ source, target }} table")
-    return tuple(out)
+    items = _list_of(value, key, (str, Path, Mapping, Content), "paths or { source, target } tables")
+    return tuple(_content(item, base, key) for item in items)
+
+
+def _content(item: Any, base: Path, key: str) -> Content:
+    if isinstance(item, Content):
+        return item
+    if isinstance(item, str) and "=" in item:  # SOURCE=TARGET, as the flag takes it
+        src, target = item.split("=", 1)
+        item = {"source": src, "target": target}
+    if isinstance(item, str | Path):
+        text = str(item)
+        if not text.startswith("/"):
+            raise SpecError(
+                f"content {text!r} is not an absolute host path",
+                f"use {{ source = {text!r}, target = '/...' }} to place a relative path",
+            )
+        return Content(source=Path(text), target=image_path(text, "content"))
+    if isinstance(item, Mapping):
+        _check_keys(item, {"source", "target"}, f"{key} entry")
+        if "source" not in item:
+            raise SpecError(f"{key} entry {dict(item)!r} needs 'source'")
+        src = _host_path(item["source"], base, "content source")
+        target = item.get("target", str(src))
+        return Content(source=src, target=image_path(target, "content target"))
+    raise SpecError(f"{key} entry {item!r} is neither a path nor a {{ source, target }} table")
 
 
 _OS_RELEASE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
