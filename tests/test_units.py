@@ -122,3 +122,12 @@ def test_unit_image_path() -> None:
     assert unit("[Unit]\n").image_path == PurePosixPath("/etc/systemd/system/demo.service")
     drop = unit("[Service]\n", name="demo.service.d/a.conf")
     assert drop.unit_name == "demo.service"
+
+
+def test_exec_commands_keep_arguments_and_quotes() -> None:
+    from portable_service.units import exec_commands
+
+    u = unit("[Service]\nExecStart=@/usr/bin/demo demo-name --flag 'two words' ; -/bin/sh -c 'a; b'\n")
+    assert [c.argv for c in exec_commands(u)] == [
+        ("/usr/bin/demo", "--flag", "two words"), ("/bin/sh", "-c", "a; b")]
+    assert exec_commands(u)[0].directive == "ExecStart= in demo.service"

@@ -8,6 +8,7 @@ already exist in a read-only image.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -234,34 +235,54 @@ SYSTEMD_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin")
 _EXEC_PREFIXES = "@-:+!|"
 
 
+@dataclass(frozen=True)
+class ExecCommand:
+    """One command of an ``Exec*=`` line: ``argv[0]`` is the program, prefixes stripped.
+
+    With systemd's ``@`` prefix the second word is only the process name: it is dropped.
+    """
+
+    argv: tuple[str, ...]
+    directive: str  # e.g. "ExecStart= in demo.service"
+
+
+def exec_commands(unit: Unit) -> list[ExecCommand]:
+    """Every command of the unit's ``Exec*=`` lines (systemd runs several split by ';')."""
+    out: list[ExecCommand] = []
+    for section in unit.exec_sections():
+        for key in EXEC_DIRECTIVES:
+            for value in unit.values(section, key):
+                for words in _split_commands(value):
+                    first = words[0]
+                    program = first.lstrip(_EXEC_PREFIXES)
+                    args = words[2:] if "@" in first[: len(first) - len(program)] else words[1:]
+                    if program:
+                        out.append(ExecCommand((program, *args), f"{key}= in {unit.unit_name}"))
+    return out
+
+
 def exec_programs(unit: Unit) -> list[tuple[str, str]]:
-    """(program, directive) for every command line in the unit; prefixes stripped.
+    """(program, directive) for every command in the unit.
 
     The program is an absolute path, or a bare name systemd looks up in its
     fixed PATH (the closure resolves those).
     """
-    out: list[tuple[str, str]] = []
-    for section in unit.exec_sections():
-        for key in EXEC_DIRECTIVES:
-            for value in unit.values(section, key):
-                for command in _split_commands(value):
-                    word = command.lstrip(_EXEC_PREFIXES)
-                    if word:
-                        out.append((word, f"{key}= in {unit.unit_name}"))
-    return out
+    return [(c.argv[0], c.directive) for c in exec_commands(unit)]
 
 
-def _split_commands(value: str) -> list[str]:
-    """First word of each command; systemd accepts several separated by ' ; '."""
-    words = value.split()
-    commands, take = [], True
+def _split_commands(value: str) -> list[list[str]]:
+    """The words of each command of one line, quotes removed, split at lone ';'."""
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        words = value.split()  # systemd refuses the line too; keep what can be read
+    commands: list[list[str]] = [[]]
     for word in words:
-        if take:
-            commands.append(word.strip("'\""))
-            take = False
         if word == ";":
-            take = True
-    return commands
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    return [c for c in commands if c]
 
 
 def environment_files(unit: Unit) -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portable_service import elfcheck
+from portable_service.closure.scripts import shell_commands
 from portable_service.errors import ImageError, VerifyError
 from portable_service.imagefs import ImageFS, IndexedFS, Stat, exists, read_text, resolve
 from portable_service.units import (
@@ -262,6 +263,13 @@ def check_unit_needs(fs: ImageFS, unit: Unit) -> tuple[list[Problem], set[str]]:
         if "%" in program or "$" in program:
             continue  # specifiers and variables are expanded at start
         problems.extend(_check_program(fs, program, directive, programs))
+    for program, directive in shell_commands(unit):
+        # the shell may define it itself (a function): a warning, not an error
+        if "%" not in program and _find_program(fs, program) is None:
+            problems.append(Problem(
+                WARNING, "shell-command-missing", program,
+                f"{directive} runs {program}, which is not in the image",
+                "add the program to the image (contents or packages) or fix the command"))
     for path, directive in environment_files(unit):
         if "%" not in path and resolve(fs, path) is None:
             problems.append(Problem(ERROR, "environment-file", path,

@@ -143,3 +143,32 @@ def test_env_in_a_unit_brings_the_program_it_runs(tmp_path: Path) -> None:
     assert c.nodes[P(bash)].reason == "program of ExecStart= in t.service (through env)"
     assert P(ls) in c.nodes
     assert any("no-such-xyz-prog" in w for w in c.warnings)
+
+
+@pytest.mark.parametrize("script_text,programs", [
+    ("sleep 1 && /usr/bin/env true", ["sleep", "/usr/bin/env"]),
+    ("exec /opt/demo --x >/var/log/x 2>&1", ["/opt/demo"]),
+    ("FOO=1 BAR=2 myprog a; echo hi | grep x", ["myprog", "grep"]),
+    ("if test -f /x; then cat /x; else exit 1; fi", ["cat"]),
+    ("while true; do date; sleep 5; done", ["date", "sleep"]),
+    ("a;(b)", ["a", "b"]),
+    ("$HOME/bin/x; `foo`; echo 'a;b'", []),
+    ("nohup /opt/x &", ["/opt/x"]),
+    ("x <in >out; y", ["x", "y"]),
+    ("echo 'unbalanced", []),
+])
+def test_programs_of_a_shell_line(script_text: str, programs: list[str]) -> None:
+    assert scripts.shell_script_programs(script_text) == programs
+
+
+def test_sh_c_in_a_unit_brings_the_programs_it_starts(tmp_path: Path) -> None:
+    c = closure_of(tmp_path, units=[unit(
+        "/bin/sh -c 'mkdir -p /run/x && exec sleep 60'",
+        extra="ExecStartPost=/bin/bash -c 'echo started; no-such-xyz-prog'\n")])
+    sleep, mkdir = scripts.which("sleep"), scripts.which("mkdir")
+    assert sleep and mkdir
+    assert c.nodes[P(sleep)].reason == "program of ExecStart= in t.service (through sh -c)"
+    assert P(mkdir) in c.nodes
+    assert not any(str(p).endswith("/echo") for p in c.nodes)  # a builtin: nothing to ship
+    # a name the shell may define itself is only worth a warning
+    assert any("no-such-xyz-prog" in w for w in c.warnings)

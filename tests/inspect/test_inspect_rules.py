@@ -203,3 +203,13 @@ def test_units_in_usr_lib_count_and_etc_wins() -> None:
         ("demo-extra.service", "/etc/systemd/system/demo-extra.service"),
         ("demo.service", "/usr/lib/systemd/system/demo.service")]
     assert verify(fs, "demo_1.0.raw") == []  # the /usr/lib copy of demo-extra is shadowed
+
+
+def test_programs_started_through_sh_c_are_checked() -> None:
+    t = _tree()
+    _add_host(t, "/usr/bin/dash")
+    t.add_file(P("/etc/systemd/system/demo-sh.service"),
+               data=b"[Service]\nExecStart=/usr/bin/dash -c 'sleep 1 && no-such-prog'\n")
+    problems = [(p.severity, p.rule, p.path) for p in verify(TreeFS(t), "demo_1.0.raw")]
+    # sleep is in the image; the other is not, and only the shell knows whether it is a function
+    assert problems == [("warning", "shell-command-missing", "no-such-prog")]

@@ -139,7 +139,7 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
     Paths the spec places itself (contents targets, symlinks) and paths made at
     run time are not host dependencies.
     """
-    from portable_service.closure.scripts import env_commands, which
+    from portable_service.closure.scripts import env_commands, shell_commands, which
 
     placed = [host_spelling(c.target) for c in spec.contents]
     placed += [host_spelling(s.symlink) for s in spec.symlinks]
@@ -151,10 +151,16 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
         return not any(spelled == t or t in spelled.parents for t in placed)
 
     for unit in units:
-        for word, directive in exec_programs(unit) + env_commands(unit):
+        in_shell = shell_commands(unit)
+        for word, directive in exec_programs(unit) + env_commands(unit) + in_shell:
             if "%" in word or "$" in word:
                 continue  # specifiers and variables are only known at run time
             found = word if word.startswith("/") else which(word)
+            if found is None and (word, directive) in in_shell:
+                # a shell may define it as a function or alias: worth a warning only
+                ctx.closure.warnings.append(
+                    f"{directive} runs {word!r}, which is not in systemd's PATH on this host")
+                continue
             if found is None:
                 ctx.missing(f"{directive} runs {word!r}, which is not in systemd's PATH "
                             f"({':'.join(SYSTEMD_PATH)}) on this host",

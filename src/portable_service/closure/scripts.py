@@ -4,7 +4,8 @@ The kernel reads at most 256 bytes of the ``#!`` line (BINPRM_BUF_SIZE) and
 splits it into the interpreter and one optional argument. For
 ``#!/usr/bin/env NAME`` the interpreter is ``env`` and NAME is looked up in the
 PATH a service starts with: systemd's fixed default. A unit's own
-``Exec*=/usr/bin/env NAME`` brings NAME the same way (:func:`env_commands`).
+``Exec*=/usr/bin/env NAME`` brings NAME the same way (:func:`env_commands`), and the
+commands of ``Exec*=/bin/sh -c 'SCRIPT'`` are followed too (:func:`shell_commands`).
 
 Files of Debian packages are data unless a unit runs them: a package's admin,
 cron and init scripts would otherwise bring perl and the shell into every image.
@@ -13,13 +14,14 @@ cron and init scripts would otherwise bring perl and the shell into every image.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from portable_service.closure import Context, Node, Resolver, in_nix_store
-from portable_service.units import EXEC_DIRECTIVES, SYSTEMD_PATH, Unit
+from portable_service.units import SYSTEMD_PATH, Unit, exec_commands
 
 SHEBANG_MAX = 256
 
@@ -65,27 +67,82 @@ def env_program(arg: str | None) -> str | None:
 def env_commands(unit: Unit) -> list[tuple[str, str]]:
     """(NAME, directive) for each ``Exec*=/usr/bin/env [OPTIONS] NAME ...`` of a unit."""
     out = []
-    for section in unit.exec_sections():
-        for key in EXEC_DIRECTIVES:
-            for value in unit.values(section, key):
-                try:
-                    words = shlex.split(value)
-                except ValueError:
-                    continue  # systemd rejects it too; the unit checks say so
-                command: list[str] = []
-                for word in [*words, ";"]:
-                    if word != ";":
-                        command.append(word)
-                        continue
-                    if command:
-                        prefixes = command[0][: len(command[0]) - len(command[0].lstrip("@-:+!|"))]
-                        args = command[2:] if "@" in prefixes else command[1:]
-                        if os.path.basename(command[0]) == "env":
-                            name = env_program(" ".join(args))
-                            if name:
-                                out.append((name, f"{key}= in {unit.unit_name} (through env)"))
-                    command = []
+    for command in exec_commands(unit):
+        if os.path.basename(command.argv[0]) == "env":
+            name = env_program(" ".join(command.argv[1:]))
+            if name:
+                out.append((name, f"{command.directive} (through env)"))
     return out
+
+
+SHELLS = ("sh", "dash", "bash", "ash", "busybox", "zsh", "ksh", "mksh")
+# Words a shell handles itself: no program to ship for them.
+SHELL_BUILTINS = frozenset([
+    ".", ":", "[", "alias", "bg", "break", "cd", "command", "continue", "echo", "eval", "exec",
+    "exit", "export", "false", "fg", "getopts", "hash", "jobs", "kill", "local", "printf", "pwd",
+    "read", "readonly", "return", "set", "shift", "source", "test", "times", "trap", "true",
+    "type", "ulimit", "umask", "unalias", "unset", "wait",
+])
+# Reserved words after which a new command starts.
+SHELL_RESERVED = frozenset(["!", "{", "}", "if", "then", "else", "elif", "fi", "do", "done",
+                            "while", "until", "for", "case", "esac"])
+_SHELL_PUNCTUATION = frozenset("();<>|&")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def shell_commands(unit: Unit) -> list[tuple[str, str]]:
+    """(program, directive) for the commands of each ``Exec*=/bin/sh -c 'SCRIPT'``.
+
+    Units often wrap their program in a shell line; the programs it starts must
+    be in the image as much as the shell itself.
+    """
+    out = []
+    for command in exec_commands(unit):
+        argv = command.argv
+        if os.path.basename(argv[0]) not in SHELLS or "-c" not in argv[1:-1]:
+            continue
+        script = argv[argv.index("-c", 1) + 1]
+        for program in shell_script_programs(script):
+            out.append((program, f"{command.directive} (through sh -c)"))
+    return out
+
+
+def shell_script_programs(script: str) -> list[str]:
+    """The programs a simple shell script runs: the first word of each command.
+
+    Assignments, redirections, builtins and words the shell expands at run time
+    ($VAR, `...`) are passed over; ``exec``, ``command`` and ``nohup`` lead to
+    the word after them.
+    """
+    lexer = shlex.shlex(script.replace("\n", ";"), posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:
+        return []  # unbalanced quotes: the shell fails on it before running anything
+    programs: list[str] = []
+    at_start, skip_next = True, False
+    for token in tokens:
+        if skip_next:
+            skip_next = False
+            continue
+        if set(token) <= _SHELL_PUNCTUATION:
+            if "<" in token or ">" in token:
+                skip_next = True  # a redirection: the next word is a file
+            else:
+                at_start = True  # ; && || | & ( ): a new command starts
+            continue
+        if not at_start:
+            continue
+        if token in SHELL_RESERVED or token in ("exec", "command", "nohup") or \
+                _ASSIGNMENT.match(token):
+            continue  # still waiting for the command word
+        at_start = False
+        if any(c in token for c in "$`%*?") or token in SHELL_BUILTINS:
+            continue
+        if token not in programs:
+            programs.append(token)
+    return programs
 
 
 def which(name: str, path: Sequence[str] = SYSTEMD_PATH) -> str | None:
