@@ -208,8 +208,30 @@ def check_units(fs: ImageFS, prefix: str) -> tuple[list[Problem], list[UnitFile]
 
 
 def load_unit(fs: ImageFS, unit: UnitFile) -> Unit:
+    """The unit with its drop-ins (NAME.d/*.conf) applied after it, as systemd reads them."""
     text = read_text(fs, unit.path) or ""
-    return Unit(name=unit.name, text=text, origin=unit.path, sections=parse_unit_text(text))
+    sections = parse_unit_text(text)
+    for conf in drop_ins(fs, unit.name):
+        for section, pairs in parse_unit_text(read_text(fs, conf) or "").items():
+            sections.setdefault(section, []).extend(pairs)
+    return Unit(name=unit.name, text=text, origin=unit.path, sections=sections)
+
+
+def drop_ins(fs: ImageFS, name: str) -> list[str]:
+    """NAME.d/*.conf in portabled's search folders, in name order; /etc wins a shared name."""
+    found: dict[str, str] = {}
+    for folder in UNIT_DIRS:
+        real = resolve(fs, posixpath.join(folder, f"{name}.d"))
+        if real is None:
+            continue
+        try:
+            names = fs.listdir(real)
+        except ImageError:
+            continue
+        for conf in names:
+            if conf.endswith(".conf") and conf not in found:
+                found[conf] = posixpath.join(folder, f"{name}.d", conf)
+    return [found[c] for c in sorted(found)]
 
 
 # -- the portable scaffold

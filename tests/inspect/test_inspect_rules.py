@@ -213,3 +213,11 @@ def test_programs_started_through_sh_c_are_checked() -> None:
     problems = [(p.severity, p.rule, p.path) for p in verify(TreeFS(t), "demo_1.0.raw")]
     # sleep is in the image; the other is not, and only the shell knows whether it is a function
     assert problems == [("warning", "shell-command-missing", "no-such-prog")]
+
+
+def test_drop_ins_count_for_the_start_checks() -> None:
+    t = _tree()
+    t.add_file(P("/etc/systemd/system/demo.service.d/10-state.conf"),
+               data=b"[Service]\nCacheDirectory=demo\nExecStartPre=/usr/bin/nope\n")
+    rules = sorted((p.rule, p.path) for p in verify(TreeFS(t), "demo_1.0.raw"))
+    assert rules == [("exec-missing", "/usr/bin/nope"), ("unit-mount-point", "/var/cache/demo")]
