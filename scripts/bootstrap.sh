@@ -18,6 +18,8 @@ if [[ $want_test == --test ]]; then
   have gcc || need_pkgs+=(gcc libc6-dev)
   have nix-store || need_pkgs+=(nix-bin)
   have unshare || need_pkgs+=(util-linux)
+  [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)        # closure tests ship Debian's python3
+  have mkfs.ext4 || need_pkgs+=(e2fsprogs)                 # verify names ext4 images
   # the end-to-end harness: signed Debian roots, and statically linked test servers
   [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || need_pkgs+=(debian-archive-keyring)
   { have gcc && [[ $(gcc -print-file-name=libc.a) == /* ]]; } || need_pkgs+=(libc6-dev)
@@ -29,10 +31,14 @@ if ((${#need_pkgs[@]})); then
   fi
   export DEBIAN_FRONTEND=noninteractive
   # installing a server package must not start it on the build machine
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  made_policy=
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
-  rm -f /usr/sbin/policy-rc.d
+  [[ -z $made_policy ]] || rm -f /usr/sbin/policy-rc.d
 fi
 
 if [[ ! -x .venv/bin/python ]]; then
