@@ -63,6 +63,7 @@ def test_scaffold_units_and_os_release(project: Path) -> None:
     host = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines()
                 if "=" in line)
     assert f"ID={host['ID']}\n" in os_release
+    assert f"PRETTY_NAME={host['PRETTY_NAME']}\n" in os_release  # already quoted in the host file
     assert "PORTABLE_ID=demo\n" in os_release
     assert 'PORTABLE_PRETTY_NAME="Demo \\"quoted\\" \\$x"\n' in os_release
     assert 'HOME_URL="https://example.org"\n' in os_release
@@ -75,6 +76,7 @@ def test_os_release_overrides(project: Path) -> None:
     assert text.startswith("ID=myos\nVERSION_ID=7\n")
     assert 'VARIANT="server x"\n' in text
     assert "PORTABLE_PRETTY_NAME" not in text and "HOME_URL" not in text
+    assert "PRETTY_NAME" not in text  # the host's name would not describe another ID
 
 
 def test_empty_os_release_id_is_refused(project: Path) -> None:

@@ -72,6 +72,10 @@ def os_release_fields(spec: Spec, host: dict[str, str] | None = None) -> dict[st
     fields["ID"] = host.get("ID", "linux")
     if host.get("VERSION_ID"):
         fields["VERSION_ID"] = host["VERSION_ID"]
+    # the files come from the host's distribution: portablectl shows it as the image's
+    # "Operating System", unless the spec names another ID
+    if host.get("PRETTY_NAME") and "ID" not in dict(spec.os_release):
+        fields["PRETTY_NAME"] = host["PRETTY_NAME"]
     fields["PORTABLE_ID"] = spec.pname
     if spec.description:
         fields["PORTABLE_PRETTY_NAME"] = spec.description
