@@ -7,7 +7,8 @@ import os
 import stat
 from pathlib import Path, PurePosixPath
 
-from portable_service.closure import Closure, Node
+from portable_service import imagefs
+from portable_service.closure import SCAFFOLD_FILES, Closure, Node
 from portable_service.errors import ClosureError, TreeError
 from portable_service.spec import Spec
 from portable_service.tree import ImageTree, Kind
@@ -18,7 +19,6 @@ SCAFFOLD_DIRS = (
     "/etc/systemd/system", "/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp",
     "/var/lib", "/var/cache", "/var/log",
 )
-SCAFFOLD_FILES = ("/etc/machine-id", "/etc/resolv.conf", "/etc/os-release")
 STICKY_TMP = ("/tmp", "/var/tmp")
 # xattrs that belong to the file rather than to the host's security policy
 KEPT_XATTRS = ("security.capability",)
@@ -108,7 +108,7 @@ def scaffold(tree: ImageTree, spec: Spec) -> None:
 
 
 def is_scaffold_path(path: PurePosixPath) -> bool:
-    return str(path) in SCAFFOLD_FILES or path == P("/etc/systemd/system") or any(
+    return path in SCAFFOLD_FILES or path == P("/etc/systemd/system") or any(
         path == P(d) or P(d) in path.parents for d in ("/proc", "/sys", "/dev")
     )
 
@@ -138,13 +138,19 @@ def add_symlinks(tree: ImageTree, spec: Spec) -> None:
         tree.add_symlink(path, target, origin=f"symlink {link.symlink}")
 
 
+def resolve_in(tree: ImageTree, path: PurePosixPath) -> PurePosixPath | None:
+    """Where ``path`` leads inside the image (symlinks followed as systemd does), or None."""
+    real = imagefs.resolve(imagefs.TreeFS(tree), str(path))
+    return None if real is None else P(real)
+
+
 def add_mount_points(tree: ImageTree, units: list[Unit]) -> None:
     """Create what systemd mounts over: a read-only image cannot grow them at start."""
     for unit in units:
         for mp in mount_points(unit):
-            if tree.resolve(mp.path) is not None:
+            if resolve_in(tree, mp.path) is not None:
                 continue
-            parent = tree.resolve(mp.path.parent)
+            parent = resolve_in(tree, mp.path.parent)
             path = (parent or mp.path.parent) / mp.path.name
             origin = f"mount point for {mp.directive}"
             try:
@@ -237,7 +243,7 @@ CLOSURE_RECORD = P("/usr/lib/portable-service/closure.json")
 
 def add_closure_record(tree: ImageTree, closure: Closure) -> None:
     def placed(path: PurePosixPath) -> str:
-        parent = tree.resolve(path.parent)
+        parent = resolve_in(tree, path.parent)
         return str((parent or path.parent) / path.name)
 
     roots = [{"path": placed(n.image), "reason": n.reason} for n in closure if n.parent is None]

@@ -156,37 +156,6 @@ class ImageTree:
                     "place it at a path that is not below a file or symlink",
                 )
 
-    def resolve(self, path: PurePosixPath, max_links: int = 40) -> PurePosixPath | None:
-        """Follow symlinks inside the image (absolute ones against the image root).
-
-        Returns the final path, or None when it dangles or loops.
-        """
-        parts = list(path.parts[1:])
-        current = ROOT
-        links = 0
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                current = current.parent
-                continue
-            if part in ("", "."):
-                continue
-            candidate = current / part
-            entry = self._entries.get(candidate)
-            if entry is None:
-                return None
-            if entry.kind is Kind.SYMLINK:
-                links += 1
-                if links > max_links:
-                    return None
-                target = PurePosixPath(entry.target or "")
-                parts = list(target.parts[1:] if target.is_absolute() else target.parts) + parts
-                if target.is_absolute():
-                    current = ROOT
-                continue
-            current = candidate
-        return current
-
     def total_size(self) -> int:
         return sum(e.size for e in self._entries.values())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path, PurePosixPath
 
@@ -9,6 +10,7 @@ import pytest
 from imagetrees import PROGRAM, UNIT, host_closure
 
 from conftest import require_tool
+from portable_service.image import mirror_host_parents
 from portable_service.imagefs import IndexedFS, SquashfsFS, TreeFS, resolve
 from portable_service.progress import QUIET
 from portable_service.tree import ImageTree
@@ -57,22 +59,13 @@ def _tree() -> ImageTree:
 
 def _add_host(t: ImageTree, host: str) -> None:
     """Mirror a host path with its folder links, as the build does."""
-    import os
-
-    current = P("/")
-    parts = P(host).parts[1:]
-    for i, part in enumerate(parts):
-        candidate = current / part
-        if os.path.islink(candidate):
-            if t.get(candidate) is None:
-                t.add_symlink(candidate, os.readlink(candidate))
-            target = P(os.path.normpath(os.path.join(candidate.parent, os.readlink(candidate))))
-            rest = parts[i + 1:]
-            _add_host(t, str(target.joinpath(*rest)) if rest else str(target))
-            return
-        current = candidate
-    if t.get(current) is None:
-        t.add_file(current, source=Path(current), mode=os.stat(current).st_mode & 0o7777)
+    real = mirror_host_parents(t, P(host), "test")
+    if os.path.islink(real):
+        if t.get(real) is None:
+            t.add_symlink(real, os.readlink(real))
+        _add_host(t, os.path.normpath(os.path.join(real.parent, os.readlink(real))))
+    elif t.get(real) is None:
+        t.add_file(real, source=Path(real), mode=os.stat(real).st_mode & 0o7777)
 
 
 def test_resolve_follows_links_inside_the_image() -> None:
