@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +49,29 @@ def find_tool(name: str, explicit: str | Path | None = None, *, reason: str = ""
         pkg = PACKAGE_OF.get(name, name)
         raise ToolError(f"{name} not found in PATH{why}", f"install it: apt-get install {pkg}")
     return Path(found)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while a child process is being started.
+
+    A signal that lands inside ``subprocess.Popen`` would leave the child running
+    with no one to stop it; held, it is delivered right after, once the caller
+    owns the child and its cleanup.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def run(

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from portable_service.errors import ToolError
 from portable_service.progress import Reporter
-from portable_service.run import find_tool, log, tool_message
+from portable_service.run import find_tool, interrupts_held, log, tool_message
 from portable_service.tree import Entry, ImageTree, Kind
 from portable_service.writers.options import PackOptions
 
@@ -56,18 +56,22 @@ class MksquashfsWriter:
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(options.mtime), "LC_ALL": "C.UTF-8"}
         cmd = self.command(out, options)
         log.debug("+ %s", " ".join(cmd))
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env)
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         # read mksquashfs' output while we feed it, so a full pipe cannot stall either side
         captured: dict[str, bytes] = {}
-        readers = [
-            threading.Thread(target=lambda s=s, k=k: captured.__setitem__(k, s.read()), daemon=True)
-            for k, s in (("stdout", proc.stdout), ("stderr", proc.stderr))
-        ]
-        for t in readers:
-            t.start()
+        readers: list[threading.Thread] = []
+        proc: subprocess.Popen[bytes] | None = None
+        # an interrupt at any point from here on must not leave mksquashfs running: one
+        # held during Popen is delivered inside this try, once proc is known
         try:
+            with interrupts_held():
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, env=env)
+            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+            for key, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+                reader = threading.Thread(
+                    target=lambda s=stream, k=key: captured.__setitem__(k, s.read()), daemon=True)
+                reader.start()
+                readers.append(reader)
             try:
                 with reporter.bytes_bar("packing", tree.total_size()):
                     write_tar(tree, proc.stdin, options.mtime, reporter)
@@ -77,12 +81,11 @@ class MksquashfsWriter:
                 proc.stdin.close()
             rc = proc.wait()
         finally:
-            # on any failure or interrupt, mksquashfs must not outlive the build
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            for t in readers:
-                t.join()
+            for reader in readers:
+                reader.join()
         if rc != 0:
             done = subprocess.CompletedProcess(cmd, rc, captured.get("stdout"),
                                                captured.get("stderr"))
