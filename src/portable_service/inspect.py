@@ -16,6 +16,7 @@ from typing import Any
 from portable_service import image
 from portable_service.errors import ImageError
 from portable_service.imagefs import ImageFS, ImageInfo, Stat, read_text, resolve
+from portable_service.progress import human
 from portable_service.verify import attached_units, find_os_release, image_prefix
 
 # Written by our build (image.assemble): what pulled each path into the image.
@@ -174,12 +175,3 @@ def cat_file(fs: ImageFS, path: str, chunk: int = 1 << 20) -> Iterator[bytes]:
         raise ImageError(f"{path} is a {st.kind}, not a file", "give the path of a file")
     for offset in range(0, st.size, chunk):
         yield fs.read(real, offset, min(chunk, st.size - offset))
-
-
-def human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"

@@ -55,3 +55,13 @@ class Reporter:
 
 
 QUIET = Reporter(quiet=True)
+
+
+def human(n: float) -> str:
+    """A byte count as people read it: 512 B, 1.5 KiB, 3.8 MiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 
 from portable_service.closure import Closure, Node, host_spelling
 from portable_service.errors import SpecError
+from portable_service.progress import human
 from portable_service.spec import Spec
 
 
@@ -38,14 +39,6 @@ def sizes(closure: Closure) -> list[Sized]:
         out.append(Sized(node, size))
     out.sort(key=lambda s: (-s.size, str(s.node.image)))
     return out
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def describe(node: Node) -> str:
