@@ -88,7 +88,7 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
                                    highlight=False, soft_wrap=True)
 
         with reporter.step("verifying the image"):
-            check_written(tmp, out.name, p.tree, say)
+            check_written(tmp, out.name, p.tree, say, allow_missing=spec.allow_missing)
 
     with reporter.step(f"writing {out} with {p.writer.name} ({len(p.tree)} entries)"):
         write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, reporter),

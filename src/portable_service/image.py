@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from portable_service import imagefs
@@ -232,7 +233,7 @@ def assemble(spec: Spec, units: list[Unit], closure: Closure) -> ImageTree:
         tree.add_file(mirror_host_parents(tree, path, "generated"), data=data,
                       origin=f"generated {path}")
     add_mount_points(tree, units)
-    add_closure_record(tree, closure)
+    add_closure_record(tree, closure, units)
     return tree
 
 
@@ -241,13 +242,17 @@ def assemble(spec: Spec, units: list[Unit], closure: Closure) -> ImageTree:
 CLOSURE_RECORD = P("/usr/lib/portable-service/closure.json")
 
 
-def add_closure_record(tree: ImageTree, closure: Closure) -> None:
+def add_closure_record(tree: ImageTree, closure: Closure, units: Sequence[Unit] = ()) -> None:
     def placed(path: PurePosixPath) -> str:
         parent = resolve_in(tree, path.parent)
         return str((parent or path.parent) / path.name)
 
     roots = [{"path": placed(n.image), "reason": n.reason} for n in closure if n.parent is None]
     parents = {placed(n.image): placed(n.parent) for n in closure if n.parent is not None}
-    record = {"format": "portable-service closure 1", "roots": roots, "parents": parents}
+    # "units": the unit files the build was given; verify reports any other unit
+    # portabled would attach (a package's own units, say)
+    declared = sorted(u.name for u in units if "/" not in u.name)
+    record = {"format": "portable-service closure 1", "roots": roots, "parents": parents,
+              "units": declared}
     data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
     tree.add_file(CLOSURE_RECORD, data=data, origin="closure record")

@@ -75,9 +75,10 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from portable_service.verify import errors, report_json, verify
+    from portable_service.verify import Target, errors, report_json, verify
 
-    problems = verify(_open(args.image), Path(args.image).name)
+    target = Target(profile=args.profile, systemd=args.systemd)
+    problems = verify(_open(args.image), Path(args.image).name, target)
     errs = errors(problems)
     if args.json != "off":
         _dump(report_json(args.image, problems), args.json)
@@ -118,6 +119,12 @@ def cmd_size(args: argparse.Namespace) -> int:
     return 0
 
 
+def _systemd_version(text: str) -> int:
+    if not text.isdigit() or not 200 <= int(text) < 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a systemd version such as 252")
+    return int(text)
+
+
 def register(sub: Any) -> None:
     """Add the image-reading verbs to cli's subparsers."""
     p = sub.add_parser("inspect", help="show an image's os-release, units and format",
@@ -145,6 +152,12 @@ def register(sub: Any) -> None:
                        "and what makes its services fail at start. Exit 0: no errors; 1: errors "
                        "found; 2: not a readable image.")
     p.add_argument("image")
+    p.add_argument("--profile", choices=("default", "nonetwork", "strict", "trusted"),
+                   default="default",
+                   help="the portable profile the image will be attached with (default: default)")
+    p.add_argument("--systemd", type=_systemd_version, default=None, metavar="VERSION",
+                   help="the host's systemd version, e.g. 247, 252, 257 (default: check every "
+                   "tested version and name the lowest that breaks)")
     _json_flag(p)
     p.set_defaults(func=cmd_verify)
 

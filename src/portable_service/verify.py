@@ -9,7 +9,9 @@ The same rules run on a finished image file and on a build's tree.
 from __future__ import annotations
 
 import importlib.util
+import json
 import posixpath
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,11 +21,12 @@ from portable_service import elfcheck
 from portable_service.closure.scripts import shell_commands
 from portable_service.errors import ImageError, VerifyError
 from portable_service.imagefs import ImageFS, IndexedFS, Stat, exists, read_text, resolve
+from portable_service.rules import PROFILES, VERSIONS, data_version, directives, profiles
 from portable_service.units import (
     SYSTEMD_PATH,
     UNIT_TYPES,
     Unit,
-    environment_files,
+    exec_commands,
     exec_programs,
     mount_points,
     parse_unit_text,
@@ -34,7 +37,10 @@ if TYPE_CHECKING:
 
 ERROR, WARNING = "error", "warning"
 OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")
-UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system")
+# portabled's unit search folders, first wins (REFERENCE.md sections 2 and 5)
+UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
+# where our builds put the units: an image without a closure record declares these
+DECLARED_UNIT_DIR = "/etc/systemd/system"
 MOUNT_DIRS = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp")
 MOUNT_FILES = ("/etc/resolv.conf", "/etc/machine-id")
 # filled at start (API file systems, MountAPIVFS='s fresh /run): links into them may dangle
@@ -63,6 +69,28 @@ class UnitFile:
     name: str
     path: str  # where portabled finds it, e.g. /etc/systemd/system/demo.service
     stat: Stat
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the image is meant to run: the portable profile, and one systemd version
+    (``None``: every version with stored facts, and problems name the lowest that breaks)."""
+
+    profile: str = profiles.DEFAULT_PROFILE
+    systemd: int | None = None
+
+    def versions(self) -> tuple[int, ...]:
+        v = data_version(self.systemd)
+        return VERSIONS if v is None else (v,)
+
+    def on(self, versions: Iterable[int]) -> str:
+        """'systemd 247 and 252' for the stored versions given (the picked version if one)."""
+        vs = sorted(set(versions))
+        if self.systemd is not None:
+            return f"systemd {self.systemd}"
+        if vs == list(VERSIONS):
+            return f"systemd {'/'.join(map(str, vs))} (all tested)"
+        return "systemd " + " and ".join(map(str, vs))
 
 
 # -- names
@@ -143,10 +171,12 @@ def check_os_release(fs: ImageFS, prefix: str) -> Iterator[Problem]:
 def unit_candidates(fs: ImageFS) -> dict[str, UnitFile]:
     """Every unit file name in portabled's search folders; /etc wins over /usr/lib."""
     found: dict[str, UnitFile] = {}
+    seen: set[str] = set()
     for folder in UNIT_DIRS:
         real = resolve(fs, folder)
-        if real is None:
+        if real is None or real in seen:  # /lib -> usr/lib: one folder, searched once
             continue
+        seen.add(real)
         try:
             names = fs.listdir(real)
         except ImageError:  # not a folder: nothing is searched there
@@ -208,22 +238,21 @@ def check_units(fs: ImageFS, prefix: str) -> tuple[list[Problem], list[UnitFile]
 
 
 def load_unit(fs: ImageFS, unit: UnitFile) -> Unit:
-    """The unit with its drop-ins (NAME.d/*.conf) applied after it, as systemd reads them."""
+    """The unit as systemd runs it once attached: the file alone. Drop-ins in the image
+    are never read (portabled copies only the unit file, REFERENCE.md section 5)."""
     text = read_text(fs, unit.path) or ""
-    sections = parse_unit_text(text)
-    for conf in drop_ins(fs, unit.name):
-        for section, pairs in parse_unit_text(read_text(fs, conf) or "").items():
-            sections.setdefault(section, []).extend(pairs)
-    return Unit(name=unit.name, text=text, origin=unit.path, sections=sections)
+    return Unit(name=unit.name, text=text, origin=unit.path, sections=parse_unit_text(text))
 
 
 def drop_ins(fs: ImageFS, name: str) -> list[str]:
     """NAME.d/*.conf in portabled's search folders, in name order; /etc wins a shared name."""
     found: dict[str, str] = {}
+    seen: set[str] = set()
     for folder in UNIT_DIRS:
         real = resolve(fs, posixpath.join(folder, f"{name}.d"))
-        if real is None:
+        if real is None or real in seen:
             continue
+        seen.add(real)
         try:
             names = fs.listdir(real)
         except ImageError:
@@ -292,12 +321,33 @@ def check_unit_needs(fs: ImageFS, unit: Unit) -> tuple[list[Problem], set[str]]:
                 WARNING, "shell-command-missing", program,
                 f"{directive} runs {program}, which is not in the image",
                 "add the program to the image (contents or packages) or fix the command"))
-    for path, directive in environment_files(unit):
-        if "%" not in path and resolve(fs, path) is None:
-            problems.append(Problem(ERROR, "environment-file", path,
-                                    f"{directive} names {path}, which is not in the image",
-                                    f"add {path}, or write EnvironmentFile=-{path}"))
+    problems.extend(check_environment_files(fs, unit))
     return problems, programs
+
+
+def check_environment_files(fs: ImageFS, unit: Unit) -> Iterator[Problem]:
+    """EnvironmentFile= is read by the service manager on the host before the image is
+    mounted (REFERENCE.md section 5): a file in the image never satisfies it."""
+    for section in unit.exec_sections():
+        for value in unit.values(section, "EnvironmentFile"):
+            optional = value.startswith("-")
+            path = value.lstrip("-")
+            in_image = "%" not in path and resolve(fs, path) is not None
+            copy = ("the image's copy is never read" if in_image
+                    else "the image has none, which does not matter")
+            fix = (f"set the variables with Environment= in {unit.name}, install {path} on "
+                   "the host, or read the file in ExecStart= (sh -c '. FILE; exec PROGRAM')")
+            if optional:
+                yield Problem(WARNING, "environment-file-host", path,
+                              f"EnvironmentFile=-{path} in {unit.name} is read from the host's "
+                              f"{path} by the service manager before the image is mounted "
+                              f"({copy}); without it on the host the variables are unset", fix)
+            else:
+                yield Problem(ERROR, "environment-file-host", path,
+                              f"EnvironmentFile={path} in {unit.name} is read from the host's "
+                              f"{path} by the service manager before the image is mounted "
+                              f"({copy}); a host without it fails the start ('Failed to load "
+                              "environment files')", fix)
 
 
 def _find_program(fs: ImageFS, program: str) -> str | None:
@@ -364,6 +414,338 @@ def _check_interpreter(fs: ImageFS, program: str, real: str, head: bytes, direct
             programs.add(target)
 
 
+# -- what systemd itself refuses or ignores in the unit files (rules/ holds its facts)
+
+
+def known_only(unit: Unit, version: int) -> Unit:
+    """The unit as systemd ``version`` reads it: keys it does not know are dropped."""
+    known = directives.known_keys(version)
+    sections = {s: [(k, v) for k, v in pairs if k in known.get(s, ())]
+                for s, pairs in unit.sections.items()}
+    return Unit(name=unit.name, text=unit.text, origin=unit.origin, sections=sections)
+
+
+SERVICE_TYPES = ("simple", "exec", "forking", "oneshot", "dbus", "notify", "notify-reload", "idle")
+# Restart= values systemd accepts with Type=oneshot (since 244; service_verify())
+ONESHOT_RESTARTS = ("no", "on-failure", "on-abnormal", "on-watchdog", "on-abort")
+# RestartForceExitStatus= with Type=oneshot is refused before this version
+ONESHOT_FORCE_STATUS_SINCE = 256
+
+
+def _last(unit: Unit, section: str, key: str) -> str | None:
+    values = unit.values(section, key)
+    return values[-1] if values else None
+
+
+def service_type(unit: Unit) -> str:
+    """Type=, or what systemd picks without it (service_add_extras())."""
+    valid = [v for v in unit.values("Service", "Type") if v in SERVICE_TYPES]
+    if valid:
+        return valid[-1]
+    if _last(unit, "Service", "BusName"):
+        return "dbus"
+    return "simple" if _starts(unit) else "oneshot"
+
+
+def _starts(unit: Unit) -> list[str]:
+    return [" ".join(c.argv) for c in exec_commands(unit) if c.directive.startswith("ExecStart=")]
+
+
+def service_refusal(unit: Unit, version: int) -> str | None:
+    """systemd's own words when it refuses to load the service (service_verify() in
+    src/core/service.c, the same in v247, v252 and v257 except where noted), else None."""
+    u = known_only(unit, version)
+    kind = service_type(u)
+    starts = _starts(u)
+    stops = [c for c in exec_commands(u) if c.directive.startswith("ExecStop=")]
+    success = (_last(u, "Unit", "SuccessAction") or "none") != "none"
+    if not starts and not stops and not success:
+        return "Service has no ExecStart=, ExecStop=, or SuccessAction=. Refusing."
+    if kind != "oneshot" and not starts:
+        return ("Service has no ExecStart= setting, which is only allowed for Type=oneshot "
+                "services. Refusing.")
+    if not profiles.is_yes(_last(u, "Service", "RemainAfterExit")) and not starts \
+            and not success:
+        return ("Service has no ExecStart= and no SuccessAction= settings and does not have "
+                "RemainAfterExit=yes set. Refusing.")
+    if kind != "oneshot" and len(starts) > 1:
+        return ("Service has more than one ExecStart= setting, which is only allowed for "
+                "Type=oneshot services. Refusing.")
+    if kind == "oneshot" and (_last(u, "Service", "Restart") or "no") not in ONESHOT_RESTARTS:
+        return ("Service has Restart= set to either always or on-success, which isn't allowed "
+                "for Type=oneshot services. Refusing.")
+    if kind == "oneshot" and u.values("Service", "RestartForceExitStatus") \
+            and version < ONESHOT_FORCE_STATUS_SINCE:
+        return ("Service has RestartForceExitStatus= set, which isn't allowed for "
+                "Type=oneshot services. Refusing.")
+    if kind == "dbus" and not _last(u, "Service", "BusName"):
+        return ("Service is of type D-Bus but no D-Bus service name has been specified. "
+                "Refusing.")
+    if _last(u, "Service", "PAMName") and \
+            (_last(u, "Service", "KillMode") or "control-group") not in ("control-group", "mixed"):
+        return ("Service has PAM enabled. Kill mode must be set to 'control-group' or 'mixed'. "
+                "Refusing.")
+    return None
+
+
+SERVICE_FIXES = {
+    "no ExecStart=, ExecStop=": "give it an ExecStart= line (check the spelling of the key)",
+    "no ExecStart= setting": "give it an ExecStart= line, or set Type=oneshot",
+    "RemainAfterExit=yes": "give it an ExecStart= line, or set RemainAfterExit=yes",
+    "more than one ExecStart=": "keep one ExecStart= (run the others in ExecStartPre=/"
+                                "ExecStartPost=), or set Type=oneshot",
+    "Restart=": "use Restart=on-failure (or no), or another Type=",
+    "RestartForceExitStatus=": "drop RestartForceExitStatus= or use another Type=",
+    "D-Bus": "set BusName= to the name the service takes on the bus",
+    "PAM": "set KillMode=control-group or mixed",
+}
+
+
+def check_service(unit: Unit, target: Target) -> tuple[list[Problem], set[int]]:
+    """service_verify() per version; returns the problems and the versions that refuse it."""
+    if not unit.name.endswith(".service"):
+        return [], set()
+    said: dict[str, list[int]] = {}
+    for version in target.versions():
+        reason = service_refusal(unit, version)
+        if reason is not None:
+            said.setdefault(reason, []).append(version)
+    problems = []
+    for reason, versions in said.items():
+        fix = next((f for k, f in SERVICE_FIXES.items() if k in reason), "fix the unit")
+        problems.append(Problem(
+            ERROR, "service-refused", unit.origin,
+            f"{target.on(versions)} refuses to load {unit.name}: '{reason}' (the unit is "
+            "'bad-setting' and every start fails)", fix))
+    return problems, {v for vs in said.values() for v in vs}
+
+
+def check_keys(unit: Unit, target: Target, broken: set[int]) -> Iterator[Problem]:
+    """Keys and sections systemd does not know: it logs them and goes on without them."""
+    allowed = directives.sections_of(unit.name)
+    for section, pairs in unit.sections.items():
+        if section.startswith("X-"):
+            continue  # systemd's own escape for extensions: ignored silently
+        if section not in allowed:
+            yield Problem(WARNING, "unknown-section", unit.origin,
+                          f"[{section}] is not a section of a {unit.name.rsplit('.', 1)[-1]} "
+                          f"unit: systemd ignores it and every key in it ('Unknown section "
+                          f"'{section}'. Ignoring.')",
+                          f"move its keys to [{'], ['.join(allowed)}], or drop it")
+            continue
+        for key in dict.fromkeys(k for k, _ in pairs):
+            if key.startswith("X-"):
+                continue
+            knowing = directives.versions_knowing(section, key)
+            ignoring = [v for v in target.versions() if v not in knowing]
+            if not ignoring:
+                continue
+            hurt = [v for v in ignoring if v in broken]
+            severity = ERROR if hurt else WARNING
+            effect = (f"; without it {target.on(hurt)} refuses the unit" if hurt
+                      else "; systemd ignores it")
+            logged = f"('Unknown key name '{key}' in section '{section}', ignoring.')"
+            if knowing:
+                yield Problem(severity, "key-needs-newer-systemd", unit.origin,
+                              f"{key}= in [{section}] of {unit.name} needs systemd >= "
+                              f"{min(knowing)}: {target.on(ignoring)} does not know it "
+                              f"{logged}{effect}",
+                              f"keep {key}= only for hosts with systemd >= {min(knowing)}, or "
+                              "reach the same with keys older versions know")
+                continue
+            home = directives.home_section(key, tuple(s for s in allowed if s != section))
+            near = directives.closest(section, key)
+            if home is not None:
+                fix = f"move {key}= to [{home}]"
+            elif near is not None:
+                fix = f"did you mean {near}=?"
+            else:
+                fix = f"drop {key}= (see systemd.directives(7) for the known keys)"
+            yield Problem(severity, "unknown-key", unit.origin,
+                          f"{key}= in [{section}] of {unit.name} is a key no systemd knows "
+                          f"{logged}{effect}", fix)
+
+
+def template_of(name: str) -> str:
+    """demo@x.service -> demo@.service (what must exist for an instance); others unchanged."""
+    if "@" not in name:
+        return name
+    head, _, rest = name.partition("@")
+    return f"{head}@{rest[rest.rfind('.'):]}" if "." in rest else name
+
+
+def triggered_unit(unit: Unit) -> tuple[str, str] | None:
+    """(the unit a timer, path or socket starts, the setting that names it)."""
+    stem, _, kind = unit.name.rpartition(".")
+    section = {"timer": "Timer", "path": "Path", "socket": "Socket"}.get(kind)
+    if section is None:
+        return None
+    key = "Service" if kind == "socket" else "Unit"
+    named = _last(unit, section, key)
+    if named:
+        return named, f"{key}={named}"
+    if kind == "socket" and profiles.is_yes(_last(unit, "Socket", "Accept")):
+        base = stem.split("@", 1)[0]
+        return f"{base}@.service", "Accept=yes (one instance of the template per connection)"
+    return f"{stem}.service", "the same name"
+
+
+def check_trigger(unit: Unit, attached: set[str], in_image: set[str]) -> Iterator[Problem]:
+    found = triggered_unit(unit)
+    if found is None:
+        return
+    name, why = found
+    if template_of(name) in attached:
+        return
+    where = ("is in the image but does not match the prefix, so portabled does not attach it"
+             if template_of(name) in in_image else "is not in the image")
+    yield Problem(ERROR, "trigger-missing", unit.origin,
+                  f"{unit.name} starts {name} ({why}), which {where}: systemd refuses to "
+                  f"start {unit.name} or fails it on the first event ('Unit {name} not found')",
+                  f"add {name} to the image's units, or point {unit.name} at a unit it ships")
+
+
+def _profile_names(key: str, yes: bool, versions: Iterable[int]) -> list[str]:
+    vs = list(versions)
+    return [p for p in PROFILES if any(profiles.sets_yes(v, p, key) == yes for v in vs)]
+
+
+def check_users(unit: Unit, target: Target) -> Iterator[Problem]:
+    """User=/Group= under the profile: DynamicUser=yes from the profile, or a host lookup."""
+    if not unit.name.endswith(".service"):
+        return
+    dynamic_versions = [v for v in target.versions()
+                        if profiles.sets_yes(v, target.profile, "DynamicUser")]
+    own_dynamic = profiles.is_yes(_last(unit, "Service", "DynamicUser"))
+    for key, status in (("User", "217/USER"), ("Group", "216/GROUP")):
+        name = _last(unit, "Service", key)
+        if not name or name in ("root", "0") or "%" in name:
+            continue
+        if dynamic_versions:
+            yield Problem(WARNING, "user-dynamic", unit.origin,
+                          f"{key}={name} in {unit.name}: the {target.profile!r} profile sets "
+                          f"DynamicUser=yes ({target.on(dynamic_versions)}), so {name} is the "
+                          "name of a user systemd allocates at start (or the host's user of "
+                          "that name), never a user of the image; files in the image are not "
+                          "its own",
+                          f"drop {key}= (a dynamic user is made anyway), or attach with "
+                          f"--profile trusted and create {name} on the host")
+        elif not own_dynamic and not name.isdigit():
+            yield Problem(WARNING, "user-on-host", unit.origin,
+                          f"{key}={name} in {unit.name}: the {target.profile!r} profile runs "
+                          f"the service as {name} looked up on the host (not in the image); a "
+                          f"host without it fails the start with status={status}",
+                          f"create {name} on the host (useradd --system {name}), or set "
+                          "DynamicUser=yes in the unit")
+
+
+# programs that generate code at run time (a JIT): MemoryDenyWriteExecute=yes breaks them
+JIT_PROGRAM = re.compile(r"^(node|nodejs|java|luajit[0-9.-]*|pypy[0-9.]*|dotnet|mono|deno|bun|"
+                         r"php[0-9.]*|php-fpm[0-9.]*|php-cgi[0-9.]*|beam\.smp|qemu-.*)$")
+JIT_LIBRARY = re.compile(r"^lib(node|jvm|luajit|v8|mono|coreclr|pypy|php)[-.0-9a-z]*\.so")
+
+
+def _jit_runtime(fs: ImageFS, program: str) -> str | None:
+    """The JIT runtime ``program`` is or runs (its own name, its #! interpreter, a library)."""
+    real = _find_program(fs, program)
+    names = [posixpath.basename(program)]
+    if real is None:
+        return names[0] if JIT_PROGRAM.match(names[0]) else None
+    names.append(posixpath.basename(real))
+    st = fs.stat(real)
+    if st.kind == "file":
+        head = fs.read(real, 0, 256)
+        if head.startswith(b"#!"):
+            words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
+            names += [posixpath.basename(w) for w in words[:2]]
+        else:
+            facts = elfcheck.read_facts(fs, real, st.size)
+            if facts is not None:
+                lib = next((n for n in facts.needed if JIT_LIBRARY.match(n)), None)
+                if lib is not None:
+                    return f"{names[0]} (linked with {lib})"
+    return next((n for n in names if JIT_PROGRAM.match(n)), None)
+
+
+def check_profile(fs: ImageFS, unit: Unit, target: Target, socket_services: set[str]
+                  ) -> Iterator[Problem]:
+    """What the profile's sandbox does to this unit (its drop-in wins over the unit's keys)."""
+    versions = target.versions()
+    if unit.name.endswith(".service"):
+        mdwe = [v for v in versions
+                if profiles.sets_yes(v, target.profile, "MemoryDenyWriteExecute")]
+        if mdwe:
+            for command in exec_commands(unit):
+                runtime = _jit_runtime(fs, command.argv[0])
+                if runtime is None:
+                    continue
+                working = [p for p in PROFILES if p not in
+                           _profile_names("MemoryDenyWriteExecute", True, versions)]
+                yield Problem(WARNING, "profile-jit", unit.origin,
+                              f"{command.directive} runs {runtime}, a JIT runtime: the "
+                              f"{target.profile!r} profile sets MemoryDenyWriteExecute=yes "
+                              f"({target.on(mdwe)}), which refuses the writable+executable "
+                              "memory its JIT needs; it crashes or fails at start",
+                              f"attach with --profile {' or '.join(working) or 'trusted'}, or "
+                              "turn the JIT off (node --jitless, java -Xint, ...)")
+                break
+    if unit.name.endswith(".socket"):
+        return
+    private = [v for v in versions if profiles.sets_yes(v, target.profile, "PrivateNetwork")]
+    wants_net = any(w in ("network-online.target", "network.target")
+                    for key in ("Wants", "Requires", "After")
+                    for value in unit.values("Unit", key) for w in value.split())
+    if private and wants_net and unit.name not in socket_services:
+        working = [p for p in PROFILES if p not in _profile_names("PrivateNetwork", True, versions)]
+        yield Problem(WARNING, "profile-no-network", unit.origin,
+                      f"{unit.name} asks for the network, but the {target.profile!r} profile "
+                      f"sets PrivateNetwork=yes ({target.on(private)}): the service sees only "
+                      "its own loopback and cannot open internet sockets "
+                      "(RestrictAddressFamilies=AF_UNIX ...)",
+                      f"attach with --profile {' or '.join(working)}, or let a .socket unit "
+                      "listen for it (socket activation passes the host's socket in)")
+
+
+def check_ignored_drop_ins(fs: ImageFS, units: Iterable[UnitFile]) -> Iterator[Problem]:
+    for unit in units:
+        for conf in drop_ins(fs, unit.name):
+            yield Problem(WARNING, "drop-in-ignored", conf,
+                          f"drop-in of {unit.name} inside the image: portabled attaches only "
+                          "the unit file and systemd never reads this drop-in",
+                          f"merge its settings into {unit.name}")
+
+
+def declared_units(fs: ImageFS) -> set[str] | None:
+    """The units our build was given (closure record), or None for other images."""
+    from portable_service.image import CLOSURE_RECORD
+
+    text = read_text(fs, str(CLOSURE_RECORD), limit=64 << 20)
+    if text is None:
+        return None
+    try:
+        units = json.loads(text).get("units")
+    except (ValueError, AttributeError):
+        return None
+    return set(units) if isinstance(units, list) else None
+
+
+def check_undeclared(fs: ImageFS, units: Iterable[UnitFile]) -> Iterator[Problem]:
+    """Every matching unit in the search folders is attached, also ones nobody meant to ship."""
+    declared = declared_units(fs)
+    for unit in units:
+        if declared is not None:
+            if unit.name in declared:
+                continue
+            why = "the build was not given it (it came with a package or contents)"
+        else:
+            if posixpath.dirname(unit.path) == DECLARED_UNIT_DIR:
+                continue
+            why = f"it is not in {DECLARED_UNIT_DIR}, where a build puts its units"
+        yield Problem(WARNING, "undeclared-unit", unit.path,
+                      f"portabled attaches {unit.name} too, as it matches the prefix; {why}",
+                      f"leave {unit.path} out of the image (exclude it), or declare it in units")
+
+
 # -- whole-image checks, from one walk
 
 
@@ -403,19 +785,33 @@ def check_modes(entries: dict[str, Stat]) -> Iterator[Problem]:
 # -- everything
 
 
-def verify(fs: ImageFS, image_name: str) -> list[Problem]:
+def verify(fs: ImageFS, image_name: str, target: Target | None = None) -> list[Problem]:
     """Every problem in the image, errors and warnings, in a stable order."""
+    target = target or Target()
     ifs = fs if isinstance(fs, IndexedFS) else IndexedFS(fs)
     prefix = image_prefix(image_name)
     problems: list[Problem] = []
     problems.extend(check_name(image_name))
     problems.extend(check_os_release(ifs, prefix))
-    unit_problems, units = check_units(ifs, prefix)
+    unit_problems, unit_files = check_units(ifs, prefix)
     problems.extend(unit_problems)
     problems.extend(check_scaffold(ifs))
+    problems.extend(check_undeclared(ifs, attached_units(ifs, prefix)))
+    problems.extend(check_ignored_drop_ins(ifs, unit_files))
+    units = [load_unit(ifs, u) for u in unit_files]
+    attached = {u.name for u in units}
+    in_image = set(unit_candidates(ifs))
+    socket_services = {t[0] for u in units if u.name.endswith(".socket")
+                       for t in [triggered_unit(u)] if t is not None}
     programs: set[str] = set()
-    for unit_file in units:
-        unit_needs, found = check_unit_needs(ifs, load_unit(ifs, unit_file))
+    for unit in units:
+        refused, broken = check_service(unit, target)
+        problems.extend(refused)
+        problems.extend(check_keys(unit, target, broken))
+        problems.extend(check_trigger(unit, attached, in_image))
+        problems.extend(check_users(unit, target))
+        problems.extend(check_profile(ifs, unit, target, socket_services))
+        unit_needs, found = check_unit_needs(ifs, unit)
         problems.extend(unit_needs)
         programs |= found
     problems.extend(elfcheck.check_elf_files(ifs, ifs.entries, programs))
@@ -449,12 +845,19 @@ def report_json(image: str, problems: list[Problem]) -> dict[str, Any]:
     }
 
 
+# what a build with allow-missing already reported as a warning (closure.warnings)
+MISSING_RULES = frozenset({"exec-missing", "interpreter-missing", "shell-command-missing",
+                           "elf-interpreter", "elf-library"})
+
+
 def check_written(path: Path, image_name: str, tree: ImageTree | None,
-                  warn: Callable[[str], None]) -> None:
+                  warn: Callable[[str], None], allow_missing: bool = False) -> None:
     """The build's gate: raise :class:`VerifyError` when the written image has errors.
 
     The file is read back through the squashfs reader; a build without the
-    reader checks the tree it wrote instead (same rules, same paths).
+    reader checks the tree it wrote instead (same rules, same paths). With
+    ``allow_missing`` (the spec's allow-missing) a missing program, interpreter or
+    library is a warning, and not printed again: the closure already said so.
     """
     from portable_service.imagefs import TreeFS, open_image
 
@@ -469,6 +872,8 @@ def check_written(path: Path, image_name: str, tree: ImageTree | None,
         close = getattr(fs, "close", None)
         if close is not None:
             close()
+    if allow_missing:
+        problems = [p for p in problems if p.rule not in MISSING_RULES]
     for p in problems:
         warn(p.line())
     errs = errors(problems)

@@ -1,0 +1,41 @@
+"""What each portable profile sets, per systemd version (data/<N>/profile/<NAME>.conf).
+
+portablectl attach links the profile as the unit's 10-profile.conf drop-in, read
+after the unit file: its settings win over the unit's own for single-value keys.
+The files differ between versions (252 drops TemporaryFileSystem=/run, 257
+drops PrivateTmp= from "default", ...).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from portable_service.rules import PROFILES, data_text
+from portable_service.units import Unit, parse_unit_text
+
+DEFAULT_PROFILE = "default"
+
+
+@cache
+def profile_unit(version: int, profile: str) -> Unit:
+    """The profile's service.conf as a unit (section [Service]) for systemd ``version``."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown portable profile {profile!r}")
+    text = data_text(version, f"profile/{profile}.conf")
+    return Unit(name=f"{profile}.conf", text=text, origin=f"profile {profile} (systemd {version})",
+                sections=parse_unit_text(text))
+
+
+def setting(version: int, profile: str, key: str) -> str | None:
+    """The profile's last value of ``key`` in [Service], or None when it does not set it."""
+    values = profile_unit(version, profile).values("Service", key)
+    return values[-1] if values else None
+
+
+def sets_yes(version: int, profile: str, key: str) -> bool:
+    return is_yes(setting(version, profile, key))
+
+
+def is_yes(value: str | None) -> bool:
+    """systemd's parse_boolean, true side."""
+    return value is not None and value.strip().lower() in ("1", "yes", "y", "true", "t", "on")
