@@ -544,7 +544,7 @@ def check_keys(unit: Unit, target: Target, broken: set[int]) -> Iterator[Problem
             severity = ERROR if hurt else WARNING
             effect = (f"; without it {target.on(hurt)} refuses the unit" if hurt
                       else "; systemd ignores it")
-            logged = f"('Unknown key name '{key}' in section '{section}', ignoring.')"
+            logged = f"(systemd logs 'Unknown key '{key}' in section [{section}], ignoring.')"
             if knowing:
                 yield Problem(severity, "key-needs-newer-systemd", unit.origin,
                               f"{key}= in [{section}] of {unit.name} needs systemd >= "

@@ -1,0 +1,432 @@
+"""verify's systemd rules against real systemd 247, 252 and 257: for each rule an image
+verify reports that systemd really refuses or mishandles, and one verify passes that
+systemd runs. verify is asked about the container's own version (--systemd) and the
+profile the image is attached with (--profile)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+
+from e2e.conftest import LOG_DIR
+from e2e.lib import port_closed, tcp_get, unit
+from portable_service.build import plan as plan_build
+from portable_service.build import write_atomically
+from portable_service.harness.nspawn import Container, UnitState
+from portable_service.imagefs import IndexedFS, open_image
+from portable_service.progress import QUIET
+from portable_service.spec import spec_from_mapping
+from portable_service.verify import Problem, Target, verify
+
+pytestmark = pytest.mark.e2e
+PORT_SOCKET, PORT_SERVE = 18131, 18132
+PSDEMO = "/usr/bin/psdemo"
+# a JIT's first step: ask for memory both writable and executable
+JIT_C = r"""
+#include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(void) {
+    void *p = mmap(0, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) { perror("jit: mmap W+X"); return 1; }
+    puts("jit: code memory ok");
+    fflush(stdout);
+    for (;;) pause();
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def jit(tmp_path_factory: pytest.TempPathFactory, psdemo: Path) -> Path:
+    """A static program that maps W+X memory as a JIT does; shipped as /usr/bin/luajit."""
+    src = tmp_path_factory.mktemp("jit") / "jit.c"
+    src.write_text(JIT_C)
+    out = src.with_suffix("")
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def build(tmp: Path, pname: str, units: Mapping[str, str], psdemo: Path,
+          files: Mapping[str, bytes] | None = None, contents: list[dict[str, str]] | None = None,
+          **settings: Any) -> Path:
+    """Build with the project's pipeline, then add ``files`` (drop-ins, a package's unit)
+    to the tree before writing, as an image from elsewhere might carry them."""
+    spec = spec_from_mapping({
+        "pname": pname, "version": "1", "squash-compression": "gzip",
+        "units": [unit(n, t) for n, t in units.items()],
+        "contents": [{"source": str(psdemo), "target": PSDEMO}, *(contents or [])],
+        **settings}, tmp)
+    plan = plan_build(spec)
+    for path, data in (files or {}).items():
+        p = PurePosixPath(path)
+        for parent in reversed(p.parents):
+            if plan.tree.get(parent) is None:
+                plan.tree.add_dir(parent, origin="test")
+        plan.tree.add_file(p, data=data, origin="test")
+    tmp.mkdir(parents=True, exist_ok=True)
+    out = tmp / spec.image_name
+    write_atomically(out, lambda t: plan.writer.write(plan.tree, t, plan.options, QUIET))
+    return out
+
+
+@dataclass
+class Outcome:
+    started: bool  # systemctl start succeeded and the unit is active, not failed
+    state: UnitState | None
+    said: str  # systemctl's output and the journal since the attach
+    attached: list[str]
+    probe: Any = None
+
+
+def _cursor(c: Container) -> str:
+    out = c.run("journalctl", "-n0", "--show-cursor", "--no-pager").stdout
+    return out.strip().rsplit("cursor: ", 1)[-1] if "cursor: " in out else ""
+
+
+def run_image(c: Container, image: Path, start: str, profile: str = "default",
+              probe: Callable[[Container], Any] | None = None, wait: float = 1.5) -> Outcome:
+    """Attach with ``profile``, start ``start``, watch it for ``wait`` seconds, detach."""
+    name = image.name.removesuffix(".raw")
+    cursor = _cursor(c)
+    attach = c.attach(image, profile=profile)
+    assert attach.ok, f"attach of {image.name} on {c.release.suite}: {attach.output}"
+    attached = c.attached_units()
+    try:
+        result = c.start(start)
+        state = c.unit_state(start)
+        deadline = time.monotonic() + wait
+        while result.ok and not state.failed and time.monotonic() < deadline:
+            time.sleep(0.1)
+            state = c.unit_state(start)
+        found = probe(c) if probe is not None else None
+        journal = c.run("journalctl", "--no-pager", "-o", "cat",
+                        f"--after-cursor={cursor}").stdout
+    finally:
+        for u in attached:
+            c.systemctl("stop", u)
+        detach = c.detach(name)
+        if not detach.ok and c.release.systemd < 248:
+            for u in attached:
+                c.systemctl("stop", u)
+            detach = c.detach(name)
+    assert detach.ok and c.attached_units() == [], f"detach of {name}: {detach.output}"
+    started = result.ok and state.active == "active" and not state.failed
+    return Outcome(started, state, f"{result.output}\n{state}\n{journal}", attached, found)
+
+
+def check(c: Container, image: Path, profile: str = "default") -> list[Problem]:
+    return verify(IndexedFS(open_image(image)), image.name,
+                  Target(profile=profile, systemd=c.release.systemd))
+
+
+def rules(problems: list[Problem]) -> set[tuple[str, str]]:
+    return {(p.severity, p.rule) for p in problems}
+
+
+def log(c: Container, case: str, problems: list[Problem], outcome: Outcome) -> None:
+    """Evidence for TESTING.md's table: what verify said and what systemd did."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    words = [ln.strip() for ln in outcome.said.splitlines() if any(
+        k in ln for k in ("Unknown", "Refusing", "refusing", "not found", "Failed", "status=",
+                          "jit:", "psdemo:", "not loaded"))]
+    with open(LOG_DIR / f"verify-rules-{c.release.suite}.txt", "a") as f:
+        f.write(f"## {case}: verify {sorted(rules(problems)) or 'clean'} -> "
+                f"{'started' if outcome.started else 'failed'}\n")
+        f.writelines(f"   {w}\n" for w in words[:4])
+
+
+SAY = f"ExecStart={PSDEMO} say hello\n"
+ONESHOT = f"[Service]\nType=oneshot\nRemainAfterExit=yes\n{SAY}"
+SERVE = f"[Service]\nType=exec\nExecStart={PSDEMO} sockserve hi\n"
+
+
+# -- 1. unknown keys
+
+
+def test_typo_leaves_no_execstart(container, tmp_path, psdemo) -> None:
+    image = build(tmp_path, "typo", {"typo.service": f"[Service]\nExecStrat={PSDEMO} say hi\n"},
+                  psdemo)
+    problems = check(container, image)
+    out = run_image(container, image, "typo.service")
+    log(container, "unknown-key (ExecStrat=)", problems, out)
+    assert ("error", "unknown-key") in rules(problems), problems
+    assert ("error", "service-refused") in rules(problems), problems
+    assert any(p.rule == "unknown-key" and "ExecStart" in p.fix for p in problems)
+    assert not out.started, out.said
+    assert "Unknown key" in out.said and "'ExecStrat'" in out.said, out.said
+    assert "Service has no ExecStart=, ExecStop=, or SuccessAction=. Refusing." in out.said
+
+
+def test_unknown_key_is_ignored_and_known_keys_run(container, tmp_path, psdemo) -> None:
+    image = build(tmp_path, "ukey", {"ukey.service": ONESHOT + "FooBarBaz=1\n"}, psdemo)
+    problems = check(container, image)
+    out = run_image(container, image, "ukey.service")
+    log(container, "unknown-key (ignored)", problems, out)
+    assert rules(problems) == {("warning", "unknown-key")}, problems
+    assert out.started, out.said
+    assert "Unknown key" in out.said and "'FooBarBaz'" in out.said, out.said
+    clean = build(tmp_path / "clean", "ukey", {"ukey.service": ONESHOT}, psdemo)
+    assert check(container, clean) == []
+    out = run_image(container, clean, "ukey.service")
+    assert out.started and "Unknown key" not in out.said, out.said
+
+
+def test_key_of_a_newer_systemd(container, tmp_path, psdemo) -> None:
+    # BindLogSockets= is new in 257: older versions log it as unknown and go on
+    image = build(tmp_path, "newkey", {"newkey.service": ONESHOT + "BindLogSockets=yes\n"}, psdemo)
+    problems = check(container, image)
+    out = run_image(container, image, "newkey.service")
+    log(container, "key-needs-newer-systemd (BindLogSockets=)", problems, out)
+    assert out.started, out.said
+    if container.release.systemd >= 257:
+        assert problems == [], problems
+        assert "'BindLogSockets'" not in out.said
+    else:
+        assert rules(problems) == {("warning", "key-needs-newer-systemd")}, problems
+        assert "needs systemd >= 257" in problems[0].message
+        assert "Unknown key" in out.said and "'BindLogSockets'" in out.said, out.said
+
+
+# -- 2. services systemd refuses to load (service_verify())
+
+REFUSED = {
+    "two-execstart": (f"[Service]\nType=exec\n{SAY}{SAY}",
+                      "more than one ExecStart= setting"),
+    "oneshot-restart-always": (ONESHOT + "Restart=always\n", "Restart= set to either always"),
+    "dbus-no-busname": (f"[Service]\nType=dbus\n{SAY}", "no D-Bus service name"),
+    "no-execstart": ("[Service]\nType=exec\nRemainAfterExit=yes\n", "Service has no ExecStart="),
+    "oneshot-only-stop": (f"[Service]\nType=oneshot\nExecStop={PSDEMO} say bye\n",
+                          "does not have RemainAfterExit=yes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_service_refused(container, tmp_path, psdemo, case) -> None:
+    text, words = REFUSED[case]
+    image = build(tmp_path, "refused", {"refused.service": text}, psdemo)
+    problems = check(container, image)
+    out = run_image(container, image, "refused.service")
+    log(container, f"service-refused ({case})", problems, out)
+    assert ("error", "service-refused") in rules(problems), problems
+    assert words in next(p.message for p in problems if p.rule == "service-refused")
+    assert not out.started, out.said
+    assert words in out.said, out.said
+    assert out.state is not None and out.state.load == "bad-setting", out.state
+
+
+def test_oneshot_restart_force_status_depends_on_version(container, tmp_path, psdemo) -> None:
+    image = build(tmp_path, "rfes", {"rfes.service": ONESHOT + "RestartForceExitStatus=3\n"},
+                  psdemo)
+    problems = check(container, image)
+    out = run_image(container, image, "rfes.service")
+    log(container, "service-refused (oneshot RestartForceExitStatus=)", problems, out)
+    if container.release.systemd >= 256:
+        assert problems == [] and out.started, (problems, out.said)
+    else:
+        assert ("error", "service-refused") in rules(problems), problems
+        assert not out.started and "RestartForceExitStatus= set" in out.said, out.said
+
+
+def test_oneshot_allowed_forms_run(container, tmp_path, psdemo) -> None:
+    text = ONESHOT + SAY + "Restart=on-failure\n"  # two ExecStart= and on-failure: fine
+    image = build(tmp_path, "okshot", {"okshot.service": text}, psdemo)
+    problems = check(container, image)
+    out = run_image(container, image, "okshot.service")
+    log(container, "service (oneshot, two ExecStart=, Restart=on-failure)", problems, out)
+    assert problems == [], problems
+    assert out.started, out.said
+
+
+# -- 3. triggered units
+
+
+TRIGGERS = {
+    "timer": ("trig.timer", "[Timer]\nOnActiveSec=1h\n"),
+    "path": ("trig.path", "[Path]\nPathExists=/tmp/nothing\n"),
+    "socket": ("trig.socket", f"[Socket]\nListenStream=127.0.0.1:{PORT_SOCKET}\n"),
+    "timer-unit": ("trig.timer", "[Timer]\nOnActiveSec=1h\nUnit=trig-other.service\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRIGGERS))
+def test_trigger_without_its_unit(container, tmp_path, psdemo, case) -> None:
+    name, text = TRIGGERS[case]
+    # the image ships a service, but not the one the trigger starts
+    units = {name: text, "trig-x.service": f"[Service]\nType=exec\n{SAY}"}
+    image = build(tmp_path, "trig", units, psdemo)
+    problems = check(container, image)
+    out = run_image(container, image, name)
+    log(container, f"trigger-missing ({case})", problems, out)
+    assert ("error", "trigger-missing") in rules(problems), problems
+    assert not out.started, out.said
+
+
+@pytest.mark.parametrize("case", sorted(TRIGGERS))
+def test_trigger_with_its_unit(container, tmp_path, psdemo, case) -> None:
+    name, text = TRIGGERS[case]
+    target = "trig-other.service" if "Unit=" in text else name.rsplit(".", 1)[0] + ".service"
+    service = SERVE if case == "socket" else f"[Service]\nType=exec\n{SAY}"
+    image = build(tmp_path, "trig", {name: text, target: service}, psdemo)
+    problems = check(container, image)
+    out = run_image(container, image, name)
+    log(container, f"trigger present ({case})", problems, out)
+    assert problems == [], problems
+    assert out.started, out.said
+
+
+# -- 4. User= and Group= under the profile
+
+
+def test_user_under_trusted_must_exist_on_host(container, tmp_path, psdemo) -> None:
+    image = build(tmp_path, "usr", {"usr.service": f"[Service]\nType=exec\nUser=psnosuchuser\n"
+                                                   f"ExecStart={PSDEMO} report 0\n"}, psdemo)
+    problems = check(container, image, "trusted")
+    out = run_image(container, image, "usr.service", profile="trusted")
+    log(container, "user-on-host (trusted, User=psnosuchuser)", problems, out)
+    assert ("warning", "user-on-host") in rules(problems), problems
+    assert not out.started, out.said
+    assert "217/USER" in out.said or "status=217" in out.said, out.said
+    # the same under "default": the profile's DynamicUser=yes makes the user; verify says so
+    problems = check(container, image, "default")
+    out = run_image(container, image, "usr.service", profile="default")
+    log(container, "user-dynamic (default, User=psnosuchuser)", problems, out)
+    assert rules(problems) == {("warning", "user-dynamic")}, problems
+    assert out.started, out.said
+
+
+def test_dynamic_user_under_trusted_runs(container, tmp_path, psdemo) -> None:
+    image = build(tmp_path, "usr", {"usr.service": f"[Service]\nType=exec\nUser=psnosuchuser\n"
+                                                   f"DynamicUser=yes\nExecStart={PSDEMO} report 0\n"},
+                  psdemo)
+    problems = check(container, image, "trusted")
+    out = run_image(container, image, "usr.service", profile="trusted")
+    log(container, "user (trusted, DynamicUser=yes)", problems, out)
+    assert problems == [], problems
+    assert out.started, out.said
+
+
+# -- 5. the profile's sandbox
+
+
+@pytest.mark.parametrize("profile", ["default", "trusted"])
+def test_jit_runtime_under_memory_deny_write_execute(container, tmp_path, psdemo, jit,
+                                                     profile) -> None:
+    image = build(tmp_path, "jit", {"jit.service": "[Service]\nType=exec\n"
+                                                   "ExecStart=/usr/bin/luajit\n"}, psdemo,
+                  contents=[{"source": str(jit), "target": "/usr/bin/luajit"}])
+    problems = check(container, image, profile)
+    out = run_image(container, image, "jit.service", profile=profile)
+    log(container, f"profile-jit ({profile})", problems, out)
+    if profile == "trusted":
+        assert problems == [], problems
+        assert out.started and "jit: code memory ok" in out.said, out.said
+    else:
+        assert rules(problems) == {("warning", "profile-jit")}, problems
+        assert "--profile trusted" in problems[0].fix
+        assert not out.started and "jit: mmap W+X" in out.said, out.said
+
+
+@pytest.mark.parametrize("profile", ["default", "nonetwork"])
+def test_service_asking_for_network(container, tmp_path, psdemo, profile) -> None:
+    image = build(tmp_path, "net", {"net.service": "[Unit]\nWants=network-online.target\n"
+                                                   "After=network-online.target\n"
+                                                   f"[Service]\nType=exec\n"
+                                                   f"ExecStart={PSDEMO} serve {PORT_SERVE} net\n"},
+                  psdemo)
+    problems = check(container, image, profile)
+
+    def reach(c: Container) -> bool:
+        return not port_closed(PORT_SERVE) and tcp_get(PORT_SERVE, timeout=3) == "net\n"
+
+    out = run_image(container, image, "net.service", profile=profile, probe=reach)
+    log(container, f"profile-no-network ({profile})", problems, out)
+    if profile == "default":
+        assert problems == [], problems
+        assert out.probe, out.said
+    else:
+        assert rules(problems) == {("warning", "profile-no-network")}, problems
+        assert not out.probe, out.said  # it cannot listen: no inet sockets at all
+        assert "inet socket" in out.said, out.said
+
+
+def test_socket_activation_works_under_nonetwork(container, tmp_path, psdemo) -> None:
+    """A .socket listens in the host's network and hands the socket in: nonetwork does not
+    cut it off, and verify stays silent."""
+    units = {"sock.socket": f"[Socket]\nListenStream=127.0.0.1:{PORT_SOCKET}\n",
+             "sock.service": SERVE}
+    image = build(tmp_path, "sock", units, psdemo)
+    problems = check(container, image, "nonetwork")
+
+    def reach(c: Container) -> str:
+        return tcp_get(PORT_SOCKET, timeout=5)
+
+    out = run_image(container, image, "sock.socket", profile="nonetwork", probe=reach)
+    log(container, "socket activation (nonetwork)", problems, out)
+    assert problems == [], problems
+    assert out.started and out.probe == "hi\n", out.said
+
+
+# -- 6. nothing silently ignored
+
+
+@pytest.mark.parametrize("optional", [False, True])
+def test_environment_file_in_the_image_is_not_read(container, tmp_path, psdemo, optional) -> None:
+    dash = "-" if optional else ""
+    text = (f"[Service]\nType=oneshot\nRemainAfterExit=yes\nEnvironmentFile={dash}/etc/psenv.env\n"
+            f"ExecStart={PSDEMO} say MSG=${{MSG}}.\n")
+    image = build(tmp_path, "envf", {"envf.service": text}, psdemo,
+                  files={"/etc/psenv.env": b"MSG=from-the-image\n"}, **{"allow-missing": True})
+    problems = check(container, image)
+    out = run_image(container, image, "envf.service")
+    log(container, f"environment-file-host ({dash or 'no '}-)", problems, out)
+    assert rules(problems) == {("warning" if optional else "error", "environment-file-host")}, \
+        problems
+    assert "from-the-image" not in out.said, out.said
+    if optional:
+        assert out.started and "MSG=." in out.said, out.said
+    else:
+        assert not out.started and "Failed to load environment files" in out.said, out.said
+    # the fix verify gives: Environment= in the unit
+    fixed = text.replace(f"EnvironmentFile={dash}/etc/psenv.env", "Environment=MSG=from-unit")
+    image = build(tmp_path / "fixed", "envf", {"envf.service": fixed}, psdemo)
+    assert check(container, image) == []
+    out = run_image(container, image, "envf.service")
+    assert out.started and "MSG=from-unit." in out.said, out.said
+
+
+def test_drop_in_in_the_image_is_ignored(container, tmp_path, psdemo) -> None:
+    text = f"[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart={PSDEMO} say MSG=${{MSG}}.\n"
+    image = build(tmp_path, "dropin", {"dropin.service": text}, psdemo, files={
+        "/etc/systemd/system/dropin.service.d/10-msg.conf": b"[Service]\nEnvironment=MSG=dropin\n"})
+    problems = check(container, image)
+    out = run_image(container, image, "dropin.service")
+    log(container, "drop-in-ignored", problems, out)
+    assert rules(problems) == {("warning", "drop-in-ignored")}, problems
+    assert out.started and "MSG=." in out.said and "MSG=dropin." not in out.said, out.said
+    merged = text.replace("[Service]\n", "[Service]\nEnvironment=MSG=dropin\n")
+    image = build(tmp_path / "merged", "dropin", {"dropin.service": merged}, psdemo)
+    assert check(container, image) == []
+    out = run_image(container, image, "dropin.service")
+    assert out.started and "MSG=dropin." in out.said, out.said
+
+
+def test_undeclared_unit_is_attached_too(container, tmp_path, psdemo) -> None:
+    extra = f"[Service]\nType=exec\nExecStart={PSDEMO} say extra\n".encode()
+    units = {"undecl.service": ONESHOT}
+    image = build(tmp_path, "undecl", units, psdemo,
+                  files={"/usr/lib/systemd/system/undecl-extra.service": extra})
+    problems = check(container, image)
+    out = run_image(container, image, "undecl.service")
+    log(container, "undeclared-unit", problems, out)
+    assert rules(problems) == {("warning", "undeclared-unit")}, problems
+    assert "undecl-extra.service" in out.attached, out.attached
+    image = build(tmp_path / "only", "undecl", units, psdemo)
+    assert check(container, image) == []
+    out = run_image(container, image, "undecl.service")
+    assert out.attached == ["undecl.service"] and out.started, out.said
