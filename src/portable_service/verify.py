@@ -428,6 +428,8 @@ def known_only(unit: Unit, version: int) -> Unit:
 SERVICE_TYPES = ("simple", "exec", "forking", "oneshot", "dbus", "notify", "notify-reload", "idle")
 # Restart= values systemd accepts with Type=oneshot (since 244; service_verify())
 ONESHOT_RESTARTS = ("no", "on-failure", "on-abnormal", "on-watchdog", "on-abort")
+# systemd 247 (Debian 11) crashes (PID 1 exits) starting Type=dbus without BusName=; 252 refuses
+DBUS_CRASH_FIXED = 252
 # RestartForceExitStatus= with Type=oneshot is refused before this version
 ONESHOT_FORCE_STATUS_SINCE = 256
 
@@ -476,8 +478,8 @@ def service_refusal(unit: Unit, version: int) -> str | None:
                 "for Type=oneshot services. Refusing.")
     if kind == "oneshot" and u.values("Service", "RestartForceExitStatus") \
             and version < ONESHOT_FORCE_STATUS_SINCE:
-        return ("Service has RestartForceExitStatus= set, which isn't allowed for "
-                "Type=oneshot services. Refusing.")
+        key = "RestartForceStatus" if version < 252 else "RestartForceExitStatus"  # 247's words
+        return f"Service has {key}= set, which isn't allowed for Type=oneshot services. Refusing."
     if kind == "dbus" and not _last(u, "Service", "BusName"):
         return ("Service is of type D-Bus but no D-Bus service name has been specified. "
                 "Refusing.")
@@ -495,7 +497,7 @@ SERVICE_FIXES = {
     "more than one ExecStart=": "keep one ExecStart= (run the others in ExecStartPre=/"
                                 "ExecStartPost=), or set Type=oneshot",
     "Restart=": "use Restart=on-failure (or no), or another Type=",
-    "RestartForceExitStatus=": "drop RestartForceExitStatus= or use another Type=",
+    "RestartForce": "drop RestartForceExitStatus= or use another Type=",
     "D-Bus": "set BusName= to the name the service takes on the bus",
     "PAM": "set KillMode=control-group or mixed",
 }
@@ -513,10 +515,14 @@ def check_service(unit: Unit, target: Target) -> tuple[list[Problem], set[int]]:
     problems = []
     for reason, versions in said.items():
         fix = next((f for k, f in SERVICE_FIXES.items() if k in reason), "fix the unit")
+        worse = ""
+        if "D-Bus" in reason and min(versions) < DBUS_CRASH_FIXED:
+            worse = ("; systemd 247 does worse: its PID 1 dies when the unit is started "
+                     "(tests/e2e/test_verify_rules.py)")
         problems.append(Problem(
             ERROR, "service-refused", unit.origin,
             f"{target.on(versions)} refuses to load {unit.name}: '{reason}' (the unit is "
-            "'bad-setting' and every start fails)", fix))
+            f"'bad-setting' and every start fails){worse}", fix))
     return problems, {v for vs in said.values() for v in vs}
 
 
