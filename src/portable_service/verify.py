@@ -508,10 +508,11 @@ def check_service(unit: Unit, target: Target) -> tuple[list[Problem], set[int]]:
     if not unit.name.endswith(".service"):
         return [], set()
     said: dict[str, list[int]] = {}
-    for version in target.versions():
+    for version in reversed(target.versions()):  # newest first: its words name the case
         reason = service_refusal(unit, version)
         if reason is not None:
-            said.setdefault(reason, []).append(version)
+            same = reason.replace("RestartForceStatus=", "RestartForceExitStatus=")
+            said.setdefault(next((r for r in said if r == same), reason), []).append(version)
     problems = []
     for reason, versions in said.items():
         fix = next((f for k, f in SERVICE_FIXES.items() if k in reason), "fix the unit")
