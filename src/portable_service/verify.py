@@ -606,9 +606,15 @@ def check_trigger(unit: Unit, attached: set[str], in_image: set[str]) -> Iterato
         return
     where = ("is in the image but does not match the prefix, so portabled does not attach it"
              if template_of(name) in in_image else "is not in the image")
+    if name.endswith("@.service"):
+        said = f"each connection fails: systemd cannot start an instance of {name}"
+    elif unit.name.endswith(".socket"):
+        said = f"systemd refuses to start it ('Socket service {name} not loaded, refusing.')"
+    else:
+        said = (f"systemd refuses to start it ('Refusing to start, unit {name} to trigger "
+                "not loaded.')")
     yield Problem(ERROR, "trigger-missing", unit.origin,
-                  f"{unit.name} starts {name} ({why}), which {where}: systemd refuses to "
-                  f"start {unit.name} or fails it on the first event ('Unit {name} not found')",
+                  f"{unit.name} starts {name} ({why}), which {where}: {said}",
                   f"add {name} to the image's units, or point {unit.name} at a unit it ships")
 
 

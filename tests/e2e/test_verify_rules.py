@@ -26,7 +26,7 @@ from portable_service.spec import spec_from_mapping
 from portable_service.verify import DBUS_CRASH_FIXED, Problem, Target, verify
 
 pytestmark = pytest.mark.e2e
-PORT_SOCKET, PORT_SERVE = 18131, 18132
+PORT_SOCKET, PORT_SERVE = 28731, 28732  # the host network is shared: ports no other test uses
 PSDEMO = "/usr/bin/psdemo"
 # a JIT's first step: ask for memory both writable and executable
 JIT_C = r"""
