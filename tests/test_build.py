@@ -127,8 +127,11 @@ def test_inline_units_and_drop_ins(project: Path) -> None:
     image = make(project, units=[{"name": "demo.service", "text": SERVICE}, "demo.service.d"])
     entries = unsquashfs_list(image)
     assert entries["/etc/systemd/system/demo.service"][0] == "-rw-r--r--"
-    assert unsquashfs_cat(image, "etc/systemd/system/demo.service.d/override.conf") == (
-        b"[Service]\nEnvironment=X=1\n")
+    # portabled never reads a drop-in inside an image: it is merged into the unit file
+    assert not any(p.startswith("/etc/systemd/system/demo.service.d") for p in entries)
+    text = unsquashfs_cat(image, "etc/systemd/system/demo.service").decode()
+    assert text.startswith(SERVICE)
+    assert text.endswith("\n[Service]\nEnvironment=X=1\n")
 
 
 def test_byte_identical_rebuilds(project: Path, tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -57,6 +57,10 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     writer = select_writer(spec)
     with reporter.step(f"reading {len(spec.units)} unit source(s)"):
         units = units_mod.load_units(spec)
+    for unit in units:
+        if unit.drop_ins:
+            reporter.info(f"merged {', '.join(unit.drop_ins)} into {unit.name}: portabled does "
+                          "not read drop-ins inside an image")
     with reporter.step("resolving the closure"):
         closure = closure_mod.resolve(spec, units)
     for warning in closure.warnings:
