@@ -175,5 +175,5 @@ def test_drop_in_for_no_unit_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "demo-other.service.d/a.conf").write_text("[Service]\nEnvironment=A=1\n")
     s = spec_from_mapping({"pname": "demo", "version": "1",
                            "units": ["demo.service", "demo-other.service.d"]}, tmp_path)
-    with pytest.raises(UnitError, match="demo-other.service.d belongs to no unit"):
+    with pytest.raises(UnitError, match=r"demo-other\.service\.d belongs to no unit"):
         load_units(s)

@@ -355,11 +355,12 @@ def _split_commands(value: str) -> list[list[str]]:
     return [c for c in commands if c]
 
 
-def environment_files(unit: Unit) -> list[tuple[str, str]]:
-    """EnvironmentFile= paths the unit must read (those without '-')."""
+def environment_files(unit: Unit, *, optional: bool = False) -> list[tuple[str, str]]:
+    """EnvironmentFile= paths the unit must read (those without '-'; all with ``optional``)."""
     out = []
     for section in unit.exec_sections():
         for value in unit.values(section, "EnvironmentFile"):
-            if not value.startswith("-") and value.startswith("/"):
-                out.append((value, f"EnvironmentFile= in {unit.unit_name}"))
+            path = value.removeprefix("-") if optional else value
+            if path.startswith("/"):
+                out.append((path, f"EnvironmentFile= in {unit.unit_name}"))
     return out
