@@ -26,7 +26,8 @@ from portable_service.spec import spec_from_mapping
 from portable_service.verify import DBUS_CRASH_FIXED, Problem, Target, verify
 
 pytestmark = pytest.mark.e2e
-PORT_SOCKET, PORT_SERVE = 28731, 28732  # the host network is shared: ports no other test uses
+# the host network is shared: ports no other test uses
+PORT_SOCKET, PORT_SERVE, PORT_ACCEPT = 28731, 28732, 28733
 PSDEMO = "/usr/bin/psdemo"
 # a JIT's first step: ask for memory both writable and executable
 JIT_C = r"""
@@ -291,6 +292,32 @@ def test_trigger_with_its_unit(container, tmp_path, psdemo, case) -> None:
     log(container, f"trigger present ({case})", problems, out)
     assert problems == [], problems
     assert out.started, out.said
+
+
+@pytest.mark.parametrize("template", [False, True])
+def test_accept_socket_needs_a_template(container, tmp_path, psdemo, template) -> None:
+    """Accept=yes starts NAME@.service per connection: a plain NAME.service is never used."""
+    service = "acc@.service" if template else "acc.service"
+    units = {"acc.socket": f"[Socket]\nListenStream=127.0.0.1:{PORT_ACCEPT}\nAccept=yes\n",
+             service: f"[Service]\nStandardInput=socket\n{SAY}"}
+    image = build(tmp_path, "acc", units, psdemo)
+    problems = check(container, image)
+
+    def reply(c: Container) -> str:
+        try:
+            return tcp_get(PORT_ACCEPT, timeout=3)
+        except OSError as e:
+            return f"error: {e}"
+
+    out = run_image(container, image, "acc.socket", probe=reply)
+    log(container, f"trigger {'present' if template else 'missing'} (Accept=yes)", problems, out)
+    assert out.started, out.said  # the socket itself listens either way
+    if template:
+        assert problems == [], problems
+        assert out.probe == "hello\n", out.said
+    else:
+        assert rules(problems) == {("error", "trigger-missing")}, problems
+        assert out.probe != "hello\n", (out.probe, out.said)
 
 
 # -- 4. User= and Group= under the profile
