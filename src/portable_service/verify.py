@@ -607,7 +607,9 @@ def check_trigger(unit: Unit, attached: set[str], in_image: set[str]) -> Iterato
     where = ("is in the image but does not match the prefix, so portabled does not attach it"
              if template_of(name) in in_image else "is not in the image")
     if name.endswith("@.service"):
-        said = f"each connection fails: systemd cannot start an instance of {name}"
+        said = ("the first connection fails the socket with result 'resources' ('Failed to "
+                "queue service startup job' on 247/252, 'Failed to load connection service "
+                "unit' on 257)")
     elif unit.name.endswith(".socket"):
         said = f"systemd refuses to start it ('Socket service {name} not loaded, refusing.')"
     else:

@@ -318,6 +318,9 @@ def test_accept_socket_needs_a_template(container, tmp_path, psdemo, template) -
     else:
         assert rules(problems) == {("error", "trigger-missing")}, problems
         assert out.probe != "hello\n", (out.probe, out.said)
+        assert "Failed with result 'resources'" in out.said, out.said
+        assert ("Failed to queue service startup job" in out.said  # 247, 252
+                or "Failed to load connection service unit" in out.said), out.said  # 257
 
 
 # -- 4. User= and Group= under the profile
