@@ -721,6 +721,61 @@ def check_profile(fs: ImageFS, unit: Unit, target: Target, socket_services: set[
                       "listen for it (socket activation passes the host's socket in)")
 
 
+# folders a service writes by convention -> the directive that makes a writable one there
+WRITABLE_BY = {"/var/lib": "StateDirectory", "/var/cache": "CacheDirectory",
+               "/var/log": "LogsDirectory"}
+
+
+def _paths_in(word: str) -> Iterator[str]:
+    """Absolute paths in one argument: the word, or the value of --opt=PATH / KEY=PATH."""
+    for part in (word, word.split("=", 1)[-1]):
+        if part.startswith("/") and "%" not in part and "$" not in part:
+            yield posixpath.normpath(part)
+            return
+
+
+def check_read_only_paths(unit: Unit, target: Target) -> Iterator[Problem]:
+    """Arguments naming a place under /var/lib, /var/cache or /var/log that the unit does not
+    make writable: the image is read-only, and every profile but trusted adds
+    ProtectSystem=strict, so a service writing there fails ('Read-only file system')."""
+    if not unit.name.endswith(".service"):
+        return
+    writable: list[str] = []
+    for section in unit.exec_sections():
+        for key, root in (("StateDirectory", "/var/lib"), ("CacheDirectory", "/var/cache"),
+                          ("LogsDirectory", "/var/log")):
+            for value in unit.values(section, key):
+                writable += [f"{root}/{w.split(':', 1)[0]}" for w in value.split()]
+        for key in ("ReadWritePaths", "BindPaths", "TemporaryFileSystem"):
+            for value in unit.values(section, key):
+                for w in value.split():
+                    src, _, rest = w.lstrip("-+").partition(":")
+                    writable.append(rest.split(":", 1)[0] if rest and key == "BindPaths"
+                                    else src)
+    strict = [v for v in target.versions()
+              if profiles.setting(v, target.profile, "ProtectSystem") == "strict"]
+    why = (f"the image is read-only and the {target.profile!r} profile sets ProtectSystem=strict"
+           if strict else "the image is read-only")
+    for command in exec_commands(unit):
+        for word in command.argv[1:]:
+            for path in _paths_in(word):
+                root = next((r for r in WRITABLE_BY if path.startswith(r + "/")), None)
+                if root is None or _under(path, writable):
+                    continue
+                rest = path[len(root) + 1:]
+                name = rest.split("/", 1)[0]
+                if "/" not in rest:  # a file right in /var/log: a folder of its own is needed
+                    name = name.split(".", 1)[0] or name
+                yield Problem(WARNING, "path-read-only", path,
+                              f"{command.directive} names {path}, which is read-only in the "
+                              f"unit ({why}): if the service writes there it fails with "
+                              "'Read-only file system'",
+                              f"set {WRITABLE_BY[root]}={name} and use {root}/{name}/ (systemd "
+                              "mounts it writable for the unit), or ReadWritePaths= for a host "
+                              "path")
+                break
+
+
 def check_ignored_drop_ins(fs: ImageFS, units: Iterable[UnitFile]) -> Iterator[Problem]:
     for unit in units:
         for conf in drop_ins(fs, unit.name):
@@ -826,6 +881,7 @@ def verify(fs: ImageFS, image_name: str, target: Target | None = None) -> list[P
         problems.extend(check_trigger(unit, attached, in_image))
         problems.extend(check_users(unit, target))
         problems.extend(check_profile(ifs, unit, target, socket_services))
+        problems.extend(check_read_only_paths(unit, target))
         unit_needs, found = check_unit_needs(ifs, unit)
         problems.extend(unit_needs)
         programs |= found

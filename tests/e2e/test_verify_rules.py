@@ -415,6 +415,26 @@ def test_socket_activation_works_under_nonetwork(container, tmp_path, psdemo) ->
     assert out.started and out.probe == "hi\n", out.said
 
 
+@pytest.mark.parametrize("state_directory", [False, True])
+def test_argument_naming_a_read_only_place(container, tmp_path, psdemo, state_directory) -> None:
+    extra = "StateDirectory=app\n" if state_directory else ""
+    text = (f"[Service]\nType=oneshot\nRemainAfterExit=yes\n{extra}"
+            f"ExecStart={PSDEMO} probe /var/lib/app\n")
+    files = {} if state_directory else {"/var/lib/app/.keep": b""}  # there, but read-only
+    image = build(tmp_path, "rop", {"rop.service": text}, psdemo, files=files)
+    problems = check(container, image)
+    out = run_image(container, image, "rop.service")
+    log(container, f"path-read-only ({'StateDirectory=app' if state_directory else 'none'})",
+        problems, out)
+    assert out.started, out.said
+    if state_directory:
+        assert problems == [], problems
+        assert "/var/lib/app: folder, writable" in out.said, out.said
+    else:
+        assert rules(problems) == {("warning", "path-read-only")}, problems
+        assert "/var/lib/app: folder, Read-only file system" in out.said, out.said
+
+
 # -- 6. nothing silently ignored
 
 

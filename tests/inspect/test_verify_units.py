@@ -318,3 +318,19 @@ def test_build_records_the_declared_units(tmp_path: Path) -> None:
     entry = plan(spec).tree.get(CLOSURE_RECORD)
     assert entry is not None and entry.data is not None
     assert json.loads(entry.data)["units"] == ["demo-b.socket", "demo.service"]
+
+
+def test_arguments_naming_read_only_places() -> None:
+    units = {"demo.service": f"[Service]\nExecStart={PROG} --data=/var/lib/app/db /srv/x\n"}
+    problems = _check(units)
+    assert [(p.rule, p.path) for p in problems] == [("path-read-only", "/var/lib/app/db")]
+    assert "ProtectSystem=strict" in problems[0].message
+    assert problems[0].fix.startswith("set StateDirectory=app")
+    trusted = _check(units, Target(profile="trusted"))
+    assert "ProtectSystem" not in trusted[0].message  # still a read-only image
+    for fix in ("StateDirectory=app", "StateDirectory=app:other", "ReadWritePaths=/var/lib/app",
+                "BindPaths=/srv/data:/var/lib/app"):
+        fixed = {"demo.service": units["demo.service"] + fix + "\n"}
+        assert [p.rule for p in _check(fixed) if p.rule == "path-read-only"] == [], fix
+    logs = {"demo.service": f"[Service]\nExecStart={PROG} /var/log/demo.log\nLogsDirectory=x\n"}
+    assert _check(logs)[0].fix.startswith("set LogsDirectory=demo and use /var/log/demo/")
