@@ -417,10 +417,17 @@ def _check_interpreter(fs: ImageFS, program: str, real: str, head: bytes, direct
 # -- what systemd itself refuses or ignores in the unit files (rules/ holds its facts)
 
 
-def known_only(unit: Unit, version: int) -> Unit:
-    """The unit as systemd ``version`` reads it: keys it does not know are dropped."""
+def known_only(unit: Unit, version: int, keep: tuple[str, str] | None = None) -> Unit:
+    """The unit as systemd ``version`` reads it: keys it does not know are dropped
+    (but ``keep``, a (section, key), to see what the unit would be with it)."""
     known = directives.known_keys(version)
-    sections = {s: [(k, v) for k, v in pairs if k in known.get(s, ())]
+    sections = {s: [(k, v) for k, v in pairs if k in known.get(s, ()) or (s, k) == keep]
+                for s, pairs in unit.sections.items()}
+    return Unit(name=unit.name, text=unit.text, origin=unit.origin, sections=sections)
+
+
+def _renamed(unit: Unit, section: str, key: str, new: str) -> Unit:
+    sections = {s: [(new if (s, k) == (section, key) else k, v) for k, v in pairs]
                 for s, pairs in unit.sections.items()}
     return Unit(name=unit.name, text=unit.text, origin=unit.origin, sections=sections)
 
@@ -453,10 +460,10 @@ def _starts(unit: Unit) -> list[str]:
     return [" ".join(c.argv) for c in exec_commands(unit) if c.directive.startswith("ExecStart=")]
 
 
-def service_refusal(unit: Unit, version: int) -> str | None:
+def service_refusal(unit: Unit, version: int, keep: tuple[str, str] | None = None) -> str | None:
     """systemd's own words when it refuses to load the service (service_verify() in
     src/core/service.c, the same in v247, v252 and v257 except where noted), else None."""
-    u = known_only(unit, version)
+    u = known_only(unit, version, keep)
     kind = service_type(u)
     starts = _starts(u)
     stops = [c for c in exec_commands(u) if c.directive.startswith("ExecStop=")]
@@ -547,7 +554,12 @@ def check_keys(unit: Unit, target: Target, broken: set[int]) -> Iterator[Problem
             ignoring = [v for v in target.versions() if v not in knowing]
             if not ignoring:
                 continue
-            hurt = [v for v in ignoring if v in broken]
+            # an error when the ignored key is what breaks the unit: read as meant (the
+            # newer key known, the typo spelt right) the unit would load
+            meant = key if knowing else (directives.closest(section, key) or key)
+            fixed = _renamed(unit, section, key, meant)
+            hurt = [v for v in ignoring if v in broken
+                    and service_refusal(fixed, v, keep=(section, meant)) is None]
             severity = ERROR if hurt else WARNING
             effect = (f"; without it {target.on(hurt)} refuses the unit" if hurt
                       else "; systemd ignores it")

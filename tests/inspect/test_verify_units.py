@@ -113,11 +113,11 @@ def test_key_of_a_newer_systemd_names_the_version() -> None:
     assert "systemd 252" in _check(units, Target(systemd=252))[0].message
 
 
-def test_newer_key_on_a_refused_unit_is_an_error() -> None:
-    # a unit older versions refuse anyway: the ignored key is part of the breakage
+def test_newer_key_on_a_unit_refused_anyway_stays_a_warning() -> None:
+    # the unit has no ExecStart= on any version; the key 247 ignores does not change that
     text = "[Service]\nType=oneshot\nExitType=main\n"
     problems = _check({"demo.service": text}, Target(systemd=247))
-    assert _rules(problems) == [("error", "key-needs-newer-systemd"), ("error", "service-refused")]
+    assert _rules(problems) == [("error", "service-refused"), ("warning", "key-needs-newer-systemd")]
     assert _rules(_check({"demo.service": OK + "ExitType=main\n"}, Target(systemd=247))) == [
         ("warning", "key-needs-newer-systemd")]
 
@@ -334,3 +334,13 @@ def test_arguments_naming_read_only_places() -> None:
         assert [p.rule for p in _check(fixed) if p.rule == "path-read-only"] == [], fix
     logs = {"demo.service": f"[Service]\nExecStart={PROG} /var/log/demo.log\nLogsDirectory=x\n"}
     assert _check(logs)[0].fix.startswith("set LogsDirectory=demo and use /var/log/demo/")
+
+
+def test_an_unknown_key_is_an_error_only_when_it_breaks_the_unit() -> None:
+    # refused for another reason: the harmless unknown key stays a warning
+    text = f"[Service]\nExecStart={PROG} a\nExecStart={PROG} b\nFooBar=1\n"
+    assert _rules(_check({"demo.service": text})) == [
+        ("error", "service-refused"), ("warning", "unknown-key")]
+    # the typo is what leaves the unit without ExecStart=
+    assert _rules(_check({"demo.service": f"[Service]\nExecStrat={PROG}\nFooBar=1\n"})) == [
+        ("error", "service-refused"), ("error", "unknown-key"), ("warning", "unknown-key")]
