@@ -447,7 +447,7 @@ def test_environment_file_in_the_image_is_not_read(container, tmp_path, psdemo, 
                   files={"/etc/psenv.env": b"MSG=from-the-image\n"}, **{"allow-missing": True})
     problems = check(container, image)
     out = run_image(container, image, "envf.service")
-    log(container, f"environment-file-host ({dash or 'no '}-)", problems, out)
+    log(container, f"environment-file-host ({dash}PATH)", problems, out)
     assert rules(problems) == {("warning" if optional else "error", "environment-file-host")}, \
         problems
     assert "from-the-image" not in out.said, out.said
