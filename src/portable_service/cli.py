@@ -154,6 +154,11 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # run the cleanups: no temporary file is left behind
 
 
+def one_line(text: str) -> str:
+    """An error is one line, whatever a name or value in it holds."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
@@ -167,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PortableServiceError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no image was written or changed", file=sys.stderr)
@@ -180,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         where = f" ({e.filename})" if e.filename else ""
-        print(f"{PROG}: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(f'{e.strerror or e}{where}')}", file=sys.stderr)
         return 1
 
 
