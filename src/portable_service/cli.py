@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import logging
 import os
 import signal
@@ -154,6 +155,30 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # run the cleanups: no temporary file is left behind
 
 
+def _escape_unencodable(err: UnicodeError) -> tuple[str, int]:
+    """Bytes of a name that are not text (kept as surrogates by os.fsdecode) print as ``\\xNN``,
+    as systemd prints them; other characters the stream cannot encode as ``\\uNNNN``."""
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    out = []
+    for ch in err.object[err.start:err.end]:
+        code = ord(ch)
+        out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else
+                   f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return "".join(out), err.end
+
+
+codecs.register_error("portable-service-escape", _escape_unencodable)
+
+
+def _escape_streams() -> None:
+    """Names in images may be any bytes: never let printing one crash a verb."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="portable-service-escape")
+
+
 def one_line(text: str) -> str:
     """An error is one line, whatever a name or value in it holds."""
     return text.replace("\r", "\\r").replace("\n", "\\n")
@@ -163,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
         signal.signal(signal.SIGINT, _interrupt)
+    _escape_streams()
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
