@@ -1,0 +1,67 @@
+"""What a build must not let into an image: set-id bits of other owners, units that skip the
+unit checks; and what it must not refuse: a program named by another spelling."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import require, require_root, unsquashfs_list
+from portable_service import build
+from portable_service.errors import TreeError
+
+UNIT = "[Service]\nExecStart=/usr/bin/env true\n"
+
+
+def make(tmp_path: Path, **extra: object) -> Path:
+    (tmp_path / "demo.service").write_text(UNIT)
+    settings = {"pname": "demo", "version": "1", "units": ["demo.service"],
+                "squash_compression": "gzip", **extra}
+    return build(output_dir=tmp_path / "result", base_dir=tmp_path, **settings)
+
+
+def test_setid_bits_of_other_owners_are_dropped(tmp_path: Path) -> None:
+    require_root()
+    app = tmp_path / "app"
+    app.mkdir()
+    for name, uid, gid in (("user-suid", 65534, 0), ("user-sgid", 0, 65534), ("root-suid", 0, 0)):
+        f = app / name
+        f.write_text("#!/bin/sh\n")
+        os.chown(f, uid, gid)
+        f.chmod(0o755 | stat.S_ISUID | stat.S_ISGID)
+    entries = unsquashfs_list(make(tmp_path, contents=[{"source": "app", "target": "/opt/app"}]))
+    assert entries["/opt/app/user-suid"][0] == "-rwxr-sr-x"  # setuid of uid 65534 dropped
+    assert entries["/opt/app/user-sgid"][0] == "-rwsr-xr-x"  # setgid of gid 65534 dropped
+    assert entries["/opt/app/root-suid"][0] == "-rwsr-sr-x"  # root's own: kept (verify warns)
+
+
+@pytest.mark.parametrize("target", ["/etc/systemd/system/demo-extra.service",
+                                    "/usr/lib/systemd/system/demo.socket"])
+def test_units_enter_only_through_units(tmp_path: Path, target: str) -> None:
+    (tmp_path / "sneaky.service").write_text("[Service]\nExecStart=/usr/bin/env false\n")
+    with pytest.raises(TreeError, match="portabled would attach it unchecked"):
+        make(tmp_path, contents=[{"source": "sneaky.service", "target": target}])
+    assert not (tmp_path / "result" / "demo_1.raw").exists()
+
+
+def test_a_folder_of_units_is_refused_too(tmp_path: Path) -> None:
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / "demo-web.service").write_text(UNIT)
+    (units / "other.service").write_text(UNIT)  # no prefix match: portabled ignores it
+    with pytest.raises(TreeError, match=r"demo-web\.service"):
+        make(tmp_path, contents=[{"source": "units", "target": "/usr/lib/systemd/system"}])
+
+
+def test_program_by_another_spelling_is_found(tmp_path: Path) -> None:
+    require(Path("/bin").is_symlink(), "the host has no merged /usr (/bin -> usr/bin)")
+    (tmp_path / "demo.service").write_text("[Service]\nExecStart=/bin/true\n")
+    settings = {"pname": "demo", "version": "1", "units": ["demo.service"],
+                "squash_compression": "gzip", "contents": ["/usr/bin/true"]}
+    image = build(output_dir=tmp_path / "result", base_dir=tmp_path, **settings)
+    entries = unsquashfs_list(image)
+    assert entries["/bin"][0].startswith("l")
+    assert "/usr/bin/true" in entries
