@@ -65,3 +65,26 @@ def test_program_by_another_spelling_is_found(tmp_path: Path) -> None:
     entries = unsquashfs_list(image)
     assert entries["/bin"][0].startswith("l")
     assert "/usr/bin/true" in entries
+
+
+@pytest.mark.parametrize("writer", ["mksquashfs", "native"])
+def test_a_file_deleted_during_the_build_fails_it(tmp_path: Path, writer: str) -> None:
+    from portable_service.build import plan, write_atomically
+    from portable_service.errors import PortableServiceError
+    from portable_service.progress import QUIET
+    from portable_service.spec import spec_from_mapping
+
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app/a").write_text("a")
+    (tmp_path / "app/gone").write_text("b")
+    (tmp_path / "demo.service").write_text(UNIT)
+    spec = spec_from_mapping({"pname": "demo", "version": "1", "units": ["demo.service"],
+                              "writer": writer, "squash-compression": "gzip",
+                              "contents": [{"source": "app", "target": "/opt/app"}]}, tmp_path)
+    p = plan(spec)
+    (tmp_path / "app/gone").unlink()  # after the layout, before the writer reads it
+    out = tmp_path / "demo_1.raw"
+    with pytest.raises(PortableServiceError, match=r"cannot read .*app/gone"):
+        write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, QUIET))
+    assert not out.exists()
+    assert list(tmp_path.glob(".demo_1.raw.*")) == []
