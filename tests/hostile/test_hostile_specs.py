@@ -73,3 +73,32 @@ def test_spec_error_names_the_key() -> None:
     with pytest.raises(SpecError, match="'contents' contains a NUL byte"):
         spec_from_mapping({"pname": "demo", "version": "1", "units": ["demo.service"],
                            "contents": ["/a\0b"]}, Path("/"))
+
+
+def test_interrupt_at_any_moment_of_start_up_is_quiet(tmp_path: Path) -> None:
+    """Ctrl-C while the command loads its modules or parses flags: no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    (tmp_path / "demo.service").write_text(UNIT)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    # as the console script does it, from the moment its entry point is imported (that
+    # import is kept to a few lines; a Ctrl-C inside Python's own start-up is Python's)
+    code = ("import sys; from portable_service.__main__ import run; "
+            "sys.stderr.write('up\\n'); sys.stderr.flush(); run()")
+    for delay in [0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.11, 0.15, 0.2, 0.3, 0.45]:
+        proc = subprocess.Popen([sys.executable, "-c", code, "build", "--pname", "demo",
+                                 "--version", "1", "--unit", "demo.service", "-q"],
+                                cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        assert proc.stderr.readline() == "up\n"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert "Traceback" not in err, f"after {delay} s: {err}"
+        assert proc.returncode in (0, 130), f"after {delay} s: exit {proc.returncode}: {err}"
