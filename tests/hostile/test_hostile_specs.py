@@ -87,8 +87,8 @@ def test_interrupt_at_any_moment_of_start_up_is_quiet(tmp_path: Path) -> None:
 
     (tmp_path / "demo.service").write_text(UNIT)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    # as the console script does it, from the moment its entry point is imported (that
-    # import is kept to a few lines; a Ctrl-C inside Python's own start-up is Python's)
+    # as the console script does it, from the moment its entry point is imported (a Ctrl-C
+    # inside Python's own start-up, or the package's import, is Python's to report)
     code = ("import sys; from portable_service.__main__ import run; "
             "sys.stderr.write('up\\n'); sys.stderr.flush(); run()")
     for delay in [0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.11, 0.15, 0.2, 0.3, 0.45]:
