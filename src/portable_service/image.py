@@ -179,6 +179,7 @@ def place(tree: ImageTree, node: Node) -> PurePosixPath:
         mode &= ~stat.S_ISUID
     if st.st_gid != 0:
         mode &= ~stat.S_ISGID
+    mode |= readable_by_others(mode, st.st_uid, st.st_gid)
     origin = node.reason if node.parent is None else f"{node.reason} (from {node.parent})"
     if stat.S_ISLNK(st.st_mode):
         tree.add_symlink(image, os.readlink(node.host), origin=origin)
@@ -195,6 +196,23 @@ def place(tree: ImageTree, node: Node) -> PurePosixPath:
             "leave it out of contents (or add it to exclude)",
         )
     return image
+
+
+def readable_by_others(mode: int, uid: int, gid: int) -> int:
+    """The read (and search) bits a file's service user must get in the image.
+
+    Everything in the image is owned by root, and the service runs as a dynamic user
+    (or one of the host's): a file only its package's user or group could read on the
+    host (``/etc/redis`` is ``2770 redis:redis``) would be unreadable by the service. So the
+    read and execute bits of a non-root owner or group are given to others too. Write bits
+    are not: the image is read-only anyway.
+    """
+    extra = 0
+    if uid != 0:
+        extra |= (mode >> 6) & 0o5
+    if gid != 0:
+        extra |= (mode >> 3) & 0o5
+    return extra
 
 
 def mirror_host_parents(tree: ImageTree, path: PurePosixPath, why: str) -> PurePosixPath:

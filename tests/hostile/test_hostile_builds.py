@@ -88,3 +88,26 @@ def test_a_file_deleted_during_the_build_fails_it(tmp_path: Path, writer: str) -
         write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, QUIET))
     assert not out.exists()
     assert list(tmp_path.glob(".demo_1.raw.*")) == []
+
+
+def test_files_of_a_package_user_stay_readable(tmp_path: Path) -> None:
+    """/etc/redis is 2770 redis:redis on a host: as root:root in the image, the service's user
+    must still read it."""
+    require_root()
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "server.conf").write_text("port 1\n")
+    os.chown(conf / "server.conf", 65534, 65534)
+    (conf / "server.conf").chmod(0o640)
+    (conf / "group-only").write_text("x\n")
+    os.chown(conf / "group-only", 0, 65534)
+    (conf / "group-only").chmod(0o640)
+    (conf / "root-only").write_text("x\n")
+    (conf / "root-only").chmod(0o600)
+    os.chown(conf, 65534, 65534)
+    conf.chmod(0o2770)
+    entries = unsquashfs_list(make(tmp_path, contents=[{"source": "conf", "target": "/etc/srv"}]))
+    assert entries["/etc/srv"][0] == "drwxrwxr-x"  # setgid of gid 65534 dropped, r-x for all
+    assert entries["/etc/srv/server.conf"][0] == "-rw-r--r--"
+    assert entries["/etc/srv/group-only"][0] == "-rw-r--r--"
+    assert entries["/etc/srv/root-only"][0] == "-rw-------"  # root's own: as it was
