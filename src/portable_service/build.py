@@ -13,6 +13,7 @@ from portable_service import closure as closure_mod
 from portable_service import image
 from portable_service import units as units_mod
 from portable_service.closure import Closure
+from portable_service.closure.secrets import check_no_secrets
 from portable_service.errors import PortableServiceError, SpecError, ToolError
 from portable_service.progress import QUIET, Reporter
 from portable_service.spec import Spec, check_spec
@@ -63,6 +64,7 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
                           "not read drop-ins inside an image")
     with reporter.step("resolving the closure"):
         closure = closure_mod.resolve(spec, units)
+        check_no_secrets(closure)
     for warning in closure.warnings:
         reporter.warn(warning)
     with reporter.step("laying out the image tree"):
