@@ -124,7 +124,8 @@ def write_atomically(out: Path, write: Callable[[Path], None],
     try:
         # held until the end: another build's cleanup leaves a locked file alone even when
         # it cannot see our pid (a build in another pid namespace writing to the same folder)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with contextlib.suppress(OSError):  # a file system without locks: the pid still says
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         write(tmp)
         os.chmod(tmp, 0o644)
         if check is not None:
@@ -188,13 +189,18 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
         except OSError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live build holds it, in a pid namespace we cannot see
+            except OSError:
+                pass  # a file system without locks: the dead pid decides alone
             st, now = os.fstat(fd), os.lstat(path)
             if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
                 path.unlink()
                 removed.append(path)
         except OSError:
-            continue  # locked by a live build, or gone already
+            continue  # gone already, or not ours to remove
         finally:
             os.close(fd)
     return removed

@@ -155,6 +155,7 @@ def test_moved_tree_rewrites_absolute_links(tmp_path: Path, outside_tmp: Path) -
     data.write_text("outside\n")
     os.symlink(data, src / "outside")  # absolute, out of the tree: brought in
     os.symlink("../data.txt", src / "up")  # relative, out of the tree
+    os.symlink("../src/bin/tool", src / "round")  # relative, out of the tree and back in
     moved = [{"source": str(src), "target": "/opt/demo"}]
     image, root = build_and_unpack(tmp_path, contents=moved, units=[unit("/opt/demo/bin/abs")])
     entries = unsquashfs_list(image)
@@ -162,6 +163,7 @@ def test_moved_tree_rewrites_absolute_links(tmp_path: Path, outside_tmp: Path) -
     assert entries["/opt/demo/bin/rel"][2] == "tool"
     assert entries["/opt/demo/outside"][2] == str(data)
     assert entries["/opt/demo/up"][2] == str(data)
+    assert entries["/opt/demo/round"][2] == "bin/tool"
     assert (root / str(data).lstrip("/")).read_text() == "outside\n"
     assert "/usr/bin/dash" in entries  # the unit runs abs -> tool, whose interpreter is dash
     # a link whose target is nowhere: the closure names it (verify then refuses the image)

@@ -179,10 +179,16 @@ def image_link(spec: Spec, node: Node) -> str:
     meant = PurePosixPath(os.path.normpath(os.path.join(node.host.parent, text)))
     sources = {PurePosixPath(source), PurePosixPath(os.path.realpath(source))}
     inside = next((s for s in sources if meant == s or s in meant.parents), None)
-    if inside is not None:
-        # a relative link within the tree means the same after the move: keep its text
-        return text if not text.startswith("/") else str(target / meant.relative_to(inside))
-    return str(meant)
+    if inside is None:
+        return str(meant)
+    there = target / meant.relative_to(inside)
+    if text.startswith("/"):
+        return str(there)
+    # a relative link that stays within the tree means the same after the move; one that
+    # climbs out of it and back in (../src/y) is rewritten to reach the same file
+    if PurePosixPath(os.path.normpath(os.path.join(node.image.parent, text))) == there:
+        return text
+    return os.path.relpath(there, node.image.parent)
 
 
 def present(path: os.PathLike[str] | str, ctx: Context) -> bool:
