@@ -86,7 +86,7 @@ Resolver = Callable[[Node], Iterable[Node]]
 def follows_executed(resolver: Callable[[Node], Iterable[Node]]) -> Callable[[Node], Iterable[Node]]:
     """Mark a resolver whose answer depends on ``Node.executed``: a node first reached as
     data and then run by a unit is given to it again."""
-    setattr(resolver, "follows_executed", True)  # noqa: B010 (a plain function has no slot)
+    setattr(resolver, "follows_executed", True)  # noqa: B010 (mypy knows no such attribute)
     return resolver
 
 
@@ -222,9 +222,9 @@ def root_nodes(spec: Spec, units: list[Unit], ctx: Context | None = None) -> lis
             os.lstat(content.source)
         except (FileNotFoundError, NotADirectoryError):
             pass
-        except OSError as e:
-            raise ClosureError(f"cannot read content {content.source}: {e.strerror}",
-                               UNREADABLE_HINT) from None
+        except OSError as e:  # a folder above it the build may not enter
+            ctx.missing(f"cannot read content {content.source}: {e.strerror}", UNREADABLE_HINT)
+            continue
         if not os.path.lexists(content.source):
             raise ClosureError(f"content {content.source} does not exist",
                                "fix the path in contents or create it first")
