@@ -15,7 +15,7 @@ from portable_service import closure as closure_mod
 from portable_service import image
 from portable_service import units as units_mod
 from portable_service.closure import Closure
-from portable_service.errors import PortableServiceError, SpecError
+from portable_service.errors import PortableServiceError, SpecError, ToolError
 from portable_service.progress import QUIET, Reporter
 from portable_service.spec import Spec, check_spec
 from portable_service.tree import ImageTree
@@ -59,6 +59,10 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     writer = select_writer(spec)
     with reporter.step(f"reading {len(spec.units)} unit source(s)"):
         units = units_mod.load_units(spec)
+    for unit in units:
+        if unit.drop_ins:
+            reporter.info(f"merged {', '.join(unit.drop_ins)} into {unit.name}: portabled does "
+                          "not read drop-ins inside an image")
     with reporter.step("resolving the closure"):
         closure = closure_mod.resolve(spec, units)
     for warning in closure.warnings:
@@ -76,6 +80,8 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     ``verify`` the written file is checked (portable_service.verify) before it replaces the
     old image, so an image portabled would refuse never lands.
     """
+    if verify:
+        _check_verifiable(spec)
     p = plan(spec, reporter)
     if inspect is not None:
         inspect(p)
@@ -96,6 +102,17 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
         write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, reporter),
                          check if verify else None)
     return out
+
+
+def _check_verifiable(spec: Spec) -> None:
+    """The written image is read back to be verified: its compressor must be readable here."""
+    from portable_service.squashfs import compressor
+
+    name = parse_compression(spec.squash_compression).name
+    if not compressor.readable(name):
+        raise ToolError(f"{name} images are verified by reading them back, which this "
+                        "installation cannot do",
+                        f"{compressor.install_hint(name)}; or build with --no-verify")
 
 
 def _prepare_dir(output_dir: Path) -> None:

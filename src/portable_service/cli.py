@@ -136,6 +136,11 @@ def make_parser() -> argparse.ArgumentParser:
     sub.required = True
     for register in VERBS:
         register(sub)
+    for verb in sub.choices.values():
+        # also after the verb, where users put it (`build --debug`); SUPPRESS keeps a
+        # --debug given before the verb
+        verb.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="log every external command; show tracebacks")
     return parser
 
 

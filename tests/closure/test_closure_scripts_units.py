@@ -101,12 +101,18 @@ def outside_tmp() -> Iterator[Path]:
     shutil.rmtree(d)
 
 
-def test_environment_file_is_shipped(tmp_path: Path, outside_tmp: Path) -> None:
+def test_environment_file_is_not_shipped(tmp_path: Path, outside_tmp: Path) -> None:
+    """systemd reads it on the host before the image is mounted: the build says so instead."""
     env = outside_tmp / "etc/demo.env"
     env.parent.mkdir()
     env.write_text("A=1\n")
-    c = closure_of(tmp_path, units=[unit("/usr/bin/true", extra=f"EnvironmentFile={env}\n")])
-    assert c.nodes[P(env)].reason == "EnvironmentFile= in t.service"
+    c = closure_of(tmp_path, units=[unit("/usr/bin/true", extra=f"EnvironmentFile={env}\n"
+                                         "EnvironmentFile=-/etc/demo-optional.env\n")])
+    assert P(env) not in c.nodes
+    assert [w.split(":")[0] for w in c.warnings] == [
+        f"EnvironmentFile= in t.service names {env}",
+        "EnvironmentFile= in t.service names /etc/demo-optional.env"]
+    assert "reads it on the host" in c.warnings[0]
 
 
 def test_missing_program_is_an_error_naming_the_directive(tmp_path: Path) -> None:

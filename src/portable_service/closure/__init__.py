@@ -17,7 +17,7 @@ Data is not a program: only what the units execute (Exec*= programs, the
 commands of ``env NAME`` and ``sh -c``) and what those programs execute in turn
 (``#!`` interpreters, symlink targets) is marked ``executed``, and only an
 executed script brings its interpreter. Everything else (folder entries,
-package files, environment files) is data, whatever its mode bits say.
+package files, the targets of data symlinks) is data, whatever its mode bits say.
 """
 
 from __future__ import annotations
@@ -244,7 +244,9 @@ def root_nodes(spec: Spec, units: list[Unit], ctx: Context | None = None) -> lis
 
 
 def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
-    """Programs in Exec*= lines (bare names looked up as systemd does) and EnvironmentFile= files.
+    """Programs in Exec*= lines (bare names looked up as systemd does).
+
+    EnvironmentFile= files are not followed: the service manager reads them on the host.
 
     Paths the spec places itself (contents targets, symlinks) and paths made at
     run time are not host dependencies.
@@ -297,15 +299,12 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
                             "install it, ship it with contents (source, target), or fix the unit")
                 continue
             yield Node(path, Path(path), f"program of {directive}", executed=True)
-        for file, directive in environment_files(unit):
-            path = PurePosixPath(os.path.normpath(file))
-            if not wanted(path):
-                continue
-            if not os.path.lexists(path):
-                ctx.missing(f"{directive} reads {path}, which does not exist on this host",
-                            "create it, ship it with contents, or write EnvironmentFile=-PATH")
-                continue
-            yield Node(path, Path(path), f"{directive}")
+        for file, directive in environment_files(unit, optional=True):
+            # systemd reads it on the host, before the unit's root image is mounted
+            ctx.closure.warnings.append(
+                f"{directive} names {file}: systemd reads it on the host before the image is "
+                "mounted, so a copy in the image is not used; put the variables in "
+                "Environment=, keep the file on the host, or read it in ExecStart=")
 
 
 def folder_resolver(node: Node) -> Iterator[Node]:
