@@ -171,3 +171,19 @@ def test_moved_tree_rewrites_absolute_links(tmp_path: Path, outside_tmp: Path) -
     c = closure_of(tmp_path, contents=moved, units=[unit("/opt/demo/bin/abs")])
     assert f"symlink {src}/dangling (placed at /opt/demo/dangling) points to " \
            f"{outside_tmp}/gone, which does not exist: it dangles in the image" in c.warnings
+
+
+def test_package_script_brings_its_interpreter_only_when_a_unit_runs_it(tmp_path: Path) -> None:
+    """debianutils' which is a shell script behind an alternatives link: data until run."""
+    which = Path("/usr/bin/which")
+    real = Path(os.path.realpath(which))
+    if not real.is_file() or scripts.read_shebang(real) is None or \
+            not os.path.exists("/var/lib/dpkg/info/debianutils.list"):
+        pytest.skip("debianutils' which is not a script on this host")
+    interp = P(scripts.read_shebang(real)[0])  # type: ignore[index]
+    c = closure_of(tmp_path, packages=["debianutils"])
+    assert c.nodes[P(real)].package == "debianutils" and not c.nodes[P(real)].executed
+    assert interp not in c.nodes
+    c = closure_of(tmp_path, packages=["debianutils"], units=[unit("/usr/bin/which true")])
+    assert c.nodes[P(real)].executed  # through /usr/bin/which -> /etc/alternatives/which
+    assert c.nodes[interp].reason == "#! interpreter" and c.nodes[interp].parent == P(real)
