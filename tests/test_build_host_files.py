@@ -6,6 +6,7 @@ test drops to nobody (setpriv), as anyone else it runs as itself.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -211,11 +212,15 @@ def test_a_build_killed_outright_leaves_nothing_after_the_next(tmp_path: Path, w
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
+        deadline, seen = time.monotonic() + 120, None
         while time.monotonic() < deadline and proc.poll() is None:
             found = temporaries(out) if out.is_dir() else []
-            if found and (out / found[0]).stat().st_size > 0:
-                break  # the writer is writing
+            if found:
+                seen = seen or time.monotonic()
+                # the writer is writing (or has had its chance to start)
+                with contextlib.suppress(FileNotFoundError):
+                    if (out / found[0]).stat().st_size > 0 or time.monotonic() - seen > 2:
+                        break
             time.sleep(0.02)
         assert proc.poll() is None, "the build ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
