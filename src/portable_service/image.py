@@ -8,7 +8,7 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from portable_service import imagefs
-from portable_service.closure import SCAFFOLD_FILES, Closure, Node
+from portable_service.closure import SCAFFOLD_FILES, UNREADABLE_HINT, Closure, Node, image_link
 from portable_service.errors import ClosureError, TreeError
 from portable_service.spec import Spec
 from portable_service.tree import ImageTree, Kind
@@ -163,15 +163,18 @@ def add_mount_points(tree: ImageTree, units: list[Unit]) -> None:
                 continue  # a parent is a link or file: systemd follows it, nothing to create
 
 
-def place(tree: ImageTree, node: Node) -> PurePosixPath:
-    """Put one closure node into the tree with its host metadata; returns where it went."""
+def place(tree: ImageTree, node: Node, spec: Spec | None = None) -> PurePosixPath:
+    """Put one closure node into the tree with its host metadata; returns where it went.
+
+    With ``spec``, a symlink moved with ``{ source, target }`` gets the target it
+    means in the image (:func:`portable_service.closure.image_link`).
+    """
     image = mirror_host_parents(tree, node.image, node.reason)
     check_placement(image, node.reason)
     try:
         st = os.lstat(node.host)
     except OSError as e:
-        raise ClosureError(f"cannot read {node.host}: {e.strerror}",
-                           "fix its permissions or exclude it") from None
+        raise ClosureError(f"cannot read {node.host}: {e.strerror}", UNREADABLE_HINT) from None
     mode = stat.S_IMODE(st.st_mode)
     # everything in the image is owned by root: a set-id bit of another owner would turn
     # into root's, so it is dropped (a root-owned one stays, and verify warns about it)
@@ -182,7 +185,8 @@ def place(tree: ImageTree, node: Node) -> PurePosixPath:
     mode |= readable_by_others(mode, st.st_uid, st.st_gid)
     origin = node.reason if node.parent is None else f"{node.reason} (from {node.parent})"
     if stat.S_ISLNK(st.st_mode):
-        tree.add_symlink(image, os.readlink(node.host), origin=origin)
+        target = os.readlink(node.host) if spec is None else image_link(spec, node)
+        tree.add_symlink(image, target, origin=origin)
     elif stat.S_ISDIR(st.st_mode):
         tree.add_dir(image, mode, origin=origin)
     elif stat.S_ISREG(st.st_mode):
@@ -275,7 +279,7 @@ def assemble(spec: Spec, units: list[Unit], closure: Closure) -> ImageTree:
     add_units(tree, units)
     add_symlinks(tree, spec)
     for node in closure:
-        check_not_a_unit(place(tree, node), node, spec.pname)
+        check_not_a_unit(place(tree, node, spec), node, spec.pname)
     link_program_parents(tree, units)
     for path, data in sorted(closure.generated.items()):
         tree.add_file(mirror_host_parents(tree, path, "generated"), data=data,
