@@ -1,18 +1,39 @@
-"""``portable-service try``: the users' way to the same judge, through the real CLI."""
+"""``portable-service try``: the users' way to the same judge, through the real CLI.
+
+Every verdict is checked against systemd itself on 247, 252 and 257: one image whose
+units all fail in a different way (each must be FAILED, with systemd's own words) and
+one whose units are all good.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from e2e.conftest import RELEASES, require_e2e
+from e2e.conftest import HERE, RELEASES, require_e2e
 from e2e.lib import build_image, unit
 from portable_service.cli import main
 
 pytestmark = pytest.mark.e2e
 PORT = 18131
+BAD_SOCKET_PORT = 18132
+GOOD_SOCKET_PORT = 18133
+TRYDEMO = "/usr/bin/trydemo"
+
+
+@pytest.fixture(scope="session")
+def trydemo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/e2e/trydemo.c linked statically: runs in any image without a library closure."""
+    require_e2e()
+    out = tmp_path_factory.mktemp("bin") / "trydemo"
+    proc = subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(HERE / "trydemo.c")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return out
 
 
 def server_spec(psdemo: Path, version: str) -> dict:
@@ -22,25 +43,114 @@ def server_spec(psdemo: Path, version: str) -> dict:
             "contents": [{"source": str(psdemo), "target": "/usr/bin/psdemo"}]}
 
 
+def service(name: str, body: str) -> dict[str, str]:
+    return unit(name, f"[Service]\n{body}\n")
+
+
+# unit -> (its text, what `try` must say about it: our reason, then systemd's words)
+BAD = {
+    "trybad-loop.service": (f"Restart=on-failure\nRestartSec=1\nExecStart={TRYDEMO} exit 1",
+                            ["restart loop", "status=1/FAILURE"]),
+    "trybad-late.service": (f"ExecStart={TRYDEMO} late 1500 1",
+                            ["status=1/FAILURE"]),
+    "trybad-once.service": (f"Type=oneshot\nExecStart={TRYDEMO} exit 1",
+                            ["status=1/FAILURE"]),
+    "trybad-noexec.service": ("ExecStart=/usr/bin/not-in-the-image",
+                              ["status=203/EXEC", "/usr/bin/not-in-the-image"]),
+    # the services these two would start are not in the image
+    "trybad-orphan.timer": ("", ["trybad-orphan.service, is not loaded", "Refusing to start"]),
+    "trybad-orphansock.socket": ("", ["trybad-orphansock.service, is not loaded",
+                                      "not loaded, refusing"]),
+}
+GOOD = {
+    "trygood.service": f"[Service]\nExecStart={TRYDEMO} run\n",
+    "trygood-once.service": f"[Service]\nType=oneshot\nExecStart={TRYDEMO} exit 0\n",
+    "trygood-kept.service": (f"[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+                             f"ExecStart={TRYDEMO} exit 0\n"),
+    "trygood-tick.timer": "[Timer]\nOnActiveSec=1\nAccuracySec=1ms\n",
+    "trygood-tick.service": f"[Service]\nType=oneshot\nExecStart={TRYDEMO} exit 0\n",
+    "trygood-web.socket": f"[Socket]\nListenStream=127.0.0.1:{GOOD_SOCKET_PORT}\n",
+    "trygood-web.service": f"[Service]\nExecStart={TRYDEMO} accept hi\n",
+}
+
+
+def bad_spec(trydemo: Path) -> dict:
+    texts = {name: text for name, (text, _) in BAD.items()}
+    texts["trybad-orphan.timer"] = "[Timer]\nOnActiveSec=1h\n"
+    texts["trybad-orphansock.socket"] = f"[Socket]\nListenStream=127.0.0.1:{BAD_SOCKET_PORT}\n"
+    units = [unit(n, t) if not n.endswith(".service") else service(n, t)
+             for n, t in texts.items()]
+    # allow-missing: the build would refuse the ExecStart= that is not in the image
+    return {"pname": "trybad", "version": "1.0", "units": units, "allow-missing": True,
+            "contents": [{"source": str(trydemo), "target": TRYDEMO}]}
+
+
+def good_spec(trydemo: Path) -> dict:
+    return {"pname": "trygood", "version": "1.0",
+            "units": [unit(n, t) for n, t in GOOD.items()],
+            "contents": [{"source": str(trydemo), "target": TRYDEMO}]}
+
+
+def test_every_way_to_fail_is_reported_in_systemds_words(cli, trydemo, tmp_path):
+    image = build_image(tmp_path, bad_spec(trydemo))
+    proc = cli("try", str(image), "--release", "all", "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert sorted(report) == sorted(RELEASES)
+    for suite in RELEASES:
+        units = report[suite]["units"]
+        assert report[suite]["verdict"] == "FAILED"
+        assert sorted(units) == sorted(BAD), units
+        for name, (_, words) in BAD.items():
+            got = units[name]
+            assert got["verdict"] == "FAILED", (suite, name, got)
+            for w in words:
+                assert w in got["cause"], (suite, name, got)
+        assert units["trybad-loop.service"]["restarts"] >= 1, units["trybad-loop.service"]
+        assert units["trybad-late.service"]["state"] == "failed", units["trybad-late.service"]
+    errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "failed on Debian 11" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_good_units_pass_on_every_release(cli, trydemo, tmp_path):
+    image = build_image(tmp_path, good_spec(trydemo))
+    proc = cli("try", str(image), "--release", "bullseye", "--release", "bookworm",
+               "--release", "trixie")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("trygood.service", "trygood-once.service", "trygood-kept.service",
+                 "trygood-tick.timer", "trygood-web.socket"):
+        assert proc.stdout.count(f"--- {name}: ") == 3, proc.stdout
+    # the timer fired within the window: its service was judged too
+    assert proc.stdout.count("--- trygood-tick.service (started by trygood-tick.timer): "
+                             "inactive (dead, result success") == 3, proc.stdout
+    assert "FAILED" not in proc.stdout
+    table = proc.stdout.splitlines()[-4:]
+    assert table[0].split() == ["release", "systemd", "verdict", "units"]
+    assert [row.split()[:3] for row in table[1:]] == [
+        ["bullseye", "247", "ok"], ["bookworm", "252", "ok"], ["trixie", "257", "ok"]]
+
+
 @pytest.mark.parametrize("release", RELEASES)
 def test_try_reports_success(cli, psdemo, tmp_path, release):
     image = build_image(tmp_path, server_spec(psdemo, "1.0"))
     proc = cli("try", str(image), "--release", release, "--settle", "0.5")
     assert proc.returncode == 0, proc.stderr
-    assert "--- tryme.service: active (running" in proc.stdout
+    assert "--- tryme.service: active (running, result success, restarts 0) ok" in proc.stdout
     assert f"listening on 127.0.0.1:{PORT}" in proc.stdout
-    assert "OK: tryme.service started on Debian" in proc.stderr
+    assert "OK: every unit of tryme_1.0.raw is good on Debian" in proc.stderr
 
 
 def test_try_reports_systemds_own_message(cli, psdemo, tmp_path):
     image = build_image(tmp_path, server_spec(psdemo, "broken"),
                         drop=PurePosixPath("/var/lib/tryme"))
     proc = cli("try", str(image), "--settle", "0.5")
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("portable-service: error:")]
     assert len(error) == 1, proc.stderr
     assert "tryme.service failed on Debian 12" in error[0]
     assert "/var/lib/tryme" in error[0] and "Read-only file system" in error[0], error[0]
+    assert "status=226/NAMESPACE" in error[0], error[0]
     assert "Traceback" not in proc.stderr
     assert "FAILED" in proc.stdout
 
@@ -50,7 +160,7 @@ def test_try_attach_failure_is_one_line(cli, psdemo, tmp_path):
     wrong = image.with_name("other_1.0.raw")  # prefix no longer matches its units
     image.rename(wrong)
     proc = cli("try", str(wrong), "--settle", "0.5")
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     assert "portablectl attach failed" in proc.stderr
     # the image's PORTABLE_PREFIXES names its own prefix; systemd says so
     assert "Acceptable prefix matches are: tryme" in proc.stderr, proc.stderr
@@ -64,7 +174,7 @@ def test_try_needs_root(capsys, tmp_path):
         code = main(["try", str(tmp_path / "demo_1.0.raw")])
     finally:
         os.seteuid(0)
-    assert code == 2
+    assert code == 3
     assert capsys.readouterr().err.strip().splitlines() == [
         "portable-service: error: booting a throwaway systemd needs root; "
         "run it as root (e.g. with sudo)"]
@@ -73,7 +183,7 @@ def test_try_needs_root(capsys, tmp_path):
 def test_try_without_nspawn_names_the_packages(cli, tmp_path, psdemo):
     image = build_image(tmp_path, server_spec(psdemo, "1.0"))
     proc = cli("try", str(image), env={"PATH": str(tmp_path)})
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "portable-service: error: systemd-nspawn not found in PATH (needed to boot a throwaway "
         "systemd); install it: apt-get install systemd-container debootstrap"]
