@@ -89,7 +89,7 @@ def test_still_activating_past_the_timeout():
     h = history([stuck] * 151)
     assert not settled(h, window=3, quiet=1)
     v = judge(h, "x.service", timed_out=True)
-    assert not v.ok and v.reason == "still activating after 30 s"
+    assert not v.ok and v.reason == "still activating after 30 s (Type=notify, start)"
 
 
 def test_a_unit_that_is_not_there():
@@ -177,4 +177,13 @@ def test_systemd_words_name_the_cause_and_the_status():
         "t.timer: Refusing to start, unit t.service to trigger not loaded.")
     assert systemd_words("", "Failed to start nope.service: Unit nope.service not found.") == (
         "Failed to start nope.service: Unit nope.service not found.")
-    assert systemd_words("") == "no message in the journal"
+    assert systemd_words("") == ""
+
+
+def test_a_missing_exec_step_line_is_noticed():
+    from portable_service.trycmd import _cause_missing
+
+    status = "x.service: Main process exited, code=exited, status=203/EXEC\n"
+    assert _cause_missing(status)
+    assert not _cause_missing("x.service: Failed to locate executable /x: No such file\n" + status)
+    assert not _cause_missing("x.service: Main process exited, code=exited, status=1/FAILURE\n")

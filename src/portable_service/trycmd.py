@@ -1,9 +1,11 @@
 """``portable-service try IMAGE``: judge an image with a real, throwaway systemd.
 
-Boots a cached Debian root with systemd-nspawn, attaches the image with
-portablectl, starts its units, prints each unit's status and journal, and
-reports success or the first failure in systemd's own words. Everything is
-torn down afterwards, also on failure or Ctrl-C.
+Boots a cached Debian root with systemd-nspawn (one per ``--release``), attaches the
+image with portablectl, starts its units, watches them settle and judges each as
+systemd sees it (harness/judge.py), then prints every unit's verdict with systemd's own
+words for a failure. Everything is torn down afterwards, also on failure or Ctrl-C.
+Exit codes: 0 good, 1 the image failed (TryFailed), 2 bad input, 3 cannot run here
+(HostError).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from portable_service.harness.roots import Release
 from portable_service.progress import Reporter
 
 PROFILES = ("default", "nonetwork", "strict", "trusted")
-TRIGGERS = (".socket", ".timer", ".path")
 # systemd's summary lines say that a unit failed, not why; the cause comes before them
 _SUMMARY = ("Failed with result", "Failed to start", "Main process exited", "Failed at step",
             "Control process exited", "Job for ", "Scheduled restart job", "Start request "
@@ -36,6 +37,10 @@ _CAUSE = re.compile(r"ailed|rror|refusing|not loaded|not found|no such file|deni
                     r"timed out|timeout", re.IGNORECASE)
 # the lines carrying the main process's status=N/NAME or signal=NAME
 _EXITED = ("Main process exited", "Control process exited")
+# status=200..243: systemd failed a step before exec (EXEC, NAMESPACE, CHDIR, USER, ...),
+# and the child always logs why first
+_EXEC_STEP = re.compile(r"status=2[0-4]\d/")
+JOURNAL_RETRIES = 6
 # seconds a unit's state must stay unchanged, after the window, before it is judged
 QUIET = 1.0
 DEFAULT_SETTLE = 3.0
@@ -52,7 +57,7 @@ def units_to_start(attached: Sequence[str]) -> list[str]:
     A template (``name@.service``) needs an instance name, so it is left to
     ``--unit name@instance.service``.
     """
-    triggered = {Path(u).stem for u in attached if u.endswith(TRIGGERS)}
+    triggered = {Path(u).stem for u in attached if u.endswith(judge.TRIGGER_SUFFIXES)}
     chosen = []
     for unit in attached:
         if "@." in unit:
@@ -75,6 +80,13 @@ def first_cause(journal: str) -> str:
     return lines[-1] if lines else "no message in the journal"
 
 
+def _cause_missing(journal: str) -> bool:
+    """A status=2xx (systemd's own exec-step codes, 200-243) without the line naming why."""
+    lines = [ln for ln in journal.splitlines() if ln.strip()]
+    return any(_EXEC_STEP.search(ln) for ln in lines) and not any(
+        _CAUSE.search(ln) and not any(s in ln for s in _SUMMARY) for ln in lines)
+
+
 def systemd_words(journal: str, start_output: str = "") -> str:
     """The cause of a failure in systemd's words: the first line naming it and the last
     ``Main process exited, ... status=N/NAME`` line (the status code), joined by " / "."""
@@ -85,7 +97,7 @@ def systemd_words(journal: str, start_output: str = "") -> str:
     words = [w for w in (cause, status) if w]
     if not words:
         words = [next((ln for ln in reversed(lines) if "ailed" in ln), "")]
-    return " / ".join(w for w in words if w) or "no message in the journal"
+    return " / ".join(w for w in words if w)
 
 def check_image(path: Path) -> None:
     if not path.exists():
@@ -254,10 +266,13 @@ def _try_on(image: Path, release: Release, *, profile: str, units: Sequence[str]
 def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], settle: float,
                      timeout: float, reporter: Reporter) -> ReleaseRun:
     started: dict[str, str] = {}
+    begin = time.monotonic()  # the timeout bounds the starts and the watch together
     with reporter.step(f"systemctl start {' '.join(chosen)}"):
         for unit in chosen:
             try:
-                started[unit] = c.start(unit, timeout=timeout).output
+                # a start job that blocks (Type=notify never ready) is judged by the watch
+                left = max(timeout - (time.monotonic() - begin), 1.0)
+                started[unit] = c.start(unit, timeout=left).output
             except PortableServiceError as e:  # the start job outlived the timeout
                 started[unit] = str(e)
     # what the sockets, timers and paths start is watched too: it may be missing, or run
@@ -269,7 +284,7 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
                        f"at most {timeout:g} s)"):
         history, timed_out = judge.watch(lambda: c.unit_props(names), time.monotonic,
                                          time.sleep, window=settle, quiet=QUIET,
-                                         timeout=timeout)
+                                         timeout=timeout, start=begin)
     last = history[-1].units
     outcomes = []
     for unit in chosen:
@@ -289,6 +304,14 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
 def _outcome(c: Container, verdict: Verdict, start_output: str,
              triggered_by: str = "") -> Outcome:
     journal = c.journal(verdict.unit)
+    for _ in range(JOURNAL_RETRIES):
+        if verdict.ok or not _cause_missing(journal):
+            break
+        # the exec child's own line (logged before status=2xx) can reach journald after
+        # PID 1's "Main process exited" on a busy machine
+        c.run("journalctl", "--sync")
+        time.sleep(0.5)
+        journal = c.journal(verdict.unit)
     cause = "" if verdict.ok else systemd_words(journal, start_output)
     return Outcome(verdict, cause, journal, triggered_by)
 

@@ -174,8 +174,9 @@ def judge(history: Sequence[Sample], name: str, *, timed_out: bool = False,
         exits = f", {last.exit_text}" if last.exit_text and last.is_service else ""
         return verdict(f"failed (result {last.result}{exits})")
     if last.active in TRANSITIONAL:
-        return verdict(f"still {last.active} after {seconds:.0f} s" if timed_out
-                       else f"still {last.active}")
+        how = f" (Type={last.type}, {last.sub})" if last.type else f" ({last.sub})"
+        return verdict(f"still {last.active} after {seconds:.0f} s{how}" if timed_out
+                       else f"still {last.active}{how}")
     if triggered and last.active == "inactive" and last.result in ("success", ""):
         return verdict("")
     if last.is_service:
@@ -218,10 +219,13 @@ def trigger_problem(unit: UnitProps, triggered: Mapping[str, UnitProps]) -> str:
 
 def watch(sample: Callable[[], Mapping[str, UnitProps]], clock: Callable[[], float],
           sleep: Callable[[float], None], *, window: float, quiet: float, timeout: float,
-          interval: float = 0.2) -> tuple[list[Sample], bool]:
-    """Sample until :func:`settled` or ``timeout``; returns the samples and whether it timed out."""
-    start = clock()
-    history = [Sample(0.0, dict(sample()))]
+          interval: float = 0.2, start: float | None = None) -> tuple[list[Sample], bool]:
+    """Sample until :func:`settled` or ``timeout``; returns the samples and whether it timed out.
+
+    Times count from ``start`` (when the units were started; default: now).
+    """
+    start = clock() if start is None else start
+    history = [Sample(clock() - start, dict(sample()))]
     while True:
         if settled(history, window=window, quiet=quiet):
             return history, False
