@@ -99,6 +99,7 @@ def systemd_words(journal: str, start_output: str = "") -> str:
         words = [next((ln for ln in reversed(lines) if "ailed" in ln), "")]
     return " / ".join(w for w in words if w)
 
+
 def check_image(path: Path) -> None:
     if not path.exists():
         raise ImageError(f"image {path} does not exist", "build it first, or fix the path")
@@ -253,7 +254,8 @@ def _try_on(image: Path, release: Release, *, profile: str, units: Sequence[str]
         attached = c.attached_units()
         chosen = list(units) or units_to_start(attached)
         for unit in sorted(set(attached) - set(chosen)):
-            why = "a template" if "@." in unit else "started by its trigger on demand"
+            why = ("not named with --unit" if units else "a template" if "@." in unit
+                   else "started by its trigger on demand")
             reporter.info(f"not starting {unit} ({why}; name it with --unit to start it)")
         if not chosen:
             raise TryFailed("the image has no unit to start (only templates?)",

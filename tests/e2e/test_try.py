@@ -49,6 +49,9 @@ def service(name: str, body: str) -> dict[str, str]:
 BAD = {
     "trybad-loop.service": (f"Restart=on-failure\nRestartSec=1\nExecStart={TRYDEMO} exit 1",
                             ["restart loop", "status=1/FAILURE"]),
+    # the default RestartSec=100ms: five quick crashes, then start-limit-hit
+    "trybad-burst.service": (f"Restart=on-failure\nExecStart={TRYDEMO} exit 1",
+                             ["restart loop", "status=1/FAILURE"]),
     "trybad-late.service": (f"ExecStart={TRYDEMO} late 1500 1",
                             ["status=1/FAILURE"]),
     "trybad-once.service": (f"Type=oneshot\nExecStart={TRYDEMO} exit 1",
@@ -59,6 +62,8 @@ BAD = {
     "trybad-orphan.timer": ("", ["trybad-orphan.service, is not loaded", "Refusing to start"]),
     "trybad-orphansock.socket": ("", ["trybad-orphansock.service, is not loaded",
                                       "not loaded, refusing"]),
+    "trybad-orphanpath.path": ("", ["trybad-orphanpath.service, is not loaded",
+                                    "Refusing to start"]),
 }
 GOOD = {
     "trygood.service": f"[Service]\nExecStart={TRYDEMO} run\n",
@@ -76,6 +81,7 @@ def bad_spec(trydemo: Path) -> dict:
     texts = {name: text for name, (text, _) in BAD.items()}
     texts["trybad-orphan.timer"] = "[Timer]\nOnActiveSec=1h\n"
     texts["trybad-orphansock.socket"] = f"[Socket]\nListenStream=127.0.0.1:{BAD_SOCKET_PORT}\n"
+    texts["trybad-orphanpath.path"] = "[Path]\nPathExists=/run/trybad-flag\n"
     units = [unit(n, t) if not n.endswith(".service") else service(n, t)
              for n, t in texts.items()]
     # allow-missing: the build would refuse the ExecStart= that is not in the image
@@ -105,6 +111,8 @@ def test_every_way_to_fail_is_reported_in_systemds_words(cli, trydemo, tmp_path)
             for w in words:
                 assert w in got["cause"], (suite, name, got)
         assert units["trybad-loop.service"]["restarts"] >= 1, units["trybad-loop.service"]
+        # start-limit-hit on 252 and 257; 247 keeps the last exit-code
+        assert units["trybad-burst.service"]["state"] == "failed", units["trybad-burst.service"]
         assert units["trybad-late.service"]["state"] == "failed", units["trybad-late.service"]
     errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert len(errors) == 1 and "failed on Debian 11" in errors[0], proc.stderr
