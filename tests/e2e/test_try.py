@@ -7,8 +7,12 @@ one whose units are all good.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -20,6 +24,7 @@ pytestmark = pytest.mark.e2e
 PORT = 18131
 BAD_SOCKET_PORT = 18132
 GOOD_SOCKET_PORT = 18133
+DEAF_SOCKET_PORT = 18134
 TRYDEMO = "/usr/bin/trydemo"
 
 
@@ -77,13 +82,44 @@ GOOD = {
 }
 
 
+# a socket whose service cannot start: only a connection shows it (see `poking`)
+DEAF = {"trybad-deaf.socket": f"[Socket]\nListenStream=127.0.0.1:{DEAF_SOCKET_PORT}\n",
+        "trybad-deaf.service": "[Service]\nExecStart=/usr/bin/not-in-the-image-either\n"}
+
+
+@contextlib.contextmanager
+def poking(port: int) -> Iterator[list[str]]:
+    """Connect to 127.0.0.1:port every 0.2 s while the block runs; yields the replies.
+
+    The container shares the host's network, so a socket of the image gets a connection
+    soon after each release's ``try`` started it, and its service runs within the window.
+    """
+    replies: list[str] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            with (contextlib.suppress(OSError),
+                  socket.create_connection(("127.0.0.1", port), timeout=1) as s):
+                replies.append(s.recv(100).decode(errors="replace"))
+            stop.wait(0.2)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield replies
+    finally:
+        stop.set()
+        thread.join()
+
+
 def bad_spec(trydemo: Path) -> dict:
     texts = {name: text for name, (text, _) in BAD.items()}
     texts["trybad-orphan.timer"] = "[Timer]\nOnActiveSec=1h\n"
     texts["trybad-orphansock.socket"] = f"[Socket]\nListenStream=127.0.0.1:{BAD_SOCKET_PORT}\n"
     texts["trybad-orphanpath.path"] = "[Path]\nPathExists=/run/trybad-flag\n"
     units = [unit(n, t) if not n.endswith(".service") else service(n, t)
-             for n, t in texts.items()]
+             for n, t in texts.items()] + [unit(n, t) for n, t in DEAF.items()]
     # allow-missing: the build would refuse the ExecStart= that is not in the image
     return {"pname": "trybad", "version": "1.0", "units": units, "allow-missing": True,
             "contents": [{"source": str(trydemo), "target": TRYDEMO}]}
@@ -97,14 +133,18 @@ def good_spec(trydemo: Path) -> dict:
 
 def test_every_way_to_fail_is_reported_in_systemds_words(cli, trydemo, tmp_path):
     image = build_image(tmp_path, bad_spec(trydemo))
-    proc = cli("try", str(image), "--release", "all", "--json")
+    with poking(DEAF_SOCKET_PORT):
+        proc = cli("try", str(image), "--release", "all", "--json")
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     assert sorted(report) == sorted(RELEASES)
     for suite in RELEASES:
         units = report[suite]["units"]
         assert report[suite]["verdict"] == "FAILED"
-        assert sorted(units) == sorted(BAD), units
+        assert sorted(units) == sorted([*BAD, *DEAF]), units
+        # started by its socket for a connection, the service failed: that is reported
+        deaf = units["trybad-deaf.service"]
+        assert deaf["verdict"] == "FAILED" and "status=203/EXEC" in deaf["cause"], (suite, deaf)
         for name, (_, words) in BAD.items():
             got = units[name]
             assert got["verdict"] == "FAILED", (suite, name, got)
@@ -121,9 +161,14 @@ def test_every_way_to_fail_is_reported_in_systemds_words(cli, trydemo, tmp_path)
 
 def test_good_units_pass_on_every_release(cli, trydemo, tmp_path):
     image = build_image(tmp_path, good_spec(trydemo))
-    proc = cli("try", str(image), "--release", "bullseye", "--release", "bookworm",
-               "--release", "trixie")
+    with poking(GOOD_SOCKET_PORT) as replies:
+        proc = cli("try", str(image), "--release", "bullseye", "--release", "bookworm",
+                   "--release", "trixie")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "hi\n" in replies
+    # the socket started its service for a connection; the service was judged too
+    assert proc.stdout.count("--- trygood-web.service (started by trygood-web.socket): "
+                             "active (running") == 3, proc.stdout
     for name in ("trygood.service", "trygood-once.service", "trygood-kept.service",
                  "trygood-tick.timer", "trygood-web.socket"):
         assert proc.stdout.count(f"--- {name}: ") == 3, proc.stdout
