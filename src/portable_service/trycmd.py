@@ -175,7 +175,7 @@ class ReleaseRun:
             return (f"{self.label}: ok, {len(self.outcomes)} unit(s) good after "
                     f"{self.seconds:.1f} s")
         return (f"{self.label}: FAILED, {len(bad)} of {len(self.outcomes)} unit(s): "
-                + "; ".join(f"{o.unit} {o.verdict.reason}" for o in bad))
+                + ", ".join(o.unit for o in bad))
 
     def to_json(self) -> dict[str, object]:
         return {"attach": self.attach_error or "ok", "systemd": self.release.systemd,
