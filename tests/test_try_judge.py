@@ -1,12 +1,18 @@
-"""The judge of ``try`` over recorded property sequences (no root, no container).
+"""The judge of ``try`` over property sequences (no root, no container).
 
-The sequences are what ``systemctl show`` printed on systemd 247/252/257 for the units of
-tests/e2e/test_try.py, sampled every 0.2 s; the e2e tests check the same verdicts live.
+tests/try_recorded.json holds what ``try`` sampled on systemd 247, 252 and 257 for the
+good and the bad image of tests/e2e/test_try.py (rebuilt with tests/e2e/record_try.py);
+the e2e tests check the same verdicts live. The short sequences written out below are
+the same shapes, cut to the case at hand.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
 
 from portable_service.harness.judge import (
     Sample,
@@ -187,3 +193,79 @@ def test_a_missing_exec_step_line_is_noticed():
     assert _cause_missing(status)
     assert not _cause_missing("x.service: Failed to locate executable /x: No such file\n" + status)
     assert not _cause_missing("x.service: Main process exited, code=exited, status=1/FAILURE\n")
+
+
+RECORDED = json.loads((Path(__file__).parent / "try_recorded.json").read_text())
+SUITES = ("bullseye", "bookworm", "trixie")
+
+
+def recorded(key: str) -> list[Sample]:
+    """The samples ``try`` took, rebuilt from each unit's recorded changes."""
+    data = RECORDED[key]
+    samples = []
+    for at in data["times"]:
+        units = {}
+        for name, changes in data["units"].items():
+            fields = [f for when, f in changes if when <= at][-1]
+            units[name] = UnitProps(name=name, **{**fields, "triggers": tuple(fields["triggers"])})
+        samples.append(Sample(at, units))
+    return samples
+
+
+def verdicts(history: list[Sample]) -> dict[str, str]:
+    """unit -> "ok" or the reason, as trycmd takes them: triggers, then what they started."""
+    last = history[-1].units
+    triggered = {t for u in last.values() for t in u.triggers}
+    out = {}
+    for name, props in last.items():
+        if name in triggered:
+            if props.load == "loaded" and ran(history, name):
+                out[name] = judge(history, name, triggered=True).reason or "ok"
+            continue
+        out[name] = (trigger_problem(props, last) or judge(history, name).reason) or "ok"
+    return out
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_recorded_good_units_are_good(suite):
+    history = recorded(f"good/{suite}")
+    assert settled(history, window=3, quiet=1)
+    assert verdicts(history) == {name: "ok" for name in (
+        "trygood.service", "trygood-once.service", "trygood-kept.service", "trygood-tick.timer",
+        "trygood-tick.service", "trygood-web.socket", "trygood-web.service")}
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_recorded_bad_units_fail_each_for_its_reason(suite):
+    history = recorded(f"bad/{suite}")
+    got = verdicts(history)
+    expected = {
+        "trybad-loop.service": "restart loop",
+        "trybad-burst.service": "restart loop",
+        "trybad-late.service": "failed (result exit-code, status=1)",
+        "trybad-once.service": "failed (result exit-code, status=1)",
+        "trybad-noexec.service": "failed (result exit-code, status=203)",
+        "trybad-deaf.service": "failed (result exit-code, status=203)",
+        "trybad-orphan.timer": "the unit it triggers, trybad-orphan.service, is not loaded",
+        "trybad-orphansock.socket": "the unit it triggers, trybad-orphansock.service, is not "
+                                    "loaded",
+        "trybad-orphanpath.path": "the unit it triggers, trybad-orphanpath.service, is not "
+                                  "loaded",
+    }
+    for name, start in expected.items():
+        assert got[name].startswith(start), (suite, name, got[name])
+    # the socket whose service failed did not stay good either
+    assert got["trybad-deaf.socket"] != "ok", got
+
+
+# on 247 the starts of the image's other units (udev settles before each) outlast the
+# late service's 1.5 s, so the first sample there already shows it dead
+@pytest.mark.parametrize("suite", ["bookworm", "trixie"])
+def test_recorded_late_death_fools_an_early_look(suite):
+    """What the old ``try`` did: one look before the service died said it was fine."""
+    history = recorded(f"bad/{suite}")
+    early = [s for s in history if s.units["trybad-late.service"].active == "active"]
+    assert early, "the recording missed the service while it ran"
+    assert judge(early, "trybad-late.service").ok
+    assert not settled(early, window=3, quiet=1) or early[-1].at >= 3
+    assert not judge(history, "trybad-late.service").ok

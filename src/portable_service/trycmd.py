@@ -152,6 +152,7 @@ class ReleaseRun:
     outcomes: tuple[Outcome, ...] = ()
     attach_error: str = ""
     seconds: float = 0.0  # how long the units were watched
+    history: tuple[judge.Sample, ...] = ()  # what the verdicts were taken from
 
     @property
     def label(self) -> str:
@@ -209,8 +210,8 @@ def try_image(image: Path, *, releases: Sequence[str] = (), profile: str = "defa
     chosen = resolve_releases(releases)
     runs = []
     for release in chosen:
-        run = _try_on(image, release, profile=profile, units=units, settle=settle,
-                      timeout=timeout, reporter=reporter)
+        run = try_on(image, release, profile=profile, units=units, settle=settle,
+                     timeout=timeout, reporter=reporter)
         runs.append(run)
         if not as_json:
             _print_run(run, out)
@@ -240,8 +241,11 @@ def _root(release: Release, reporter: Reporter) -> Path:
                         e.hint) from None
 
 
-def _try_on(image: Path, release: Release, *, profile: str, units: Sequence[str],
-            settle: float, timeout: float, reporter: Reporter) -> ReleaseRun:
+def try_on(image: Path, release: Release, *, profile: str = "default",
+           units: Sequence[str] = (), settle: float = DEFAULT_SETTLE,
+           timeout: float = DEFAULT_TIMEOUT, reporter: Reporter | None = None) -> ReleaseRun:
+    """Boot ``release``, attach ``image``, start and judge its units; torn down on return."""
+    reporter = reporter or Reporter(quiet=True)
     root = _root(release, reporter)
     label = ReleaseRun(release).label
     with nspawn.booted(release, root) as c:
@@ -300,7 +304,7 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
             by = next(u for u in chosen if unit in first[u].triggers)
             outcomes.append(_outcome(c, judge.judge(history, unit, timed_out=timed_out,
                                                     triggered=True), "", triggered_by=by))
-    return ReleaseRun(release, tuple(outcomes), seconds=history[-1].at)
+    return ReleaseRun(release, tuple(outcomes), seconds=history[-1].at, history=tuple(history))
 
 
 def _outcome(c: Container, verdict: Verdict, start_output: str,
