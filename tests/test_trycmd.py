@@ -81,3 +81,18 @@ def test_bad_flags_exit_2(capsys, argv):
         main(["try", "x_1.raw", *argv])
     assert e.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_no_debian_root_exits_3(tmp_path, capsys, monkeypatch):
+    """The root cannot be created (no mirror here): this machine cannot run it, exit 3."""
+    require_root()
+    for tool in ("systemd-nspawn", "debootstrap", "unshare", "nsenter"):
+        require_tool(tool)
+    (tmp_path / "demo_1.0.raw").write_bytes(b"hsqs")
+    monkeypatch.setenv("PORTABLE_SERVICE_ROOTS", str(tmp_path / "roots"))
+    monkeypatch.setenv("PORTABLE_SERVICE_MIRROR", "http://127.0.0.1:9/debian")
+    assert main(["try", str(tmp_path / "demo_1.0.raw"), "-q"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("portable-service: error: cannot create the Debian 12 root: "
+                             "cannot reach the Debian mirror http://127.0.0.1:9/debian"), err

@@ -239,6 +239,11 @@ def _root(release: Release, reporter: Reporter) -> Path:
     except PortableServiceError as e:  # no mirror, debootstrap failed: nothing to run on
         raise HostError(f"cannot create the Debian {release.version} root: {e.message}",
                         e.hint) from None
+    except OSError as e:
+        raise HostError(f"cannot create the Debian {release.version} root: "
+                        f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}",
+                        "check the space and permissions of the cache, or set "
+                        "PORTABLE_SERVICE_ROOTS") from None
 
 
 def try_on(image: Path, release: Release, *, profile: str = "default",

@@ -358,7 +358,12 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
     log = log_dir / f"{name}.log"
     dirs = _cgroup_dirs(name)
     for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HostError(f"cannot create the container's cgroup {d}: {e.strerror}",
+                            "run it as root on a host whose cgroup file system is writable"
+                            ) from None
     start = time.monotonic()
     nspawn: subprocess.Popen[bytes] | None = None
     container: Container | None = None
