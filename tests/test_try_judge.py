@@ -191,7 +191,10 @@ def test_a_missing_exec_step_line_is_noticed():
 
     status = "x.service: Main process exited, code=exited, status=203/EXEC\n"
     assert _cause_missing(status)
-    assert not _cause_missing("x.service: Failed to locate executable /x: No such file\n" + status)
+    cause = "x.service: Failed to locate executable /x: No such file\n"
+    step = "x.service: Failed at step EXEC spawning /x: No such file or directory\n"
+    assert _cause_missing(cause + status)  # the child's last line is not there yet
+    assert not _cause_missing(cause + step + status)
     assert not _cause_missing("x.service: Main process exited, code=exited, status=1/FAILURE\n")
 
 

@@ -81,9 +81,15 @@ def first_cause(journal: str) -> str:
 
 
 def _cause_missing(journal: str) -> bool:
-    """A status=2xx (systemd's own exec-step codes, 200-243) without the line naming why."""
+    """A status=2xx (systemd's own exec-step codes, 200-243) without the lines naming why.
+
+    The exec child logs the cause, then "Failed at step ..."; PID 1 logs the status line.
+    The child's lines arrive in order, so once "Failed at step" is there, so is the cause.
+    """
     lines = [ln for ln in journal.splitlines() if ln.strip()]
-    return any(_EXEC_STEP.search(ln) for ln in lines) and not any(
+    if not any(_EXEC_STEP.search(ln) for ln in lines):
+        return False
+    return not any("Failed at step" in ln for ln in lines) or not any(
         _CAUSE.search(ln) and not any(s in ln for s in _SUMMARY) for ln in lines)
 
 

@@ -221,8 +221,8 @@ def test_try_reports_systemds_own_message(cli, psdemo, tmp_path):
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("portable-service: error:")]
     assert len(error) == 1, proc.stderr
     assert "tryme.service failed on Debian 12" in error[0]
-    assert "/var/lib/tryme" in error[0] and "Read-only file system" in error[0], error[0]
-    assert "status=226/NAMESPACE" in error[0], error[0]
+    assert "/var/lib/tryme" in error[0] and "Read-only file system" in error[0], proc.stdout
+    assert "status=226/NAMESPACE" in error[0], proc.stdout
     assert "Traceback" not in proc.stderr
     assert "FAILED" in proc.stdout
 
