@@ -136,8 +136,9 @@ def settled(history: Sequence[Sample], *, window: float, quiet: float) -> bool:
 
 def _failed_for_good(history: Sequence[Sample], name: str) -> bool:
     units = [s.units[name] for s in history]
-    return (any(u.sub == "auto-restart" for u in units) or units[-1].restarts > units[0].restarts
-            or units[-1].restarts > 0 or units[-1].active == "failed")
+    # NRestarts counts from our own start: any restart is the unit's own doing
+    return (any(u.sub == "auto-restart" for u in units) or units[-1].restarts > 0
+            or units[-1].active == "failed")
 
 
 def ran(history: Sequence[Sample], name: str) -> bool:

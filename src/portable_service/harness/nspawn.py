@@ -361,6 +361,7 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            remove_cgroups(dirs)  # the ones made before this one
             raise HostError(f"cannot create the container's cgroup {d}: {e.strerror}",
                             "run it as root on a host whose cgroup file system is writable"
                             ) from None
