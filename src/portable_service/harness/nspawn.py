@@ -31,7 +31,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portable_service.errors import ToolError
+from portable_service.errors import HostError, ToolError
+from portable_service.harness.judge import PROPERTIES, UnitProps, parse_show
 from portable_service.harness.roots import Release
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -43,7 +44,7 @@ INSTALL_HINT = "install it: apt-get install systemd-container debootstrap"
 _counter = itertools.count()
 
 
-class BootError(ToolError):
+class BootError(HostError):
     """The container did not come up; the message carries nspawn's own output."""
 
 
@@ -112,10 +113,10 @@ class Container:
                             f"(exit {result.returncode}): {one_line(result.output)}")
         return result
 
-    def systemctl(self, *args: str, check: bool = False) -> Result:
+    def systemctl(self, *args: str, check: bool = False, timeout: float = 60) -> Result:
         if args and args[0] in ("start", "restart"):
             self.settle()
-        return self.run("systemctl", "--no-pager", *args, check=check)
+        return self.run("systemctl", "--no-pager", *args, check=check, timeout=timeout)
 
     def portablectl(self, *args: str, check: bool = False) -> Result:
         return self.run("portablectl", "--no-pager", *args, check=check, timeout=120)
@@ -148,13 +149,16 @@ class Container:
         self.settle()
         return result
 
-    def start(self, unit: str) -> Result:
-        """``systemctl start``, retried only for systemd 247's udev wait (see :meth:`settle`)."""
+    def start(self, unit: str, timeout: float = 60) -> Result:
+        """``systemctl start``, retried only for systemd 247's udev wait (see :meth:`settle`).
+
+        ``timeout`` bounds the wait for the start job (a ToolError past it; the job goes on).
+        """
         if not self.release.needs_udevd:
-            return self.systemctl("start", unit)
+            return self.systemctl("start", unit, timeout=timeout)
         for _ in range(UDEV_RETRIES + 1):
             cursor = self._cursor()
-            result = self.systemctl("start", unit)
+            result = self.systemctl("start", unit, timeout=timeout)
             if result.ok:
                 self._wait_until_exec(unit)  # a simple service can still fail after this
             if not self._udev_timeout(self._journal_since(cursor)):
@@ -239,6 +243,11 @@ class Container:
                          props.get("Result", ""), props.get("ExecMainStatus", ""),
                          props.get("LoadState", ""))
 
+    def unit_props(self, units: Sequence[str]) -> dict[str, UnitProps]:
+        """One ``systemctl show`` for all ``units``: what ``try`` judges them by."""
+        out = self.systemctl("show", "-p", ",".join(PROPERTIES), *units).stdout
+        return parse_show(out, units)
+
     def wait_for(self, unit: str, states: Sequence[str] = ("active",),
                  timeout: float = 10) -> UnitState:
         """Poll until the unit reaches one of ``states`` or fails; returns the last state."""
@@ -268,13 +277,13 @@ def one_line(text: str) -> str:
 def check_host() -> None:
     """Root and the tools; each missing piece is one sentence with its fix."""
     if os.geteuid() != 0:
-        raise ToolError("booting a throwaway systemd needs root",
+        raise HostError("booting a throwaway systemd needs root",
                         "run it as root (e.g. with sudo)")
     for tool, hint in (("systemd-nspawn", INSTALL_HINT), ("debootstrap", INSTALL_HINT),
                        ("unshare", "install it: apt-get install util-linux"),
                        ("nsenter", "install it: apt-get install util-linux")):
         if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
-            raise ToolError(f"{tool} not found in PATH (needed to boot a throwaway systemd)",
+            raise HostError(f"{tool} not found in PATH (needed to boot a throwaway systemd)",
                             hint)
 
 
@@ -349,7 +358,13 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
     log = log_dir / f"{name}.log"
     dirs = _cgroup_dirs(name)
     for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            remove_cgroups(dirs)  # the ones made before this one
+            raise HostError(f"cannot create the container's cgroup {d}: {e.strerror}",
+                            "run it as root on a host whose cgroup file system is writable"
+                            ) from None
     start = time.monotonic()
     nspawn: subprocess.Popen[bytes] | None = None
     container: Container | None = None
