@@ -203,7 +203,8 @@ def resolve_releases(names: Sequence[str]) -> list[Release]:
 def try_image(image: Path, *, releases: Sequence[str] = (), profile: str = "default",
               units: Sequence[str] = (), settle: float = DEFAULT_SETTLE,
               timeout: float = DEFAULT_TIMEOUT, reporter: Reporter | None = None,
-              out: TextIO = sys.stdout, as_json: bool = False) -> list[ReleaseRun]:
+              out: TextIO = sys.stdout, as_json: bool = False,
+              host_network: bool = False) -> list[ReleaseRun]:
     """Attach and start ``image`` on each release's systemd and judge its units.
 
     Prints every unit's verdict and a summary (or JSON); raises TryFailed (exit 1) when
@@ -217,7 +218,7 @@ def try_image(image: Path, *, releases: Sequence[str] = (), profile: str = "defa
     runs = []
     for release in chosen:
         run = try_on(image, release, profile=profile, units=units, settle=settle,
-                     timeout=timeout, reporter=reporter)
+                     timeout=timeout, reporter=reporter, host_network=host_network)
         runs.append(run)
         if not as_json:
             _print_run(run, out)
@@ -254,12 +255,17 @@ def _root(release: Release, reporter: Reporter) -> Path:
 
 def try_on(image: Path, release: Release, *, profile: str = "default",
            units: Sequence[str] = (), settle: float = DEFAULT_SETTLE,
-           timeout: float = DEFAULT_TIMEOUT, reporter: Reporter | None = None) -> ReleaseRun:
-    """Boot ``release``, attach ``image``, start and judge its units; torn down on return."""
+           timeout: float = DEFAULT_TIMEOUT, reporter: Reporter | None = None,
+           host_network: bool = False) -> ReleaseRun:
+    """Boot ``release``, attach ``image``, start and judge its units; torn down on return.
+
+    The container has a network of its own (loopback only) unless ``host_network``: a
+    unit on trial cannot reach or serve the host's network.
+    """
     reporter = reporter or Reporter(quiet=True)
     root = _root(release, reporter)
     label = ReleaseRun(release).label
-    with nspawn.booted(release, root) as c:
+    with nspawn.booted(release, root, private_network=not host_network) as c:
         reporter.info(f"booted {label} in {c.timings['ready']:.1f} s")
         with reporter.step(f"portablectl attach --profile={profile} {image.name}"):
             attach = c.attach(image, profile=profile)
@@ -385,7 +391,8 @@ def _hint(image: Path) -> str:
 def cmd_try(args: argparse.Namespace) -> int:
     try_image(Path(args.image), releases=args.release or (), profile=args.profile,
               units=args.unit or (), settle=args.settle, timeout=args.timeout,
-              reporter=Reporter(quiet=args.quiet or args.json), as_json=args.json)
+              reporter=Reporter(quiet=args.quiet or args.json), as_json=args.json,
+              host_network=args.host_network)
     return 0
 
 
@@ -419,6 +426,9 @@ def register(sub: Any) -> None:
                         f"still activating then has failed (default: {DEFAULT_TIMEOUT:g})")
     p.add_argument("--json", action="store_true",
                    help="print the verdicts as JSON (per release, per unit; keys sorted)")
+    p.add_argument("--host-network", action="store_true",
+                   help="share the host's network with the container (default: a network of "
+                        "its own, loopback only)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_try)
 

@@ -349,10 +349,15 @@ def _find_init(nspawn_pid: int) -> int | None:
 
 @contextlib.contextmanager
 def booted(release: Release, root: Path, *, log_dir: Path | None = None,
-           boot_timeout: float = 60) -> Iterator[Container]:
-    """A running container of ``root``; always torn down on exit."""
+           boot_timeout: float = 60, private_network: bool = False) -> Iterator[Container]:
+    """A running container of ``root``; always torn down on exit.
+
+    nspawn's console log is kept only when the boot failed (the error names it) or the
+    caller chose ``log_dir``. With ``private_network`` the container has only loopback.
+    """
     check_host()
     name = f"ps-{release.suite}-{os.getpid()}-{next(_counter)}"
+    keep_log = log_dir is not None
     log_dir = log_dir or Path(tempfile.gettempdir()) / "portable-service-nspawn"
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
@@ -374,7 +379,8 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
                 ["unshare", "--mount", "--propagation", "private", "--",
                  "sh", "-c", 'mount -t tmpfs tmpfs /run && exec "$@"', "sh",
                  "systemd-nspawn", "-D", str(root), "--volatile=overlay", "-M", name,
-                 "--register=no", "--keep-unit", "--console=read-only", "-b"],
+                 "--register=no", "--keep-unit", "--console=read-only", "-b",
+                 *(["--private-network"] if private_network else [])],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 # own session: a Ctrl-C in the terminal reaches us, not nspawn, and
                 # teardown stays in our hands
@@ -417,8 +423,13 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
                           check=True)
         container.timings["ready"] = time.monotonic() - start
         yield container
+    except BootError:
+        keep_log = True
+        raise
     finally:
         teardown(nspawn, container, dirs)
+        if not keep_log:
+            log.unlink(missing_ok=True)
 
 
 def make_loop_devices(dev: Path, count: int = LOOP_DEVICES) -> None:
