@@ -19,12 +19,15 @@ device still holds one of the copied images.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
+import re
 import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -324,9 +327,55 @@ def remove_cgroups(dirs: Sequence[Path]) -> list[Path]:
     return left
 
 
-def _enter_cgroup(dirs: Sequence[Path]) -> None:  # runs in the child before exec
+PR_SET_PDEATHSIG = 1
+
+
+def _enter_cgroup(dirs: Sequence[Path], parent: int) -> None:  # runs in the child before exec
     for d in dirs:
         (d / "cgroup.procs").write_text(str(os.getpid()))
+    # nspawn dies with us, even by SIGKILL (it takes the container with it); the signal
+    # survives the exec of unshare, sh and nspawn, which all keep this PID
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # we died before prctl took effect
+        os._exit(1)
+
+
+_NAME = re.compile(r"^ps-[a-z]+-(\d+)-\d+$")
+
+
+def remove_stale(root: Path = CGROUP_ROOT) -> list[Path]:
+    """Cgroups (and their processes) of earlier runs whose process is gone.
+
+    A run killed by SIGKILL cannot tear down; the next one cleans up after it. Cgroups are
+    named ``ps-SUITE-PID-N``: only those whose PID is dead are touched.
+    """
+    stale: list[Path] = []
+    for top in [root, root / "systemd", root / "unified"]:
+        if not top.is_dir():
+            continue
+        for d in top.iterdir():
+            match = _NAME.match(d.name)
+            if match is None or not d.is_dir() or _alive(int(match.group(1))):
+                continue
+            for pid in cgroup_pids([d]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            stale.append(d)
+    if stale:
+        _wait(lambda: not cgroup_pids(stale) or None, 5)
+        remove_cgroups(stale)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # -- boot and teardown
@@ -358,6 +407,8 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
     check_host()
     name = f"ps-{release.suite}-{os.getpid()}-{next(_counter)}"
     keep_log = log_dir is not None
+    remove_stale()
+    parent = os.getpid()
     log_dir = log_dir or Path(tempfile.gettempdir()) / "portable-service-nspawn"
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
@@ -372,6 +423,7 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
                             ) from None
     start = time.monotonic()
     nspawn: subprocess.Popen[bytes] | None = None
+    reaper: subprocess.Popen[bytes] | None = None
     container: Container | None = None
     try:
         with open(log, "wb") as log_file:
@@ -384,8 +436,13 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 # own session: a Ctrl-C in the terminal reaches us, not nspawn, and
                 # teardown stays in our hands
-                start_new_session=True, preexec_fn=lambda: _enter_cgroup(dirs),
+                start_new_session=True, preexec_fn=lambda: _enter_cgroup(dirs, parent),
                 env={"PATH": _PATH, "LC_ALL": "C.UTF-8"})
+        reaper = subprocess.Popen(
+            [sys.executable, "-m", "portable_service.harness.reaper", str(parent),
+             *map(str, dirs)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         init = _wait(lambda: _find_init(nspawn.pid) if nspawn.poll() is None else -1,
                      boot_timeout)
         if not init or init == -1:
@@ -428,6 +485,9 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
         raise
     finally:
         teardown(nspawn, container, dirs)
+        if reaper is not None:
+            reaper.kill()
+            reaper.wait()
         if not keep_log:
             log.unlink(missing_ok=True)
 
