@@ -46,3 +46,51 @@ def test_hostile_closure_record(cli, tmp_path: Path, name: str, verb: list[str])
     assert proc.returncode in (0, 1), proc.stderr
     if verb == ["inspect", "--json"]:
         assert json.loads(proc.stdout)["closure_roots"] is None  # a bad record is no record
+
+
+def directory_bomb(tmp: Path, folders: int = 30, names: int = 3000) -> Path:
+    """An image whose folders all point at one listing of ``names`` entries: a walk would
+    visit folders x names entries from an image that stores the listing once."""
+    import struct
+
+    from portable_service.squashfs.reader import SquashfsImage
+
+    root = tmp / "bomb"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text("ID=debian\n")
+    for i in range(folders):
+        (root / f"d{i:02}").mkdir()
+        if i == 0:
+            for n in range(names):
+                (root / "d00" / f"name-{n:06}").write_text("")
+        else:
+            (root / f"d{i:02}" / "x").write_text("")
+    image = tmp / "bomb_1.raw"
+    subprocess.run(["mksquashfs", str(root), str(image), "-quiet", "-all-root", "-no-progress",
+                    "-noappend", "-noI", "-noD"], check=True, capture_output=True)
+    data = bytearray(image.read_bytes())
+    with SquashfsImage(image) as im:
+        table = im.superblock.inode_table
+        first = im._lookup("/d00")
+        for i in range(1, folders):
+            ino = im._lookup(f"/d{i:02}")
+            assert ino.type == 1, "expected a basic directory inode"
+            # uncompressed metadata: a 2-byte header before each 8 KiB block
+            at = table + (ino.ref >> 16) + 2 + (ino.ref & 0xFFFF) + 16
+            struct.pack_into("<IIHH", data, at, first.dir_block, ino.nlink, first.size,
+                             first.dir_offset)
+    image.write_bytes(bytes(data))
+    return image
+
+
+def test_directory_bomb_is_refused_and_cat_stays_quick(cli, tmp_path: Path) -> None:
+    require_tool("mksquashfs")
+    image = directory_bomb(tmp_path)
+    for verb in (["verify"], ["size"], ["inspect"], ["diff", str(image)]):
+        proc = cli(*verb, str(image))
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "shares its listing with /d00" in proc.stderr
+        assert proc.stderr.count("\n") == 1
+    # looking up one path reads only the folders on it
+    assert cli("cat", str(image), "/etc/os-release").stdout == "ID=debian\n"
+    assert cli("ls", str(image), "/d07").stdout.count("\n") == 3000

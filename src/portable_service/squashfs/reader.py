@@ -370,6 +370,7 @@ class SquashfsImage:
         """Every entry, ``/`` first, depth-first in sorted order."""
         yield "/", self._stat(self.root)
         seen = {self.root.ref}
+        listings = {(self.root.dir_block, self.root.dir_offset): "/"} if self.root.size > 3 else {}
         stack: list[tuple[str, Iterator[fmt.DirEntry]]] = [("", iter(self._listing(self.root)))]
         while stack:
             prefix, it = stack[-1]
@@ -387,6 +388,14 @@ class SquashfsImage:
                 if ino.ref in seen:
                     raise CorruptImageError(f"{path}: directory cycle")
                 seen.add(ino.ref)
+                # a writer stores each listing once; directories sharing one multiply the
+                # work of a walk without growing the image (a "directory bomb")
+                where = (ino.dir_block, ino.dir_offset)
+                if ino.size > 3:  # an empty one stores nothing: it may point anywhere
+                    if where in listings:
+                        raise CorruptImageError(f"{path}: shares its listing with "
+                                                f"{listings[where]}")
+                    listings[where] = path
                 if len(stack) >= MAX_DEPTH:
                     raise OutOfBoundsError(f"{path}: nested too deeply")
                 stack.append((path, iter(self._listing(ino))))
