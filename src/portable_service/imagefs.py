@@ -158,6 +158,11 @@ class SquashfsFS:
             mkfs_time=sb.mkfs_time,
         )
 
+    @property
+    def image(self) -> Any:
+        """The squashfs reader itself (block-level access, for diff)."""
+        return self._image
+
     def stat(self, path: str) -> Stat:
         return _convert(self._image.stat(path))
 

@@ -17,7 +17,7 @@ import os
 import stat as stat_mod
 import sys
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -174,6 +174,8 @@ class SquashfsImage:
                 raise UnsupportedError("compressed compressor options are not supported")
             record, _ = opts.block(fmt.SUPERBLOCK_SIZE)
         self.compressor = comp.from_image(sb.compression_id, record, sb.block_size)
+        # two images whose compressors agree store equal blocks as equal bytes
+        self.codec = (sb.compression_id, record)
         self._inodes = MetadataReader(self._read_at, self.compressor, sb.inode_table,
                                       sb.directory_table, "inode table")
         self._dirs = MetadataReader(self._read_at, self.compressor, sb.directory_table,
@@ -428,6 +430,31 @@ class SquashfsImage:
 
     # -- file data
 
+    def stored_blocks(self, path: str) -> Iterator[StoredBlock]:
+        """A file's data block by block as stored: holes without reading, the rest raw.
+
+        Lets a comparison skip holes and equal stored bytes without decompressing; the
+        tail kept in a fragment comes decoded.
+        """
+        ino = self._lookup(path)
+        if ino.kind != "file":
+            raise NotFoundError(f"{path} is not a regular file")
+        bs = self.superblock.block_size
+        blocks = self._block_list(ino)
+        starts = self._starts(ino)
+        for i, word in enumerate(blocks):
+            length = min(bs, ino.size - i * bs)
+            size = word & (fmt.BLOCK_UNCOMPRESSED - 1)
+            if size == 0:
+                yield StoredBlock(length, None, lambda n=length: bytes(n))
+            else:
+                raw = word.to_bytes(4, "little") + self._read_at(starts[i], size)
+                yield StoredBlock(length, raw, lambda i=i: self._block(ino, i, starts))
+        tail = ino.size - len(blocks) * bs
+        if tail > 0:
+            data = self._fragment_tail(ino, tail)
+            yield StoredBlock(tail, b"T" + data, lambda d=data: d)
+
     def _block_list(self, ino: Inode) -> array.array:
         if ino._blocks is not None:
             return ino._blocks
@@ -569,6 +596,15 @@ class SquashfsImage:
                 value, _, _ = kv.read(vpos, vo, vsize)
             out[prefix + os.fsdecode(name)] = value
         return out
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    """One block of a file as stored: ``raw`` is None for a hole; ``data()`` decodes it."""
+
+    length: int
+    raw: bytes | None
+    data: Callable[[], bytes]
 
 
 def parse_listing(data: bytes) -> list[fmt.DirEntry]:
