@@ -208,15 +208,15 @@ def read_unit_file(name: str, text: str, origin: str) -> dict[str, list[tuple[st
     known = UNIT_SECTIONS.get(unit_name[unit_name.rfind("."):])
     read = read_unit_text(text, known)
     where = name if origin == "inline" else origin
-    for finding in read.findings:
-        if finding.severity is not Severity.WARNING:
-            raise _finding_error(where, finding)
-    if not read.has_section:
+    if not read.has_section and not any(f.severity is Severity.REFUSED for f in read.findings):
         raise UnitError(
             f"{where} has no [Section] header: systemd ignores every line of it "
             "(\"Assignment outside of section. Ignoring.\") and refuses a service without "
             "ExecStart=",
             "start it with [Unit], then [Service] (or [Socket], [Timer], ...) above the settings")
+    for finding in read.findings:
+        if finding.severity is not Severity.WARNING:
+            raise _finding_error(where, finding)
     for a in read.assignments:
         if a.section in _EXEC_SECTIONS and a.key in EXEC_DIRECTIVES:
             for finding in parse_exec(a.value, a.line).findings:
