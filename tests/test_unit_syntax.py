@@ -326,3 +326,16 @@ def test_extract_words(value: str, words: list[str]) -> None:
             break
         got.append(word)
     assert got == words
+
+
+def test_drop_in_with_byte_order_mark_is_merged(tmp_path: Path) -> None:
+    """systemd cuts one BOM per file: a drop-in's BOM must not land inside the merged unit."""
+    (tmp_path / "demo.service").write_text("\ufeff[Service]\nExecStart=/bin/true\n")
+    d = tmp_path / "demo.service.d"
+    d.mkdir()
+    (d / "a.conf").write_text("\ufeff[Service]\nExecStartPre=/bin/echo pre\n")
+    spec = spec_from_mapping({"pname": "demo", "version": "1",
+                              "units": ["demo.service", "demo.service.d"]}, tmp_path)
+    [unit] = load_units(spec)
+    assert unit.text.count("\ufeff") == 1
+    assert [c.argv for c in exec_commands(unit)] == [("/bin/true",), ("/bin/echo", "pre")]

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from portable_service.errors import UnitError
 from portable_service.spec import Spec, UnitSource
 from portable_service.unitfile import (
+    BYTE_ORDER_MARK,
     UNIT_SECTIONS,
     Finding,
     Severity,
@@ -146,7 +147,7 @@ def merge_drop_ins(units: list[Unit]) -> list[Unit]:
         text = unit.text if unit.text.endswith("\n") else unit.text + "\n"
         for drop in order:
             text += (f"\n# {drop.name}: merged by portable-service, as portabled does not read "
-                     f"drop-ins inside images\n{drop.text}")
+                     f"drop-ins inside images\n{_without_bom(drop.text)}")
             if not text.endswith("\n"):
                 text += "\n"
         merged.append(_make_unit(unit.name, text, unit.origin,
@@ -158,6 +159,12 @@ def merge_drop_ins(units: list[Unit]) -> list[Unit]:
             "apply it (and portabled never reads drop-ins inside an image)",
             f"name it after a unit in units (e.g. {files[0].name}.d), or add its unit")
     return merged
+
+
+def _without_bom(text: str) -> str:
+    # systemd cuts a byte-order mark once per file: in the middle of a merged file it would
+    # stay, and the drop-in's first line would be misread
+    return text.removeprefix(BYTE_ORDER_MARK)
 
 
 def _read_source(source: UnitSource) -> list[Unit]:
