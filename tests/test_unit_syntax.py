@@ -339,3 +339,14 @@ def test_drop_in_with_byte_order_mark_is_merged(tmp_path: Path) -> None:
     [unit] = load_units(spec)
     assert unit.text.count("\ufeff") == 1
     assert [c.argv for c in exec_commands(unit)] == [("/bin/true",), ("/bin/echo", "pre")]
+
+
+def test_cli_reports_one_line(cli, tmp_path: Path) -> None:
+    """The CLI prints the refusal as one line, exit 2, and writes no image."""
+    (tmp_path / "demo.service").write_text("[Service]\nExecStart=/bin/true\nExecStop /bin/x\n")
+    proc = cli("build", "--pname", "demo", "--version", "1", "--unit", "demo.service")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"portable-service: error: {tmp_path}/demo.service line 3: systemd drops it: "
+        "\"Missing '=', ignoring line.\"; write it as Key=value\n")
+    assert not list(tmp_path.glob("*.raw"))
