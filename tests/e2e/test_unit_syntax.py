@@ -98,11 +98,11 @@ def as_systemd_shows(command: Command, systemd: int) -> Command:
     Specifiers are systemd's to resolve at load time ('%%' is '%'; the table uses
     no other). systemd 247's path_simplify() keeps '/./' (252 drops it).
     """
-    argv = tuple(a.replace("%%", "%") for a in command.argv)
     path = command.path
     if systemd < 252 and simplify_path(command.argv[0]) == command.path:
         path = simplify_path(command.argv[0], kill_dots=False)
-    return Command(path, argv, command.flags)
+    return Command(path.replace("%%", "%"), tuple(a.replace("%%", "%") for a in command.argv),
+                   command.flags)
 
 
 @pytest.mark.parametrize("case_id", list(CASES))
