@@ -50,8 +50,8 @@ def _busctl(c: Container, *args: str) -> Any:
     return json.loads(result.stdout)["data"]
 
 
-def read_back(c: Container, name: str,
-              directives: Sequence[str] = EXEC_DIRECTIVES) -> SystemdReading:
+def read_back(c: Container, name: str, directives: Sequence[str] = EXEC_DIRECTIVES,
+              with_log: bool = True) -> SystemdReading:
     [path] = _busctl(c, "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
                      "org.freedesktop.systemd1.Manager", "LoadUnit", "s", name)
 
@@ -68,7 +68,7 @@ def read_back(c: Container, name: str,
             if found:
                 commands[directive] = found
     log: list[str] = []
-    for line in c.journal(name).splitlines():
+    for line in c.journal(name).splitlines() if with_log else []:
         if line and line not in log:
             log.append(line)
     return SystemdReading(prop("Unit", "LoadState"), prop("Unit", "LoadError")[1], commands, log)
@@ -171,7 +171,7 @@ def test_random_units_read_alike(container: Container) -> None:
     mismatches = []
     loaded = 0
     for name, text in units.items():
-        systemd = read_back(c, name, directives=("ExecStartPre", "ExecStart"))
+        systemd = read_back(c, name, directives=("ExecStartPre", "ExecStart"), with_log=False)
         ours = our_reading(name, text)
         loads = ours.loads
         types = Unit(name=name, text=text, origin="test",
