@@ -155,42 +155,48 @@ def read_unit_text(text: str, sections: Collection[str] | None = None) -> UnitTe
     assignments: list[Assignment] = []
     findings: list[Finding] = []
     state = _ParseState()
-    continuation: str | None = None
-    cont_line = 0
+
+    def done() -> UnitText:
+        return UnitText(tuple(assignments), tuple(findings), state.has_section)
+
+    # the open continuation, in pieces (joined once: a long one stays linear); each piece
+    # but the last ends in the space that replaced its '\', so escapes never span two
+    continuation: list[str] = []
+    continuation_bytes = 0
+    start_line = 0
     bom_seen = False
-    lineno = 0
-    for raw in physical_lines(text):
-        lineno += 1
-        if len(raw.encode("utf-8", "surrogatepass")) >= LONG_LINE_MAX:
+    for lineno, raw in enumerate(physical_lines(text), start=1):
+        size = len(raw.encode("utf-8", "surrogatepass"))
+        if size >= LONG_LINE_MAX:
             findings.append(Finding(lineno, Severity.REFUSED, "Line too long",
                                     "systemd reads lines of less than 1 MiB: split it"))
-            return UnitText(tuple(assignments), tuple(findings), state.has_section)
+            return done()
         # comments go first, before the BOM is cut and whether or not a line continues
         if _strip(raw)[:1] in tuple(COMMENTS):
             continue
         line = raw
         if not bom_seen and line.startswith(BYTE_ORDER_MARK):
             line = line[len(BYTE_ORDER_MARK):]
+            size -= len(BYTE_ORDER_MARK.encode())
             bom_seen = True
-        if continuation is not None:
-            if len((continuation + line).encode("utf-8", "surrogatepass")) > LONG_LINE_MAX:
-                findings.append(Finding(lineno, Severity.REFUSED, "Continuation line too long",
-                                        "systemd reads logical lines of at most 1 MiB"))
-                return UnitText(tuple(assignments), tuple(findings), state.has_section)
-            logical = continuation + line
-        else:
-            logical = line
-            cont_line = lineno
-        if _ends_escaped(logical):
-            continuation = logical[:-1] + " "
+        if continuation and continuation_bytes + size > LONG_LINE_MAX:
+            findings.append(Finding(lineno, Severity.REFUSED, "Continuation line too long",
+                                    "systemd reads logical lines of at most 1 MiB"))
+            return done()
+        if not continuation:
+            start_line = lineno
+        if _ends_escaped(line):
+            continuation.append(line[:-1] + " ")
+            continuation_bytes += size
             continue
-        continuation = None
-        if not _parse_line(logical, cont_line, sections, state, assignments, findings):
-            return UnitText(tuple(assignments), tuple(findings), state.has_section)
-    if continuation is not None:
+        logical = "".join(continuation) + line
+        continuation, continuation_bytes = [], 0
+        if not _parse_line(logical, start_line, sections, state, assignments, findings):
+            return done()
+    if continuation:
         # a '\' on the last line: systemd reads what it has (the '\' as a space)
-        _parse_line(continuation, cont_line, sections, state, assignments, findings)
-    return UnitText(tuple(assignments), tuple(findings), state.has_section)
+        _parse_line("".join(continuation), start_line, sections, state, assignments, findings)
+    return done()
 
 
 @dataclass
