@@ -26,7 +26,7 @@ from portable_service.unitfile import (
     physical_lines,
     read_unit_text,
 )
-from portable_service.units import EXEC_DIRECTIVES, Unit, exec_commands, load_units
+from portable_service.units import SECTION_EXEC_DIRECTIVES, Unit, exec_commands, load_units
 
 ONESHOT = "[Service]\nType=oneshot\n"
 
@@ -201,6 +201,12 @@ CASES: dict[str, Case] = {
     "include": Case("[Service]\nExecStart=/bin/true\n.include /etc/x.conf\n",
                     commands={"ExecStart": [cmd("/bin/true")]},
                     error=r"Missing '='.*systemd has no \.include"),
+    "socket-exec": Case(
+        "[Socket]\nListenStream=127.0.0.1:9999\nExecStartPre=-/bin/echo a 'b c'\n"
+        "ExecStopPre=/bin/echo d ; /bin/echo e\n", suffix=".socket",
+        commands={"ExecStartPre": [cmd("/bin/echo", "a", "b c", flags=("ignore-failure",))],
+                  "ExecStopPre": [cmd("/bin/echo", "d"), cmd("/bin/echo", "e")]},
+        note="a socket's own command lines"),
     "longest-line": Case("[Service]\n#" + "x" * (LONG_LINE_MAX - 2) + "\nExecStart=/bin/true\n",
                          commands={"ExecStart": [cmd("/bin/true")]},
                          note="1 MiB less one byte"),
@@ -208,6 +214,13 @@ CASES: dict[str, Case] = {
                           loads=False, error=r"line 2: systemd refuses to load the unit: "
                                              r"\"Line too long\"", note="1 MiB"),
 }
+
+
+def exec_directives(unit_name: str) -> list[tuple[str, str]]:
+    """(section, directive) of every command line the unit's type reads, in our order."""
+    suffix = unit_name[unit_name.rfind("."):]
+    return [(section, d) for section in UNIT_SECTIONS[suffix]
+            for d in SECTION_EXEC_DIRECTIVES.get(section, ())]
 
 
 @dataclass(frozen=True)
@@ -228,8 +241,8 @@ def our_reading(name: str, text: str) -> Reading:
     refused = any(f.severity is Severity.REFUSED for f in read.findings)
     unit = Unit(name=name, text=text, origin="test", sections=read.sections)
     commands: dict[str, list[Command]] = {}
-    for directive in EXEC_DIRECTIVES:
-        for value in unit.values("Service", directive):
+    for section, directive in exec_directives(name):
+        for value in unit.values(section, directive):
             line = parse_exec(value)
             refused |= any(f.severity is Severity.REFUSED for f in line.findings)
             commands.setdefault(directive, []).extend(line.commands)
@@ -257,7 +270,7 @@ def test_build_verdict(tmp_path: Path, case_id: str) -> None:
     if case.error is None:
         [unit] = load_units(spec)
         assert [(c.argv[0], c.argv0, c.argv[1:], c.flags) for c in exec_commands(unit)] == [
-            (c.path, c.argv[0], c.argv[1:], c.flags) for d in EXEC_DIRECTIVES
+            (c.path, c.argv[0], c.argv[1:], c.flags) for _, d in exec_directives(name)
             for c in case.commands.get(d, [])]
     else:
         assert not (case.loads and case.error is None)

@@ -27,7 +27,6 @@ from portable_service.unitfile import (
 UNIT_TYPES = (".service", ".socket", ".target", ".timer", ".path")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.[a-z]+$")
 MAX_UNIT_SIZE = 1 << 20
-_EXEC_SECTIONS = ("Service", "Socket", "Mount", "Swap")
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class Unit:
         return out
 
     def exec_sections(self) -> Iterator[str]:
-        yield from (s for s in _EXEC_SECTIONS if s in self.sections)
+        yield from (s for s in SECTION_EXEC_DIRECTIVES if s in self.sections)
 
 
 def parse_unit_text(text: str) -> dict[str, list[tuple[str, str]]]:
@@ -225,7 +224,7 @@ def read_unit_file(name: str, text: str, origin: str) -> dict[str, list[tuple[st
         if finding.severity is not Severity.WARNING:
             raise _finding_error(where, finding)
     for a in read.assignments:
-        if a.section in _EXEC_SECTIONS and a.key in EXEC_DIRECTIVES:
+        if a.key in SECTION_EXEC_DIRECTIVES.get(a.section, ()):
             for finding in parse_exec(a.value, a.line).findings:
                 if finding.severity is not Severity.WARNING:
                     raise _finding_error(where, finding, f"{a.key}=")
@@ -334,6 +333,14 @@ EXEC_DIRECTIVES = (
     "ExecStart", "ExecStartPre", "ExecStartPost", "ExecCondition", "ExecReload",
     "ExecStop", "ExecStopPost",
 )
+# the command lines each section reads (load-fragment-gperf.gperf.in); a socket has no
+# ExecStart= but an ExecStopPre=
+SECTION_EXEC_DIRECTIVES: dict[str, tuple[str, ...]] = {
+    "Service": EXEC_DIRECTIVES,
+    "Socket": ("ExecStartPre", "ExecStartPost", "ExecStopPre", "ExecStopPost"),
+    "Mount": ("ExecMount", "ExecUnmount", "ExecRemount"),
+    "Swap": ("ExecActivate", "ExecDeactivate"),
+}
 SYSTEMD_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin")
 
 
@@ -360,7 +367,7 @@ def exec_commands(unit: Unit) -> list[ExecCommand]:
     """
     out: list[ExecCommand] = []
     for section in unit.exec_sections():
-        for key in EXEC_DIRECTIVES:
+        for key in SECTION_EXEC_DIRECTIVES[section]:
             for value in unit.values(section, key):
                 for c in parse_exec(value).commands:
                     out.append(ExecCommand((c.path, *c.argv[1:]), f"{key}= in {unit.unit_name}",

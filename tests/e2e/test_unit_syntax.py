@@ -22,7 +22,7 @@ from test_unit_syntax import CASES, ONESHOT, our_reading
 from e2e.conftest import LOG_DIR
 from portable_service.harness.nspawn import Container
 from portable_service.unitfile import UNIT_SECTIONS, Command, read_unit_text, simplify_path
-from portable_service.units import EXEC_DIRECTIVES, Unit
+from portable_service.units import EXEC_DIRECTIVES, SECTION_EXEC_DIRECTIVES, Unit
 
 pytestmark = pytest.mark.e2e
 
@@ -63,8 +63,15 @@ def read_back(c: Container, name: str, directives: Sequence[str] = EXEC_DIRECTIV
     if name.endswith(".service"):
         for directive in directives:
             # (path, argv, flags, timestamps...): the Ex variant carries the flags by name
-            found = [Command(e[0], tuple(e[1]), tuple(e[2])) for e in prop("Service",
-                                                                            f"{directive}Ex")]
+            found = [Command(e[0], tuple(e[1]), tuple(e[2]))
+                     for e in prop("Service", f"{directive}Ex")]
+            if found:
+                commands[directive] = found
+    elif name.endswith(".socket"):
+        for directive in SECTION_EXEC_DIRECTIVES["Socket"]:
+            # a socket has no Ex variants: (path, argv, ignore_failure, timestamps...)
+            found = [Command(e[0], tuple(e[1]), ("ignore-failure",) if e[2] else ())
+                     for e in prop("Socket", directive)]
             if found:
                 commands[directive] = found
     log: list[str] = []
@@ -94,17 +101,19 @@ def readings(container: Container) -> dict[str, SystemdReading]:
     return out
 
 
-def as_systemd_shows(command: Command, systemd: int) -> Command:
+def as_systemd_shows(command: Command, systemd: int, socket: bool = False) -> Command:
     """Our command as the release's systemd shows it once loaded.
 
     Specifiers are systemd's to resolve at load time ('%%' is '%'; the table uses
-    no other). systemd 247's path_simplify() keeps '/./' (252 drops it).
+    no other). systemd 247's path_simplify() keeps '/./' (252 drops it). A socket's
+    command lines show only whether failures are ignored.
     """
     path = command.path
     if systemd < 252 and simplify_path(command.argv[0]) == command.path:
         path = simplify_path(command.argv[0], kill_dots=False)
+    flags = tuple(f for f in command.flags if f == "ignore-failure") if socket else command.flags
     return Command(path.replace("%%", "%"), tuple(a.replace("%%", "%") for a in command.argv),
-                   command.flags)
+                   flags)
 
 
 @pytest.mark.parametrize("case_id", list(CASES))
@@ -115,7 +124,8 @@ def test_systemd_reads_what_we_read(container: Container, readings: dict[str, Sy
     ours = our_reading(unit_name(case_id), case.text)
     where = f"{case_id} on {container.release.suite}: {systemd.load_state} {systemd.log}"
     assert systemd.loads == ours.loads == case.loads, where
-    expected = {d: [as_systemd_shows(c, container.release.systemd) for c in cmds]
+    expected = {d: [as_systemd_shows(c, container.release.systemd, socket=case.suffix == ".socket")
+                    for c in cmds]
                 for d, cmds in ours.commands.items()}
     if systemd.loads:  # a refused unit's half-read settings mean nothing
         assert systemd.commands == expected, where
