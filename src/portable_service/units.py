@@ -215,10 +215,11 @@ def read_unit_file(name: str, text: str, origin: str) -> dict[str, list[tuple[st
     read = read_unit_text(text, known)
     where = name if origin == "inline" else origin
     if not read.has_section and not any(f.severity is Severity.REFUSED for f in read.findings):
+        then = (" and then refuses the service (\"Service has no ExecStart=, ExecStop=, or "
+                "SuccessAction=. Refusing.\")" if name.endswith(".service") else "")
         raise UnitError(
             f"{where} has no [Section] header: systemd ignores every line of it "
-            "(\"Assignment outside of section. Ignoring.\") and refuses a service without "
-            "ExecStart=",
+            f"(\"Assignment outside of section. Ignoring.\"){then}",
             "start it with [Unit], then [Service] (or [Socket], [Timer], ...) above the settings")
     for finding in read.findings:
         if finding.severity is not Severity.WARNING:
