@@ -81,7 +81,7 @@ def test_missing_interpreter_is_an_error(tmp_path: Path) -> None:
 
 
 def test_exec_programs_become_roots(tmp_path: Path) -> None:
-    text = ("ExecStartPre=-/usr/bin/true\nExecStartPost=+!/usr/bin/env\nExecReload=kill -HUP $MAINPID\n"
+    text = ("ExecStartPre=-/usr/bin/true\nExecStartPost=!/usr/bin/env\nExecReload=kill -HUP $MAINPID\n"
             "ExecStop=/bin/sh -c 'exit 0'\nEnvironmentFile=/etc/os-release\nEnvironmentFile=-/etc/nope\n")
     c = closure_of(tmp_path, units=[unit("@/usr/bin/bash bash -c true", extra=text)])
     assert c.nodes[P("/usr/bin/bash")].reason == "program of ExecStart= in t.service"
