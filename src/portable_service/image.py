@@ -8,7 +8,7 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from portable_service import imagefs
-from portable_service.closure import SCAFFOLD_FILES, Closure, Node
+from portable_service.closure import SCAFFOLD_FILES, Closure, Node, runtime
 from portable_service.errors import ClosureError, TreeError
 from portable_service.spec import Spec
 from portable_service.tree import ImageTree, Kind
@@ -224,7 +224,7 @@ def _xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
 def assemble(spec: Spec, units: list[Unit], closure: Closure) -> ImageTree:
     tree = ImageTree()
     scaffold(tree, spec)
-    add_units(tree, units)
+    add_units(tree, runtime.adapt_units(units, closure))  # services reach the user database
     add_symlinks(tree, spec)
     for node in closure:
         place(tree, node)
