@@ -122,7 +122,7 @@ class RuntimeResolver:
             self._ca_done = True
             yield from self._certificates(node)
         # a package's files are data unless a unit runs them (see scripts.py)
-        if node.package is None and node.image == P(str(node.host)):
+        if node.package is None and node.image == P(str(node.host)) and _runnable(node.host):
             if PYTHON.match(name):
                 yield from self._python(node)
             elif PERL.match(name):
@@ -185,7 +185,7 @@ class RuntimeResolver:
 
     def _python(self, node: Node) -> Iterator[Node]:
         key = str(node.host)
-        if key in self._queried or not os.access(node.host, os.X_OK):
+        if key in self._queried:
             return
         self._queried.add(key)
         info = self._ask(node, [key, "-I", "-c", PYTHON_QUERY])
@@ -208,7 +208,7 @@ class RuntimeResolver:
             is_site = p in sites or os.path.basename(p) in ("site-packages", "dist-packages")
             if is_site and not in_venv:
                 continue  # the host's third-party packages: ship them with contents if wanted
-            yield Node(P(p), Path(p), reason, node.image)
+            yield from library_folder(P(p), reason, node.image)
         if prefix != base:
             cfg = P(prefix) / "pyvenv.cfg"
             if os.path.exists(cfg):
@@ -222,7 +222,7 @@ class RuntimeResolver:
     def _interpreter(self, node: Node, argv: list[str],
                      parse: Callable[[str], list[str]]) -> Iterator[Node]:
         key = str(node.host)
-        if key in self._queried or not os.access(node.host, os.X_OK) or node.host.is_symlink():
+        if key in self._queried or node.host.is_symlink():
             return
         self._queried.add(key)
         out = self._ask(node, argv)
@@ -230,13 +230,13 @@ class RuntimeResolver:
             return
         for p in parse(out):
             if p.startswith("/") and os.path.isdir(p):
-                yield Node(P(p), Path(p), f"standard library of {node.image}", node.image)
+                yield from library_folder(P(p), f"standard library of {node.image}", node.image)
 
     def _ask(self, node: Node, argv: list[str]) -> str | None:
         try:
             proc = run_mod.run(argv, check=False, timeout=30)
-        except ToolError as e:
-            self.ctx.missing(f"cannot ask {node.image} for its library folders: {e.message}",
+        except (ToolError, OSError) as e:
+            self.ctx.missing(f"cannot ask {node.image} for its library folders: {e}",
                              "check that the interpreter runs on this host")
             return None
         if proc.returncode != 0:
@@ -246,6 +246,30 @@ class RuntimeResolver:
                 "install the interpreter's standard library, or fix the interpreter")
             return None
         return proc.stdout.decode("utf-8", "surrogateescape")
+
+
+# Marks a library folder's files as data, as a Debian package's are (see Node.package):
+# the standard library's own executable scripts (#!/usr/local/bin/python in cgi.py)
+# are not programs the units run, so their #! lines are not followed.
+LIBRARY_FILES = "interpreter library"
+
+
+def library_folder(folder: PurePosixPath, reason: str, parent: PurePosixPath) -> Iterator[Node]:
+    """A library folder and everything below it, as data; ELF modules still bring libraries."""
+    if not os.path.isdir(folder):
+        return
+    yield Node(folder, Path(folder), reason, parent, package=LIBRARY_FILES)
+    for top, dirs, files in os.walk(folder):
+        dirs.sort()
+        here = P(top)
+        for name in dirs + sorted(files):
+            yield Node(here / name, Path(here / name), "in library folder", here,
+                       package=LIBRARY_FILES)
+
+
+def _runnable(path: Path) -> bool:
+    """An executable file (a link to one counts: a virtualenv's bin/python)."""
+    return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 def _perl_dirs(out: str) -> list[str]:
