@@ -81,6 +81,12 @@ LOCALE_ARCHIVE = LOCALE_DIR / "locale-archive"
 LOCALE_VARS = ("LANG", "LC_ALL", "LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE",
                "LC_MONETARY", "LC_MESSAGES", "LC_PAPER", "LC_NAME", "LC_ADDRESS",
                "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION")
+# glibc (2.35 and later too) does not build C.UTF-8 in: without its folder,
+# setlocale(LC_ALL, "") fails under LANG=C.UTF-8 (checked on the host's 2.36).
+# The service manager passes the host's LANG= (/etc/locale.conf) to every service,
+# and C.UTF-8 is the common one: an image with glibc always gets it.
+C_UTF8_REASON = ("C.UTF-8 locale: glibc does not build it in, and services inherit the "
+                 "host's LANG= (often C.UTF-8)")
 # a POSIX TZ rule (EST5EDT, <+03>-3, UTC0) needs no file
 _POSIX_TZ = re.compile(r"^[A-Za-z<][^/]*[0-9]")
 
@@ -107,7 +113,7 @@ class RuntimeResolver:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.identity = needs_identity(ctx.spec)
-        self._nss_done = False
+        self._libc_done = False
         self._ca_done = False
         self._queried: set[str] = set()
 
@@ -115,9 +121,14 @@ class RuntimeResolver:
         if in_nix_store(node.image):
             return
         name = node.image.name
-        if name == "libc.so.6" and self.identity and not self._nss_done:
-            self._nss_done = True
-            yield from self._nss(node)
+        if name == "libc.so.6" and not self._libc_done:
+            self._libc_done = True
+            if self.identity:
+                yield from self._nss(node)
+            for folder in (LOCALE_DIR / "C.utf8", LOCALE_DIR / "C.UTF-8"):  # 2.35+, older Debian
+                if os.path.isdir(folder):
+                    yield Node(folder, Path(folder), C_UTF8_REASON, node.image)
+                    break
         if TLS_LIBRARY.match(name) and not self._ca_done:
             self._ca_done = True
             yield from self._certificates(node)
