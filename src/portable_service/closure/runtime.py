@@ -23,6 +23,7 @@ Each is shipped only when something in the closure or a unit asks for it, with a
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -263,6 +264,10 @@ class RuntimeResolver:
 # the standard library's own executable scripts (#!/usr/local/bin/python in cgi.py)
 # are not programs the units run, so their #! lines are not followed.
 LIBRARY_FILES = "interpreter library"
+# Below a library folder, not part of what runs: the static library and objects for
+# building extensions (python's config-3.X-<triplet>), and third-party packages,
+# which pyenv-style layouts keep inside the standard library folder.
+SKIPPED_BELOW = ("config-*", "site-packages", "dist-packages")
 
 
 def library_folder(folder: PurePosixPath, reason: str, parent: PurePosixPath) -> Iterator[Node]:
@@ -271,7 +276,7 @@ def library_folder(folder: PurePosixPath, reason: str, parent: PurePosixPath) ->
         return
     yield Node(folder, Path(folder), reason, parent, package=LIBRARY_FILES)
     for top, dirs, files in os.walk(folder):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not any(fnmatch.fnmatchcase(d, g) for g in SKIPPED_BELOW))
         here = P(top)
         for name in dirs + sorted(files):
             yield Node(here / name, Path(here / name), "in library folder", here,
