@@ -128,7 +128,7 @@ class RuntimeResolver:
                 yield from self._nss(node)
             for folder in (LOCALE_DIR / "C.utf8", LOCALE_DIR / "C.UTF-8"):  # 2.35+, older Debian
                 if os.path.isdir(folder):
-                    yield Node(folder, Path(folder), C_UTF8_REASON, node.image)
+                    yield Node(folder, Path(folder), C_UTF8_REASON)
                     break
         if TLS_LIBRARY.match(name) and not self._ca_done:
             self._ca_done = True
@@ -153,7 +153,8 @@ class RuntimeResolver:
                 "under the default profile) would not resolve, and programs that look up their "
                 "user (getpwuid) fail", "apt-get install libnss-systemd")
             return
-        yield Node(libc.image.parent / NSS_SYSTEMD, host, IDENTITY_REASON, libc.image)
+        # a root of its own: the service's user needs it, not libc (and `size` shows its cost)
+        yield Node(libc.image.parent / NSS_SYSTEMD, host, IDENTITY_REASON)
 
     def finish(self) -> None:
         """Identity files: made for the image, after the closure shows what the user ships."""
