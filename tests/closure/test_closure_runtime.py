@@ -185,6 +185,11 @@ def test_lang_in_a_unit_brings_that_locale_or_names_the_fix(tmp_path: Path, prob
     assert "xx_YY.UTF-8" in err.value.message and "locale-gen" in (err.value.hint or "")
     assert runtime.normalize_codeset("UTF-8") == "utf8"
     assert runtime.normalize_codeset("ISO-8859-1") == "iso88591"
+    # a charset other than UTF-8 needs its gconv module (mbrtowc, iconv), with the configuration
+    gconv = {n.image.name for n in runtime._gconv("iso88591", "LANG=de_DE.ISO-8859-1")}
+    require(bool(gconv), "this host has no gconv modules")
+    assert "ISO8859-1.so" in gconv and "gconv-modules" in gconv
+    assert not any(name.startswith("ISO8859-2") for name in gconv)
 
 
 # -- CA certificates

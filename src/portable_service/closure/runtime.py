@@ -116,6 +116,7 @@ class RuntimeResolver:
         self.identity = needs_identity(ctx.spec)
         self._libc_done = False
         self._ca_done = False
+        self._openssl_done = False
         self._queried: set[str] = set()
 
     def __call__(self, node: Node) -> Iterator[Node]:
@@ -130,8 +131,7 @@ class RuntimeResolver:
                 if os.path.isdir(folder):
                     yield Node(folder, Path(folder), C_UTF8_REASON)
                     break
-        if TLS_LIBRARY.match(name) and not self._ca_done:
-            self._ca_done = True
+        if TLS_LIBRARY.match(name):
             yield from self._certificates(node)
         # a package's files are data unless a unit runs them (see scripts.py)
         if node.package is None and node.image == P(str(node.host)) and _runnable(node.host):
@@ -181,14 +181,18 @@ class RuntimeResolver:
     # CA certificates
 
     def _certificates(self, lib: Node) -> Iterator[Node]:
-        if not os.path.exists(CA_BUNDLE):
-            self.ctx.closure.warnings.append(
-                f"{lib.image} is a TLS library, but this host has no {CA_BUNDLE}: the image "
-                "gets no CA certificates (apt-get install ca-certificates)")
-            return
-        reason = f"CA certificates for the TLS library {lib.image.name}"
-        yield Node(CA_FOLDER, Path(CA_FOLDER), reason, lib.image)
-        if lib.image.name.startswith("libssl"):
+        """The CA folder once for any TLS library; OpenSSL's own folder once for libssl."""
+        if not self._ca_done:
+            self._ca_done = True
+            if os.path.exists(CA_BUNDLE):
+                yield Node(CA_FOLDER, Path(CA_FOLDER),
+                           f"CA certificates for the TLS library {lib.image.name}", lib.image)
+            else:
+                self.ctx.closure.warnings.append(
+                    f"{lib.image} is a TLS library, but this host has no {CA_BUNDLE}: the "
+                    "image gets no CA certificates (apt-get install ca-certificates)")
+        if lib.image.name.startswith("libssl") and not self._openssl_done:
+            self._openssl_done = True
             for path in OPENSSL_DIR_FILES:
                 if os.path.lexists(path):
                     yield Node(path, Path(path), f"OpenSSL's folder for {lib.image.name}",
