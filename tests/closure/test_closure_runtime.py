@@ -248,6 +248,8 @@ def test_tz_rules_and_run_time_values(tmp_path: Path) -> None:
     assert not any(runtime.ZONEINFO in p.parents for p in c.nodes)  # a POSIX rule: no file
     c = closure_of(tmp_path, units=[unit("/usr/bin/date", extra="Environment=TZ=%I\n")])
     assert c.nodes[runtime.ZONEINFO].reason.startswith("time zones for")
+    c = closure_of(tmp_path, units=[unit("/usr/bin/date", extra="PassEnvironment=LANG TZ\n")])
+    assert c.nodes[runtime.ZONEINFO].reason == "time zones for PassEnvironment=TZ in t.service"
     with pytest.raises(ClosureError, match="Mars/Olympus"):
         closure_of(tmp_path, units=[unit("/usr/bin/date", extra="Environment=TZ=Mars/Olympus\n")])
     # no TZ: no zones (the default profile does not bind /etc/localtime; glibc uses UTC)

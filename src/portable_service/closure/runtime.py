@@ -343,6 +343,10 @@ def unit_environment(unit: Unit) -> list[tuple[str, str]]:
 def root_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
     """The time zones and locales the units' ``Environment=`` names."""
     for unit in units:
+        for section in unit.exec_sections():
+            if any("TZ" in v.split() for v in unit.values(section, "PassEnvironment")):
+                # the manager's own TZ, known only on the server: every zone
+                yield from _zone("$TZ", f"PassEnvironment=TZ in {unit.unit_name}", ctx)
         for name, value in unit_environment(unit):
             directive = f"Environment={name}={value} in {unit.unit_name}"
             if name == "TZ":
