@@ -12,6 +12,8 @@ import pytest
 from conftest import require
 from e2e.conftest import HERE, require_e2e
 from e2e.lib import attached, build_image, unit
+from portable_service.imagefs import open_image
+from portable_service.verify import verify
 
 pytestmark = pytest.mark.e2e
 NO_NSS = ["*/libnss_systemd.so.2"]  # the negative control: the image cannot resolve dynamic users
@@ -97,7 +99,18 @@ def python_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                                 "exclude": ["/usr/lib/python3.*"]})}
 
 
+def python_problems(image: Path) -> set[tuple[str, str]]:
+    """What verify says about python in the image."""
+    fs = open_image(image)
+    try:
+        return {(p.severity, p.path) for p in verify(fs, image.name)
+                if p.rule == "python-stdlib-missing"}
+    finally:
+        fs.close()
+
+
 def test_python_script_runs_with_its_standard_library(container, python_images):
+    assert python_problems(python_images["stdlib"]) == set()
     with attached(container, python_images["stdlib"]):
         ok = container.start("py.service").ok
         journal = container.journal("py.service")
@@ -106,6 +119,9 @@ def test_python_script_runs_with_its_standard_library(container, python_images):
 
 
 def test_python_without_standard_library_dies_at_start(container, python_images):
+    # verify says so before systemd does
+    assert ("error", os.path.realpath("/usr/bin/python3")) in python_problems(
+        python_images["control"])
     with attached(container, python_images["control"]):
         ok = container.start("pyno.service").ok
         journal = container.journal("pyno.service")
