@@ -65,6 +65,12 @@ GROUP_TEXT = "root:x:0:\nnogroup:x:65534:\n"
 IDENTITY_REASON = ("NSS module: getpwuid() of a dynamic user (DynamicUser=yes, the default "
                    "profile) needs it")
 BIND_USERDB = f"BindReadOnlyPaths=-{USERDB}"
+# what `why` says about the files the build writes for identity
+GENERATED_WHY = {
+    NSSWITCH: "passwd and group through nss-systemd, for a service's dynamic user",
+    PASSWD: "root and nobody, for programs that read /etc/passwd themselves",
+    GROUP: "root and nogroup, for programs that read /etc/group themselves",
+}
 
 # -- CA certificates
 
