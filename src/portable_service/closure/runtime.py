@@ -152,7 +152,7 @@ class RuntimeResolver:
     # identity
 
     def _nss(self, libc: Node) -> Iterator[Node]:
-        host = Path(os.path.realpath(libc.host)).parent / NSS_SYSTEMD
+        host = libc.host.parent / NSS_SYSTEMD  # same spelling as the image path: links resolve
         if not host.exists():
             self.ctx.missing(
                 f"{NSS_SYSTEMD} is not on this host: a service's dynamic user (DynamicUser=yes "
