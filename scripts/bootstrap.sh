@@ -3,7 +3,7 @@
 #   scripts/bootstrap.sh          the package in .venv, plus squashfs-tools
 #   scripts/bootstrap.sh --test   also the test tools: debootstrap, systemd-nspawn, udev,
 #                                 lighttpd, gcc, nix-bin, libnss-systemd, ca-certificates,
-#                                 tzdata, perl, python3-venv and the Python test extras
+#                                 tzdata, perl, ruby, python3-venv and the Python test extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=${1:-}
@@ -27,6 +27,7 @@ if [[ $want_test == --test ]]; then
   have openssl || need_pkgs+=(openssl)
   [[ -e /usr/share/zoneinfo/Europe/Berlin ]] || need_pkgs+=(tzdata)
   [[ -x /usr/bin/perl ]] || need_pkgs+=(perl)
+  [[ -x /usr/bin/ruby ]] || need_pkgs+=(ruby)
   dpkg -s python3-venv >/dev/null 2>&1 || need_pkgs+=(python3-venv)       # the virtualenv test
   # the end-to-end harness: signed Debian roots, and statically linked test servers
   [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || need_pkgs+=(debian-archive-keyring)

@@ -328,6 +328,14 @@ def test_perl_brings_its_core_modules(tmp_path: Path) -> None:
     assert not any(f.startswith(("/usr/share/perl5/", "/usr/local/")) for f in image_files(root))
 
 
+def test_ruby_brings_its_library_folders(tmp_path: Path) -> None:
+    require(os.path.exists("/usr/bin/ruby"), "ruby is not installed (apt-get install ruby)")
+    _, root = build_and_unpack(tmp_path, units=[unit("/usr/bin/ruby -e 1")])
+    run = chroot(root, "/usr/bin/ruby", "-e", "require 'json'; puts JSON.generate([1, 'a'])")
+    assert (run.returncode, run.stdout) == (0, '[1,"a"]\n'), run.stderr
+    assert not any("site_ruby" in f or "vendor_ruby" in f for f in image_files(root))
+
+
 def test_verify_refuses_python_without_encodings(tmp_path: Path) -> None:
     _python()
     settings = {"pname": "t", "version": "1", "units": [unit("/usr/bin/python3 -c pass")],

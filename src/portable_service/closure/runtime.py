@@ -290,6 +290,8 @@ def library_folder(folder: PurePosixPath, reason: str, parent: PurePosixPath) ->
         dirs[:] = sorted(d for d in dirs if not any(fnmatch.fnmatchcase(d, g) for g in SKIPPED_BELOW))
         here = P(top)
         for name in dirs + sorted(files):
+            if not os.path.exists(here / name):
+                continue  # a link that dangles on the host too (rdoc's fonts without fonts-lato)
             yield Node(here / name, Path(here / name), "in library folder", here,
                        package=LIBRARY_FILES)
 
