@@ -88,8 +88,8 @@ LOCALE_ARCHIVE = LOCALE_DIR / "locale-archive"
 LOCALE_VARS = ("LANG", "LC_ALL", "LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE",
                "LC_MONETARY", "LC_MESSAGES", "LC_PAPER", "LC_NAME", "LC_ADDRESS",
                "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION")
-# glibc (2.35 and later too) does not build C.UTF-8 in: without its folder,
-# setlocale(LC_ALL, "") fails under LANG=C.UTF-8 (checked on the host's 2.36).
+# glibc does not build C.UTF-8 in: without its folder, setlocale(LC_ALL, "") fails
+# under LANG=C.UTF-8 (checked with Debian 12's 2.36 and Debian 13's 2.41).
 # The service manager passes the host's LANG= (/etc/locale.conf) to every service,
 # and C.UTF-8 is the common one: an image with glibc always gets it.
 C_UTF8_REASON = ("C.UTF-8 locale: glibc does not build it in, and services inherit the "
