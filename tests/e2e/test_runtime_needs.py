@@ -127,3 +127,27 @@ def test_python_without_standard_library_dies_at_start(container, python_images)
         journal = container.journal("pyno.service")
     assert not ok, journal
     assert "No module named 'encodings'" in journal, journal
+
+
+@pytest.fixture(scope="module")
+def tz_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    require_e2e()
+    require(os.path.exists("/usr/share/zoneinfo/Europe/Berlin"), "apt-get install tzdata")
+    base = tmp_path_factory.mktemp("tz")
+
+    def spec(pname: str, **extra: object) -> dict:
+        return {"pname": pname, "version": "1", **extra,
+                "units": [unit(f"{pname}.service", "[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+                               "Environment=TZ=Europe/Berlin\n"
+                               "ExecStart=/usr/bin/date -d @0 \"+zone %%Z hour %%H\"\n")]}
+    return {"zone": build_image(base / "a", spec("tz")),
+            "control": build_image(base / "b", spec("tzno", exclude=["/usr/share/zoneinfo/*"]))}
+
+
+def test_tz_in_a_unit_brings_its_zone(container, tz_images):
+    for key, name, expected in (("zone", "tz", "zone CET hour 01"),
+                                ("control", "tzno", "zone Europe hour 00")):
+        with attached(container, tz_images[key]):
+            ok = container.start(f"{name}.service").ok
+            journal = container.journal(f"{name}.service")
+        assert ok and expected in journal, (key, journal)
