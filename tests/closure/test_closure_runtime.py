@@ -110,7 +110,7 @@ def test_a_users_own_nsswitch_conf_is_merged_not_replaced(tmp_path: Path, probe:
                             {"source": str(passwd), "target": "/etc/passwd"}]
     c = closure_of(tmp_path, **settings)
     merged = c.generated[runtime.NSSWITCH].decode()
-    assert merged == ("# mine\npasswd: files  # local only systemd\ngroup: files systemd\n"
+    assert merged == ("# mine\npasswd: files systemd  # local only\ngroup: files systemd\n"
                       "hosts: files\n")
     assert runtime.NSSWITCH not in c.nodes  # one entry: the merged file
     assert any("added 'systemd'" in w and str(own) in w for w in c.warnings), c.warnings
@@ -127,6 +127,21 @@ def test_merge_nsswitch_adds_missing_databases() -> None:
         "hosts: files dns\npasswd:         files systemd\ngroup:          files systemd\n")
     text = "passwd: compat systemd\ngroup: files systemd\n"
     assert runtime.merge_nsswitch(text) == text
+
+
+def test_library_folders_follow_folder_links(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    (lib / "pkg").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "mod.pm").write_text("1;\n")
+    (lib / "linked").symlink_to(tmp_path / "elsewhere")
+    (lib / "dangling.pm").symlink_to(tmp_path / "nowhere")
+    (lib / "pkg" / "run.sh").write_text("#!/nonexistent/sh\n")
+    (lib / "pkg" / "run.sh").chmod(0o755)
+    nodes = {str(n.image): n for n in runtime.library_folder(P(str(lib)), "r", P("/x"))}
+    assert str(tmp_path / "elsewhere" / "mod.pm") in nodes
+    assert str(lib / "dangling.pm") not in nodes
+    assert all(n.package == runtime.LIBRARY_FILES for n in nodes.values())  # data: no #! followed
 
 
 def test_nss_module_missing_beside_the_libc_is_an_error_with_the_fix(tmp_path: Path) -> None:

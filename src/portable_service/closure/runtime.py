@@ -294,6 +294,12 @@ def library_folder(folder: PurePosixPath, reason: str, parent: PurePosixPath) ->
                 continue  # a link that dangles on the host too (rdoc's fonts without fonts-lato)
             yield Node(here / name, Path(here / name), "in library folder", here,
                        package=LIBRARY_FILES)
+            if name in dirs and os.path.islink(here / name):
+                # os.walk does not enter it, and the link's target, marked as data, would
+                # come without its entries
+                target = P(os.path.realpath(here / name))
+                if target != folder and folder not in target.parents:
+                    yield from library_folder(target, f"target of {here / name}", here / name)
 
 
 def _runnable(path: Path) -> bool:
@@ -320,9 +326,10 @@ def merge_nsswitch(text: str) -> str:
         db = key.strip()
         if sep and db in NSS_DATABASES and not line.lstrip().startswith("#"):
             seen.add(db)
-            sources = rest.split("#", 1)[0].split()
-            if "systemd" not in sources:
-                line = f"{key}:{rest.rstrip()} systemd"
+            sources, hash_, comment = rest.partition("#")
+            if "systemd" not in sources.split():
+                line = f"{key}:{sources.rstrip()} systemd" + (
+                    f"  {hash_}{comment}" if hash_ else "")
         out.append(line)
     for db in NSS_DATABASES:
         if db not in seen:
