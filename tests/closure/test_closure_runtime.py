@@ -169,6 +169,11 @@ def test_services_bind_the_user_database(tmp_path: Path, probe: Path) -> None:
     assert text.startswith("[Service]\nExecStart=/usr/bin/probe\nUser=app\n")
     sections = parse_unit_text(text)["Service"]
     assert ("BindReadOnlyPaths", "-/run/systemd/userdb") in sections
+    assert ("BindReadOnlyPaths", "-/etc/passwd -/etc/group") in sections  # User=app: a host user
+    assert runtime.static_user(runtime.Unit("a.service", "", "inline", parse_unit_text(
+        "[Service]\nUser=app\nDynamicUser=yes\n"))) is None
+    assert runtime.static_user(runtime.Unit("a.service", "", "inline", parse_unit_text(
+        "[Service]\nUser=root\n"))) is None
     # in the chroot (no systemd): root resolves from the image's /etc/passwd
     run = chroot(root, "/usr/bin/probe")
     assert "probe: user=root uid=0" in run.stdout, run

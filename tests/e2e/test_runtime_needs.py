@@ -49,6 +49,14 @@ def images(tmp_path_factory: pytest.TempPathFactory, probe: Path) -> dict[str, P
     }
 
 
+def test_a_named_host_user_resolves(container, probe, tmp_path):
+    """User=daemon (a user of the container's root): the host's passwd is bound in."""
+    image = build_image(tmp_path, probe_spec(probe, "named", "User=daemon\n"))
+    for profile in ("trusted", "default"):
+        ok, out = run_probe(container, image, profile)
+        assert ok and "probe: user=daemon uid=1" in out, (profile, out)
+
+
 def run_probe(c, image: Path, profile: str) -> tuple[bool, str]:
     name = image.name.split("_", 1)[0]
     with attached(c, image, profile=profile):

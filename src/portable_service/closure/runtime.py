@@ -446,15 +446,43 @@ def adapt_units(units: list[Unit], closure: Closure) -> list[Unit]:
     The default profile mounts a fresh tmpfs on /run (``MountAPIVFS=``); without
     the bind, nss-systemd has no socket to ask. ``-`` keeps a host without the
     folder working. A repeated ``[Service]`` header adds to the section.
+
+    A unit with a static ``User=NAME`` also binds the host's /etc/passwd and
+    /etc/group: systemd's user database serves only dynamic users (no
+    systemd-userdbd runs on Debian 11-13), so under ``trusted``, where NAME must
+    be a host user, the image could not otherwise name it (and under the default
+    profile systemd itself takes a host user of that name over a dynamic one).
     """
     if not identity_shipped(closure):
         return units
+    files_in_image = all(p in closure.generated or p in closure.nodes for p in (PASSWD, GROUP))
     out = []
     for unit in units:
-        if unit.name.endswith(".service") and "/" not in unit.name and str(USERDB) not in unit.text:
-            text = unit.text.rstrip("\n") + (
-                "\n\n[Service]\n# added by portable-service: nss-systemd asks systemd's user "
-                f"database for dynamic users\n{BIND_USERDB}\n")
-            unit = Unit(unit.name, text, unit.origin, parse_unit_text(text))
+        if unit.name.endswith(".service") and "/" not in unit.name:
+            lines = []
+            if str(USERDB) not in unit.text:
+                lines += ["# added by portable-service: nss-systemd asks systemd's user "
+                          "database for dynamic users", BIND_USERDB]
+            if files_in_image and static_user(unit) and BIND_HOST_USERS not in unit.text:
+                lines += [f"# added by portable-service: User={static_user(unit)} is a user "
+                          "of the host", BIND_HOST_USERS]
+            if lines:
+                text = unit.text.rstrip("\n") + "\n\n[Service]\n" + "\n".join(lines) + "\n"
+                unit = Unit(unit.name, text, unit.origin, parse_unit_text(text))
         out.append(unit)
     return out
+
+
+BIND_HOST_USERS = f"BindReadOnlyPaths=-{PASSWD} -{GROUP}"
+_YES = ("1", "yes", "y", "true", "t", "on")
+
+
+def static_user(unit: Unit) -> str | None:
+    """The ``User=`` name of a unit that does not ask for a dynamic user itself (root aside)."""
+    users = unit.values("Service", "User")
+    dynamic = unit.values("Service", "DynamicUser")
+    if not users or users[-1] in ("root", "0") or "%" in users[-1]:
+        return None
+    if dynamic and dynamic[-1].lower() in _YES:
+        return None
+    return users[-1]
