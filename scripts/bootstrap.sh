@@ -2,7 +2,8 @@
 # Install what building and testing need on a fresh Debian-like machine (idempotent).
 #   scripts/bootstrap.sh          the package in .venv, plus squashfs-tools
 #   scripts/bootstrap.sh --test   also the test tools: debootstrap, systemd-nspawn, udev,
-#                                 lighttpd, gcc, nix-bin and the Python test extras
+#                                 lighttpd, gcc, nix-bin, libnss-systemd, ca-certificates,
+#                                 tzdata, perl, ruby, python3-venv and the Python test extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=${1:-}
@@ -21,6 +22,14 @@ if [[ $want_test == --test ]]; then
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)        # closure tests ship Debian's python3
   have mkfs.ext4 || need_pkgs+=(e2fsprogs)                 # verify names ext4 images
   [[ -e /usr/include/lzo/lzo1x.h ]] || need_pkgs+=(liblzo2-dev)  # python-lzo builds against it
+  # run-time needs (closure/runtime.py): dynamic users, CA certificates, time zones, perl
+  ls /usr/lib/*/libnss_systemd.so.2 >/dev/null 2>&1 || need_pkgs+=(libnss-systemd)
+  [[ -e /etc/ssl/certs/ca-certificates.crt ]] || need_pkgs+=(ca-certificates)
+  have openssl || need_pkgs+=(openssl)
+  [[ -e /usr/share/zoneinfo/Europe/Berlin ]] || need_pkgs+=(tzdata)
+  [[ -x /usr/bin/perl ]] || need_pkgs+=(perl)
+  [[ -x /usr/bin/ruby ]] || need_pkgs+=(ruby)
+  dpkg -s python3-venv >/dev/null 2>&1 || need_pkgs+=(python3-venv)       # the virtualenv test
   # the end-to-end harness: signed Debian roots, and statically linked test servers
   [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || need_pkgs+=(debian-archive-keyring)
   { have gcc && [[ $(gcc -print-file-name=libc.a) == /* ]]; } || need_pkgs+=(libc6-dev)

@@ -8,7 +8,14 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from portable_service import imagefs
-from portable_service.closure import SCAFFOLD_FILES, UNREADABLE_HINT, Closure, Node, image_link
+from portable_service.closure import (
+    SCAFFOLD_FILES,
+    UNREADABLE_HINT,
+    Closure,
+    Node,
+    image_link,
+    runtime,
+)
 from portable_service.errors import ClosureError, TreeError
 from portable_service.spec import Spec
 from portable_service.tree import ImageTree, Kind
@@ -276,7 +283,7 @@ def link_program_parents(tree: ImageTree, units: list[Unit]) -> None:
 def assemble(spec: Spec, units: list[Unit], closure: Closure) -> ImageTree:
     tree = ImageTree()
     scaffold(tree, spec)
-    add_units(tree, units)
+    add_units(tree, runtime.adapt_units(units, closure))  # services reach the user database
     add_symlinks(tree, spec)
     for node in closure:
         check_not_a_unit(place(tree, node, spec), node, spec.pname)

@@ -421,6 +421,7 @@ def verify(fs: ImageFS, image_name: str) -> list[Problem]:
     problems.extend(elfcheck.check_elf_files(ifs, ifs.entries, programs))
     problems.extend(check_links(ifs, ifs.entries))
     problems.extend(check_modes(ifs.entries))
+    problems.extend(check_python_runtime(ifs.entries, programs))
     return _dedupe(problems)
 
 
@@ -477,3 +478,32 @@ def check_written(path: Path, image_name: str, tree: ImageTree | None,
         more = f" (and {len(errs) - 1} more, listed above)" if len(errs) > 1 else ""
         raise VerifyError(f"the image would not work: {first.path}: {first.message}{more}",
                           f"{first.fix}; or build with --no-verify to keep it anyway")
+
+
+# -- interpreters: closure/runtime.py ships their standard library; this checks it is there
+
+_PYTHON_NAME = ("python3", "python")
+
+
+def check_python_runtime(entries: dict[str, Stat], programs: set[str]) -> Iterator[Problem]:
+    """A python3 in the image without its ``encodings`` module dies at start.
+
+    Python imports ``encodings`` before anything else: "Fatal Python error:
+    init_fs_encoding ... No module named 'encodings'". An error when a unit runs
+    it (directly or as a #! interpreter), a warning otherwise.
+    """
+    pythons = [p for p, st in entries.items() if st.kind == "file"
+               and posixpath.basename(p).startswith(_PYTHON_NAME)
+               and posixpath.basename(p).rstrip("0123456789.") in _PYTHON_NAME
+               and posixpath.basename(posixpath.dirname(p)) in ("bin", "sbin")]
+    if not pythons or any(
+            p.endswith(("/encodings/__init__.py", "/encodings/__init__.pyc")) or
+            (posixpath.basename(p).startswith("python3") and p.endswith(".zip"))
+            for p in entries):
+        return
+    for path in sorted(pythons):
+        yield Problem(ERROR if path in programs else WARNING, "python-stdlib-missing", path,
+                      "python without its standard library (no encodings module in the "
+                      "image): it dies at start with \"No module named 'encodings'\"",
+                      "rebuild (the build ships the standard library the host's python "
+                      "reports), or add its lib/python3.X folder to contents")

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
-from closure_helpers import LOADER, cc, closure_of, ldd_libraries, make_spec, paths, unit
+from closure_helpers import LOADER, NO_RUNTIME_NEEDS, cc, closure_of, ldd_libraries, make_spec, paths, unit
 
 from conftest import require
 from portable_service.closure import Closure, Context, Node, elf
@@ -156,7 +156,8 @@ def test_not_elf_and_broken_elf(tmp_path: Path) -> None:
                                      "/usr/sbin/lighttpd"])
 def test_same_libraries_as_ldd(tmp_path: Path, program: str) -> None:
     require(os.path.exists(program), f"{program} is not installed")
-    found = {os.path.realpath(n.host) for n in closure_of(tmp_path, units=[unit(program)])
+    found = {os.path.realpath(n.host)
+             for n in closure_of(tmp_path, units=[unit(program)], exclude=NO_RUNTIME_NEEDS)
              if elf.elf_kind(n.host) is not None and os.path.realpath(n.host) != os.path.realpath(program)}
     assert found == ldd_libraries(program)
 

@@ -215,6 +215,8 @@ def host_spelling(path: PurePosixPath) -> PurePosixPath:
 
 def root_nodes(spec: Spec, units: list[Unit], ctx: Context | None = None) -> list[Node]:
     """What the spec names directly, the programs and files the units need, package files."""
+    from portable_service.closure import runtime
+
     ctx = ctx or Context(spec, Closure())
     roots: list[Node] = []
     for content in spec.contents:
@@ -236,6 +238,7 @@ def root_nodes(spec: Spec, units: list[Unit], ctx: Context | None = None) -> lis
         obj = PurePosixPath(os.path.abspath(link.object))
         roots.append(Node(obj, Path(obj), f"object of symlink {link.symlink}"))
     roots.extend(unit_nodes(spec, units, ctx))
+    roots.extend(runtime.root_nodes(spec, units, ctx))
     if spec.packages:
         from portable_service.closure import deb
 
@@ -377,10 +380,10 @@ DEFAULT_RESOLVERS: tuple[Resolver, ...] = (folder_resolver, symlink_resolver)
 
 def standard_resolvers(ctx: Context) -> tuple[Resolver, ...]:
     """Every kind of reference: folders, symlinks, ELF, scripts, Nix store paths."""
-    from portable_service.closure import elf, nix, scripts
+    from portable_service.closure import elf, nix, runtime, scripts
 
     return (folder_resolver, symlink_resolver, relocated_link_resolver(ctx), elf.ElfResolver(ctx),
-            scripts.script_resolver(ctx), nix.NixResolver(ctx))
+            scripts.script_resolver(ctx), nix.NixResolver(ctx), runtime.RuntimeResolver(ctx))
 
 
 def resolve(
