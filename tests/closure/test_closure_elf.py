@@ -96,13 +96,17 @@ def test_lib_and_platform_tokens(tmp_path: Path) -> None:
     assert {f"{tmp_path}/d/{lib}/libf.so", f"{tmp_path}/p/{platform}/libg.so"} <= paths(c)
 
 
-def test_expand_dst_drops_what_the_loader_drops() -> None:
-    o = PurePosixPath("/opt/a/bin")
-    assert elf.expand_dst("$ORIGIN/../lib", o, "lib64", "x86_64") == "/opt/a/lib"
+def test_expand_dst_as_the_loader_expands() -> None:
+    o = "/opt/a/bin"
+    # not normalised: the kernel takes .. after the symlinks before it
+    assert elf.expand_dst("$ORIGIN/../lib", o, "lib64", "x86_64") == "/opt/a/bin/../lib"
     assert elf.expand_dst("${ORIGIN}/x:", o, "lib", "p") == "/opt/a/bin/x:"
     assert elf.expand_dst("/usr/$LIB/${PLATFORM}", o, "lib64", "x86_64") == "/usr/lib64/x86_64"
-    assert elf.expand_dst("$UNKNOWN/lib", o, "lib", "p") is None
-    assert elf.expand_dst("relative/lib", o, "lib", "p") is None
+    # unknown tokens stay as written; $ORIGINAL is not $ORIGIN
+    assert elf.expand_dst("$UNKNOWN/lib", o, "lib", "p") == "/$UNKNOWN/lib"
+    assert elf.expand_dst("/a/$ORIGINAL", o, "lib", "p") == "/a/$ORIGINAL"
+    # relative to the working folder, / for a service
+    assert elf.expand_dst("relative/lib/", o, "lib", "p") == "/relative/lib"
 
 
 def test_glibc_hwcaps_variants_ship_beside_the_plain_library(tmp_path: Path) -> None:
