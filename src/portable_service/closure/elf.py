@@ -259,6 +259,29 @@ _MACHINES = {"EM_386": EM_386, "EM_ARM": EM_ARM, "EM_X86_64": EM_X86_64, "EM_AAR
              "EM_LOONGARCH": 258}
 
 
+# -- how the kernel starts a file that is not ELF (fs/binfmt_script.c)
+
+SHEBANG_MAX = 256  # BINPRM_BUF_SIZE: the kernel reads no more of the #! line
+
+
+def parse_shebang(head: bytes) -> tuple[str, str | None] | None:
+    """(interpreter, optional argument) of a ``#!`` line, as the kernel splits it.
+
+    Only spaces and tabs separate: the kernel keeps a ``\r`` (so a DOS line end
+    names an interpreter that does not exist), and everything after the
+    interpreter is one argument. The build's script resolver and ``verify``
+    both read the line here.
+    """
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:SHEBANG_MAX].split(b"\n", 1)[0].strip(b" \t")
+    m = re.match(rb"([^ \t\0]+)[ \t]*(.*)", line, re.DOTALL)
+    if m is None:
+        return None
+    interp, arg = (g.decode("utf-8", "surrogateescape") for g in m.groups())
+    return interp, arg or None
+
+
 # -- the search, over any file system: the host (build), a build's tree or an image (verify)
 
 

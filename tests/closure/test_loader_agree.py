@@ -1,0 +1,204 @@
+"""The build's closure, ``verify`` and glibc's own loader agree on random library layouts.
+
+A few tiny libraries and a program are compiled once; every example copies
+them into a random layout (several folders, a symlinked folder, a
+glibc-hwcaps subfolder, an image ld.so.cache with its ld.so.conf.d entry),
+gives each object a random DT_RPATH or DT_RUNPATH (absolute, ``$ORIGIN``,
+through the symlink) with patchelf, builds the image and compares, for every
+DT_NEEDED name, where three parties find it:
+
+- the build: the closure's ELF resolver over the host;
+- ``verify``: the same loader model over the built image (its misses as
+  ``elf-library`` problems);
+- the real loader: ``ld.so`` in trace mode (what ``ldd`` and ``ld.so --list`` use),
+  chrooted into the unpacked image.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pytest
+from closure_helpers import LOADER, build_and_unpack, cc, host_dir, make_spec, unit
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import require, require_root, require_tool
+from portable_service.closure import Closure, Context, Node, ldcache
+from portable_service.closure.elf import ElfResolver, Files, Loader, read_elf
+from portable_service.imagefs import HostFS, open_image
+from portable_service.verify import verify
+
+LIBS = ("n1", "n2", "n3", "n4")
+# what each object needs (besides libc): prog -> n1 n2, n1 -> n3, n2 -> n4, n3 -> n4
+NEEDS = {"prog": ("n1", "n2"), "n1": ("n3",), "n2": ("n4",), "n3": ("n4",), "n4": ()}
+FOLDERS = ("d0", "d1", "d2")
+LINK = "lk"  # a folder symlink to one of FOLDERS
+X86_64_LIBC6 = 0x0303  # ld.so.cache flags: FLAG_ELF_LIBC6 | FLAG_X8664_LIB64
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """libnN.so (soname libnN.so) and prog, linked so that each needs what NEEDS says."""
+    require_root()
+    require_tool("patchelf")
+    require_tool("unsquashfs")
+    require(os.path.exists(LOADER), f"{LOADER} is not there")
+    d = tmp_path_factory.mktemp("objects")
+    out: dict[str, Path] = {}
+    for name in reversed(LIBS):  # n4 first: the others link against it
+        calls = "".join(f"int f{n[1:]}(void);\n" for n in NEEDS[name])
+        body = " + ".join(f"f{n[1:]}()" for n in NEEDS[name]) or "0"
+        out[name] = cc(d / f"lib{name}.so", f"{calls}int f{name[1:]}(void) {{ return 1 + {body}; }}\n",
+                       "-shared", f"-Wl,-soname,lib{name}.so", f"-L{d}", f"-Wl,-rpath-link,{d}",
+                       "-Wl,--no-as-needed", *(f"-l{n}" for n in NEEDS[name]))
+    main = "int f1(void); int f2(void);\nint main(void) { return f1() + f2() > 0 ? 0 : 1; }\n"
+    out["prog"] = cc(d / "prog", main, f"-L{d}", f"-Wl,-rpath-link,{d}", "-Wl,--no-as-needed",
+                     "-ln1", "-ln2")
+    for name, path in out.items():
+        info = read_elf(path)
+        assert info is not None and info.needed[:len(NEEDS[name])] == tuple(f"lib{n}.so" for n in NEEDS[name])
+    return out
+
+
+@dataclass(frozen=True)
+class Layout:
+    places: dict[str, tuple[str, ...]]  # lib -> folders holding a copy
+    hwcaps: tuple[tuple[str, str], ...]  # (lib, folder): a copy in folder/glibc-hwcaps/x86-64-v2
+    link: str | None  # the folder lk points to
+    paths: dict[str, tuple[str, tuple[str, ...]]]  # object -> ("rpath"|"runpath"|"", entries)
+    cache: str | None  # the folder the image's ld.so.cache lists
+
+
+ENTRIES = st.sampled_from([*(f"@/{f}" for f in FOLDERS), *(f"$ORIGIN/../{f}" for f in FOLDERS),
+                           "$ORIGIN", f"@/{LINK}", f"$ORIGIN/../{LINK}", "${ORIGIN}/../d1"])
+
+
+@st.composite
+def layouts(draw: st.DrawFn) -> Layout:
+    places = {lib: tuple(draw(st.lists(st.sampled_from(FOLDERS), max_size=2, unique=True)))
+              for lib in LIBS}
+    hwcaps = tuple(draw(st.lists(st.tuples(st.sampled_from(LIBS), st.sampled_from(FOLDERS)),
+                                 max_size=1)))
+    link = draw(st.none() | st.sampled_from(FOLDERS))
+    paths = {obj: (draw(st.sampled_from(["", "rpath", "runpath"])),
+                   tuple(draw(st.lists(ENTRIES, min_size=1, max_size=2))))
+             for obj in ("prog", *LIBS)}
+    cache = draw(st.none() | st.sampled_from(FOLDERS))
+    return Layout(places, hwcaps, link, paths, cache)
+
+
+def lay_out(objects: dict[str, Path], layout: Layout, base: Path) -> tuple[Path, list[object]]:
+    """The tree base/t for ``layout``; returns it and the spec's contents."""
+    t = base / "t"
+    staged = base / "staged"
+    staged.mkdir()
+    for obj, (kind, entries) in layout.paths.items():
+        f = staged / objects[obj].name
+        shutil.copy2(objects[obj], f)
+        if kind:
+            rpath = ":".join(e.replace("@", str(t)) for e in entries)
+            subprocess.run(["patchelf", "--set-rpath", rpath, *(["--force-rpath"] if kind == "rpath" else []),
+                            str(f)], check=True, capture_output=True)
+    (t / "bin").mkdir(parents=True)
+    shutil.copy2(staged / "prog", t / "bin/prog")
+    for folder in FOLDERS:
+        (t / folder).mkdir()
+    for lib, folders in layout.places.items():
+        for folder in folders:
+            shutil.copy2(staged / f"lib{lib}.so", t / folder)
+    for lib, folder in layout.hwcaps:
+        (t / folder / "glibc-hwcaps/x86-64-v2").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(staged / f"lib{lib}.so", t / folder / "glibc-hwcaps/x86-64-v2")
+    if layout.link:
+        (t / LINK).symlink_to(layout.link)
+    contents: list[object] = [str(t)]
+    if layout.cache:
+        entries = [ldcache.CacheEntry(f"lib{lib}.so", f"{t}/{layout.cache}/lib{lib}.so", X86_64_LIBC6)
+                   for lib in LIBS if layout.cache in layout.places[lib]]
+        (base / "ld.so.cache").write_bytes(ldcache.render(entries))
+        (base / "t.conf").write_text(f"{t}/{layout.cache}\n")
+        contents += [{"source": str(base / "ld.so.cache"), "target": "/etc/ld.so.cache"},
+                     {"source": str(base / "t.conf"), "target": "/etc/ld.so.conf.d/t.conf"}]
+    return t, contents
+
+
+LIST_LINE = re.compile(r"^\s*(\S+) => (not found|(\S+) \(0x[0-9a-f]+\))$")
+
+
+def real_loader(root: Path, program: str, real: Files) -> tuple[dict[str, str], set[str], str]:
+    """What ``ld.so --list`` in the image finds: name -> resolved path, and the names not found."""
+    # ldd's way: in trace mode a library not found is listed, not fatal (ld.so --list stops);
+    # chrooted in the child itself, or the variable would trace chroot(8)
+    def enter() -> None:
+        os.chroot(root)
+        os.chdir("/")
+
+    proc = subprocess.run([LOADER, program], capture_output=True, text=True, check=False,
+                          timeout=60, env={"LD_TRACE_LOADED_OBJECTS": "1"}, preexec_fn=enter)
+    found: dict[str, str] = {}
+    missing: set[str] = set()
+    for line in proc.stdout.splitlines():
+        m = LIST_LINE.match(line)
+        if m is None:
+            continue
+        if m.group(3) is None:
+            missing.add(m.group(1))
+        else:
+            found[m.group(1)] = real.real(m.group(3)) or m.group(3)
+    assert found or missing, proc.stdout + proc.stderr
+    return found, missing, proc.stdout
+
+
+def builder(base: Path, program: str, contents: list[object], real: Files) -> tuple[dict[str, str], set[str]]:
+    """What the build's resolver finds for the program (the first path of a name is the one opened)."""
+    spec = make_spec(base, contents=contents, units=[unit(program)], allow_missing=True)
+    ctx = Context(spec, Closure())
+    found: dict[str, str] = {}
+    for node in ElfResolver(ctx)(Node(PurePosixPath(program), Path(program), "program")):
+        m = re.match(r"DT_NEEDED (\S+) ", node.reason)
+        if m and m.group(1) not in found:
+            found[m.group(1)] = real.real(str(node.image)) or str(node.image)
+    missing = {m.group(1) for w in ctx.closure.warnings
+               if (m := re.search(r"needs (\S+), which the loader would not find", w))}
+    return found, missing
+
+
+def verifier(image: Path, program: str) -> tuple[dict[str, str], set[str]]:
+    """verify's loader over the built image, and the names its elf-library errors report."""
+    fs = open_image(image)
+    try:
+        files = Files(fs)
+        info = files.info(program)
+        assert info is not None
+        found = {lk.name: files.real(lk.found.paths[0]) or "" for lk in
+                 Loader(files).load(program, info, program=True).lookups if lk.found is not None}
+        # errors: the misses of the load of a program the unit runs (a lone library's are warnings)
+        missing = {m.group(1) for p in verify(fs, image.name)
+                   if (p.rule, p.severity) == ("elf-library", "error")
+                   and (m := re.match(r"needs (\S+),", p.message))}
+    finally:
+        fs.close()
+    return found, missing
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layout=layouts())
+def test_build_verify_and_the_loader_agree(objects: dict[str, Path], layout: Layout) -> None:
+    base = host_dir()  # outside /tmp: unit paths there are run-time paths
+    try:
+        t, contents = lay_out(objects, layout, base)
+        program = f"{t}/bin/prog"
+        image, root = build_and_unpack(base, contents=contents, units=[unit(program)],
+                                       allow_missing=True, verify=False)
+        in_image = Files(HostFS(root))
+        loader_found, loader_missing, listing = real_loader(root, program, in_image)
+        assert builder(base, program, contents, in_image) == (loader_found, loader_missing), listing
+        assert verifier(image, program) == (loader_found, loader_missing), listing
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
