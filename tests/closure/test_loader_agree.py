@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 from closure_helpers import LOADER, build_and_unpack, cc, host_dir, make_spec, unit
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import require, require_root, require_tool
@@ -81,8 +81,12 @@ ENTRIES = st.sampled_from([*(f"@/{f}" for f in FOLDERS), *(f"$ORIGIN/../{f}" for
 
 @st.composite
 def layouts(draw: st.DrawFn) -> Layout:
-    places = {lib: tuple(draw(st.lists(st.sampled_from(FOLDERS), max_size=2, unique=True)))
+    # every library somewhere, at most one nowhere: a layout with most of them missing says little
+    places = {lib: tuple(draw(st.lists(st.sampled_from(FOLDERS), min_size=1, max_size=2, unique=True)))
               for lib in LIBS}
+    gone = draw(st.none() | st.sampled_from(LIBS))
+    if gone:
+        places[gone] = ()
     hwcaps = tuple(draw(st.lists(st.tuples(st.sampled_from(LIBS), st.sampled_from(FOLDERS)),
                                  max_size=1)))
     link = draw(st.none() | st.sampled_from(FOLDERS))
@@ -187,8 +191,43 @@ def verifier(image: Path, program: str) -> tuple[dict[str, str], set[str]]:
     return found, missing
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def layout(places: dict[str, tuple[str, ...]], paths: dict[str, tuple[str, tuple[str, ...]]],
+           hwcaps: tuple[tuple[str, str], ...] = (), link: str | None = None,
+           cache: str | None = None) -> Layout:
+    return Layout({lib: places.get(lib, ()) for lib in LIBS}, hwcaps, link,
+                  {obj: paths.get(obj, ("", ("@/d0",))) for obj in ("prog", *LIBS)}, cache)
+
+
+EVERYWHERE = {lib: ("d1",) for lib in LIBS}
+# each rule met at least once, whatever the random draw
+RULES = [
+    # the program's DT_RPATH serves the libraries it loads (n1 has no path of its own)
+    layout(EVERYWHERE, {"prog": ("rpath", ("@/d1",))}),
+    # ... but not one with a DT_RUNPATH (n1 -> n3 not found)
+    layout(EVERYWHERE, {"prog": ("rpath", ("@/d1",)), "n1": ("runpath", ("@/d0",))}),
+    # a DT_RUNPATH serves its own object only (n1 -> n3 not found)
+    layout(EVERYWHERE, {"prog": ("runpath", ("@/d1",))}),
+    # RPATH before RUNPATH-less ancestors, $ORIGIN/.. through a folder link, first folder wins
+    layout({**EVERYWHERE, "n3": ("d0", "d2")},
+           {"prog": ("rpath", (f"$ORIGIN/../{LINK}", "@/d1")), "n1": ("rpath", ("$ORIGIN/../d0",))},
+           link="d2"),
+    # a glibc-hwcaps variant comes before the folder itself
+    layout(EVERYWHERE, {"prog": ("runpath", ("@/d1",)), "n1": ("runpath", ("$ORIGIN",)),
+                        "n2": ("runpath", ("$ORIGIN",)), "n3": ("runpath", ("$ORIGIN",))},
+           hwcaps=(("n3", "d1"),)),
+    # the image's ld.so.cache finds what no path names
+    layout({**EVERYWHERE, "n4": ("d2",)}, {"prog": ("rpath", ("@/d1",))}, cache="d2"),
+]
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(layout=layouts())
+@example(layout=RULES[0])
+@example(layout=RULES[1])
+@example(layout=RULES[2])
+@example(layout=RULES[3])
+@example(layout=RULES[4])
+@example(layout=RULES[5])
 def test_build_verify_and_the_loader_agree(objects: dict[str, Path], layout: Layout) -> None:
     base = host_dir()  # outside /tmp: unit paths there are run-time paths
     try:
