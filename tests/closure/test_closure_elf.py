@@ -216,3 +216,43 @@ def test_a_library_before_its_program_is_judged_by_the_program(tmp_path: Path) -
     for contents in ([str(d / "liba.so"), str(prog)], [str(prog), str(d / "liba.so")]):
         c = closure_of(tmp_path, contents=contents)
         assert c.warnings == [] and str(d / "libb.so") in paths(c)
+
+
+@pytest.mark.parametrize("line,expected", [
+    (b"#!/bin/sh\n", ("/bin/sh", None)),
+    (b"#! /usr/bin/env  python3 -u \nx", ("/usr/bin/env", "python3 -u")),  # one argument
+    (b"#!/bin/bash\t-eu\n", ("/bin/bash", "-eu")),
+    (b"#!/bin/sh\r\n", ("/bin/sh\r", None)),  # the kernel keeps a DOS line end
+    (b"#!\n", None),
+    (b"\x7fELF", None),
+])
+def test_shebang_is_split_as_the_kernel_does(line: bytes, expected: object) -> None:
+    assert elf.parse_shebang(line) == expected
+
+
+def test_shebang_crlf_fails_in_the_kernel_too(tmp_path: Path) -> None:
+    """The \\r kept above is what execve does: the script cannot start."""
+    script = tmp_path / "dos.sh"
+    script.write_bytes(b"#!/bin/sh\r\nexit 0\r\n")
+    script.chmod(0o755)
+    with pytest.raises(FileNotFoundError):
+        subprocess.run([str(script)], check=False)
+    assert elf.parse_shebang(script.read_bytes()) == ("/bin/sh\r", None)
+
+
+def test_host_fs_rooted_at_a_folder_keeps_links_inside(tmp_path: Path) -> None:
+    """A folder seen as an image: absolute links resolve against it, as in the image."""
+    from portable_service.imagefs import HostFS
+
+    root = tmp_path / "root"
+    cc(root / "usr/lib/x86_64-linux-gnu/libf.so.1", LIB, "-shared", "-Wl,-soname,libf.so.1")
+    (root / "lib").symlink_to("/usr/lib")  # absolute: the host's /usr/lib outside the folder
+    files = elf.Files(HostFS(root))
+    assert files.real("/lib/x86_64-linux-gnu/libf.so.1") == "/usr/lib/x86_64-linux-gnu/libf.so.1"
+    assert files.real("/lib/x86_64-linux-gnu/libc.so.6") is None  # the host has one; the folder not
+    info = files.info("/lib/x86_64-linux-gnu/libf.so.1")
+    assert info is not None and info.soname == "libf.so.1"
+    config = elf.LoaderConfig(files)
+    assert config.default_dirs((64, elf.EM_X86_64))[0] == "/lib/x86_64-linux-gnu"
+    found, _ = elf.Loader(files, config).find("libf.so.1", elf.Loaded("/bin/p", info, "/bin", ()))
+    assert found == elf.Found(("/lib/x86_64-linux-gnu/libf.so.1",), "default folder")

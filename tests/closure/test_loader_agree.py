@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from conftest import require, require_root, require_tool
 from portable_service.closure import Closure, Context, Node, ldcache
 from portable_service.closure.elf import ElfResolver, Files, Loader, read_elf
+from portable_service.errors import ClosureError, VerifyError
 from portable_service.imagefs import HostFS, open_image
 from portable_service.verify import verify
 
@@ -239,5 +240,34 @@ def test_build_verify_and_the_loader_agree(objects: dict[str, Path], layout: Lay
         loader_found, loader_missing, listing = real_loader(root, program, in_image)
         assert builder(base, program, contents, in_image) == (loader_found, loader_missing), listing
         assert verifier(image, program) == (loader_found, loader_missing), listing
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("tags,runs", [("rpath", True), ("runpath", False)])
+def test_build_accepts_what_the_loader_runs(objects: dict[str, Path], tags: str, runs: bool) -> None:
+    """prog -> n1 -> n3, with n3 only in a folder the program's path names.
+
+    With DT_RPATH the loader finds it for n1 too, so the build (and its verify)
+    must accept the image; with DT_RUNPATH it does not, and both refuse it.
+    The image's ld.so.cache (shipped by contents) finds n4.
+    """
+    base = host_dir()
+    try:
+        t, contents = lay_out(objects, layout({**EVERYWHERE, "n4": ("d2",)}, {"prog": (tags, ("@/d1",))},
+                                              cache="d2"), base)
+        program = f"{t}/bin/prog"
+        if not runs:
+            with pytest.raises(ClosureError, match=r"libn1\.so needs libn3\.so"):
+                build_and_unpack(base, contents=contents, units=[unit(program)])
+            with pytest.raises(VerifyError, match=r"needs libn3\.so"):
+                build_and_unpack(base, contents=contents, units=[unit(program)], allow_missing=True)
+            _, root = build_and_unpack(base, contents=contents, units=[unit(program)],
+                                       allow_missing=True, verify=False)
+        else:
+            _, root = build_and_unpack(base, contents=contents, units=[unit(program)])
+        proc = subprocess.run([program], capture_output=True, text=True, check=False, timeout=60,
+                              preexec_fn=lambda: (os.chroot(root), os.chdir("/")))
+        assert (proc.returncode == 0) == runs, proc.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
