@@ -492,11 +492,15 @@ class LoaderConfig:
     def __init__(self, files: Files, host: HostLoader | None = None) -> None:
         self.files = files
         host = host or host_loader()
-        data = files.read(IMAGE_LD_CACHE, 64 << 20)
-        try:
-            entries = ldcache.parse(data, f"{IMAGE_LD_CACHE}") if data else []
-        except PortableServiceError:
-            entries = []  # ld.so ignores a cache it cannot read
+        fs = files.fs
+        if isinstance(fs, HostFS) and fs.root == "/" and fs.host_path(IMAGE_LD_CACHE) == IMAGE_LD_CACHE:
+            entries = ldcache.read()  # the host's own (ldcache.HOST_CACHE)
+        else:  # an image's, or the one the spec's contents place at /etc/ld.so.cache
+            data = files.read(IMAGE_LD_CACHE, 64 << 20)
+            try:
+                entries = ldcache.parse(data, f"{IMAGE_LD_CACHE}") if data else []
+            except PortableServiceError:
+                entries = []  # ld.so ignores a cache it cannot read
         self.cache = ldcache.lookup_table(entries)
         self.host_machine = os.uname().machine
         arch = host_arch()
@@ -748,6 +752,7 @@ class ElfResolver:
         self._loaded: set[str] = set()  # image paths and identities already resolved in a load
         self._deferred: dict[str, list[tuple[str, str]]] = {}
         self._by_programs: set[str] = set()  # paths some program's load pulls in
+        self._nodes: dict[tuple[str, str, str, str], Node] = {}
 
     def realpath(self, path: Path | str) -> str:
         return self.files.ident(str(path)) or str(path)
@@ -786,10 +791,18 @@ class ElfResolver:
                     self._deferred.setdefault(image, []).append(miss)
                 continue
             for path in lookup.found.paths:
-                placed = image_spelling(self.files, path)
-                self._mark(placed, program)
-                yield Node(PurePosixPath(placed), Path(self.ctx.host_of(placed)),
-                           f"DT_NEEDED {lookup.name} ({lookup.found.via})", PurePosixPath(needer))
+                yield self._node(path, lookup.name, lookup.found.via, needer, program)
+
+    def _node(self, path: str, name: str, via: str, needer: str, program: bool) -> Node:
+        """One library node; programs share most libraries, so each is made once."""
+        key = (path, name, via, needer)
+        node = self._nodes.get(key)
+        if node is None:
+            placed = image_spelling(self.files, path)
+            node = self._nodes[key] = Node(PurePosixPath(placed), Path(self.ctx.host_of(placed)),
+                                           f"DT_NEEDED {name} ({via})", PurePosixPath(needer))
+        self._mark(str(node.image), program)
+        return node
 
     def _mark(self, image: str, by_program: bool = True) -> None:
         paths = (image, self.realpath(image))
