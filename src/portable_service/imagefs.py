@@ -158,9 +158,7 @@ class HostFS:
     def stat(self, path: str) -> Stat:
         try:
             st = os.lstat(self.host_path(path))
-        except FileNotFoundError:
-            raise NotInImage(f"{path}: no such file in {self.root}", "check the path") from None
-        except NotADirectoryError:
+        except OSError:  # absent, below a file, or unreadable: nothing the loader could open
             raise NotInImage(f"{path}: no such file in {self.root}", "check the path") from None
         kind = _HOST_KINDS.get(stat_mod.S_IFMT(st.st_mode), "file")
         target = os.readlink(self.host_path(path)) if kind == "symlink" else None

@@ -256,3 +256,22 @@ def test_host_fs_rooted_at_a_folder_keeps_links_inside(tmp_path: Path) -> None:
     assert config.default_dirs((64, elf.EM_X86_64))[0] == "/lib/x86_64-linux-gnu"
     found, _ = elf.Loader(files, config).find("libf.so.1", elf.Loaded("/bin/p", info, "/bin", ()))
     assert found == elf.Found(("/lib/x86_64-linux-gnu/libf.so.1",), "default folder")
+
+
+def test_dot_dot_after_a_folder_link_is_taken_as_the_kernel_takes_it(tmp_path: Path) -> None:
+    """RPATH $ORIGIN/../lk/../lib with lk -> a/b: the loader looks in a/lib, not in lib."""
+    from closure_helpers import build_and_unpack, chroot
+
+    t = tmp_path / "t"
+    cc(t / "a/lib/libf.so", LIB, "-shared")
+    (t / "a/b").mkdir()
+    (t / "lk").symlink_to("a/b")
+    prog = cc(t / "bin/prog", MAIN, f"-L{t}/a/lib", "-lf", "-Wl,-rpath,$ORIGIN/../lk/../lib", OLD_TAGS)
+    assert runs_on_host(prog)
+    c = closure_of(tmp_path, contents=[str(prog)])
+    assert {f"{t}/a/lib/libf.so", f"{t}/lk"} <= paths(c)  # the link too: the loader goes through it
+    assert f"{t}/lib/libf.so" not in paths(c)
+    _, root = build_and_unpack(tmp_path, contents=[str(prog)])
+    # through ld.so: a chroot has no /proc/self/exe, which the loader reads $ORIGIN of a program from
+    run = chroot(root, LOADER, str(prog))
+    assert run.returncode == 0, run.stderr

@@ -721,14 +721,41 @@ class Loader:
         return Load(root, tuple(lookups), frozenset(idents))
 
 
+def _dotted(path: str) -> bool:
+    return any(part in (".", "..") for part in path.split("/"))
+
+
 def image_spelling(files: Files, path: str) -> str:
     """Where a found library sits in the image: ``..`` after a folder link resolved as the
     kernel does (the folder links themselves are kept, as the loader opened them)."""
-    if "/." not in path:
+    if not _dotted(path):
         return path
     folder, name = path.rsplit("/", 1)
     real = files.real(folder or "/")
     return _join(real, name) if real is not None else shown(path)
+
+
+def links_crossed(files: Files, path: str) -> list[str]:
+    """The folder symlinks a searched path with ``..`` runs through: the image needs them
+    for the loader to take the same way (``lk/../lib`` is not ``lib`` when lk is a link)."""
+    if not _dotted(path):
+        return []
+    out: list[str] = []
+    current = "/"
+    for part in path.rsplit("/", 1)[0].split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = posixpath.dirname(current) or "/"
+            continue
+        candidate = _join(current, part)
+        real = files.real(candidate)
+        if real is None:
+            break
+        if real != candidate:
+            out.append(candidate)  # its folder is real, so it is itself a link
+        current = real
+    return out
 
 
 class ElfResolver:
@@ -791,6 +818,10 @@ class ElfResolver:
                     self._deferred.setdefault(image, []).append(miss)
                 continue
             for path in lookup.found.paths:
+                for link in links_crossed(self.files, path):
+                    self._mark(link, program)
+                    yield Node(PurePosixPath(link), Path(self.ctx.host_of(link)),
+                               f"folder link on the way to {lookup.name}", PurePosixPath(needer))
                 yield self._node(path, lookup.name, lookup.found.via, needer, program)
 
     def _node(self, path: str, name: str, via: str, needer: str, program: bool) -> Node:
