@@ -66,7 +66,6 @@ def check_elf_files(fs: ImageFS, entries: dict[str, Stat], programs: set[str]) -
             report(severity, "elf-interpreter", path,
                    f"its ELF loader {info.interp} is not in the image; it cannot be run "
                    "(status=203/EXEC)", f"add {info.interp} (from the C library) to the image")
-            continue
         load = loader.load(path, info, program=True)
         loaded |= load.objects
         for lookup in load.lookups:
