@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
-from closure_helpers import LOADER, cc, closure_of, ldd_libraries, make_spec, paths, unit
+from closure_helpers import LOADER, cc, chroot, closure_of, ldd_libraries, make_spec, paths, unit
 
 from conftest import require
 from portable_service.closure import Closure, Context, Node, elf
@@ -260,7 +260,7 @@ def test_host_fs_rooted_at_a_folder_keeps_links_inside(tmp_path: Path) -> None:
 
 def test_dot_dot_after_a_folder_link_is_taken_as_the_kernel_takes_it(tmp_path: Path) -> None:
     """RPATH $ORIGIN/../lk/../lib with lk -> a/b: the loader looks in a/lib, not in lib."""
-    from closure_helpers import build_and_unpack, chroot
+    from closure_helpers import build_and_unpack
 
     t = tmp_path / "t"
     cc(t / "a/lib/libf.so", LIB, "-shared")
@@ -275,3 +275,22 @@ def test_dot_dot_after_a_folder_link_is_taken_as_the_kernel_takes_it(tmp_path: P
     # through ld.so: a chroot has no /proc/self/exe, which the loader reads $ORIGIN of a program from
     run = chroot(root, LOADER, str(prog))
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("suite", ["bullseye", "bookworm", "trixie"])
+def test_an_image_loader_searches_glibc_hwcaps_only_from_glibc_2_33(suite: str) -> None:
+    """The Debian roots of the e2e tests (glibc 2.31, 2.36, 2.41) against their own ld.so --help."""
+    from portable_service.harness import roots
+    from portable_service.imagefs import HostFS
+
+    release = roots.get_release(suite)
+    require(roots.is_ready(release), f"the {suite} root is not created yet (the e2e tests make it)")
+    root = roots.root_path(release)
+    config = elf.LoaderConfig(elf.Files(HostFS(root)))
+    out = chroot(root, LOADER, "--help")
+    knows = "Subdirectories of glibc-hwcaps directories" in out.stdout
+    assert knows == (suite != "bullseye")  # what glibc's history says
+    assert config.hwcaps == (elf.host_loader().hwcaps if knows else ())
+    assert config.default_dirs((64, elf.EM_X86_64)) == tuple(
+        line.split()[0] for line in out.stdout.splitlines() if "(system search path)" in line) \
+        or not knows  # 2.31 has no --help

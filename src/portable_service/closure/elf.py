@@ -503,11 +503,13 @@ class LoaderConfig:
                 entries = []  # ld.so ignores a cache it cannot read
         self.cache = ldcache.lookup_table(entries)
         self.host_machine = os.uname().machine
-        arch = host_arch()
-        interp = files.read(arch[2], 8 << 20) if arch else None
-        # the loader of glibc >= 2.33 names the subfolders it searches
-        knows_hwcaps = bool(interp) and b"glibc-hwcaps" in (interp or b"")
-        self.hwcaps = host.hwcaps if knows_hwcaps or isinstance(files.fs, HostFS) else ()
+        if isinstance(fs, HostFS) and fs.root == "/":
+            self.hwcaps = host.hwcaps  # the build runs the host's loader: it said what it searches
+        else:
+            arch = host_arch()
+            interp = files.read(arch[2], 8 << 20) if arch else None
+            # the loader of glibc >= 2.33 names the subfolders it searches; older ones have none
+            self.hwcaps = host.hwcaps if interp and b"glibc-hwcaps" in interp else ()
         self.host_platform = host.platform
 
     @classmethod
