@@ -18,6 +18,7 @@ if [[ $want_test == --test ]]; then
   have lighttpd || [[ -x /usr/sbin/lighttpd ]] || need_pkgs+=(lighttpd)
   have gcc || need_pkgs+=(gcc libc6-dev)
   have nix-store || need_pkgs+=(nix-bin)
+  have patchelf || need_pkgs+=(patchelf)                   # the loader property test sets RPATH/RUNPATH
   have unshare || need_pkgs+=(util-linux)
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)        # closure tests ship Debian's python3
   have mkfs.ext4 || need_pkgs+=(e2fsprogs)                 # verify names ext4 images

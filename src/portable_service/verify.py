@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portable_service import elfcheck
-from portable_service.closure.scripts import shell_commands
+from portable_service.closure.elf import parse_shebang
+from portable_service.closure.scripts import env_program, shell_commands
 from portable_service.errors import ImageError, VerifyError
 from portable_service.imagefs import ImageFS, IndexedFS, Stat, exists, read_text, resolve
 from portable_service.units import (
@@ -343,10 +344,10 @@ def _check_program(fs: ImageFS, program: str, directive: str,
 
 def _check_interpreter(fs: ImageFS, program: str, real: str, head: bytes, directive: str,
                        programs: set[str]) -> Iterator[Problem]:
-    words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
-    if not words:
+    shebang = parse_shebang(head)
+    if shebang is None:
         return
-    interp = words[0]
+    interp, arg = shebang
     found = resolve(fs, interp)
     if found is None or fs.stat(found).kind != "file":
         yield Problem(ERROR, "interpreter-missing", real,
@@ -354,12 +355,13 @@ def _check_interpreter(fs: ImageFS, program: str, real: str, head: bytes, direct
                       "the image", f"add {interp} to the image")
         return
     programs.add(found)
-    if posixpath.basename(interp) == "env" and len(words) > 1 and not words[1].startswith("-"):
-        target = _find_program(fs, words[1])
+    name = env_program(arg) if posixpath.basename(interp) == "env" else None
+    if name is not None:
+        target = _find_program(fs, name)
         if target is None:
             yield Problem(ERROR, "interpreter-missing", real,
-                          f"{program} (run by {directive}) runs '{words[1]}' through env, which "
-                          "is not in the image's PATH", f"add {words[1]} to the image")
+                          f"{program} (run by {directive}) runs '{name}' through env, which "
+                          "is not in the image's PATH", f"add {name} to the image")
         else:
             programs.add(target)
 

@@ -24,9 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from portable_service.closure import Context, Node, Resolver, follows_executed, in_nix_store
+from portable_service.closure.elf import SHEBANG_MAX, parse_shebang
 from portable_service.units import SYSTEMD_PATH, Unit, exec_commands
-
-SHEBANG_MAX = 256
 
 
 def read_shebang(path: Path) -> tuple[str, str | None] | None:
@@ -36,15 +35,7 @@ def read_shebang(path: Path) -> tuple[str, str | None] | None:
             head = f.read(SHEBANG_MAX)
     except OSError:
         return None
-    if not head.startswith(b"#!"):
-        return None
-    # spaces and tabs only: the kernel keeps a \r, and so fails on a DOS line end
-    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "surrogateescape").strip(" \t")
-    if not line:
-        return None
-    parts = line.split(None, 1)
-    arg = parts[1].strip() if len(parts) > 1 else None
-    return parts[0], arg or None
+    return parse_shebang(head)
 
 
 def env_program(arg: str | None) -> str | None:
