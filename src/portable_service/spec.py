@@ -123,9 +123,16 @@ def _str_list(value: Any, base: Path, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _check_length(text: str, key: str) -> None:
+    if len(text.encode("utf-8", "surrogateescape")) > PATH_MAX:
+        raise SpecError(f"{key} is longer than {PATH_MAX} bytes, Linux's limit for a path",
+                        "give a shorter path")
+
+
 def _host_path(value: Any, base: Path, key: str) -> Path:
     if not isinstance(value, str | Path) or not str(value):
         raise SpecError(f"{key} must be a non-empty path")
+    _check_length(str(value), key)
     p = Path(value).expanduser()
     return p if p.is_absolute() else base / p
 
@@ -139,6 +146,7 @@ def image_path(value: Any, key: str) -> PurePosixPath:
     if not isinstance(value, str | PurePosixPath) or not str(value):
         raise SpecError(f"{key} must be a non-empty absolute path")
     text = str(value)
+    _check_length(text, key)
     if not text.startswith("/"):
         raise SpecError(f"{key} {text!r} is not absolute", f"write it as '/{text}'")
     if ".." in text.split("/"):
@@ -336,6 +344,7 @@ def _check_keys(mapping: Mapping[str, Any], valid: Iterable[str], where: str) ->
 
 MAX_DEPTH = 8  # the deepest a spec nests: a list of tables of strings
 PATH_MAX = 4096  # Linux's limit for a path, and so for every path a spec names
+MAX_VALUE = 1 << 20  # the largest value any setting holds: an inline unit file
 
 
 def check_raw(value: Any, key: str, depth: int = 0) -> None:
@@ -351,9 +360,9 @@ def check_raw(value: Any, key: str, depth: int = 0) -> None:
         text = str(value)
         if "\0" in text:
             raise SpecError(f"spec key '{key}' contains a NUL byte", "remove it")
-        if len(text.encode("utf-8", "surrogateescape")) > PATH_MAX:
-            raise SpecError(f"spec key '{key}' has a value longer than {PATH_MAX} bytes",
-                            "no path or name of an image can be that long")
+        if len(text.encode("utf-8", "surrogateescape")) > MAX_VALUE:
+            raise SpecError(f"spec key '{key}' has a value longer than {MAX_VALUE} bytes",
+                            "no setting holds that much (a unit file is at most 1 MiB)")
     elif isinstance(value, Mapping):
         for k, v in value.items():
             check_raw(str(k), key, depth + 1)

@@ -102,3 +102,11 @@ def test_interrupt_at_any_moment_of_start_up_is_quiet(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=60)
         assert "Traceback" not in err, f"after {delay} s: {err}"
         assert proc.returncode in (0, 130), f"after {delay} s: exit {proc.returncode}: {err}"
+
+
+def test_long_inline_unit_is_not_a_path(tmp_path: Path) -> None:
+    comments = "".join(f"# line {n} of a long unit\n" for n in range(2000))
+    spec = spec_from_mapping({"pname": "demo", "version": "1", "units": [
+        {"name": "demo.service", "text": comments + "[Service]\nExecStart=/bin/true\n"}]},
+        tmp_path)
+    assert len(spec.units[0].text or "") > 40_000
