@@ -46,6 +46,7 @@ class Node:
 class Closure:
     nodes: dict[PurePosixPath, Node] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was left out or replaced, for the build output
     # files made for the image rather than copied from the host (its ld.so.cache)
     generated: dict[PurePosixPath, bytes] = field(default_factory=dict)
 
@@ -277,6 +278,8 @@ def _check_same_source(old: Node, new: Node) -> None:
     """Two host paths may land on one image path only when they are the same file."""
     if old.host == new.host:
         return
+    if old.package is None and new.package is not None and old.host != Path(old.image):
+        return  # the user's contents win over a package's file (a link into them included)
     if all(p.is_dir() and not p.is_symlink() for p in (old.host, new.host)):
         return  # two folders merge
     try:

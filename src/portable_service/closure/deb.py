@@ -1,20 +1,40 @@
-"""Debian packages: every file of an installed package and of its run-time dependencies.
+"""Debian packages: what a service needs of an installed package, not every file of its dependencies.
 
 Read from dpkg's database (``/var/lib/dpkg/status``, ``info/PKG.list``,
 ``diversions``). ``Depends`` and ``Pre-Depends`` are followed through
-alternatives (``A | B``) and virtual packages (``Provides``) to what is
-installed. Left out, because a portable service never runs them:
+alternatives (``A | B``, the lighter installed side) and virtual packages
+(``Provides``) to what is installed, passing over the skip list
+(:data:`DEFAULT_SKIP`; ``skip-packages``): the host's init and packaging
+machinery. A dependency that one of them can satisfy is dropped as a whole
+(``systemd-sysv | lsb-base``).
 
-- packages on the skip list (:data:`DEFAULT_SKIP`, the spec's ``skip-packages``
-  replaces it): they serve maintainer scripts or the host's init, and would
-  bring systemd, perl and dpkg along. A dependency that one of them can
-  satisfy is dropped as a whole (``systemd-sysv | lsb-base``);
-- documentation, man pages, locales (:data:`DOC_PATHS`), unless the spec says
-  ``package-docs = true``.
+Of the packages reached, these are shipped whole (every file dpkg lists):
 
-Of ``A | B`` with neither chosen yet, the lighter installed package is taken.
-Real run-time needs of the files that are included (libraries, interpreters
-of programs a unit runs) are then found by the ELF and script resolvers.
+- the named packages (``packages``); a metapackage (one that ships nothing
+  but documentation, like ``postgresql``) stands for its dependencies;
+- packages built from the same Debian source as a named one (``nginx`` ->
+  ``nginx-common``, ``dnsmasq`` -> ``dnsmasq-base``): they split one program's
+  files, configuration and data;
+- data packages (:data:`DEFAULT_DATA`; ``package-data``): CA certificates,
+  time zones, media types, ... which programs read by path.
+
+Every other dependency (libc6, libssl3, perl for an admin script) contributes
+only what the closure of the programs reaches: the libraries the ELF resolver
+finds, the interpreter of a script a unit runs, a file a unit names. So libc6
+brings libc.so.6 and not its gconv modules, and a daemon whose package depends
+on perl for a helper script carries no perl. Name such a package in
+``package-data`` to ship it whole.
+
+Never shipped: a package's unit files and init scripts (:data:`UNIT_PATHS`):
+portabled attaches every unit file in the image whose name matches the image's
+prefix, so a package's ``nginx.service`` in an image called ``nginx`` would be
+attached and enabled next to the user's and run with stock configuration. The
+units in an image are the ones the spec names. Documentation, man pages and
+locales (:data:`DOC_PATHS`) are left out unless ``package-docs = true``, and a
+package file that the spec's ``contents`` provide is the user's.
+
+``skip-packages`` and ``package-data`` replace their default lists; written
+``["+NAME", "-NAME"]`` they add to or take from it (:func:`effective`).
 """
 
 from __future__ import annotations
@@ -35,8 +55,24 @@ DEFAULT_SKIP: tuple[str, ...] = (
     "adduser", "cdebconf", "debconf", "debconf-2.0", "dpkg", "init-system-helpers",
     "install-info", "lsb-base", "systemd", "systemd-sysv", "sysvinit-utils", "ucf",
 )
+# Dependencies that programs read as data, by path: shipped whole when reached.
+DEFAULT_DATA: tuple[str, ...] = (
+    "ca-certificates", "libmagic-mgc", "media-types", "mime-support", "netbase", "publicsuffix",
+    "tzdata",
+)
+# Files a data package's maintainer script makes (so dpkg does not list them).
+MADE_BY_SCRIPTS: dict[str, tuple[str, ...]] = {
+    "ca-certificates": ("/etc/ssl/certs",),  # update-ca-certificates: the bundle and hash links
+}
 DOC_PATHS: tuple[str, ...] = (
     "/usr/share/doc", "/usr/share/man", "/usr/share/locale", "/usr/share/info", "/usr/share/lintian",
+)
+# Where packages put units (system and user, generators too) and SysV init scripts.
+UNIT_PATHS: tuple[str, ...] = (
+    "/lib/systemd/system", "/lib/systemd/user", "/lib/systemd/system-generators",
+    "/lib/systemd/user-generators", "/usr/lib/systemd/system", "/usr/lib/systemd/user",
+    "/usr/lib/systemd/system-generators", "/usr/lib/systemd/user-generators",
+    "/etc/systemd/system", "/etc/systemd/user", "/etc/init.d",
 )
 _DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "i386", "i386": "i386",
               "armv7l": "armhf", "riscv64": "riscv64", "ppc64le": "ppc64el", "s390x": "s390x"}
@@ -51,6 +87,11 @@ class Package:
     depends: tuple[tuple[str, ...], ...] = ()  # groups of alternatives, Pre-Depends first
     provides: tuple[str, ...] = ()
     installed_size: int = 0  # KiB
+    source: str = ""  # the Debian source package; dpkg leaves it out when it is the name
+
+    @property
+    def source_name(self) -> str:
+        return self.source or self.name
 
     @property
     def key(self) -> str:
@@ -88,8 +129,9 @@ def parse_status(text: str) -> list[Package]:
         deps = parse_relations(fields.get("Pre-Depends", "")) + parse_relations(fields.get("Depends", ""))
         provides = tuple(g[0] for g in parse_relations(fields.get("Provides", "")))
         size = fields.get("Installed-Size", "0")
+        source = fields.get("Source", "").split(" ", 1)[0]  # "glibc (2.36-9)": the name only
         out.append(Package(fields["Package"], fields.get("Architecture", "all"), fields.get("Version", ""),
-                           deps, provides, int(size) if size.isdigit() else 0))
+                           deps, provides, int(size) if size.isdigit() else 0, source))
     return out
 
 
@@ -183,26 +225,141 @@ def select(db: Database, wanted: tuple[str, ...], skip: tuple[str, ...],
     return list(chosen.values())
 
 
+def effective(given: tuple[str, ...] | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list setting against its default: None keeps it, ``+NAME``/``-NAME`` edit it, names replace it.
+
+    The spec parser has already refused a list that mixes the two forms.
+    """
+    if given is None:
+        return default
+    if not any(g[:1] in ("+", "-") for g in given):
+        return given
+    out = list(default)
+    for g in given:
+        name = g[1:]
+        if g[0] == "+" and name not in out:
+            out.append(name)
+        elif g[0] == "-" and name in out:
+            out.remove(name)
+    return tuple(out)
+
+
+def _under(path: str, folders: tuple[str, ...]) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in folders)
+
+
 def is_doc(path: str) -> bool:
-    return any(path == d or path.startswith(d + "/") for d in DOC_PATHS)
+    return _under(path, DOC_PATHS)
+
+
+def is_unit(path: str) -> bool:
+    """A unit file, drop-in, generator or init script, or a folder of them."""
+    return _under(path, UNIT_PATHS)
+
+
+@dataclass(frozen=True)
+class Whole:
+    """A package shipped with every file, and why."""
+
+    selected: Selected
+    why: str  # "named in packages", "package-data", "built from source nginx"
+
+
+def _ships_only_docs(db: Database, pkg: Package) -> bool:
+    files = db.files(pkg)
+    return bool(files) and all(not line.startswith("/") or line == "/." or is_doc(line) or os.path.isdir(line)
+               for line in files)
+
+
+def whole_packages(db: Database, chosen: list[Selected], data: tuple[str, ...]) -> list[Whole]:
+    """Of the selected packages, the ones shipped whole (see the module's rule), in order."""
+    named: set[str] = set()  # names of the named packages and of what metapackages stand for
+    metas: set[str] = set()
+    for sel in chosen:  # breadth first: a package's parent in its chain is decided before it
+        if len(sel.chain) == 1 or sel.chain[-2] in metas:
+            named.add(sel.package.name)
+            if _ships_only_docs(db, sel.package):
+                metas.add(sel.package.name)
+    sources = {s.package.source_name: s.package.name for s in chosen if s.package.name in named}
+    out = []
+    wanted_data = set(data)
+    for sel in chosen:
+        pkg = sel.package
+        if pkg.name in named:
+            why = "named in packages" if len(sel.chain) == 1 else f"dependency of metapackage {sel.chain[-2]}"
+        elif pkg.name in wanted_data:
+            why = "package-data"
+        elif pkg.source_name in sources:
+            why = f"built from source {pkg.source_name}, as {sources[pkg.source_name]} is"
+        else:
+            continue
+        out.append(Whole(sel, why))
+    return out
+
+
+def _provided_by_contents(spec: Spec, path: PurePosixPath) -> bool:
+    """Whether the spec's ``contents`` put a file of their own at ``path`` (or above it)."""
+    for c in spec.contents:
+        if c.target == path:
+            # two folders merge: the package's other entries stay
+            return not (c.source.is_dir() and not c.source.is_symlink() and os.path.isdir(path))
+        if c.target in path.parents:
+            if c.source.is_symlink() or not c.source.is_dir():
+                return True  # a file of the user's where the package has a folder
+            if os.path.lexists(c.source / path.relative_to(c.target)):
+                return True
+    return False
+
+
+def _listing(items: list[str], most: int = 8) -> str:
+    return ", ".join(items[:most]) + (f", ... ({len(items) - most} more)" if len(items) > most else "")
 
 
 def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR) -> Iterator[Node]:
-    """Roots for the spec's ``packages``: each file dpkg lists for the selected packages."""
+    """Roots for the spec's ``packages``: the files of the packages shipped whole."""
     db = Database.load(admin_dir)
-    skip = spec.skip_packages if spec.skip_packages is not None else DEFAULT_SKIP
+    skip = effective(spec.skip_packages, DEFAULT_SKIP)
+    data = effective(spec.package_data, DEFAULT_DATA)
     diversions = db.diversions()
-    for sel in select(db, spec.packages, skip, ctx.closure.warnings):
-        pkg = sel.package
-        reason = f"file of package {pkg.name} ({' -> '.join(sel.chain)})"
+    chosen = select(db, spec.packages, skip, ctx.closure.warnings)
+    whole = whole_packages(db, chosen, data)
+    units: list[str] = []
+    replaced: list[str] = []
+    for w in whole:
+        pkg = w.selected.package
+        reason = f"file of package {pkg.name} ({' -> '.join(w.selected.chain)}; {w.why})"
         for line in db.files(pkg):
             if not line.startswith("/") or line == "/.":
                 continue
             if not spec.package_docs and is_doc(line):
+                continue
+            if is_unit(line):
+                if not os.path.isdir(line):
+                    units.append(os.path.basename(line))
                 continue
             diverted = diversions.get(line)
             path = diverted[0] if diverted and diverted[1] != pkg.name else line
             if not os.path.lexists(path):
                 continue  # dropped by the host's dpkg path-exclude, or removed by hand
             p = PurePosixPath(path)
+            if _provided_by_contents(spec, p):
+                if not os.path.isdir(path):
+                    replaced.append(f"{p} ({pkg.name})")
+                continue
             yield Node(p, Path(path), reason, package=pkg.name)
+        for made in MADE_BY_SCRIPTS.get(pkg.name, ()):
+            if os.path.lexists(made):
+                # not a package node: the folder brings its entries, the links their targets
+                yield Node(PurePosixPath(made), Path(made), f"made by {pkg.name}'s maintainer script")
+    notes = ctx.closure.notes
+    shipped = {w.selected.package.key for w in whole}
+    rest = sorted({s.package.name for s in chosen if s.package.key not in shipped})
+    notes.append(f"packages shipped whole: {', '.join(w.selected.package.name for w in whole)}")
+    if rest:
+        notes.append(f"packages that give only what the programs load or run: {_listing(rest)} "
+                     "(package-data = [\"+NAME\"] ships one whole)")
+    if units:
+        notes.append(f"left out {len(units)} unit files of packages: {_listing(sorted(set(units)))} "
+                     "(the image's units are the ones the spec names)")
+    if replaced:
+        notes.append(f"contents replace {len(replaced)} files of packages: {_listing(replaced)}")
