@@ -230,6 +230,12 @@ def test_which_packages_are_shipped_whole(tmp_path: Path) -> None:
     # named directly, app is not a metapackage: its dependencies are not named
     chosen = deb.select(d, ("app",), deb.DEFAULT_SKIP, [])
     assert {w.selected.package.name for w in deb.whole_packages(d, chosen, ())} == {"app"}
+    # a dependency that ships what a unit runs is the program's own: shipped whole
+    # (/bin/true on a merged-/usr host is /usr/bin/true, as dpkg may list it)
+    (tmp_path / "info/light:amd64.list").write_text("/usr\n/usr/bin\n/usr/bin/true\n")
+    whole = {w.selected.package.name: w.why
+             for w in deb.whole_packages(d, chosen, (), [PurePosixPath("/bin/true")])}
+    assert whole == {"app": "named in packages", "light": "ships /bin/true, which a unit uses"}
 
 
 def test_a_package_folder_link_does_not_bring_the_whole_folder(tmp_path: Path) -> None:

@@ -126,11 +126,13 @@ def root_nodes(spec: Spec, units: list[Unit], ctx: Context | None = None) -> lis
                                "fix the object path in symlinks")
         obj = PurePosixPath(os.path.abspath(link.object))
         roots.append(Node(obj, Path(obj), f"object of symlink {link.symlink}"))
-    roots.extend(unit_nodes(spec, units, ctx))
+    from_units = list(unit_nodes(spec, units, ctx))
+    roots.extend(from_units)
     if spec.packages:
         from portable_service.closure import deb
 
-        roots.extend(deb.package_nodes(spec, ctx))
+        # the packages of what the units run are shipped whole (a program's own data)
+        roots.extend(deb.package_nodes(spec, ctx, used=[n.image for n in from_units]))
     return roots
 
 

@@ -12,9 +12,12 @@ Of the packages reached, these are shipped whole (every file dpkg lists):
 
 - the named packages (``packages``); a metapackage (one that ships nothing
   but documentation, like ``postgresql``) stands for its dependencies;
-- packages built from the same Debian source as a named one (``nginx`` ->
-  ``nginx-common``, ``dnsmasq`` -> ``dnsmasq-base``): they split one program's
-  files, configuration and data;
+- a package that ships a program a unit runs, or a file a unit reads
+  (``/usr/bin/python3`` -> ``python3.11`` is a file of ``python3.11-minimal``):
+  the program's own data (Python's standard library) comes with it;
+- packages built from the same Debian source as one of those (``nginx`` ->
+  ``nginx-common``, ``dnsmasq`` -> ``dnsmasq-base``, ``python3.11-minimal`` ->
+  ``libpython3.11-stdlib``): they split one program's files, configuration and data;
 - data packages (:data:`DEFAULT_DATA`; ``package-data``): CA certificates,
   time zones, media types, ... which programs read by path.
 
@@ -42,7 +45,7 @@ from __future__ import annotations
 import os
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -271,7 +274,49 @@ def _ships_only_docs(db: Database, pkg: Package) -> bool:
                for line in files)
 
 
-def whole_packages(db: Database, chosen: list[Selected], data: tuple[str, ...]) -> list[Whole]:
+def _spelled(path: str, real_dirs: dict[str, str]) -> str:
+    """``path`` with its folder's symlinks resolved (/bin/x -> /usr/bin/x), folders cached."""
+    folder, name = os.path.split(path)
+    real = real_dirs.get(folder)
+    if real is None:
+        real = real_dirs[folder] = os.path.realpath(folder)
+    return os.path.join(real, name)
+
+
+def _link_chain(path: str, real_dirs: dict[str, str]) -> set[str]:
+    """``path`` and every link on the way to its file, spelled as the host's folders resolve."""
+    out: set[str] = set()
+    current = path
+    while len(out) < 40:  # a loop of links ends here too
+        spelled = _spelled(current, real_dirs)
+        if spelled in out:
+            break
+        out.add(spelled)
+        if not os.path.islink(spelled):
+            break
+        current = os.path.normpath(os.path.join(os.path.dirname(spelled), os.readlink(spelled)))
+    return out
+
+
+def owners(db: Database, chosen: list[Selected], used: Sequence[PurePosixPath]) -> dict[str, str]:
+    """Selected package name -> the used path (a program a unit runs, a file it reads) it ships."""
+    real_dirs: dict[str, str] = {}
+    wanted: dict[str, str] = {}
+    for u in used:
+        for spelled in _link_chain(str(u), real_dirs):
+            wanted.setdefault(spelled, str(u))
+    out: dict[str, str] = {}
+    for sel in chosen:
+        for line in db.files(sel.package):
+            if line.startswith("/") and (hit := wanted.get(_spelled(line, real_dirs))) is not None \
+                    and not os.path.isdir(line):
+                out.setdefault(sel.package.name, hit)
+                break
+    return out
+
+
+def whole_packages(db: Database, chosen: list[Selected], data: tuple[str, ...],
+                   used: Sequence[PurePosixPath] = ()) -> list[Whole]:
     """Of the selected packages, the ones shipped whole (see the module's rule), in order."""
     named: set[str] = set()  # names of the named packages and of what metapackages stand for
     metas: set[str] = set()
@@ -280,13 +325,17 @@ def whole_packages(db: Database, chosen: list[Selected], data: tuple[str, ...]) 
             named.add(sel.package.name)
             if _ships_only_docs(db, sel.package):
                 metas.add(sel.package.name)
-    sources = {s.package.source_name: s.package.name for s in chosen if s.package.name in named}
+    running = owners(db, chosen, used)
+    sources = {s.package.source_name: s.package.name for s in chosen
+               if s.package.name in named or s.package.name in running}
     out = []
     wanted_data = set(data)
     for sel in chosen:
         pkg = sel.package
         if pkg.name in named:
             why = "named in packages" if len(sel.chain) == 1 else f"dependency of metapackage {sel.chain[-2]}"
+        elif pkg.name in running:
+            why = f"ships {running[pkg.name]}, which a unit uses"
         elif pkg.name in wanted_data:
             why = "package-data"
         elif pkg.source_name in sources:
@@ -315,14 +364,19 @@ def _listing(items: list[str], most: int = 8) -> str:
     return ", ".join(items[:most]) + (f", ... ({len(items) - most} more)" if len(items) > most else "")
 
 
-def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR) -> Iterator[Node]:
-    """Roots for the spec's ``packages``: the files of the packages shipped whole."""
+def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR,
+                  used: list[PurePosixPath] | None = None) -> Iterator[Node]:
+    """Roots for the spec's ``packages``: the files of the packages shipped whole.
+
+    ``used`` are the programs the units run and the files they read: a selected
+    package that ships one is shipped whole, as its program's own data.
+    """
     db = Database.load(admin_dir)
     skip = effective(spec.skip_packages, DEFAULT_SKIP)
     data = effective(spec.package_data, DEFAULT_DATA)
     diversions = db.diversions()
     chosen = select(db, spec.packages, skip, ctx.closure.warnings)
-    whole = whole_packages(db, chosen, data)
+    whole = whole_packages(db, chosen, data, used or [])
     units: list[str] = []
     replaced: list[str] = []
     for w in whole:
