@@ -393,8 +393,10 @@ def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR,
                 continue
             diverted = diversions.get(line)
             path = diverted[0] if diverted and diverted[1] != pkg.name else line
-            if not os.path.lexists(path):
-                continue  # dropped by the host's dpkg path-exclude, or removed by hand
+            if not os.path.exists(path):
+                # dropped by the host's dpkg path-exclude, removed by hand, or a link to
+                # what no installed package ships (nginx's modules folder): it would dangle
+                continue
             p = PurePosixPath(path)
             if _provided_by_contents(spec, p):
                 if not os.path.isdir(path):
