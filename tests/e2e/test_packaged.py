@@ -133,6 +133,8 @@ def test_a_packaged_image_carries_only_the_spec_units(example_image, name):
     # libc6 gives libc.so.6, not its gconv modules; no perl for the packages' helpers
     assert not any("/gconv/" in p for p in files)
     assert "/usr/bin/perl" not in files and PACKAGED[name][0] in files
+    # redis-tools gives the server's binary (redis-server -> redis-check-rdb), not the tools
+    assert not {"/usr/bin/redis-cli", "/usr/bin/redis-benchmark"} & set(files)
 
 
 def _serve_check(c, unit_name: str, probe) -> str:

@@ -18,6 +18,9 @@ Of the packages reached, these are shipped whole (every file dpkg lists):
 - packages built from the same Debian source as one of those (``nginx`` ->
   ``nginx-common``, ``dnsmasq`` -> ``dnsmasq-base``, ``python3.11-minimal`` ->
   ``libpython3.11-stdlib``): they split one program's files, configuration and data;
+  of these two kinds, the programs in ``/usr/bin`` and ``/usr/sbin``
+  (:data:`PROGRAM_DIRS`) come only when a unit runs them (``redis-tools`` gives
+  ``redis-server``'s binary, not ``redis-cli`` and ``redis-benchmark``);
 - data packages (:data:`DEFAULT_DATA`; ``package-data``): CA certificates,
   time zones, media types, ... which programs read by path.
 
@@ -70,6 +73,8 @@ MADE_BY_SCRIPTS: dict[str, tuple[str, ...]] = {
 DOC_PATHS: tuple[str, ...] = (
     "/usr/share/doc", "/usr/share/man", "/usr/share/locale", "/usr/share/info", "/usr/share/lintian",
 )
+# Folders of programs: a dependency's programs come only when a unit runs them.
+PROGRAM_DIRS: tuple[str, ...] = ("/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/games")
 # Where packages put units (system and user, generators too) and SysV init scripts.
 UNIT_PATHS: tuple[str, ...] = (
     "/lib/systemd/system", "/lib/systemd/user", "/lib/systemd/system-generators",
@@ -266,6 +271,8 @@ class Whole:
 
     selected: Selected
     why: str  # "named in packages", "package-data", "built from source nginx"
+    # False: its programs (files in PROGRAM_DIRS) come only when a unit runs them
+    programs: bool = True
 
 
 def _ships_only_docs(db: Database, pkg: Package) -> bool:
@@ -334,12 +341,15 @@ def whole_packages(db: Database, chosen: list[Selected], data: tuple[str, ...],
         pkg = sel.package
         if pkg.name in named:
             why = "named in packages" if len(sel.chain) == 1 else f"dependency of metapackage {sel.chain[-2]}"
-        elif pkg.name in running:
-            why = f"ships {running[pkg.name]}, which a unit uses"
         elif pkg.name in wanted_data:
             why = "package-data"
+        elif pkg.name in running:
+            out.append(Whole(sel, f"ships {running[pkg.name]}, which a unit uses", programs=False))
+            continue
         elif pkg.source_name in sources:
-            why = f"built from source {pkg.source_name}, as {sources[pkg.source_name]} is"
+            out.append(Whole(sel, f"built from source {pkg.source_name}, as "
+                                  f"{sources[pkg.source_name]} is", programs=False))
+            continue
         else:
             continue
         out.append(Whole(sel, why))
@@ -379,6 +389,9 @@ def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR,
     whole = whole_packages(db, chosen, data, used or [])
     units: list[str] = []
     replaced: list[str] = []
+    not_run: list[str] = []
+    real_dirs: dict[str, str] = {}
+    run = set().union(*(_link_chain(str(u), real_dirs) for u in used or []))
     for w in whole:
         pkg = w.selected.package
         reason = f"file of package {pkg.name} ({' -> '.join(w.selected.chain)}; {w.why})"
@@ -391,6 +404,10 @@ def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR,
                 if not os.path.isdir(line):
                     units.append(os.path.basename(line))
                 continue
+            if not w.programs and os.path.dirname(line) in PROGRAM_DIRS and not os.path.isdir(line):
+                if _spelled(line, real_dirs) not in run:
+                    not_run.append(os.path.basename(line))
+                continue  # a unit that runs it brings it itself
             diverted = diversions.get(line)
             path = diverted[0] if diverted and diverted[1] != pkg.name else line
             if not os.path.exists(path):
@@ -417,5 +434,8 @@ def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR,
     if units:
         notes.append(f"left out {len(units)} unit files of packages: {_listing(sorted(set(units)))} "
                      "(the image's units are the ones the spec names)")
+    if not_run:
+        notes.append(f"left out {len(not_run)} programs of dependencies that no unit runs: "
+                     f"{_listing(sorted(set(not_run)))}")
     if replaced:
         notes.append(f"contents replace {len(replaced)} files of packages: {_listing(replaced)}")
