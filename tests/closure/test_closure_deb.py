@@ -371,3 +371,18 @@ def test_a_daemon_does_not_carry_perl_for_its_helper_scripts(tmp_path: Path) -> 
     # PgCommon.pm in /usr/share/perl5 is a file of postgresql-client-common, shipped as data
     assert "/usr/bin/perl" not in files
     assert not any(f.startswith(("/usr/share/perl/", "/usr/lib/x86_64-linux-gnu/perl")) for f in files)
+
+
+def test_ca_certificates_brings_the_bundle_its_script_made(tmp_path: Path) -> None:
+    """update-ca-certificates makes /etc/ssl/certs (dpkg does not list it): a TLS client
+    reads the bundle there."""
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    require(_host_has("ca-certificates") and os.path.exists(bundle),
+            "ca-certificates is not installed (apt-get install ca-certificates)")
+    c = closure_of(tmp_path, packages=["ca-certificates"])
+    node = c.nodes[PurePosixPath(bundle)]
+    assert node.reason == "made by ca-certificates's maintainer script" and node.package is None
+    # a hash link resolves to the certificate the package ships
+    link = next(p for p in c.nodes if p.parent == PurePosixPath("/etc/ssl/certs")
+                and p.name.endswith(".0"))
+    assert os.path.realpath(link) in {str(p) for p in c.nodes}

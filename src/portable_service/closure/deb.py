@@ -22,7 +22,8 @@ Of the packages reached, these are shipped whole (every file dpkg lists):
   (:data:`PROGRAM_DIRS`) come only when a unit runs them (``redis-tools`` gives
   ``redis-server``'s binary, not ``redis-cli`` and ``redis-benchmark``);
 - data packages (:data:`DEFAULT_DATA`; ``package-data``): CA certificates,
-  time zones, media types, ... which programs read by path.
+  time zones, media types, ... which programs read by path, with what their
+  maintainer scripts made (:data:`MADE_BY_SCRIPTS`: the CA bundle in /etc/ssl/certs).
 
 Every other dependency (libc6, libssl3, perl for an admin script) contributes
 only what the closure of the programs reaches: the libraries the ELF resolver
@@ -277,8 +278,9 @@ class Whole:
 
 def _ships_only_docs(db: Database, pkg: Package) -> bool:
     files = db.files(pkg)
-    return bool(files) and all(not line.startswith("/") or line == "/." or is_doc(line) or os.path.isdir(line)
-               for line in files)
+    return bool(files) and all(
+        not line.startswith("/") or line == "/." or is_doc(line) or os.path.isdir(line)
+        for line in files)
 
 
 def _spelled(path: str, real_dirs: dict[str, str]) -> str:
@@ -421,9 +423,13 @@ def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR,
                 continue
             yield Node(p, Path(path), reason, package=pkg.name)
         for made in MADE_BY_SCRIPTS.get(pkg.name, ()):
-            if os.path.lexists(made):
-                # not a package node: the folder brings its entries, the links their targets
-                yield Node(PurePosixPath(made), Path(made), f"made by {pkg.name}'s maintainer script")
+            if os.path.isdir(made):
+                # not package nodes: the entries' links bring their targets (dpkg lists the
+                # folder itself, and a package's folder does not bring its entries)
+                folder = PurePosixPath(made)
+                for name in sorted(os.listdir(made)):
+                    yield Node(folder / name, Path(made, name),
+                               f"made by {pkg.name}'s maintainer script", folder)
     notes = ctx.closure.notes
     shipped = {w.selected.package.key for w in whole}
     rest = sorted({s.package.name for s in chosen if s.package.key not in shipped})
