@@ -168,6 +168,21 @@ def test_debian_packaged_nginx_serves_with_the_users_config(container, example_i
     assert port_closed(NGINX_PORT)
 
 
+def test_a_package_unit_in_the_image_would_be_attached(container, tmp_path):
+    """Why packages leave their units out: the control, with Debian's redis-server.service put
+    back through contents. portabled attaches it next to the spec's unit (prefix "redis")."""
+    from portable_service.build import build_image as build
+    from portable_service.spec import load_spec
+
+    stock = "/lib/systemd/system/redis-server.service"
+    require(os.path.exists(stock), "redis-server is not installed (apt-get install redis-server)")
+    spec = load_spec(REPO / "examples/redis", {"contents": [
+        str(REPO / "examples/redis/redis.conf") + "=/etc/redis/redis.conf", stock]})
+    image = build(spec, tmp_path)
+    with attached(container, image):
+        assert container.attached_units() == ["redis-server.service", "redis.service"]
+
+
 def _redis(*commands: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", REDIS_PORT), timeout=2) as s:
         s.sendall(b"".join(commands))
