@@ -342,19 +342,15 @@ def whole_packages(db: Database, chosen: list[Selected], data: tuple[str, ...],
     for sel in chosen:
         pkg = sel.package
         if pkg.name in named:
-            why = "named in packages" if len(sel.chain) == 1 else f"dependency of metapackage {sel.chain[-2]}"
+            out.append(Whole(sel, "named in packages" if len(sel.chain) == 1
+                             else f"dependency of metapackage {sel.chain[-2]}"))
         elif pkg.name in wanted_data:
-            why = "package-data"
+            out.append(Whole(sel, "package-data"))
         elif pkg.name in running:
             out.append(Whole(sel, f"ships {running[pkg.name]}, which a unit uses", programs=False))
-            continue
         elif pkg.source_name in sources:
             out.append(Whole(sel, f"built from source {pkg.source_name}, as "
                                   f"{sources[pkg.source_name]} is", programs=False))
-            continue
-        else:
-            continue
-        out.append(Whole(sel, why))
     return out
 
 
@@ -393,7 +389,7 @@ def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR,
     replaced: list[str] = []
     not_run: list[str] = []
     real_dirs: dict[str, str] = {}
-    run = set().union(*(_link_chain(str(u), real_dirs) for u in used or []))
+    run: set[str] = set().union(*(_link_chain(str(u), real_dirs) for u in used or []))
     for w in whole:
         pkg = w.selected.package
         reason = f"file of package {pkg.name} ({' -> '.join(w.selected.chain)}; {w.why})"
