@@ -67,6 +67,10 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     with reporter.step("resolving the closure"):
         closure = closure_mod.resolve(spec, units)
         check_no_secrets(closure)
+    if not reporter.quiet:
+        for note in closure.notes:  # one line each, like warnings: they are about the image
+            reporter.console.print(f"portable-service: {note}", markup=False, highlight=False,
+                                   soft_wrap=True)
     for warning in closure.warnings:
         reporter.warn(warning)
     with reporter.step("laying out the image tree"):

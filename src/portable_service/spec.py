@@ -70,6 +70,7 @@ class Spec:
     exclude: tuple[str, ...] = ()
     allow_missing: bool = False
     skip_packages: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_SKIP
+    package_data: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_DATA
     package_docs: bool = False
 
     @property
@@ -127,6 +128,20 @@ def _check_length(text: str, key: str) -> None:
     if len(text.encode("utf-8", "surrogateescape")) > PATH_MAX:
         raise SpecError(f"{key} is longer than {PATH_MAX} bytes, Linux's limit for a path",
                         "give a shorter path")
+
+
+def _package_names(value: Any, base: Path, key: str) -> tuple[str, ...]:
+    """Package names replacing a default list, or ``+NAME``/``-NAME`` editing it: not both."""
+    names = _str_list(value, base, key)
+    signed = [n for n in names if n[:1] in ("+", "-")]
+    if signed and len(signed) != len(names):
+        plain = next(n for n in names if n[:1] not in ("+", "-"))
+        raise SpecError(f"{key} mixes names that replace the default list with +NAME/-NAME "
+                        "that edit it", f"write '+{plain}' to add {plain} to the default list, "
+                        "or give the whole list without + and -")
+    if any(not n.lstrip("+-") for n in names):
+        raise SpecError(f"{key} has an empty package name", "remove the empty entry")
+    return names
 
 
 def _host_path(value: Any, base: Path, key: str) -> Path:
@@ -314,16 +329,22 @@ SETTINGS: tuple[Setting, ...] = (
             repeatable=True, metavar="KEY=VALUE"),
     Setting("writer", _writer, "squashfs writer: auto (mksquashfs when installed, else native), "
             "mksquashfs or native", metavar="NAME"),
-    Setting("packages", _str_list, "installed Debian package to include with its run-time "
-            "dependencies", repeatable=True, metavar="NAME", flag_name="package"),
+    Setting("packages", _str_list, "installed Debian package to include: all its files but "
+            "units and docs, and of its dependencies what the programs load (see package-data)",
+            repeatable=True, metavar="NAME", flag_name="package"),
     Setting("exclude", _str_list, "glob of image paths to leave out of the closure",
             repeatable=True, metavar="GLOB"),
     Setting("allow-missing", _bool, "warn, instead of failing, when a library, interpreter or "
             "unit program cannot be found",
             is_bool=True),
-    Setting("skip-packages", _str_list, "Debian package never followed as a dependency of "
-            "packages (replaces the default list: init, debconf, dpkg, adduser, ...)",
+    Setting("skip-packages", _package_names, "Debian package never followed as a dependency of "
+            "packages: NAMEs replace the default list (init, debconf, dpkg, adduser, ...), "
+            "+NAME adds to it, -NAME takes from it",
             repeatable=True, metavar="NAME", flag_name="skip-package"),
+    Setting("package-data", _package_names, "dependency of packages shipped whole, as data "
+            "(others give only the libraries and programs the closure reaches): NAMEs replace "
+            "the default list (ca-certificates, tzdata, media-types, ...), +NAME adds, -NAME takes",
+            repeatable=True, metavar="NAME"),
     Setting("package-docs", _bool, "keep the documentation, man pages and locales of packages",
             is_bool=True),
 )

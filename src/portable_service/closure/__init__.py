@@ -57,6 +57,7 @@ class Node:
 class Closure:
     nodes: dict[PurePosixPath, Node] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was left out or replaced, for the build output
     # files made for the image rather than copied from the host (its ld.so.cache)
     generated: dict[PurePosixPath, bytes] = field(default_factory=dict)
 
@@ -237,12 +238,14 @@ def root_nodes(spec: Spec, units: list[Unit], ctx: Context | None = None) -> lis
                                "fix the object path in symlinks")
         obj = PurePosixPath(os.path.abspath(link.object))
         roots.append(Node(obj, Path(obj), f"object of symlink {link.symlink}"))
-    roots.extend(unit_nodes(spec, units, ctx))
+    from_units = list(unit_nodes(spec, units, ctx))
+    roots.extend(from_units)
     roots.extend(runtime.root_nodes(spec, units, ctx))
     if spec.packages:
         from portable_service.closure import deb
 
-        roots.extend(deb.package_nodes(spec, ctx))
+        # the packages of what the units run are shipped whole (a program's own data)
+        roots.extend(deb.package_nodes(spec, ctx, used=[n.image for n in from_units]))
     return roots
 
 
@@ -480,6 +483,8 @@ def _check_same_source(old: Node, new: Node) -> None:
     """Two host paths may land on one image path only when they are the same file."""
     if old.host == new.host:
         return
+    if old.package is None and new.package is not None and old.host != Path(old.image):
+        return  # the user's contents win over a package's file (a link into them included)
     if all(p.is_dir() and not p.is_symlink() for p in (old.host, new.host)):
         return  # two folders merge
     try:
