@@ -386,3 +386,26 @@ def test_ca_certificates_brings_the_bundle_its_script_made(tmp_path: Path) -> No
     link = next(p for p in c.nodes if p.parent == PurePosixPath("/etc/ssl/certs")
                 and p.name.endswith(".0"))
     assert os.path.realpath(link) in {str(p) for p in c.nodes}
+
+
+def test_a_conffile_changed_on_the_host_is_refused(tmp_path: Path) -> None:
+    """dpkg records each conffile's checksum: a host's edit (a password set, say) is not
+    published unless the spec names the file."""
+    import hashlib
+
+    from portable_service.errors import ClosureError
+
+    root, admin = _fake_package(tmp_path, {"etc/app.conf": "edited by the admin\n",
+                                           "etc/app-other.conf": "as shipped\n"})
+    shipped = hashlib.md5(b"as shipped\n", usedforsecurity=False).hexdigest()
+    (admin / "status").write_text(
+        "Package: app\nStatus: install ok installed\nArchitecture: amd64\nConffiles:\n"
+        f" {root}/etc/app.conf {shipped}\n {root}/etc/app-other.conf {shipped}\n"
+        f" {root}/etc/old.conf {shipped} obsolete\n")
+    spec = make_spec(tmp_path, packages=["app"])
+    with pytest.raises(ClosureError, match=r"app\.conf of package app was changed on this host"):
+        list(deb.package_nodes(spec, Context(spec, Closure()), admin))
+    named = make_spec(tmp_path, packages=["app"], contents=[f"{root}/etc/app.conf"])
+    nodes = {str(n.image) for n in deb.package_nodes(named, Context(named, Closure()), admin)}
+    assert f"{root}/etc/app-other.conf" in nodes  # unchanged: shipped as the package has it
+    assert f"{root}/etc/app.conf" not in nodes  # the spec's content brings it instead

@@ -46,6 +46,7 @@ package file that the spec's ``contents`` provide is the user's.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections import deque
@@ -97,6 +98,8 @@ class Package:
     provides: tuple[str, ...] = ()
     installed_size: int = 0  # KiB
     source: str = ""  # the Debian source package; dpkg leaves it out when it is the name
+    # (path, md5 of the file as the package shipped it): configuration an admin may edit
+    conffiles: tuple[tuple[str, str], ...] = ()
 
     @property
     def source_name(self) -> str:
@@ -121,6 +124,28 @@ def parse_relations(text: str) -> tuple[tuple[str, ...], ...]:
     return tuple(groups)
 
 
+def parse_conffiles(text: str) -> tuple[tuple[str, str], ...]:
+    """dpkg's ``Conffiles:`` lines, ``PATH MD5 [obsolete|remove-on-upgrade]``: the live ones."""
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0].startswith("/"):
+            out.append((words[0], words[1]))
+    return tuple(out)
+
+
+def changed_conffile(path: str, md5: str) -> bool:
+    """Whether the host's copy differs from what the package shipped (an admin's edit)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 16), b""):
+                digest.update(chunk)
+    except OSError:
+        return False  # missing or unreadable: reported where it is read
+    return digest.hexdigest() != md5
+
+
 def parse_status(text: str) -> list[Package]:
     """Installed packages from dpkg's status file (paragraphs of RFC 822 fields)."""
     out = []
@@ -140,7 +165,8 @@ def parse_status(text: str) -> list[Package]:
         size = fields.get("Installed-Size", "0")
         source = fields.get("Source", "").split(" ", 1)[0]  # "glibc (2.36-9)": the name only
         out.append(Package(fields["Package"], fields.get("Architecture", "all"), fields.get("Version", ""),
-                           deps, provides, int(size) if size.isdigit() else 0, source))
+                           deps, provides, int(size) if size.isdigit() else 0, source,
+                           parse_conffiles(fields.get("Conffiles", ""))))
     return out
 
 
@@ -393,6 +419,7 @@ def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR,
     for w in whole:
         pkg = w.selected.package
         reason = f"file of package {pkg.name} ({' -> '.join(w.selected.chain)}; {w.why})"
+        conffiles = dict(pkg.conffiles)
         for line in db.files(pkg):
             if not line.startswith("/") or line == "/.":
                 continue
@@ -418,6 +445,12 @@ def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR,
                 if not os.path.isdir(path):
                     replaced.append(f"{p} ({pkg.name})")
                 continue
+            if line in conffiles and changed_conffile(path, conffiles[line]):
+                raise ClosureError(
+                    f"{path} of package {pkg.name} was changed on this host (dpkg's checksum "
+                    "differs): the image would publish this host's edits, secrets included",
+                    f"ship the version you mean with contents = [\"{path}\"] (or "
+                    "{ source, target }), or exclude it")
             yield Node(p, Path(path), reason, package=pkg.name)
         for made in MADE_BY_SCRIPTS.get(pkg.name, ()):
             if os.path.isdir(made):
