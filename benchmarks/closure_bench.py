@@ -22,7 +22,8 @@ from pathlib import Path, PurePosixPath
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from portable_service.closure import Closure, Context, Node
-from portable_service.closure.elf import ElfResolver, Loader, LoaderConfig, elf_kind, read_elf
+from portable_service.closure.elf import ElfResolver, Files, Loader, LoaderConfig, elf_kind, read_elf
+from portable_service.imagefs import HostFS
 from portable_service.spec import spec_from_mapping
 
 
@@ -46,11 +47,11 @@ def ours(programs: list[Path], fresh: bool = False) -> dict[str, set[str]]:
                               "text": "[Service]\n"}]}, Path.cwd())
     ctx = Context(spec, Closure())
     config = LoaderConfig.from_host()
-    resolver = ElfResolver(ctx, Loader(config))
+    resolver = ElfResolver(ctx, Loader(Files(HostFS()), config))
     result = {}
     for prog in programs:
         if fresh:
-            resolver = ElfResolver(ctx, Loader(config))
+            resolver = ElfResolver(ctx, Loader(Files(HostFS()), config))
         seen: set[PurePosixPath] = set()
         libs: set[str] = set()
         queue = deque([Node(PurePosixPath(prog), prog, "program")])

@@ -2,25 +2,45 @@
 # Install what building and testing need on a fresh Debian-like machine (idempotent).
 #   scripts/bootstrap.sh          the package in .venv, plus squashfs-tools
 #   scripts/bootstrap.sh --test   also the test tools: debootstrap, systemd-nspawn, udev,
-#                                 lighttpd, gcc, nix-bin and the Python test extras
+#                                 gcc, nix-bin, libnss-systemd, ca-certificates, tzdata, perl,
+#                                 ruby, python3-venv, the Python test extras, and the Debian
+#                                 servers the packaged tests build (lighttpd, nginx,
+#                                 redis-server, dnsmasq, unbound, postgresql), installed
+#                                 stopped and disabled
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=${1:-}
 
 need_pkgs=()
+servers=()  # Debian servers the packaged tests build from
 have() { command -v "$1" >/dev/null 2>&1; }
 have mksquashfs || need_pkgs+=(squashfs-tools)
 if [[ $want_test == --test ]]; then
   have debootstrap || need_pkgs+=(debootstrap)
   have systemd-nspawn || need_pkgs+=(systemd-container)
   [[ -x /lib/systemd/systemd-udevd ]] || need_pkgs+=(udev)
-  have lighttpd || [[ -x /usr/sbin/lighttpd ]] || need_pkgs+=(lighttpd)
+  [[ -x /usr/sbin/lighttpd ]] || servers+=(lighttpd)
+  [[ -x /usr/sbin/nginx ]] || servers+=(nginx)
+  [[ -e /usr/bin/redis-server ]] || servers+=(redis-server)
+  [[ -x /usr/sbin/dnsmasq ]] || servers+=(dnsmasq)
+  [[ -x /usr/sbin/unbound ]] || servers+=(unbound)
+  compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || servers+=(postgresql)
+  need_pkgs+=("${servers[@]}")
   have gcc || need_pkgs+=(gcc libc6-dev)
   have nix-store || need_pkgs+=(nix-bin)
+  have patchelf || need_pkgs+=(patchelf)                   # the loader property test sets RPATH/RUNPATH
   have unshare || need_pkgs+=(util-linux)
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)        # closure tests ship Debian's python3
   have mkfs.ext4 || need_pkgs+=(e2fsprogs)                 # verify names ext4 images
   [[ -e /usr/include/lzo/lzo1x.h ]] || need_pkgs+=(liblzo2-dev)  # python-lzo builds against it
+  # run-time needs (closure/runtime.py): dynamic users, CA certificates, time zones, perl
+  ls /usr/lib/*/libnss_systemd.so.2 >/dev/null 2>&1 || need_pkgs+=(libnss-systemd)
+  [[ -e /etc/ssl/certs/ca-certificates.crt ]] || need_pkgs+=(ca-certificates)
+  have openssl || need_pkgs+=(openssl)
+  [[ -e /usr/share/zoneinfo/Europe/Berlin ]] || need_pkgs+=(tzdata)
+  [[ -x /usr/bin/perl ]] || need_pkgs+=(perl)
+  [[ -x /usr/bin/ruby ]] || need_pkgs+=(ruby)
+  dpkg -s python3-venv >/dev/null 2>&1 || need_pkgs+=(python3-venv)       # the virtualenv test
   # the end-to-end harness: signed Debian roots, and statically linked test servers
   [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || need_pkgs+=(debian-archive-keyring)
   { have gcc && [[ $(gcc -print-file-name=libc.a) == /* ]]; } || need_pkgs+=(libc6-dev)
@@ -40,6 +60,11 @@ if ((${#need_pkgs[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
   [[ -z $made_policy ]] || rm -f /usr/sbin/policy-rc.d
+  # the servers are build inputs only: not started at the next boot either (dnsmasq and
+  # unbound would take port 53)
+  for unit in "${servers[@]}"; do
+    systemctl disable --quiet "$unit" 2>/dev/null || true
+  done
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

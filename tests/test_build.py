@@ -58,7 +58,9 @@ def test_scaffold_units_and_os_release(project: Path) -> None:
     assert all(owner == "0/0" for _, owner, _ in entries.values())
     # mount point for StateDirectory=demo: a read-only image cannot grow it at start
     assert entries["/var/lib/demo"][0].startswith("d")
-    assert unsquashfs_cat(image, "etc/systemd/system/demo.service").decode() == SERVICE
+    # the unit as written, plus the bind to systemd's user database (closure/runtime.py)
+    service = unsquashfs_cat(image, "etc/systemd/system/demo.service").decode()
+    assert service.startswith(SERVICE) and service.endswith("BindReadOnlyPaths=-/run/systemd/userdb\n")
     assert unsquashfs_cat(image, "etc/systemd/system/demo.socket").decode() == SOCKET
     os_release = unsquashfs_cat(image, "etc/os-release").decode()
     host = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines()

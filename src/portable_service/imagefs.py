@@ -1,10 +1,11 @@
 """A read-only view of an image's files, whatever holds them.
 
 ``inspect``, ``verify``, ``diff`` and ``size`` only need to stat, list, walk
-and read paths. Two things provide that: a squashfs image file (through the
-pure-Python reader, no root needed) and the in-memory :class:`ImageTree` of
+and read paths. Three things provide that: a squashfs image file (through the
+pure-Python reader, no root needed), the in-memory :class:`ImageTree` of
 a build that is not written yet, so a build can be checked with the same
-rules as a finished image.
+rules as a finished image, and a folder of this machine (:class:`HostFS`: the
+host for the build's loader model, or an unpacked root).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import io
 import os
 import posixpath
 import stat as stat_mod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
@@ -131,6 +132,71 @@ class TreeFS:
         pass
 
 
+# -- a folder of this machine (the host, or an unpacked root)
+
+
+class HostFS:
+    """The files below ``root`` (``/``: the host itself) seen as an image.
+
+    ``mapping`` turns an image path into the host path that provides it
+    (a build's contents placed with { source, target }); without it image
+    path P is ``root``/P. Symlinks are reported as stored, so :func:`resolve`
+    follows absolute ones against the image root, as in the image.
+    """
+
+    def __init__(self, root: Path | str = "/", mapping: Callable[[str], str] | None = None) -> None:
+        self.root = os.path.abspath(root)
+        self.mapping = mapping
+        self.info = ImageInfo(format=f"folder {self.root}")
+        # on the host itself the kernel resolves paths as the image's loader would
+        self.is_host = self.root == "/" and mapping is None
+
+    def host_path(self, path: str) -> str:
+        mapped = self.mapping(path) if self.mapping is not None else path
+        return mapped if self.root == "/" else self.root + "/" + mapped.lstrip("/")
+
+    def stat(self, path: str) -> Stat:
+        try:
+            st = os.lstat(self.host_path(path))
+        except OSError:  # absent, below a file, or unreadable: nothing the loader could open
+            raise NotInImage(f"{path}: no such file in {self.root}", "check the path") from None
+        kind = _HOST_KINDS.get(stat_mod.S_IFMT(st.st_mode), "file")
+        target = os.readlink(self.host_path(path)) if kind == "symlink" else None
+        return Stat(kind, stat_mod.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size,
+                    int(st.st_mtime), st.st_ino, st.st_nlink, target)
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.host_path(path)), key=os.fsencode)
+        except OSError as e:
+            raise ImageError(f"cannot list {path}: {e.strerror}", "give a folder") from None
+
+    def walk(self) -> Iterator[tuple[str, Stat]]:
+        stack = ["/"]
+        while stack:
+            path = stack.pop()
+            st = self.stat(path)
+            yield path, st
+            if st.kind == "dir":
+                stack.extend(posixpath.join(path, n) for n in reversed(self.listdir(path)))
+
+    def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
+        with open(self.host_path(path), "rb") as f:
+            f.seek(offset)
+            return f.read() if size is None else f.read(size)
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(self.host_path(path))
+
+    def close(self) -> None:
+        pass
+
+
+_HOST_KINDS = {stat_mod.S_IFDIR: "dir", stat_mod.S_IFREG: "file", stat_mod.S_IFLNK: "symlink",
+               stat_mod.S_IFCHR: "chardev", stat_mod.S_IFBLK: "blockdev", stat_mod.S_IFIFO: "fifo",
+               stat_mod.S_IFSOCK: "socket"}
+
+
 # -- a squashfs image file, through the pure-Python reader
 
 
@@ -157,6 +223,11 @@ class SquashfsFS:
             bytes_used=sb.bytes_used,
             mkfs_time=sb.mkfs_time,
         )
+
+    @property
+    def image(self) -> Any:
+        """The squashfs reader itself (block-level access, for diff)."""
+        return self._image
 
     def stat(self, path: str) -> Stat:
         return _convert(self._image.stat(path))

@@ -32,17 +32,19 @@ def _dump(data: Any, style: str) -> None:
         print(json.dumps(data, sort_keys=True, indent=2))
 
 
-def _open(path: str) -> Any:
-    """The image with its listing in memory; it stays open for reads until the process ends."""
+def _open(path: str, indexed: bool = True) -> Any:
+    """The image, with its whole listing in memory for the verbs that look at every entry;
+    ``cat`` and ``ls`` look up only their path. It stays open until the process ends."""
     from portable_service.imagefs import IndexedFS, open_image
 
-    return IndexedFS(open_image(path))
+    fs = open_image(path)
+    return IndexedFS(fs) if indexed else fs
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from portable_service.inspect import inspect_image, render_cat, render_inspect
 
-    fs = _open(args.image)
+    fs = _open(args.image, indexed=not args.cat)
     if args.cat:
         sys.stdout.write(render_cat(fs, args.image))
         return 0
@@ -57,7 +59,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     from portable_service.inspect import ls_lines
 
-    for line in ls_lines(_open(args.image), args.path, args.long):
+    for line in ls_lines(_open(args.image, indexed=False), args.path, args.long):
         print(line)
     return 0
 
@@ -65,7 +67,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_cat(args: argparse.Namespace) -> int:
     from portable_service.inspect import cat_file
 
-    chunks = cat_file(_open(args.image), args.path)
+    chunks = cat_file(_open(args.image, indexed=False), args.path)
     first = next(chunks, b"")  # errors (not a file, missing) before anything is printed
     sys.stdout.buffer.write(first)
     for data in chunks:

@@ -70,6 +70,7 @@ class Spec:
     exclude: tuple[str, ...] = ()
     allow_missing: bool = False
     skip_packages: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_SKIP
+    package_data: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_DATA
     package_docs: bool = False
 
     @property
@@ -123,9 +124,30 @@ def _str_list(value: Any, base: Path, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _check_length(text: str, key: str) -> None:
+    if len(text.encode("utf-8", "surrogateescape")) > PATH_MAX:
+        raise SpecError(f"{key} is longer than {PATH_MAX} bytes, Linux's limit for a path",
+                        "give a shorter path")
+
+
+def _package_names(value: Any, base: Path, key: str) -> tuple[str, ...]:
+    """Package names replacing a default list, or ``+NAME``/``-NAME`` editing it: not both."""
+    names = _str_list(value, base, key)
+    signed = [n for n in names if n[:1] in ("+", "-")]
+    if signed and len(signed) != len(names):
+        plain = next(n for n in names if n[:1] not in ("+", "-"))
+        raise SpecError(f"{key} mixes names that replace the default list with +NAME/-NAME "
+                        "that edit it", f"write '+{plain}' to add {plain} to the default list, "
+                        "or give the whole list without + and -")
+    if any(not n.lstrip("+-") for n in names):
+        raise SpecError(f"{key} has an empty package name", "remove the empty entry")
+    return names
+
+
 def _host_path(value: Any, base: Path, key: str) -> Path:
     if not isinstance(value, str | Path) or not str(value):
         raise SpecError(f"{key} must be a non-empty path")
+    _check_length(str(value), key)
     p = Path(value).expanduser()
     return p if p.is_absolute() else base / p
 
@@ -139,6 +161,7 @@ def image_path(value: Any, key: str) -> PurePosixPath:
     if not isinstance(value, str | PurePosixPath) or not str(value):
         raise SpecError(f"{key} must be a non-empty absolute path")
     text = str(value)
+    _check_length(text, key)
     if not text.startswith("/"):
         raise SpecError(f"{key} {text!r} is not absolute", f"write it as '/{text}'")
     if ".." in text.split("/"):
@@ -306,16 +329,22 @@ SETTINGS: tuple[Setting, ...] = (
             repeatable=True, metavar="KEY=VALUE"),
     Setting("writer", _writer, "squashfs writer: auto (mksquashfs when installed, else native), "
             "mksquashfs or native", metavar="NAME"),
-    Setting("packages", _str_list, "installed Debian package to include with its run-time "
-            "dependencies", repeatable=True, metavar="NAME", flag_name="package"),
+    Setting("packages", _str_list, "installed Debian package to include: all its files but "
+            "units and docs, and of its dependencies what the programs load (see package-data)",
+            repeatable=True, metavar="NAME", flag_name="package"),
     Setting("exclude", _str_list, "glob of image paths to leave out of the closure",
             repeatable=True, metavar="GLOB"),
     Setting("allow-missing", _bool, "warn, instead of failing, when a library, interpreter or "
             "unit program cannot be found",
             is_bool=True),
-    Setting("skip-packages", _str_list, "Debian package never followed as a dependency of "
-            "packages (replaces the default list: init, debconf, dpkg, adduser, ...)",
+    Setting("skip-packages", _package_names, "Debian package never followed as a dependency of "
+            "packages: NAMEs replace the default list (init, debconf, dpkg, adduser, ...), "
+            "+NAME adds to it, -NAME takes from it",
             repeatable=True, metavar="NAME", flag_name="skip-package"),
+    Setting("package-data", _package_names, "dependency of packages shipped whole, as data "
+            "(others give only the libraries and programs the closure reaches): NAMEs replace "
+            "the default list (ca-certificates, tzdata, media-types, ...), +NAME adds, -NAME takes",
+            repeatable=True, metavar="NAME"),
     Setting("package-docs", _bool, "keep the documentation, man pages and locales of packages",
             is_bool=True),
 )
@@ -331,13 +360,44 @@ def _check_keys(mapping: Mapping[str, Any], valid: Iterable[str], where: str) ->
         if k not in valid:
             close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
-            raise SpecError(f"unknown {where} key '{k}'", hint)
+            raise SpecError(f"unknown {where} key {str(k)!r}", hint)
+
+
+MAX_DEPTH = 8  # the deepest a spec nests: a list of tables of strings
+PATH_MAX = 4096  # Linux's limit for a path, and so for every path a spec names
+MAX_VALUE = 1 << 20  # the largest value any setting holds: an inline unit file
+
+
+def check_raw(value: Any, key: str, depth: int = 0) -> None:
+    """Refuse what no setting can hold before parsing: deep nesting, NUL bytes, huge paths.
+
+    A NUL byte cuts a path or an os-release value short where C code reads it
+    (mksquashfs, systemd's os-release parser then says "Bad message").
+    """
+    if depth > MAX_DEPTH:
+        raise SpecError(f"spec key '{key}' nests deeper than any setting does",
+                        "write it as the README's table shows")
+    if isinstance(value, str | PurePosixPath | Path):
+        text = str(value)
+        if "\0" in text:
+            raise SpecError(f"spec key '{key}' contains a NUL byte", "remove it")
+        if len(text.encode("utf-8", "surrogateescape")) > MAX_VALUE:
+            raise SpecError(f"spec key '{key}' has a value longer than {MAX_VALUE} bytes",
+                            "no setting holds that much (a unit file is at most 1 MiB)")
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            check_raw(str(k), key, depth + 1)
+            check_raw(v, key, depth + 1)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            check_raw(v, key, depth + 1)
 
 
 def spec_from_mapping(data: Mapping[str, Any], base: Path) -> Spec:
     """Parse and check a spec given as a mapping of TOML keys (aliases and snake_case accepted)."""
     normalized: dict[str, Any] = {}
     for raw_key, value in data.items():
+        check_raw(value, str(raw_key))
         key = str(raw_key).replace("_", "-") if str(raw_key) not in _BY_KEY else str(raw_key)
         if key not in _BY_KEY:
             _check_keys({raw_key: value}, [s.key for s in SETTINGS], "spec")
@@ -376,6 +436,9 @@ def load_spec(path: Path, overrides: Mapping[str, Any] | None = None) -> Spec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{file} is not valid TOML: {e}", "fix the syntax at that line") from None
+    except RecursionError:
+        raise SpecError(f"{file} nests arrays or tables too deeply to read",
+                        "write it as the README's table shows") from None
     base = file.parent.resolve()
     parsed = {k: v for k, v in data.items()}
     return _merge(parsed, base, overrides or {})
@@ -419,6 +482,13 @@ def check_spec(spec: Spec) -> None:
     if "/" in spec.version or any(c.isspace() for c in spec.version):
         raise SpecError(f"version {spec.version!r} contains '/' or white space",
                         "use a plain version such as 1.0")
+    fields = [("description", spec.description), ("homepage", spec.homepage),
+              *((f"os-release {k}", v) for k, v in spec.os_release)]
+    for what, value in fields:
+        if value is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise SpecError(f"{what} {value!r} contains a control character: os-release values "
+                            "are one line of text, and systemd refuses the image otherwise",
+                            "remove it (a line break, tab or NUL)")
     if not spec.units:
         raise SpecError("no units given", "name at least one unit file (units = [\"demo.service\"])")
     from portable_service.writers.options import parse_block_size, parse_compression

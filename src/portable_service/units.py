@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from portable_service.errors import UnitError
 from portable_service.spec import Spec, UnitSource
+from portable_service.unitfile import (
+    BYTE_ORDER_MARK,
+    UNIT_SECTIONS,
+    Finding,
+    Severity,
+    parse_exec,
+    read_unit_text,
+)
 
 UNIT_TYPES = (".service", ".socket", ".target", ".timer", ".path")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.[a-z]+$")
@@ -55,29 +62,16 @@ class Unit:
         return out
 
     def exec_sections(self) -> Iterator[str]:
-        yield from (s for s in ("Service", "Socket", "Mount", "Swap") if s in self.sections)
+        yield from (s for s in SECTION_EXEC_DIRECTIVES if s in self.sections)
 
 
 def parse_unit_text(text: str) -> dict[str, list[tuple[str, str]]]:
-    """Sections of a unit file as (key, value) lists, with continuation lines joined."""
-    sections: dict[str, list[tuple[str, str]]] = {}
-    current: list[tuple[str, str]] | None = None
-    pending = ""
-    for raw in text.splitlines():
-        line = pending + raw.strip() if pending else raw.strip()
-        pending = ""
-        if not line or line[0] in "#;":
-            continue
-        if line.endswith("\\"):
-            pending = line[:-1] + " "
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], [])
-            continue
-        if "=" in line and current is not None:
-            key, value = line.split("=", 1)
-            current.append((key.strip(), value.strip()))
-    return sections
+    """Sections of a unit file as (key, value) lists, read as systemd reads them.
+
+    Every section is kept (the caller may not know the unit's type); see
+    :func:`portable_service.unitfile.read_unit_text` for the rules.
+    """
+    return read_unit_text(text).sections
 
 
 def load_units(spec: Spec) -> list[Unit]:
@@ -152,7 +146,7 @@ def merge_drop_ins(units: list[Unit]) -> list[Unit]:
         text = unit.text if unit.text.endswith("\n") else unit.text + "\n"
         for drop in order:
             text += (f"\n# {drop.name}: merged by portable-service, as portabled does not read "
-                     f"drop-ins inside images\n{drop.text}")
+                     f"drop-ins inside images\n{_without_bom(drop.text)}")
             if not text.endswith("\n"):
                 text += "\n"
         merged.append(_make_unit(unit.name, text, unit.origin,
@@ -164,6 +158,12 @@ def merge_drop_ins(units: list[Unit]) -> list[Unit]:
             "apply it (and portabled never reads drop-ins inside an image)",
             f"name it after a unit in units (e.g. {files[0].name}.d), or add its unit")
     return merged
+
+
+def _without_bom(text: str) -> str:
+    # systemd cuts a byte-order mark once per file: in the middle of a merged file it would
+    # stay, and the drop-in's first line would be misread
+    return text.removeprefix(BYTE_ORDER_MARK)
 
 
 def _read_source(source: UnitSource) -> list[Unit]:
@@ -203,8 +203,41 @@ def _make_unit(name: str, text: str, origin: str, drop_ins: tuple[str, ...] = ()
     if not text.strip():
         raise UnitError(f"unit {name} ({origin}) is empty",
                         "portabled ignores empty unit files: give it a [Unit] or [Service] section")
-    return Unit(name=name, text=text, origin=origin, sections=parse_unit_text(text),
+    return Unit(name=name, text=text, origin=origin, sections=read_unit_file(name, text, origin),
                 drop_ins=drop_ins)
+
+
+def read_unit_file(name: str, text: str, origin: str) -> dict[str, list[tuple[str, str]]]:
+    """The sections systemd reads from one unit file or drop-in; what it would refuse or
+    drop (a line, an ``Exec*=`` command) is a :class:`UnitError` naming file and line."""
+    unit_name = name.split("/", 1)[0].removesuffix(".d")
+    known = UNIT_SECTIONS.get(unit_name[unit_name.rfind("."):])
+    read = read_unit_text(text, known)
+    where = name if origin == "inline" else origin
+    if not read.has_section and not any(f.severity is Severity.REFUSED for f in read.findings):
+        then = (" and then refuses the service (\"Service has no ExecStart=, ExecStop=, or "
+                "SuccessAction=. Refusing.\")" if name.endswith(".service") else "")
+        raise UnitError(
+            f"{where} has no [Section] header: systemd ignores every line of it "
+            f"(\"Assignment outside of section. Ignoring.\"){then}",
+            "start it with [Unit], then [Service] (or [Socket], [Timer], ...) above the settings")
+    for finding in read.findings:
+        if finding.severity is not Severity.WARNING:
+            raise _finding_error(where, finding)
+    for a in read.assignments:
+        if a.key in SECTION_EXEC_DIRECTIVES.get(a.section, ()):
+            for finding in parse_exec(a.value, a.line).findings:
+                if finding.severity is not Severity.WARNING:
+                    raise _finding_error(where, finding, f"{a.key}=")
+    return read.sections
+
+
+def _finding_error(where: str, finding: Finding, directive: str = "") -> UnitError:
+    verdict = ("systemd refuses to load the unit" if finding.severity is Severity.REFUSED
+               else "systemd drops it")
+    what = f"{directive} " if directive else ""
+    return UnitError(f"{where} line {finding.line}: {what}{verdict}: \"{finding.message}\"",
+                     finding.hint)
 
 
 def check_unit_name(unit: Unit, pname: str) -> None:
@@ -301,33 +334,45 @@ EXEC_DIRECTIVES = (
     "ExecStart", "ExecStartPre", "ExecStartPost", "ExecCondition", "ExecReload",
     "ExecStop", "ExecStopPost",
 )
+# the command lines each section reads (load-fragment-gperf.gperf.in); a socket has no
+# ExecStart= but an ExecStopPre=
+SECTION_EXEC_DIRECTIVES: dict[str, tuple[str, ...]] = {
+    "Service": EXEC_DIRECTIVES,
+    "Socket": ("ExecStartPre", "ExecStartPost", "ExecStopPre", "ExecStopPost"),
+    "Mount": ("ExecMount", "ExecUnmount", "ExecRemount"),
+    "Swap": ("ExecActivate", "ExecDeactivate"),
+}
 SYSTEMD_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin")
-_EXEC_PREFIXES = "@-:+!|"
 
 
 @dataclass(frozen=True)
 class ExecCommand:
     """One command of an ``Exec*=`` line: ``argv[0]`` is the program, prefixes stripped.
 
-    With systemd's ``@`` prefix the second word is only the process name: it is dropped.
+    With systemd's ``@`` prefix the second word is only the process name: it is
+    dropped from ``argv`` and kept in ``argv0``.
     """
 
     argv: tuple[str, ...]
     directive: str  # e.g. "ExecStart= in demo.service"
+    argv0: str = ""  # the argv[0] systemd passes ('@' name, or the program as written)
+    flags: tuple[str, ...] = ()  # systemd's names of the prefixes, e.g. ("ignore-failure",)
 
 
 def exec_commands(unit: Unit) -> list[ExecCommand]:
-    """Every command of the unit's ``Exec*=`` lines (systemd runs several split by ';')."""
+    """Every command of the unit's ``Exec*=`` lines, read by systemd's rules (several
+    commands split by ';', quotes and C escapes; see :func:`unitfile.parse_exec`).
+
+    A command systemd would refuse or drop is left out (:func:`read_unit_file` has
+    already turned it into an error for the units the builder reads).
+    """
     out: list[ExecCommand] = []
     for section in unit.exec_sections():
-        for key in EXEC_DIRECTIVES:
+        for key in SECTION_EXEC_DIRECTIVES[section]:
             for value in unit.values(section, key):
-                for words in _split_commands(value):
-                    first = words[0]
-                    program = first.lstrip(_EXEC_PREFIXES)
-                    args = words[2:] if "@" in first[: len(first) - len(program)] else words[1:]
-                    if program:
-                        out.append(ExecCommand((program, *args), f"{key}= in {unit.unit_name}"))
+                for c in parse_exec(value).commands:
+                    out.append(ExecCommand((c.path, *c.argv[1:]), f"{key}= in {unit.unit_name}",
+                                           c.argv[0], c.flags))
     return out
 
 
@@ -338,21 +383,6 @@ def exec_programs(unit: Unit) -> list[tuple[str, str]]:
     fixed PATH (the closure resolves those).
     """
     return [(c.argv[0], c.directive) for c in exec_commands(unit)]
-
-
-def _split_commands(value: str) -> list[list[str]]:
-    """The words of each command of one line, quotes removed, split at lone ';'."""
-    try:
-        words = shlex.split(value)
-    except ValueError:
-        words = value.split()  # systemd refuses the line too; keep what can be read
-    commands: list[list[str]] = [[]]
-    for word in words:
-        if word == ";":
-            commands.append([])
-        else:
-            commands[-1].append(word)
-    return [c for c in commands if c]
 
 
 def environment_files(unit: Unit, *, optional: bool = False) -> list[tuple[str, str]]:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portable_service import elfcheck
-from portable_service.closure.scripts import shell_commands
+from portable_service.closure.elf import parse_shebang
+from portable_service.closure.scripts import env_program, shell_commands
 from portable_service.errors import ImageError, VerifyError
 from portable_service.imagefs import ImageFS, IndexedFS, Stat, exists, read_text, resolve
 from portable_service.rules import PROFILES, VERSIONS, data_version, directives, profiles
@@ -393,10 +394,10 @@ def _check_program(fs: ImageFS, program: str, directive: str,
 
 def _check_interpreter(fs: ImageFS, program: str, real: str, head: bytes, directive: str,
                        programs: set[str]) -> Iterator[Problem]:
-    words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
-    if not words:
+    shebang = parse_shebang(head)
+    if shebang is None:
         return
-    interp = words[0]
+    interp, arg = shebang
     found = resolve(fs, interp)
     if found is None or fs.stat(found).kind != "file":
         yield Problem(ERROR, "interpreter-missing", real,
@@ -404,12 +405,13 @@ def _check_interpreter(fs: ImageFS, program: str, real: str, head: bytes, direct
                       "the image", f"add {interp} to the image")
         return
     programs.add(found)
-    if posixpath.basename(interp) == "env" and len(words) > 1 and not words[1].startswith("-"):
-        target = _find_program(fs, words[1])
+    name = env_program(arg) if posixpath.basename(interp) == "env" else None
+    if name is not None:
+        target = _find_program(fs, name)
         if target is None:
             yield Problem(ERROR, "interpreter-missing", real,
-                          f"{program} (run by {directive}) runs '{words[1]}' through env, which "
-                          "is not in the image's PATH", f"add {words[1]} to the image")
+                          f"{program} (run by {directive}) runs '{name}' through env, which "
+                          "is not in the image's PATH", f"add {name} to the image")
         else:
             programs.add(target)
 
@@ -900,6 +902,7 @@ def verify(fs: ImageFS, image_name: str, target: Target | None = None) -> list[P
     problems.extend(elfcheck.check_elf_files(ifs, ifs.entries, programs))
     problems.extend(check_links(ifs, ifs.entries))
     problems.extend(check_modes(ifs.entries))
+    problems.extend(check_python_runtime(ifs.entries, programs))
     return _dedupe(problems)
 
 
@@ -965,3 +968,32 @@ def check_written(path: Path, image_name: str, tree: ImageTree | None,
         more = f" (and {len(errs) - 1} more, listed above)" if len(errs) > 1 else ""
         raise VerifyError(f"the image would not work: {first.path}: {first.message}{more}",
                           f"{first.fix}; or build with --no-verify to keep it anyway")
+
+
+# -- interpreters: closure/runtime.py ships their standard library; this checks it is there
+
+_PYTHON_NAME = ("python3", "python")
+
+
+def check_python_runtime(entries: dict[str, Stat], programs: set[str]) -> Iterator[Problem]:
+    """A python3 in the image without its ``encodings`` module dies at start.
+
+    Python imports ``encodings`` before anything else: "Fatal Python error:
+    init_fs_encoding ... No module named 'encodings'". An error when a unit runs
+    it (directly or as a #! interpreter), a warning otherwise.
+    """
+    pythons = [p for p, st in entries.items() if st.kind == "file"
+               and posixpath.basename(p).startswith(_PYTHON_NAME)
+               and posixpath.basename(p).rstrip("0123456789.") in _PYTHON_NAME
+               and posixpath.basename(posixpath.dirname(p)) in ("bin", "sbin")]
+    if not pythons or any(
+            p.endswith(("/encodings/__init__.py", "/encodings/__init__.pyc")) or
+            (posixpath.basename(p).startswith("python3") and p.endswith(".zip"))
+            for p in entries):
+        return
+    for path in sorted(pythons):
+        yield Problem(ERROR if path in programs else WARNING, "python-stdlib-missing", path,
+                      "python without its standard library (no encodings module in the "
+                      "image): it dies at start with \"No module named 'encodings'\"",
+                      "rebuild (the build ships the standard library the host's python "
+                      "reports), or add its lib/python3.X folder to contents")

@@ -7,7 +7,17 @@ import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
-from closure_helpers import LOADER, cc, closure_of, ldd_libraries, make_spec, paths, unit
+from closure_helpers import (
+    LOADER,
+    NO_RUNTIME_NEEDS,
+    cc,
+    chroot,
+    closure_of,
+    ldd_libraries,
+    make_spec,
+    paths,
+    unit,
+)
 
 from conftest import require
 from portable_service.closure import Closure, Context, Node, elf
@@ -96,13 +106,17 @@ def test_lib_and_platform_tokens(tmp_path: Path) -> None:
     assert {f"{tmp_path}/d/{lib}/libf.so", f"{tmp_path}/p/{platform}/libg.so"} <= paths(c)
 
 
-def test_expand_dst_drops_what_the_loader_drops() -> None:
-    o = PurePosixPath("/opt/a/bin")
-    assert elf.expand_dst("$ORIGIN/../lib", o, "lib64", "x86_64") == "/opt/a/lib"
+def test_expand_dst_as_the_loader_expands() -> None:
+    o = "/opt/a/bin"
+    # not normalised: the kernel takes .. after the symlinks before it
+    assert elf.expand_dst("$ORIGIN/../lib", o, "lib64", "x86_64") == "/opt/a/bin/../lib"
     assert elf.expand_dst("${ORIGIN}/x:", o, "lib", "p") == "/opt/a/bin/x:"
     assert elf.expand_dst("/usr/$LIB/${PLATFORM}", o, "lib64", "x86_64") == "/usr/lib64/x86_64"
-    assert elf.expand_dst("$UNKNOWN/lib", o, "lib", "p") is None
-    assert elf.expand_dst("relative/lib", o, "lib", "p") is None
+    # unknown tokens stay as written; $ORIGINAL is not $ORIGIN
+    assert elf.expand_dst("$UNKNOWN/lib", o, "lib", "p") == "/$UNKNOWN/lib"
+    assert elf.expand_dst("/a/$ORIGINAL", o, "lib", "p") == "/a/$ORIGINAL"
+    # relative to the working folder, / for a service
+    assert elf.expand_dst("relative/lib/", o, "lib", "p") == "/relative/lib"
 
 
 def test_glibc_hwcaps_variants_ship_beside_the_plain_library(tmp_path: Path) -> None:
@@ -156,7 +170,8 @@ def test_not_elf_and_broken_elf(tmp_path: Path) -> None:
                                      "/usr/sbin/lighttpd"])
 def test_same_libraries_as_ldd(tmp_path: Path, program: str) -> None:
     require(os.path.exists(program), f"{program} is not installed")
-    found = {os.path.realpath(n.host) for n in closure_of(tmp_path, units=[unit(program)])
+    found = {os.path.realpath(n.host)
+             for n in closure_of(tmp_path, units=[unit(program)], exclude=NO_RUNTIME_NEEDS)
              if elf.elf_kind(n.host) is not None and os.path.realpath(n.host) != os.path.realpath(program)}
     assert found == ldd_libraries(program)
 
@@ -212,3 +227,81 @@ def test_a_library_before_its_program_is_judged_by_the_program(tmp_path: Path) -
     for contents in ([str(d / "liba.so"), str(prog)], [str(prog), str(d / "liba.so")]):
         c = closure_of(tmp_path, contents=contents)
         assert c.warnings == [] and str(d / "libb.so") in paths(c)
+
+
+@pytest.mark.parametrize("line,expected", [
+    (b"#!/bin/sh\n", ("/bin/sh", None)),
+    (b"#! /usr/bin/env  python3 -u \nx", ("/usr/bin/env", "python3 -u")),  # one argument
+    (b"#!/bin/bash\t-eu\n", ("/bin/bash", "-eu")),
+    (b"#!/bin/sh\r\n", ("/bin/sh\r", None)),  # the kernel keeps a DOS line end
+    (b"#!\n", None),
+    (b"\x7fELF", None),
+])
+def test_shebang_is_split_as_the_kernel_does(line: bytes, expected: object) -> None:
+    assert elf.parse_shebang(line) == expected
+
+
+def test_shebang_crlf_fails_in_the_kernel_too(tmp_path: Path) -> None:
+    """The \\r kept above is what execve does: the script cannot start."""
+    script = tmp_path / "dos.sh"
+    script.write_bytes(b"#!/bin/sh\r\nexit 0\r\n")
+    script.chmod(0o755)
+    with pytest.raises(FileNotFoundError):
+        subprocess.run([str(script)], check=False)
+    assert elf.parse_shebang(script.read_bytes()) == ("/bin/sh\r", None)
+
+
+def test_host_fs_rooted_at_a_folder_keeps_links_inside(tmp_path: Path) -> None:
+    """A folder seen as an image: absolute links resolve against it, as in the image."""
+    from portable_service.imagefs import HostFS
+
+    root = tmp_path / "root"
+    cc(root / "usr/lib/x86_64-linux-gnu/libf.so.1", LIB, "-shared", "-Wl,-soname,libf.so.1")
+    (root / "lib").symlink_to("/usr/lib")  # absolute: the host's /usr/lib outside the folder
+    files = elf.Files(HostFS(root))
+    assert files.real("/lib/x86_64-linux-gnu/libf.so.1") == "/usr/lib/x86_64-linux-gnu/libf.so.1"
+    assert files.real("/lib/x86_64-linux-gnu/libc.so.6") is None  # the host has one; the folder not
+    info = files.info("/lib/x86_64-linux-gnu/libf.so.1")
+    assert info is not None and info.soname == "libf.so.1"
+    config = elf.LoaderConfig(files)
+    assert config.default_dirs((64, elf.EM_X86_64))[0] == "/lib/x86_64-linux-gnu"
+    found, _ = elf.Loader(files, config).find("libf.so.1", elf.Loaded("/bin/p", info, "/bin", ()))
+    assert found == elf.Found(("/lib/x86_64-linux-gnu/libf.so.1",), "default folder")
+
+
+def test_dot_dot_after_a_folder_link_is_taken_as_the_kernel_takes_it(tmp_path: Path) -> None:
+    """RPATH $ORIGIN/../lk/../lib with lk -> a/b: the loader looks in a/lib, not in lib."""
+    from closure_helpers import build_and_unpack
+
+    t = tmp_path / "t"
+    cc(t / "a/lib/libf.so", LIB, "-shared")
+    (t / "a/b").mkdir()
+    (t / "lk").symlink_to("a/b")
+    prog = cc(t / "bin/prog", MAIN, f"-L{t}/a/lib", "-lf", "-Wl,-rpath,$ORIGIN/../lk/../lib", OLD_TAGS)
+    assert runs_on_host(prog)
+    c = closure_of(tmp_path, contents=[str(prog)])
+    assert {f"{t}/a/lib/libf.so", f"{t}/lk"} <= paths(c)  # the link too: the loader goes through it
+    assert f"{t}/lib/libf.so" not in paths(c)
+    _, root = build_and_unpack(tmp_path, contents=[str(prog)])
+    # through ld.so: a chroot has no /proc/self/exe, which the loader reads $ORIGIN of a program from
+    run = chroot(root, LOADER, str(prog))
+    assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("suite", ["bullseye", "bookworm", "trixie"])
+def test_an_image_loader_searches_glibc_hwcaps_only_from_glibc_2_33(suite: str) -> None:
+    """The Debian roots of the e2e tests (glibc 2.31, 2.36, 2.41) against their own ld.so --help."""
+    from portable_service.harness import roots
+    from portable_service.imagefs import HostFS
+
+    release = roots.get_release(suite)
+    require(roots.is_ready(release), f"the {suite} root is not created yet (the e2e tests make it)")
+    root = roots.root_path(release)
+    config = elf.LoaderConfig(elf.Files(HostFS(root)))
+    out = chroot(root, LOADER, "--help")
+    knows = "Subdirectories of glibc-hwcaps directories" in out.stdout
+    assert knows == (suite != "bullseye")  # what glibc's history says
+    assert config.hwcaps == (elf.host_loader().hwcaps if knows else ())
+    assert config.default_dirs((64, elf.EM_X86_64)) == tuple(
+        line.split()[0] for line in out.stdout.splitlines() if "(system search path)" in line) \
+        or not knows  # 2.31 has no --help

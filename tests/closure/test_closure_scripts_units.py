@@ -35,7 +35,7 @@ def test_env_shebangs(tmp_path: Path, line: str, program: str) -> None:
     interp, arg = scripts.read_shebang(s)  # type: ignore[misc]
     assert interp == "/usr/bin/env"
     assert scripts.env_program(arg) == program
-    c = closure_of(tmp_path, contents=[str(s)])
+    c = closure_of(tmp_path, contents=[str(s)], units=[unit(str(s))])
     found = scripts.which(program)
     assert found is not None
     assert c.nodes[P(found)].reason == f"#!/usr/bin/env {program}"
@@ -48,7 +48,7 @@ def test_env_shebangs(tmp_path: Path, line: str, program: str) -> None:
 def test_plain_shebang_with_argument(tmp_path: Path) -> None:
     s = script(tmp_path / "run", "#!/bin/bash -eu\necho hi\n")
     assert scripts.read_shebang(s) == ("/bin/bash", "-eu")
-    c = closure_of(tmp_path, contents=[str(s)])
+    c = closure_of(tmp_path, contents=[str(s)], units=[unit(str(s))])
     assert c.nodes[P("/bin/bash")].reason == "#! interpreter"
 
 
@@ -61,19 +61,27 @@ def test_non_executable_script_is_data(tmp_path: Path) -> None:
 def test_env_program_not_in_path_is_an_error(tmp_path: Path) -> None:
     s = script(tmp_path / "run", "#!/usr/bin/env no-such-interpreter-xyz\n")
     with pytest.raises(ClosureError, match=r"runs 'no-such-interpreter-xyz' through env"):
-        closure_of(tmp_path, contents=[str(s)])
-    c = closure_of(tmp_path, contents=[str(s)], allow_missing=True)
+        closure_of(tmp_path, contents=[str(s)], units=[unit(str(s))])
+    c = closure_of(tmp_path, contents=[str(s)], units=[unit(str(s))], allow_missing=True)
     assert any("no-such-interpreter-xyz" in w for w in c.warnings)
+    # as data (no unit runs it) the same script is only worth a warning
+    c = closure_of(tmp_path, contents=[str(s)])
+    assert any(w.startswith(f"{s} is an executable script for 'no-such-interpreter-xyz'")
+               for w in c.warnings)
 
 
 def test_missing_interpreter_is_an_error(tmp_path: Path) -> None:
     s = script(tmp_path / "run", "#!/opt/nowhere/bin/interp\n")
     with pytest.raises(ClosureError, match=r"runs /opt/nowhere/bin/interp, which is not on this host"):
-        closure_of(tmp_path, contents=[str(s)])
+        closure_of(tmp_path, contents=[str(s)], units=[unit(str(s))])
+    c = closure_of(tmp_path, contents=[str(s)])
+    assert [w for w in c.warnings if "/opt/nowhere/bin/interp" in w] == [
+        f"{s} is an executable script for /opt/nowhere/bin/interp, which is not on this host; "
+        "no unit runs it, so it is shipped as data and its interpreter is not added"]
 
 
 def test_exec_programs_become_roots(tmp_path: Path) -> None:
-    text = ("ExecStartPre=-/usr/bin/true\nExecStartPost=+!/usr/bin/env\nExecReload=kill -HUP $MAINPID\n"
+    text = ("ExecStartPre=-/usr/bin/true\nExecStartPost=!/usr/bin/env\nExecReload=kill -HUP $MAINPID\n"
             "ExecStop=/bin/sh -c 'exit 0'\nEnvironmentFile=/etc/os-release\nEnvironmentFile=-/etc/nope\n")
     c = closure_of(tmp_path, units=[unit("@/usr/bin/bash bash -c true", extra=text)])
     assert c.nodes[P("/usr/bin/bash")].reason == "program of ExecStart= in t.service"

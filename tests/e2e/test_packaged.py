@@ -1,14 +1,21 @@
-"""Images that need the closure: /bin/sh through the symlinks option, and a Debian-packaged
-server (lighttpd) built with ``packages``, serving a page shipped with ``contents``."""
+"""Images that need the closure: /bin/sh through the symlinks option, and Debian-packaged
+servers built with ``packages``: lighttpd serving a page shipped with ``contents``, and the
+nginx, redis and dnsmasq examples (units written as users write them, the user's
+configuration over the package's), each answering on its port. The packages' own units
+stay out of the images: portabled attaches exactly the units the spec names."""
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-from conftest import require, unsquashfs_list
+from conftest import REPO, require, unsquashfs_list
 from e2e.lib import attached, build_image, port_closed, unit
 
 pytestmark = pytest.mark.e2e
@@ -83,3 +90,147 @@ def test_debian_packaged_lighttpd_serves_a_page(container, lighttpd_image):
         uid = next(ln.split()[1] for ln in status.splitlines() if ln.startswith("Uid:"))
         assert uid != "0"
     assert port_closed(HTTP_PORT)
+
+
+# ports of the examples (examples/nginx, redis, dnsmasq): none of the other tests use them
+NGINX_PORT, REDIS_PORT, DNS_PORT = 18161, 18162, 18163
+PACKAGED = {  # example -> (the program its package installs, the unit the spec names)
+    "nginx": ("/usr/sbin/nginx", "nginx.service"),
+    "redis": ("/usr/bin/redis-server", "redis.service"),
+    "dnsmasq": ("/usr/sbin/dnsmasq", "dns.service"),
+}
+
+
+@pytest.fixture(scope="module")
+def example_image(tmp_path_factory):
+    """Build an example with the CLI's pipeline (verify included), once per module."""
+    from portable_service.build import build_image as build
+    from portable_service.spec import load_spec
+
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        program = PACKAGED[name][0]
+        require(os.path.exists(program), f"{program} is not installed on the build host "
+                "(scripts/bootstrap.sh --test installs it)")
+        if name not in built:
+            built[name] = build(load_spec(REPO / "examples" / name), tmp_path_factory.mktemp(name))
+        return built[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGED))
+def test_a_packaged_image_carries_only_the_spec_units(example_image, name):
+    image = example_image(name)
+    files = unsquashfs_list(image)
+    unit = PACKAGED[name][1]
+    # Debian's nginx.service, redis-server.service, dnsmasq@.service, init scripts: all out
+    assert sorted(p for p in files if "/systemd/" in p and p.endswith((".service", ".socket",
+                                                                          ".timer"))) == [
+        f"/etc/systemd/system/{unit}"]
+    assert not any(p.startswith("/etc/init.d/") for p in files)
+    # libc6 gives libc.so.6, not its gconv modules; no perl for the packages' helpers
+    assert not any("/gconv/" in p for p in files)
+    assert "/usr/bin/perl" not in files and PACKAGED[name][0] in files
+    # redis-tools gives the server's binary (redis-server -> redis-check-rdb), not the tools
+    assert not {"/usr/bin/redis-cli", "/usr/bin/redis-benchmark"} & set(files)
+
+
+def _serve_check(c, unit_name: str, probe) -> str:
+    """Start the unit, then ``probe()`` until it answers (or the unit fails); its answer."""
+    start = c.start(unit_name)
+    assert start.ok, c.journal(unit_name)
+    assert c.wait_for(unit_name).active == "active", c.journal(unit_name)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return probe()
+        except OSError:
+            if time.monotonic() > deadline or c.unit_state(unit_name).active == "failed":
+                raise AssertionError(c.journal(unit_name)) from None
+            time.sleep(0.1)
+
+
+def test_debian_packaged_nginx_serves_with_the_users_config(container, example_image):
+    c = container
+    image = example_image("nginx")
+    with attached(c, image):
+        assert c.attached_units() == ["nginx.service"]
+
+        def get() -> tuple[str, str]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{NGINX_PORT}/", timeout=2) as r:
+                return r.read().decode(), r.headers["Content-Type"]
+
+        body, ctype = _serve_check(c, "nginx.service", get)
+        assert body == (REPO / "examples/nginx/html/index.html").read_text()
+        assert ctype == "text/html"  # from nginx-common's mime.types, included by the user's conf
+    assert port_closed(NGINX_PORT)
+
+
+def test_a_package_unit_in_the_image_would_be_attached(container, tmp_path):
+    """Why packages leave their units out: the control, with Debian's redis-server.service put
+    back through contents. portabled attaches it next to the spec's unit (prefix "redis")."""
+    from portable_service.build import build_image as build
+    from portable_service.spec import load_spec
+
+    stock = "/lib/systemd/system/redis-server.service"
+    require(os.path.exists(stock), "redis-server is not installed (apt-get install redis-server)")
+    spec = load_spec(REPO / "examples/redis", {"contents": [
+        str(REPO / "examples/redis/redis.conf") + "=/etc/redis/redis.conf", stock]})
+    image = build(spec, tmp_path)
+    with attached(container, image):
+        assert container.attached_units() == ["redis-server.service", "redis.service"]
+
+
+def _redis(*commands: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", REDIS_PORT), timeout=2) as s:
+        s.sendall(b"".join(commands))
+        data = b""
+        while data.count(b"\r\n") < len(commands) + 1 and (chunk := s.recv(4096)):
+            data += chunk
+        return data
+
+
+def test_debian_packaged_redis_answers(container, example_image):
+    c = container
+    image = example_image("redis")
+    with attached(c, image):
+        # redis-server's own redis-server.service matches the prefix "redis": not attached
+        assert c.attached_units() == ["redis.service"]
+        reply = _serve_check(c, "redis.service", lambda: _redis(
+            b"PING\r\n", b"SET portable yes\r\n", b"GET portable\r\n"))
+        assert reply == b"+PONG\r\n+OK\r\n$3\r\nyes\r\n", c.journal("redis.service")
+    assert port_closed(REDIS_PORT)
+
+
+def dns_query(name: str, port: int) -> list[str]:
+    """The A records of ``name`` from 127.0.0.1:port over UDP (one question, no compression
+    needed in the query; answers name the question by a pointer)."""
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    query = struct.pack(">HHHHHH", 0x5053, 0x0100, 1, 0, 0, 0) + qname + struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(query, ("127.0.0.1", port))
+        reply = s.recv(512)
+    ident, _flags, _qd, answers = struct.unpack(">HHHH", reply[:8])
+    assert ident == 0x5053
+    pos = 12 + len(qname) + 4
+    out = []
+    for _ in range(answers):
+        pos += 2 if reply[pos] & 0xC0 == 0xC0 else reply.index(b"\0", pos) + 1 - pos
+        rtype, _cls, _ttl, length = struct.unpack(">HHIH", reply[pos:pos + 10])
+        pos += 10
+        if rtype == 1:
+            out.append(socket.inet_ntoa(reply[pos:pos + length]))
+        pos += length
+    return out
+
+
+def test_debian_packaged_dnsmasq_answers(container, example_image):
+    c = container
+    image = example_image("dnsmasq")
+    with attached(c, image):
+        assert c.attached_units() == ["dns.service"]
+        answers = _serve_check(c, "dns.service", lambda: dns_query("portable.test", DNS_PORT))
+        assert answers == ["192.0.2.1"], c.journal("dns.service")

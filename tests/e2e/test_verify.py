@@ -71,6 +71,34 @@ def _no_loader(root: Path) -> None:
             lib.unlink()
 
 
+def _rpath_program(tags: str) -> Callable[[Path], None]:
+    """/opt/demo/bin/prog -> libn1 (no path of its own) -> libn3, both in the program's path:
+    the loader finds libn3 for libn1 through the program's DT_RPATH, not its DT_RUNPATH."""
+    def change(root: Path) -> None:
+        import shutil
+        import subprocess
+
+        gcc = shutil.which("gcc")
+        if gcc is None:
+            pytest.skip("gcc is not installed")
+        src, lib = root.parent / "src", root / "opt/demo/lib"
+        src.mkdir(exist_ok=True)
+        lib.mkdir(parents=True)
+        (root / "opt/demo/bin").mkdir()
+        (src / "n3.c").write_text("int f3(void) { return 3; }\n")
+        (src / "n1.c").write_text("int f3(void);\nint f1(void) { return f3(); }\n")
+        (src / "prog.c").write_text("#include <unistd.h>\nint f1(void);\n"
+                                    "int main(void) { if (f1() != 3) return 1; pause(); return 0; }\n")
+        for argv in (["-shared", "-fPIC", "-o", f"{lib}/libn3.so", f"{src}/n3.c"],
+                     ["-shared", "-fPIC", "-o", f"{lib}/libn1.so", f"{src}/n1.c", f"-L{lib}", "-ln3"],
+                     ["-o", f"{root}/opt/demo/bin/prog", f"{src}/prog.c", f"-L{lib}",
+                      f"-Wl,-rpath-link,{lib}", "-ln1", "-Wl,-rpath,/opt/demo/lib", tags]):
+            subprocess.run([gcc, *argv], check=True, capture_output=True)
+        (root / "etc/systemd/system/demo.service").write_text(
+            UNIT.replace("/usr/bin/sleep infinity", "/opt/demo/bin/prog"))
+    return change
+
+
 # (id, image name, change, mksquashfs args); verify decides what must happen
 CASES = [
     ("clean", "demo_1.raw", None, ()),
@@ -88,6 +116,9 @@ CASES = [
     ("dangling-program-link", "demo_1.raw", _dangling_program, ()),
     ("missing-library", "demo_1.raw", _no_libc, ()),
     ("missing-loader", "demo_1.raw", _no_loader, ()),
+    ("library-through-program-rpath", "demo_1.raw", _rpath_program("-Wl,--disable-new-dtags"), ()),
+    ("library-not-through-program-runpath", "demo_1.raw",
+     _rpath_program("-Wl,--enable-new-dtags"), ()),
     ("root-0700", "demo_1.raw", None, ("-root-mode", "0700")),
 ]
 

@@ -130,7 +130,8 @@ def runpath_prog(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "prog", tmp_path / "libdemo.so"
 
 
-def _with_prog(prog: Path, lib: Path | None, lib_at: str, conf: str | None = None) -> ImageTree:
+def _with_prog(prog: Path, lib: Path | None, lib_at: str, conf: str | None = None,
+               cache: bytes | None = None) -> ImageTree:
     t = _tree()
     t.add_file(P("/opt/demo/bin/prog"), source=prog, mode=0o755)
     if lib is not None:
@@ -138,6 +139,8 @@ def _with_prog(prog: Path, lib: Path | None, lib_at: str, conf: str | None = Non
     if conf is not None:
         t.add_file(P("/etc/ld.so.conf"), data=b"include /etc/ld.so.conf.d/*.conf\n")
         t.add_file(P("/etc/ld.so.conf.d/demo.conf"), data=conf.encode())
+    if cache is not None:
+        t.add_file(P("/etc/ld.so.cache"), data=cache)
     unit = UNIT.replace("/usr/bin/sleep infinity", "/opt/demo/bin/prog")
     t.remove(P("/etc/systemd/system/demo.service"))
     t.add_file(P("/etc/systemd/system/demo.service"), data=unit.encode())
@@ -158,15 +161,20 @@ def test_library_outside_the_search_path_is_an_error(runpath_prog) -> None:
         in problems[0].message
 
 
-def test_ld_so_conf_folders_are_searched(runpath_prog, tmp_path: Path) -> None:
+def test_the_image_ld_so_cache_is_searched(runpath_prog, tmp_path: Path) -> None:
+    """The loader reads /etc/ld.so.cache, never ld.so.conf (ldconfig turns one into the other)."""
+    from portable_service.closure import ldcache
+
     _, lib = runpath_prog
     _cc(tmp_path, "-o", "plain", "main.c", "-L.", "-ldemo")  # no RUNPATH
     plain = tmp_path / "plain"
     at = "/usr/local/lib/demo/libdemo.so"
-    assert verify(TreeFS(_with_prog(plain, lib, at, conf="/usr/local/lib/demo\n")),
+    cache = ldcache.render([ldcache.CacheEntry("libdemo.so", at, 0x0303)])
+    assert verify(TreeFS(_with_prog(plain, lib, at, conf="/usr/local/lib/demo\n", cache=cache)),
                   "demo_1.raw") == []
-    problems = verify(TreeFS(_with_prog(plain, lib, at)), "demo_1.raw")
-    assert [p.rule for p in problems] == ["elf-library"]
+    for conf in ("/usr/local/lib/demo\n", None):  # a conf.d entry without its cache: not found
+        problems = verify(TreeFS(_with_prog(plain, lib, at, conf=conf)), "demo_1.raw")
+        assert [p.rule for p in problems] == ["elf-library"]
 
 
 def test_a_library_of_another_machine_does_not_count(runpath_prog, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from conftest import require_root
-from portable_service.errors import ImageError, SpecError
+from portable_service.errors import ImageError, PortableServiceError, SpecError
 from portable_service.progress import QUIET
 from portable_service.squashfs import format as fmt
 from portable_service.squashfs.compressor import from_options
@@ -269,7 +269,7 @@ def test_unreadable_source_is_one_error(tmp_path: Path) -> None:
     (tmp_path / "gone").write_text("x")
     opts = PackOptions(Compression("gzip"), 131072, MTIME)
     (tmp_path / "gone").unlink()
-    with pytest.raises(ImageError):
+    with pytest.raises(PortableServiceError, match=r"cannot read .*gone"):
         NativeWriter().write(tree, tmp_path / "img", opts, QUIET)
 
 

@@ -17,7 +17,7 @@ import os
 import stat as stat_mod
 import sys
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -174,6 +174,8 @@ class SquashfsImage:
                 raise UnsupportedError("compressed compressor options are not supported")
             record, _ = opts.block(fmt.SUPERBLOCK_SIZE)
         self.compressor = comp.from_image(sb.compression_id, record, sb.block_size)
+        # two images whose compressors agree store equal blocks as equal bytes
+        self.codec = (sb.compression_id, record)
         self._inodes = MetadataReader(self._read_at, self.compressor, sb.inode_table,
                                       sb.directory_table, "inode table")
         self._dirs = MetadataReader(self._read_at, self.compressor, sb.directory_table,
@@ -370,6 +372,7 @@ class SquashfsImage:
         """Every entry, ``/`` first, depth-first in sorted order."""
         yield "/", self._stat(self.root)
         seen = {self.root.ref}
+        listings = {(self.root.dir_block, self.root.dir_offset): "/"} if self.root.size > 3 else {}
         stack: list[tuple[str, Iterator[fmt.DirEntry]]] = [("", iter(self._listing(self.root)))]
         while stack:
             prefix, it = stack[-1]
@@ -387,6 +390,14 @@ class SquashfsImage:
                 if ino.ref in seen:
                     raise CorruptImageError(f"{path}: directory cycle")
                 seen.add(ino.ref)
+                # a writer stores each listing once; directories sharing one multiply the
+                # work of a walk without growing the image (a "directory bomb")
+                where = (ino.dir_block, ino.dir_offset)
+                if ino.size > 3:  # an empty one stores nothing: it may point anywhere
+                    if where in listings:
+                        raise CorruptImageError(f"{path}: shares its listing with "
+                                                f"{listings[where]}")
+                    listings[where] = path
                 if len(stack) >= MAX_DEPTH:
                     raise OutOfBoundsError(f"{path}: nested too deeply")
                 stack.append((path, iter(self._listing(ino))))
@@ -418,6 +429,31 @@ class SquashfsImage:
         return self._xattrs(self._lookup(path))
 
     # -- file data
+
+    def stored_blocks(self, path: str) -> Iterator[StoredBlock]:
+        """A file's data block by block as stored: holes without reading, the rest raw.
+
+        Lets a comparison skip holes and equal stored bytes without decompressing; the
+        tail kept in a fragment comes decoded.
+        """
+        ino = self._lookup(path)
+        if ino.kind != "file":
+            raise NotFoundError(f"{path} is not a regular file")
+        bs = self.superblock.block_size
+        blocks = self._block_list(ino)
+        starts = self._starts(ino)
+        for i, word in enumerate(blocks):
+            length = min(bs, ino.size - i * bs)
+            size = word & (fmt.BLOCK_UNCOMPRESSED - 1)
+            if size == 0:
+                yield StoredBlock(length, None, lambda n=length: bytes(n))
+            else:
+                raw = word.to_bytes(4, "little") + self._read_at(starts[i], size)
+                yield StoredBlock(length, raw, lambda i=i: self._block(ino, i, starts))
+        tail = ino.size - len(blocks) * bs
+        if tail > 0:
+            data = self._fragment_tail(ino, tail)
+            yield StoredBlock(tail, b"T" + data, lambda d=data: d)
 
     def _block_list(self, ino: Inode) -> array.array:
         if ino._blocks is not None:
@@ -560,6 +596,15 @@ class SquashfsImage:
                 value, _, _ = kv.read(vpos, vo, vsize)
             out[prefix + os.fsdecode(name)] = value
         return out
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    """One block of a file as stored: ``raw`` is None for a hole; ``data()`` decodes it."""
+
+    length: int
+    raw: bytes | None
+    data: Callable[[], bytes]
 
 
 def parse_listing(data: bytes) -> list[fmt.DirEntry]:

@@ -9,6 +9,7 @@ source times) is fixed, so the same nodes give the same bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat as stat_mod
@@ -339,7 +340,11 @@ def _duplicates(tree: _Tree) -> dict[object, object]:
     return out
 
 
-def nodes_from_directory(root: str | os.PathLike, *, mtime: int | None = None,
+def _open_binary(path: Path) -> BinaryIO:
+    return open(path, "rb")
+
+
+def nodes_from_directory(root: str | os.PathLike[str], *, mtime: int | None = None,
                          all_root: bool = True) -> list[Node]:
     """The nodes of a host directory, as mksquashfs would take it.
 
@@ -353,22 +358,19 @@ def nodes_from_directory(root: str | os.PathLike, *, mtime: int | None = None,
         st = path.lstat()
         kind = ("dir" if stat_mod.S_ISDIR(st.st_mode) else "file" if stat_mod.S_ISREG(st.st_mode)
                 else "symlink" if stat_mod.S_ISLNK(st.st_mode) else _odd_kind(st.st_mode))
-        common = {
-            "path": parts, "kind": kind, "mode": stat_mod.S_IMODE(st.st_mode),
-            "uid": 0 if all_root else st.st_uid, "gid": 0 if all_root else st.st_gid,
-            "mtime": int(st.st_mtime) if mtime is None else mtime,
-            "xattrs": _host_xattrs(path),
-        }
+        make = functools.partial(
+            Node, parts, kind, stat_mod.S_IMODE(st.st_mode),
+            uid=0 if all_root else st.st_uid, gid=0 if all_root else st.st_gid,
+            mtime=int(st.st_mtime) if mtime is None else mtime, xattrs=_host_xattrs(path))
         if kind == "dir" and not parts:
-            return Node(**common)
+            return make()
         if kind == "file":
             link = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
-            return Node(**common, size=st.st_size, opener=lambda p=path: open(p, "rb"),
-                        link=link)
+            return make(size=st.st_size, opener=functools.partial(_open_binary, path), link=link)
         if kind == "symlink":
-            return Node(**common, target=os.fsencode(os.readlink(path)))
+            return make(target=os.fsencode(os.readlink(path)))
         if kind == "dir":
-            return Node(**common)
+            return make()
         raise InputError(f"{path} is a {kind}: device nodes, fifos and sockets have no place "
                          "in a portable image", "remove it from the input directory")
 
