@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portable_service import elfcheck
+from portable_service.closure.elf import Files as ElfFiles
 from portable_service.closure.elf import parse_shebang
 from portable_service.closure.scripts import env_program, shell_commands
 from portable_service.errors import ImageError, VerifyError
@@ -684,11 +685,15 @@ def _jit_runtime(fs: ImageFS, program: str) -> str | None:
     st = fs.stat(real)
     if st.kind == "file":
         head = fs.read(real, 0, 256)
-        if head.startswith(b"#!"):
-            words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
-            names += [posixpath.basename(w) for w in words[:2]]
+        shebang = parse_shebang(head)
+        if shebang is not None:
+            interp, arg = shebang
+            names.append(posixpath.basename(interp))
+            via_env = env_program(arg) if posixpath.basename(interp) == "env" else None
+            if via_env is not None:
+                names.append(posixpath.basename(via_env))
         else:
-            facts = elfcheck.read_facts(fs, real, st.size)
+            facts = ElfFiles(fs).info(real)
             if facts is not None:
                 lib = next((n for n in facts.needed if JIT_LIBRARY.match(n)), None)
                 if lib is not None:

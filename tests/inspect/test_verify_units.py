@@ -4,10 +4,12 @@ the working form (tests/e2e/test_verify_rules.py shows systemd agreeing)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
 
+from conftest import require_tool
 from portable_service.image import CLOSURE_RECORD
 from portable_service.imagefs import TreeFS
 from portable_service.tree import ImageTree
@@ -344,3 +346,20 @@ def test_an_unknown_key_is_an_error_only_when_it_breaks_the_unit() -> None:
     # the typo is what leaves the unit without ExecStart=
     assert _rules(_check({"demo.service": f"[Service]\nExecStrat={PROG}\nFooBar=1\n"})) == [
         ("error", "service-refused"), ("error", "unknown-key"), ("warning", "unknown-key")]
+
+
+def test_jit_runtime_found_by_its_library(tmp_path: Path) -> None:
+    """A program linked with libluajit is a JIT runtime whatever it is called."""
+    gcc = require_tool("gcc")
+    (tmp_path / "lib.c").write_text("int lj(void) { return 1; }\n")
+    (tmp_path / "main.c").write_text("int lj(void);\nint main(void) { return lj(); }\n")
+    lib = "libluajit-5.1.so.2"
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", lib, f"-Wl,-soname,{lib}", "lib.c"],
+                   cwd=tmp_path, check=True)
+    subprocess.run([gcc, "-o", "game", "main.c", f"./{lib}"], cwd=tmp_path, check=True)
+    t = _tree({"demo.service": "[Service]\nExecStart=/usr/bin/game\n"})
+    t.add_file(P("/usr/bin/game"), source=tmp_path / "game", mode=0o755)
+    jit = [p for p in verify(TreeFS(t), "demo_1.raw") if p.rule == "profile-jit"]
+    assert len(jit) == 1 and f"linked with {lib}" in jit[0].message, jit
+    assert [p for p in verify(TreeFS(t), "demo_1.raw", Target(profile="trusted"))
+            if p.rule == "profile-jit"] == []
