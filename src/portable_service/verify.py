@@ -339,13 +339,14 @@ def check_environment_files(fs: ImageFS, unit: Unit) -> Iterator[Problem]:
                     else "the image has none, which does not matter")
             fix = (f"set the variables with Environment= in {unit.name}, install {path} on "
                    "the host, or read the file in ExecStart= (sh -c '. FILE; exec PROGRAM')")
+            # a warning either way: whether the host has the file is only known on the host
             if optional:
                 yield Problem(WARNING, "environment-file-host", path,
                               f"EnvironmentFile=-{path} in {unit.name} is read from the host's "
                               f"{path} by the service manager before the image is mounted "
                               f"({copy}); without it on the host the variables are unset", fix)
             else:
-                yield Problem(ERROR, "environment-file-host", path,
+                yield Problem(WARNING, "environment-file-host", path,
                               f"EnvironmentFile={path} in {unit.name} is read from the host's "
                               f"{path} by the service manager before the image is mounted "
                               f"({copy}); a host without it fails the start ('Failed to load "
