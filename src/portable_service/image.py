@@ -18,16 +18,17 @@ from portable_service.closure import (
     runtime,
 )
 from portable_service.errors import ClosureError, TreeError
+from portable_service.rules.portabled import (
+    SCAFFOLD_DIRS,
+    UNIT_DIRS,
+    is_portable_unit,
+    prefix_matches,
+)
 from portable_service.spec import Spec
 from portable_service.tree import ImageTree, Kind
 from portable_service.units import Unit, exec_programs, mount_points
-from portable_service.verify import UNIT_DIRS, is_portable_unit, prefix_matches
 
 P = PurePosixPath
-SCAFFOLD_DIRS = (
-    "/etc/systemd/system", "/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp",
-    "/var/lib", "/var/cache", "/var/log",
-)
 STICKY_TMP = ("/tmp", "/var/tmp")
 # xattrs that belong to the file rather than to the host's security policy
 KEPT_XATTRS = ("security.capability",)
@@ -265,8 +266,7 @@ def check_not_a_unit(path: PurePosixPath, node: Node, pname: str) -> None:
     if node.package is not None:
         return  # packages' own units are left out with the package closure
     folder, name = str(path.parent), path.name
-    unit_dirs = (*UNIT_DIRS, "/lib/systemd/system")
-    if folder in unit_dirs and is_portable_unit(name) and prefix_matches(name, pname):
+    if folder in UNIT_DIRS and is_portable_unit(name) and prefix_matches(name, pname):
         raise TreeError(f"{node.reason} puts the unit file {path} into the image, where "
                         "portabled would attach it unchecked",
                         "name it in units instead of contents, or exclude it")

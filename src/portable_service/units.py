@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from portable_service.errors import UnitError
+from portable_service.rules.portabled import UNIT_TYPES
 from portable_service.spec import Spec, UnitSource
 from portable_service.unitfile import (
     BYTE_ORDER_MARK,
@@ -24,7 +25,6 @@ from portable_service.unitfile import (
     read_unit_text,
 )
 
-UNIT_TYPES = (".service", ".socket", ".target", ".timer", ".path")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.[a-z]+$")
 MAX_UNIT_SIZE = 1 << 20
 
@@ -342,7 +342,6 @@ SECTION_EXEC_DIRECTIVES: dict[str, tuple[str, ...]] = {
     "Mount": ("ExecMount", "ExecUnmount", "ExecRemount"),
     "Swap": ("ExecActivate", "ExecDeactivate"),
 }
-SYSTEMD_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin")
 
 
 @dataclass(frozen=True)

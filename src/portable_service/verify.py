@@ -24,9 +24,18 @@ from portable_service.closure.scripts import env_program, shell_commands
 from portable_service.errors import ImageError, VerifyError
 from portable_service.imagefs import ImageFS, IndexedFS, Stat, exists, read_text, resolve
 from portable_service.rules import PROFILES, VERSIONS, data_version, directives, profiles
+from portable_service.rules.portabled import (
+    BOUND_FILES,
+    BUILD_UNIT_DIR,
+    FRESH_MOUNTS,
+    OS_RELEASE_PATHS,
+    SPLIT_USR_PATH,
+    UNIT_DIRS,
+    image_prefix,
+    is_portable_unit,
+    prefix_matches,
+)
 from portable_service.units import (
-    SYSTEMD_PATH,
-    UNIT_TYPES,
     Unit,
     exec_commands,
     exec_programs,
@@ -38,17 +47,11 @@ if TYPE_CHECKING:
     from portable_service.tree import ImageTree
 
 ERROR, WARNING = "error", "warning"
-OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")
-# portabled's unit search folders, first wins (REFERENCE.md sections 2 and 5)
-UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
-# where our builds put the units: an image without a closure record declares these
-DECLARED_UNIT_DIR = "/etc/systemd/system"
-MOUNT_DIRS = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp")
-MOUNT_FILES = ("/etc/resolv.conf", "/etc/machine-id")
-# filled at start (API file systems, MountAPIVFS='s fresh /run): links into them may dangle
-RUNTIME_ROOTS = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp")
-# what systemd's default PATH adds on hosts without merged /usr
-EXEC_PATH = (*SYSTEMD_PATH, "/sbin", "/bin")
+# an image without a closure record declares the units where our builds put them
+DECLARED_UNIT_DIR = BUILD_UNIT_DIR
+MOUNT_DIRS = FRESH_MOUNTS
+MOUNT_FILES = BOUND_FILES
+EXEC_PATH = SPLIT_USR_PATH
 
 
 @dataclass(frozen=True)
@@ -96,26 +99,6 @@ class Target:
 
 
 # -- names
-
-
-def image_prefix(image_name: str) -> str:
-    """portabled's unit prefix: the file name without .raw, cut at the first '_'."""
-    base = posixpath.basename(image_name)
-    if base.endswith(".raw"):
-        base = base[: -len(".raw")]
-    return base.split("_", 1)[0]
-
-
-def prefix_matches(unit_name: str, prefix: str) -> bool:
-    """portabled's match: the prefix itself, or the prefix followed by '-', '.' or '@'."""
-    if not unit_name.startswith(prefix) or not prefix:
-        return False
-    rest = unit_name[len(prefix):]
-    return rest == "" or rest[0] in "-.@"
-
-
-def is_portable_unit(name: str) -> bool:
-    return name.endswith(UNIT_TYPES) and "/" not in name
 
 
 def check_name(image_name: str) -> Iterator[Problem]:
@@ -847,7 +830,7 @@ def check_links(fs: ImageFS, entries: dict[str, Stat]) -> Iterator[Problem]:
             continue
         target = st.target or fs.readlink(path)
         lexical = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-        if _under(lexical, RUNTIME_ROOTS):
+        if _under(lexical, FRESH_MOUNTS):
             continue  # points into a file system mounted at start
         yield Problem(ERROR, "dangling-symlink", path,
                       f"the symlink -> {target} dangles inside the image (absolute targets "

@@ -33,8 +33,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from portable_service.errors import ClosureError, TreeError
+from portable_service.rules import portabled
+from portable_service.rules.portabled import SYSTEMD_PATH
 from portable_service.spec import Spec
-from portable_service.units import SYSTEMD_PATH, Unit, environment_files, exec_programs
+from portable_service.units import Unit, environment_files, exec_programs
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,9 @@ class Unreadable(Exception):
 UNREADABLE_HINT = ("run the build as root, make it readable (chmod), or add it to exclude; "
                    "with allow-missing it is left out with a warning")
 
-# Paths a service finds created at run time (or mounted by systemd): never dependencies.
-RUNTIME_ROOTS = tuple(PurePosixPath(p) for p in (
-    "/run", "/tmp", "/var/tmp", "/var/lib", "/var/cache", "/var/log", "/proc", "/sys", "/dev"))
-SCAFFOLD_FILES = tuple(PurePosixPath(p) for p in
-                       ("/etc/machine-id", "/etc/resolv.conf", "/etc/os-release"))
+# paths a service finds made at run time, and the image's own files: never dependencies
+RUNTIME_ROOTS = tuple(PurePosixPath(p) for p in portabled.RUNTIME_ROOTS)
+SCAFFOLD_FILES = tuple(PurePosixPath(p) for p in portabled.SCAFFOLD_FILES)
 
 
 @dataclass

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from portable_service.rules.portabled import TRIGGER_TYPES
+
 # the properties `systemctl show` is asked for; Triggers= lists what a .timer, .socket or
 # .path starts (a timer's Unit= lands there too)
 PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "Result", "NRestarts",
               "ExecMainCode", "ExecMainStatus", "Type", "RemainAfterExit", "Triggers")
-TRIGGER_SUFFIXES = (".socket", ".timer", ".path")
 # ActiveStates on the way somewhere else; a unit in one of them has not settled
 TRANSITIONAL = ("activating", "deactivating", "reloading", "refreshing")
 # ExecMainCode is a siginfo si_code: CLD_EXITED, CLD_KILLED, CLD_DUMPED
@@ -52,7 +53,7 @@ class UnitProps:
 
     @property
     def is_trigger(self) -> bool:
-        return self.name.endswith(TRIGGER_SUFFIXES)
+        return self.name.endswith(TRIGGER_TYPES)
 
     @property
     def is_service(self) -> bool:

@@ -37,12 +37,12 @@ from pathlib import Path
 from portable_service.errors import HostError, ToolError
 from portable_service.harness.judge import PROPERTIES, UnitProps, parse_show
 from portable_service.harness.roots import Release
+from portable_service.rules.portabled import UNIT_TYPES
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOOP_DEVICES = 256
 UDEV_RETRIES = 4
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_UNIT_SUFFIXES = (".service", ".socket", ".target", ".timer", ".path")
 INSTALL_HINT = "install it: apt-get install systemd-container debootstrap"
 _counter = itertools.count()
 
@@ -231,7 +231,7 @@ class Container:
         folder = self.root / ("run" if runtime else "etc") / "systemd/system.attached"
         try:
             return sorted(p.name for p in folder.iterdir()
-                          if not p.name.endswith(".d") and p.suffix in _UNIT_SUFFIXES)
+                          if not p.name.endswith(".d") and p.suffix in UNIT_TYPES)
         except FileNotFoundError:
             return []
 
