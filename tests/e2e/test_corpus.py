@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,8 @@ pytestmark = pytest.mark.e2e
 CASES = load_cases()
 PROBED = [c for c in CASES if c.probe]
 RESULTS = os.environ.get("PORTABLE_SERVICE_CORPUS_RESULTS")
+# try runs at once: each boots a container and mostly sleeps while its units settle
+TRY_WORKERS = int(os.environ.get("PORTABLE_SERVICE_CORPUS_JOBS", "4"))
 
 
 @dataclass(frozen=True)
@@ -128,11 +131,39 @@ def test_verify(build, case):
     assert not misses, f"{case.name}: verify {misses}\n{output}"
 
 
+@pytest.fixture(scope="session")
+def tried(build: Callable[[Case], Built]) -> Callable[[Case, str], subprocess.CompletedProcess[str]]:
+    """`portable-service try` of every case on a release, run side by side (each try boots
+    its own container and mostly waits for units to settle); cases sharing an image run one
+    after the other, as their services listen on the same port."""
+    done: dict[tuple[str, str], subprocess.CompletedProcess[str]] = {}
+
+    def run_group(group: list[Case], release: str) -> None:
+        for case in group:
+            image = built_image(build, case)
+            done[case.name, release] = portable_service(
+                "try", str(image), "--release", release, "--profile", case.profile)
+
+    def get(case: Case, release: str) -> subprocess.CompletedProcess[str]:
+        if (case.name, release) not in done:
+            groups: dict[Path, list[Case]] = {}
+            for c in CASES:
+                if build(c).image is not None:
+                    groups.setdefault(c.spec_dir, []).append(c)
+            with ThreadPoolExecutor(max_workers=TRY_WORKERS) as pool:
+                for f in [pool.submit(run_group, g, release) for g in groups.values()]:
+                    f.result()
+        if (case.name, release) not in done:
+            built_image(build, case)  # fails with the build's own message
+        return done[case.name, release]
+
+    return get
+
+
 @pytest.mark.parametrize("release", RELEASES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_try(build, case, release):
-    image = built_image(build, case)
-    proc = portable_service("try", str(image), "--release", release, "--profile", case.profile)
+def test_try(tried, case, release):
+    proc = tried(case, release)
     output = proc.stdout + proc.stderr
     misses = case.try_.misses(proc.returncode, output)
     record(case, release, "try", case.try_.text(),
