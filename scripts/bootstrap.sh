@@ -2,13 +2,16 @@
 # Install what building and testing need on a fresh Debian-like machine (idempotent).
 #   scripts/bootstrap.sh          the package in .venv, plus squashfs-tools
 #   scripts/bootstrap.sh --test   also the test tools: debootstrap, systemd-nspawn, udev,
-#                                 lighttpd, gcc, nix-bin and the Python test extras
+#                                 lighttpd, gcc, nix-bin and the Python test extras, and the
+#                                 services of the corpus (tests/corpus/) with the
+#                                 virtualenv its Python app is built from
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=${1:-}
 
 need_pkgs=()
 have() { command -v "$1" >/dev/null 2>&1; }
+installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }
 have mksquashfs || need_pkgs+=(squashfs-tools)
 if [[ $want_test == --test ]]; then
   have debootstrap || need_pkgs+=(debootstrap)
@@ -23,6 +26,11 @@ if [[ $want_test == --test ]]; then
   # the end-to-end harness: signed Debian roots, and statically linked test servers
   [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || need_pkgs+=(debian-archive-keyring)
   { have gcc && [[ $(gcc -print-file-name=libc.a) == /* ]]; } || need_pkgs+=(libc6-dev)
+  # the corpus (tests/corpus/): real services packaged from Debian, built into images
+  for pkg in nginx redis-server postgresql-15 caddy dnsmasq-base libnss-systemd python3-venv; do
+    installed "$pkg" || need_pkgs+=("$pkg")
+  done
+  have node || need_pkgs+=(nodejs)
 fi
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) != 0 ]]; then
@@ -39,6 +47,14 @@ if ((${#need_pkgs[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
   [[ -z $made_policy ]] || rm -f /usr/sbin/policy-rc.d
+fi
+
+# the corpus's Python app: a virtualenv of Debian's python3 with waitress from PyPI, made
+# where its image carries it, as its users make it
+corpus_venv=/opt/portable-service-corpus/pyapp
+if [[ $want_test == --test && ! -x $corpus_venv/bin/waitress-serve && $(id -u) == 0 ]]; then
+  /usr/bin/python3 -m venv "$corpus_venv"
+  "$corpus_venv/bin/pip" install -q --disable-pip-version-check waitress
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

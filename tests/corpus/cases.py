@@ -26,6 +26,7 @@ import struct
 import time
 import tomllib
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,27 +95,34 @@ def load_cases() -> list[Case]:
 # -- probes: a client's view of the service
 
 
-def _retry(what: str, attempt: Any, timeout: float) -> Any:
-    """Call ``attempt`` until it returns, for ``timeout`` seconds (the service may be starting)."""
+GiveUp = Callable[[], str | None]
+
+
+def _retry(what: str, attempt: Any, timeout: float, give_up: GiveUp | None) -> Any:
+    """Call ``attempt`` until it returns, for ``timeout`` seconds (the service may be
+    starting), or until ``give_up`` says why waiting is pointless (the unit failed)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return attempt()
         except (OSError, ValueError) as e:
+            why = give_up() if give_up else None
+            if why is not None:
+                raise AssertionError(f"{what}: no answer ({e}): {why}") from e
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what}: no answer within {timeout:.0f} s: {e}") from e
             time.sleep(0.2)
 
 
-def probe_http(port: int, path: str = "/", timeout: float = 15) -> str:
+def probe_http(port: int, path: str = "/", timeout: float = 15, give_up: GiveUp | None = None) -> str:
     def get() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
             return r.read().decode()
 
-    return _retry(f"GET http://127.0.0.1:{port}{path}", get, timeout)
+    return _retry(f"GET http://127.0.0.1:{port}{path}", get, timeout, give_up)
 
 
-def probe_redis(port: int, timeout: float = 15) -> str:
+def probe_redis(port: int, timeout: float = 15, give_up: GiveUp | None = None) -> str:
     """PING in the redis protocol (RESP); the server's reply line, e.g. '+PONG'."""
 
     def ping() -> str:
@@ -122,7 +130,7 @@ def probe_redis(port: int, timeout: float = 15) -> str:
             s.sendall(b"*1\r\n$4\r\nPING\r\n")
             return s.recv(64).decode().strip()
 
-    return _retry(f"redis PING on port {port}", ping, timeout)
+    return _retry(f"redis PING on port {port}", ping, timeout, give_up)
 
 
 def _pg_messages(s: socket.socket) -> Any:
@@ -139,7 +147,7 @@ def _pg_messages(s: socket.socket) -> Any:
         buf = buf[1 + size:]
 
 
-def probe_postgres(port: int, user: str, timeout: float = 30) -> str:
+def probe_postgres(port: int, user: str, timeout: float = 30, give_up: GiveUp | None = None) -> str:
     """``SELECT 1`` over the wire protocol (trust auth); the value of the one row."""
 
     def select_one() -> str:
@@ -164,10 +172,10 @@ def probe_postgres(port: int, user: str, timeout: float = 30) -> str:
                     return value or ""
         raise ValueError("no answer")
 
-    return _retry(f"SELECT 1 on port {port}", select_one, timeout)
+    return _retry(f"SELECT 1 on port {port}", select_one, timeout, give_up)
 
 
-def probe_dns(port: int, name: str, timeout: float = 15) -> str:
+def probe_dns(port: int, name: str, timeout: float = 15, give_up: GiveUp | None = None) -> str:
     """An A query over UDP; the first address of the answer, dotted."""
     qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
     query = struct.pack("!HHHHHH", 0x5053, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
@@ -185,20 +193,20 @@ def probe_dns(port: int, name: str, timeout: float = 15) -> str:
         # the answer is the last record here: name (a pointer), type, class, ttl, length, data
         return ".".join(str(b) for b in reply[-4:])
 
-    return _retry(f"DNS A {name} on port {port}", ask, timeout)
+    return _retry(f"DNS A {name} on port {port}", ask, timeout, give_up)
 
 
-def probe_network(probe: dict[str, Any]) -> str:
+def probe_network(probe: dict[str, Any], give_up: GiveUp | None = None) -> str:
     """Run a network probe; returns what it got, to compare with the case's expectation."""
     kind = probe["kind"]
     if kind == "http":
-        return probe_http(probe["port"], probe.get("path", "/"))
+        return probe_http(probe["port"], probe.get("path", "/"), give_up=give_up)
     if kind == "redis":
-        return probe_redis(probe["port"])
+        return probe_redis(probe["port"], give_up=give_up)
     if kind == "postgres":
-        return probe_postgres(probe["port"], probe["user"])
+        return probe_postgres(probe["port"], probe["user"], give_up=give_up)
     if kind == "dns":
-        return probe_dns(probe["port"], probe["name"])
+        return probe_dns(probe["port"], probe["name"], give_up=give_up)
     raise ValueError(f"unknown probe kind {kind!r}")
 
 

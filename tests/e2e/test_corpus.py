@@ -177,8 +177,14 @@ def _probe_in(c: Container, case: Case) -> str:
         start = c.start(unit)
         assert start.ok, f"{unit}: {start.output}\n{c.journal(unit)}"
     probe = case.probe
+
+    def failed() -> str | None:
+        """systemd's words, once a started unit failed: no answer will come then."""
+        dead = [u for u in case.start if c.unit_state(u).active == "failed"]
+        return " / ".join(summary(c.journal(u)) for u in dead) or None
+
     if probe["kind"] != "file":
-        return probe_network(probe)
+        return probe_network(probe, failed)
     # the timer's job: its file appears in the StateDirectory (kept in /var/lib/private
     # under DynamicUser=, with /var/lib/NAME a link to it) and the job exited 0
     path = c.root / probe["path"].lstrip("/")
