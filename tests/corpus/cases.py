@@ -9,6 +9,8 @@
     start = ["name.service"]         # what the probe run starts (try picks its own units)
     needs = ["/host/path"]           # host files the spec takes (missing: the case skips)
     [build]   absent = ["/path"]     # paths the image must not carry
+              refuses = "phrase"     # the build may instead refuse the spec (exit 2, one
+                                     # line naming this): the user hears of it even earlier
     [verify]  exit = 0|1, says = []  # `portable-service verify` exit code, phrases in its output
     [try]     exit = 0|1, says = []  # `portable-service try` exit code, phrases in its output
     [probe]   kind = "http"|"redis"|"postgres"|"dns"|"file", ...
@@ -62,6 +64,7 @@ class Case:
     start: tuple[str, ...]
     needs: tuple[str, ...]
     absent: tuple[str, ...]
+    refuses: str | None
     verify: Expect
     try_: Expect
     probe: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +84,7 @@ def load_case(folder: Path) -> Case:
         profile=data.get("profile", "default"),
         start=tuple(data.get("start", ())), needs=tuple(data.get("needs", ())),
         absent=tuple(data.get("build", {}).get("absent", ())),
+        refuses=data.get("build", {}).get("refuses"),
         # a case that fails on systemd may still verify clean: verify cannot see everything
         verify=_expect(data.get("verify"), 0 if works else None),
         try_=_expect(data.get("try"), 0 if works else 1),

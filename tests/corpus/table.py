@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,15 @@ RELEASES = (("bullseye", "247"), ("bookworm", "252"), ("trixie", "257"))
 def cell(rec: dict | None) -> str:
     if rec is None:
         return "-"
-    got = rec["got"].split(":", 1)[0] if rec["step"] in ("try", "verify") else rec["got"]
+    got = rec["got"].split(":", 1)[0] if rec["step"] in ("try", "verify", "build") else rec["got"]
+    if rec["step"] == "verify" and (counts := re.search(r"\d+ error\(s\), \d+ warning\(s\)",
+                                                        rec["got"])):
+        got += f" ({counts[0]})"
+    if rec["step"] == "probe" and not rec["ok"] and "no answer" in got:
+        got = "no answer"
+    got = " ".join(got.split())  # one table line
+    if len(got) > 48:
+        got = got[:45] + "..."  # the whole text is in the list below the table
     return ("ok " if rec["ok"] else "**FAIL** ") + got.replace("|", "\\|")
 
 
