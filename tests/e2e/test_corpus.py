@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -245,3 +247,30 @@ def test_probe(container, build, case):
     record(case, release, "probe", case.probe["kind"], got[:60], ok and steady)
     assert ok, f"{case.name} on {release}: the probe got {got!r}\n{journal}"
     assert steady, f"{case.name} on {release}: {states} restarts {restarts}\n{journal}"
+
+
+def test_corpus_is_consistent():
+    """The cases can run side by side: one loopback port per image, outside the other tests'
+    ports; each states what a user would see, and names files its folder has."""
+    ports: dict[int, Path] = {}
+    for case in CASES:
+        spec = tomllib.loads((case.spec_dir / "portable.toml").read_text())
+        for entry in spec["units"]:
+            name = entry if isinstance(entry, str) else entry["name"]
+            assert (case.spec_dir / name).exists(), f"{case.name}: {name} is not in its folder"
+        if case.works:
+            assert case.probe and case.start, f"{case.name} works: it needs a probe"
+            assert (case.try_.exit, case.verify.exit) == (0, 0)
+        else:
+            assert case.try_.exit == 1 and case.try_.says, f"{case.name}: try's words?"
+        texts = [f.read_text(errors="replace") for f in case.spec_dir.rglob("*") if f.is_file()]
+        for found in {int(p) for t in texts for p in re.findall(r"\b18[0-9]{3}\b", t)}:
+            owner = ports.setdefault(found, case.spec_dir)
+            assert owner == case.spec_dir, f"port {found}: {owner.name} and {case.spec_dir.name}"
+        if case.probe.get("port"):
+            assert ports.get(case.probe["port"]) == case.spec_dir, f"{case.name}: probe port"
+    others = set()
+    for test in (REPO / "tests").rglob("test_*.py"):
+        if test.name != "test_corpus.py":
+            others |= {int(p) for p in re.findall(r"\b18[0-9]{3}\b", test.read_text())}
+    assert not others & set(ports), f"ports shared with other tests: {others & set(ports)}"
