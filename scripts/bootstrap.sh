@@ -23,6 +23,7 @@ if [[ $want_test == --test ]]; then
   have unshare || need_pkgs+=(util-linux)
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)        # closure tests ship Debian's python3
   have mkfs.ext4 || need_pkgs+=(e2fsprogs)                 # verify names ext4 images
+  [[ -e /usr/include/lzo/lzo1x.h ]] || need_pkgs+=(liblzo2-dev)  # python-lzo builds against it
   # the end-to-end harness: signed Debian roots, and statically linked test servers
   [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || need_pkgs+=(debian-archive-keyring)
   { have gcc && [[ $(gcc -print-file-name=libc.a) == /* ]]; } || need_pkgs+=(libc6-dev)

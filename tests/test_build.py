@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,8 +127,11 @@ def test_inline_units_and_drop_ins(project: Path) -> None:
     image = make(project, units=[{"name": "demo.service", "text": SERVICE}, "demo.service.d"])
     entries = unsquashfs_list(image)
     assert entries["/etc/systemd/system/demo.service"][0] == "-rw-r--r--"
-    assert unsquashfs_cat(image, "etc/systemd/system/demo.service.d/override.conf") == (
-        b"[Service]\nEnvironment=X=1\n")
+    # portabled never reads a drop-in inside an image: it is merged into the unit file
+    assert not any(p.startswith("/etc/systemd/system/demo.service.d") for p in entries)
+    text = unsquashfs_cat(image, "etc/systemd/system/demo.service").decode()
+    assert text.startswith(SERVICE)
+    assert text.endswith("\n[Service]\nEnvironment=X=1\n")
 
 
 def test_byte_identical_rebuilds(project: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -180,6 +184,7 @@ def test_default_compression_is_xz_1m(project: Path) -> None:
         ({"symlinks": [{"object": "/nope", "symlink": "/bin/x"}]}, "does not exist"),
         ({"units": ["demo.service", "demo.service"]}, "given twice"),
         ({"squash_compression": "xz -Xdict-size 3"}, "mksquashfs failed"),
+        ({"squash_compression": "lzma"}, "kernel's squashfs cannot mount lzma"),
         ({"squashfs_tools": "/nonexistent"}, "mksquashfs not found at /nonexistent"),
     ],
 )
@@ -190,6 +195,22 @@ def test_errors_keep_the_old_image(project: Path, extra: dict[str, object], mess
         make(project, **extra)
     assert good.read_bytes() == before
     assert sorted(p.name for p in good.parent.iterdir()) == ["demo_1.0.raw"]
+
+
+@pytest.mark.parametrize("writer", ["mksquashfs", "native"])
+def test_lzo_images_are_written_and_verified(project: Path, writer: str) -> None:
+    image = make(project, squash_compression="lzo", writer=writer)
+    assert unsquashfs_cat(image, "etc/systemd/system/demo.service").decode() == SERVICE
+
+
+def test_lzo_without_its_reader_is_refused_before_any_work(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = make(project)
+    before = good.read_bytes()
+    monkeypatch.setitem(sys.modules, "lzo", None)  # as if python-lzo were not installed
+    with pytest.raises(PortableServiceError, match="pip install python-lzo"):
+        make(project, squash_compression="lzo", writer="mksquashfs")
+    assert good.read_bytes() == before
 
 
 def test_same_content_twice_is_not_a_conflict(project: Path) -> None:

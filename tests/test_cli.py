@@ -140,3 +140,23 @@ def test_interrupted_build_keeps_the_old_image(cli, tmp_path: Path) -> None:
     assert (tmp_path / "result/demo_1.raw").read_bytes() == old
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "result")], capture_output=True)
     assert leftover.returncode == 1, "mksquashfs outlived the interrupted build"
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_before_or_after_the_verb(cli, tmp_path: Path, where: str) -> None:
+    (tmp_path / "demo.service").write_text(UNIT)
+    build = ["build", "--pname", "demo", "--version", "1", "--unit", "demo.service", "-q"]
+
+    def debug(*argv: str) -> list[str]:
+        return ["--debug", *argv] if where == "before" else [*argv, "--debug"]
+
+    proc = cli(*debug(*build))
+    assert proc.returncode == 0, proc.stderr
+    assert any(line.startswith("+ ") and "mksquashfs" in line for line in proc.stderr.splitlines())
+    # an error shows the traceback first, then the one line
+    proc = cli(*debug(*build, "--unit", "nope.service"))
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("portable-service: error: ")
+    quiet = cli(*build, "--unit", "nope.service")
+    assert "Traceback" not in quiet.stderr and quiet.stderr.count("\n") == 1

@@ -10,6 +10,7 @@ from portable_service.errors import UnitError
 from portable_service.spec import UnitSource, spec_from_mapping
 from portable_service.units import (
     Unit,
+    drop_in_dirs,
     exec_programs,
     load_units,
     mount_points,
@@ -81,8 +82,11 @@ def test_drop_in_folder(tmp_path: Path) -> None:
     (d / "README").write_text("not a drop-in")
     s = spec_from_mapping({"pname": "demo", "version": "1",
                            "units": ["demo.service", "demo.service.d"]}, tmp_path)
-    names = [u.name for u in load_units(s)]
-    assert names == ["demo.service", "demo.service.d/10-env.conf"]
+    (units,) = load_units(s)
+    assert units.name == "demo.service"
+    assert units.drop_ins == ("demo.service.d/10-env.conf",)
+    assert units.values("Service", "Environment") == ["A=1"]
+    assert units.values("Service", "ExecStart") == ["/bin/true"]
 
 
 def test_duplicate_units(tmp_path: Path) -> None:
@@ -131,3 +135,45 @@ def test_exec_commands_keep_arguments_and_quotes() -> None:
     assert [c.argv for c in exec_commands(u)] == [
         ("/usr/bin/demo", "--flag", "two words"), ("/bin/sh", "-c", "a; b")]
     assert exec_commands(u)[0].directive == "ExecStart= in demo.service"
+
+
+def test_drop_in_dirs_follow_systemd() -> None:
+    assert drop_in_dirs("demo.service") == ["demo.service.d"]
+    assert drop_in_dirs("demo-web-api.service") == [
+        "demo-web-api.service.d", "demo-web-.service.d", "demo-.service.d"]
+    assert drop_in_dirs("demo@x.service") == ["demo@x.service.d", "demo@.service.d"]
+
+
+def test_drop_ins_merge_in_name_order_specific_folder_wins(tmp_path: Path) -> None:
+    units = [
+        UnitSource("demo-web.service", text="[Service]\nExecStart=/bin/true\n"),
+        UnitSource("demo-db.service", text="[Service]\nExecStart=/bin/false"),
+    ]
+    for folder, conf, text in [
+        ("demo-web.service.d", "20-b.conf", "[Service]\nEnvironment=B=web\n"),
+        ("demo-.service.d", "20-b.conf", "[Service]\nEnvironment=B=prefix\n"),
+        ("demo-.service.d", "10-a.conf", "[Service]\nEnvironment=A=prefix\n"),
+        ("demo-web.service.d", "30-c.conf", "[Service]\nExecStart=\nExecStart=/bin/echo c"),
+    ]:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / conf).write_text(text)
+    s = spec_from_mapping({"pname": "demo", "version": "1", "units": [
+        *units, "demo-web.service.d", "demo-.service.d"]}, tmp_path)
+    web, db = load_units(s)
+    assert web.drop_ins == ("demo-.service.d/10-a.conf", "demo-web.service.d/20-b.conf",
+                            "demo-web.service.d/30-c.conf")
+    assert web.values("Service", "Environment") == ["A=prefix", "B=web"]
+    assert web.values("Service", "ExecStart") == ["/bin/echo c"]  # the empty value resets
+    assert db.drop_ins == ("demo-.service.d/10-a.conf", "demo-.service.d/20-b.conf")
+    # a unit whose last line has no newline still keeps its own setting apart
+    assert db.values("Service", "ExecStart") == ["/bin/false"]
+
+
+def test_drop_in_for_no_unit_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "demo.service").write_text("[Service]\nExecStart=/bin/true\n")
+    (tmp_path / "demo-other.service.d").mkdir()
+    (tmp_path / "demo-other.service.d/a.conf").write_text("[Service]\nEnvironment=A=1\n")
+    s = spec_from_mapping({"pname": "demo", "version": "1",
+                           "units": ["demo.service", "demo-other.service.d"]}, tmp_path)
+    with pytest.raises(UnitError, match=r"demo-other\.service\.d belongs to no unit"):
+        load_units(s)

@@ -1,5 +1,30 @@
+"""``python -m portable_service`` and the ``portable-service`` command."""
+
+import signal
 import sys
 
-from portable_service.cli import main
 
-sys.exit(main())
+def run() -> None:
+    """Start the command line; a Ctrl-C while it loads ends with one line, too.
+
+    Ctrl-C is held while the modules load: an interrupt inside Python's import machinery
+    is printed as "Exception ignored" with a traceback. A held one arrives when loading
+    is done, inside the ``try``.
+    """
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            from portable_service.cli import main, make_parser
+
+            parser = make_parser()  # imports every verb's module
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        code = main(parser=parser)
+    except KeyboardInterrupt:
+        sys.stderr.write("portable-service: interrupted; no image was written or changed\n")
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +15,8 @@ from portable_service import closure as closure_mod
 from portable_service import image
 from portable_service import units as units_mod
 from portable_service.closure import Closure
-from portable_service.errors import PortableServiceError, SpecError
+from portable_service.closure.secrets import check_no_secrets
+from portable_service.errors import PortableServiceError, SpecError, ToolError
 from portable_service.progress import QUIET, Reporter
 from portable_service.spec import Spec, check_spec
 from portable_service.tree import ImageTree
@@ -57,8 +60,13 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     writer = select_writer(spec)
     with reporter.step(f"reading {len(spec.units)} unit source(s)"):
         units = units_mod.load_units(spec)
+    for unit in units:
+        if unit.drop_ins:
+            reporter.info(f"merged {', '.join(unit.drop_ins)} into {unit.name}: portabled does "
+                          "not read drop-ins inside an image")
     with reporter.step("resolving the closure"):
         closure = closure_mod.resolve(spec, units)
+        check_no_secrets(closure)
     for warning in closure.warnings:
         reporter.warn(warning)
     with reporter.step("laying out the image tree"):
@@ -74,6 +82,8 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     ``verify`` the written file is checked (portable_service.verify) before it replaces the
     old image, so an image portabled would refuse never lands.
     """
+    if verify:
+        _check_verifiable(spec)
     p = plan(spec, reporter)
     if inspect is not None:
         inspect(p)
@@ -96,6 +106,17 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     return out
 
 
+def _check_verifiable(spec: Spec) -> None:
+    """The written image is read back to be verified: its compressor must be readable here."""
+    from portable_service.squashfs import compressor
+
+    name = parse_compression(spec.squash_compression).name
+    if not compressor.readable(name):
+        raise ToolError(f"{name} images are verified by reading them back, which this "
+                        "installation cannot do",
+                        f"{compressor.install_hint(name)}; or build with --no-verify")
+
+
 def _prepare_dir(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -109,11 +130,21 @@ def _prepare_dir(output_dir: Path) -> None:
 
 def write_atomically(out: Path, write: Callable[[Path], None],
                      check: Callable[[Path], None] | None = None) -> None:
-    """Write to a temporary file beside ``out``, ``check`` it, then rename it over ``out``."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    """Write to a temporary file beside ``out``, ``check`` it, then rename it over ``out``.
+
+    The temporary file is ``.NAME.PID.XXXXXXXX.tmp``, locked (flock) while the build
+    runs. A build killed outright (``kill -9``, a power cut) cannot remove it; the next
+    build of ``out`` does (:func:`remove_stale_temporaries`).
+    """
+    remove_stale_temporaries(out)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}.", suffix=TMP_SUFFIX,
+                                    dir=out.parent)
     tmp = Path(tmp_name)
     try:
+        # held until the end: another build's cleanup leaves a locked file alone even when
+        # it cannot see our pid (a build in another pid namespace writing to the same folder)
+        with contextlib.suppress(OSError):  # a file system without locks: the pid still says
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         write(tmp)
         os.chmod(tmp, 0o644)
         if check is not None:
@@ -129,3 +160,66 @@ def write_atomically(out: Path, write: Callable[[Path], None],
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        os.close(fd)
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def temporary_pid(out: Path, name: str) -> int | None:
+    """The builder's pid in the name of one of ``out``'s temporary files, else None."""
+    prefix = f".{out.name}."
+    if not (name.startswith(prefix) and name.endswith(TMP_SUFFIX)):
+        return None
+    parts = name[len(prefix):-len(TMP_SUFFIX)].split(".")
+    if len(parts) != 2 or not parts[0].isdigit() or not parts[1]:
+        return None
+    return int(parts[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove temporary files left beside ``out`` by builds that were killed; the removed.
+
+    Only files named with a pid that is no longer alive and that no process holds
+    locked are removed: a running build's file is never touched.
+    """
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return []
+    removed: list[Path] = []
+    for name in sorted(names):
+        pid = temporary_pid(out, name)
+        if pid is None or pid == os.getpid() or _alive(pid):
+            continue
+        path = out.parent / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live build holds it, in a pid namespace we cannot see
+            except OSError:
+                pass  # a file system without locks: the dead pid decides alone
+            st, now = os.fstat(fd), os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue  # gone already, or not ours to remove
+        finally:
+            os.close(fd)
+    return removed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import logging
 import os
 import signal
@@ -136,6 +137,11 @@ def make_parser() -> argparse.ArgumentParser:
     sub.required = True
     for register in VERBS:
         register(sub)
+    for verb in sub.choices.values():
+        # also after the verb, where users put it (`build --debug`); SUPPRESS keeps a
+        # --debug given before the verb
+        verb.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="log every external command; show tracebacks")
     return parser
 
 
@@ -149,11 +155,41 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # run the cleanups: no temporary file is left behind
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _escape_unencodable(err: UnicodeError) -> tuple[str, int]:
+    """Bytes of a name that are not text (kept as surrogates by os.fsdecode) print as ``\\xNN``,
+    as systemd prints them; other characters the stream cannot encode as ``\\uNNNN``."""
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    out = []
+    for ch in err.object[err.start:err.end]:
+        code = ord(ch)
+        out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else
+                   f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return "".join(out), err.end
+
+
+codecs.register_error("portable-service-escape", _escape_unencodable)
+
+
+def _escape_streams() -> None:
+    """Names in images may be any bytes: never let printing one crash a verb."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="portable-service-escape")
+
+
+def one_line(text: str) -> str:
+    """An error is one line, whatever a name or value in it holds."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
         signal.signal(signal.SIGINT, _interrupt)
-    parser = make_parser()
+    _escape_streams()
+    parser = parser or make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(message)s", stream=sys.stderr)
@@ -162,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PortableServiceError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no image was written or changed", file=sys.stderr)
@@ -175,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         where = f" ({e.filename})" if e.filename else ""
-        print(f"{PROG}: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(f'{e.strerror or e}{where}')}", file=sys.stderr)
         return 1
 
 

@@ -43,3 +43,16 @@ class ImageError(PortableServiceError):
 
 class VerifyError(PortableServiceError):
     """The built image breaks a rule systemd-portabled applies."""
+
+
+class TryFailed(PortableServiceError):
+    """``try``: systemd refused to attach the image, or one of its units failed."""
+
+    exit_code = 1
+
+
+class HostError(ToolError):
+    """This machine cannot run a throwaway systemd: not root, a tool missing, no root file
+    system, the container did not boot."""
+
+    exit_code = 3

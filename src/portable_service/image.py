@@ -8,11 +8,12 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from portable_service import imagefs
-from portable_service.closure import SCAFFOLD_FILES, Closure, Node
+from portable_service.closure import SCAFFOLD_FILES, UNREADABLE_HINT, Closure, Node, image_link
 from portable_service.errors import ClosureError, TreeError
 from portable_service.spec import Spec
 from portable_service.tree import ImageTree, Kind
-from portable_service.units import Unit, mount_points
+from portable_service.units import Unit, exec_programs, mount_points
+from portable_service.verify import UNIT_DIRS, is_portable_unit, prefix_matches
 
 P = PurePosixPath
 SCAFFOLD_DIRS = (
@@ -162,19 +163,30 @@ def add_mount_points(tree: ImageTree, units: list[Unit]) -> None:
                 continue  # a parent is a link or file: systemd follows it, nothing to create
 
 
-def place(tree: ImageTree, node: Node) -> None:
-    """Put one closure node into the tree with its host metadata."""
+def place(tree: ImageTree, node: Node, spec: Spec | None = None) -> PurePosixPath:
+    """Put one closure node into the tree with its host metadata; returns where it went.
+
+    With ``spec``, a symlink moved with ``{ source, target }`` gets the target it
+    means in the image (:func:`portable_service.closure.image_link`).
+    """
     image = mirror_host_parents(tree, node.image, node.reason)
     check_placement(image, node.reason)
     try:
         st = os.lstat(node.host)
     except OSError as e:
-        raise ClosureError(f"cannot read {node.host}: {e.strerror}",
-                           "fix its permissions or exclude it") from None
+        raise ClosureError(f"cannot read {node.host}: {e.strerror}", UNREADABLE_HINT) from None
     mode = stat.S_IMODE(st.st_mode)
+    # everything in the image is owned by root: a set-id bit of another owner would turn
+    # into root's, so it is dropped (a root-owned one stays, and verify warns about it)
+    if st.st_uid != 0:
+        mode &= ~stat.S_ISUID
+    if st.st_gid != 0:
+        mode &= ~stat.S_ISGID
+    mode |= readable_by_others(mode, st.st_uid, st.st_gid)
     origin = node.reason if node.parent is None else f"{node.reason} (from {node.parent})"
     if stat.S_ISLNK(st.st_mode):
-        tree.add_symlink(image, os.readlink(node.host), origin=origin)
+        target = os.readlink(node.host) if spec is None else image_link(spec, node)
+        tree.add_symlink(image, target, origin=origin)
     elif stat.S_ISDIR(st.st_mode):
         tree.add_dir(image, mode, origin=origin)
     elif stat.S_ISREG(st.st_mode):
@@ -187,6 +199,24 @@ def place(tree: ImageTree, node: Node) -> None:
             f"{node.host} is a device, fifo or socket: a portable image has no use for it",
             "leave it out of contents (or add it to exclude)",
         )
+    return image
+
+
+def readable_by_others(mode: int, uid: int, gid: int) -> int:
+    """The read (and search) bits a file's service user must get in the image.
+
+    Everything in the image is owned by root, and the service runs as a dynamic user
+    (or one of the host's): a file only its package's user or group could read on the
+    host (``/etc/redis`` is ``2770 redis:redis``) would be unreadable by the service. So the
+    read and execute bits of a non-root owner or group are given to others too. Write bits
+    are not: the image is read-only anyway.
+    """
+    extra = 0
+    if uid != 0:
+        extra |= (mode >> 6) & 0o5
+    if gid != 0:
+        extra |= (mode >> 3) & 0o5
+    return extra
 
 
 def mirror_host_parents(tree: ImageTree, path: PurePosixPath, why: str) -> PurePosixPath:
@@ -221,13 +251,36 @@ def _xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
     return tuple(out)
 
 
+def check_not_a_unit(path: PurePosixPath, node: Node, pname: str) -> None:
+    """Units enter the image only through ``units``, where they are checked and merged:
+    portabled would attach any other unit file of the image that matches the prefix."""
+    if node.package is not None:
+        return  # packages' own units are left out with the package closure
+    folder, name = str(path.parent), path.name
+    unit_dirs = (*UNIT_DIRS, "/lib/systemd/system")
+    if folder in unit_dirs and is_portable_unit(name) and prefix_matches(name, pname):
+        raise TreeError(f"{node.reason} puts the unit file {path} into the image, where "
+                        "portabled would attach it unchecked",
+                        "name it in units instead of contents, or exclude it")
+
+
+def link_program_parents(tree: ImageTree, units: list[Unit]) -> None:
+    """The host's folder links above each unit program (/bin -> usr/bin), also when the
+    program itself came in by another spelling (contents = ["/usr/bin/true"])."""
+    for unit in units:
+        for program, directive in exec_programs(unit):
+            if program.startswith("/") and "%" not in program and "$" not in program:
+                mirror_host_parents(tree, P(program), f"program of {directive}")
+
+
 def assemble(spec: Spec, units: list[Unit], closure: Closure) -> ImageTree:
     tree = ImageTree()
     scaffold(tree, spec)
     add_units(tree, units)
     add_symlinks(tree, spec)
     for node in closure:
-        place(tree, node)
+        check_not_a_unit(place(tree, node, spec), node, spec.pname)
+    link_program_parents(tree, units)
     for path, data in sorted(closure.generated.items()):
         tree.add_file(mirror_host_parents(tree, path, "generated"), data=data,
                       origin=f"generated {path}")

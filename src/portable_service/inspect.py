@@ -28,15 +28,33 @@ OS_RELEASE_SHOWN = (
 
 
 def closure_record(fs: ImageFS) -> dict[str, Any] | None:
-    """The closure our build recorded, or None (other builders, older images, bad JSON)."""
+    """The closure our build recorded, or None (other builders, older images, bad JSON).
+
+    The file is untrusted input like the rest of the image: anything but the shape our
+    build writes (``roots`` of ``{path, reason}`` strings, ``parents`` mapping paths to
+    paths, an optional list of ``units``) counts as no record.
+    """
     text = read_text(fs, CLOSURE_RECORD, limit=64 << 20)
     if text is None:
         return None
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return data if isinstance(data, dict) and isinstance(data.get("roots"), list) else None
+    if not isinstance(data, dict) or not isinstance(data.get("roots"), list):
+        return None
+    roots = data["roots"]
+    parents = data.get("parents") or {}
+    units = data.get("units", [])
+    if not (all(isinstance(r, dict) and isinstance(r.get("path"), str)
+                and isinstance(r.get("reason", ""), str) for r in roots)
+            and isinstance(parents, dict)
+            and all(isinstance(v, str | None) for v in parents.values())
+            and isinstance(units, list) and all(isinstance(u, str) for u in units)):
+        return None
+    return {"format": data.get("format"),
+            "roots": [{"path": r["path"], "reason": r.get("reason", "")} for r in roots],
+            "parents": parents, **({"units": units} if "units" in data else {})}
 
 
 def count_entries(fs: ImageFS) -> dict[str, int]:
@@ -68,19 +86,13 @@ def inspect_image(fs: ImageFS, image: str, info: ImageInfo | None) -> dict[str, 
         "folders": counts.get("dir", 0),
         "symlinks": counts.get("symlink", 0),
         "content_bytes": counts["bytes"],
-        "closure_roots": [_root_summary(r) for r in record["roots"]] if record else None,
+        "closure_roots": record["roots"] if record else None,
     }
     if info is not None:
         data.update(format=info.format, compressor=info.compressor, block_size=info.block_size,
                     file_size=info.file_size, bytes_used=info.bytes_used,
                     mkfs_time=info.mkfs_time)
     return data
-
-
-def _root_summary(root: Any) -> dict[str, Any]:
-    if not isinstance(root, dict):
-        return {"path": str(root)}
-    return {k: root[k] for k in ("path", "reason") if k in root}
 
 
 def render_inspect(data: dict[str, Any]) -> str:

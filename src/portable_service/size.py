@@ -60,8 +60,7 @@ def root_totals(entries: dict[str, Stat], record: dict[str, Any]) -> list[tuple[
     """Bytes each closure root brings in; a path shared by roots counts for the first that
     pulled it in (the build resolves breadth-first), paths outside the closure go to
     '(scaffold and units)'."""
-    roots = {r["path"]: r.get("reason", "") for r in record["roots"]
-             if isinstance(r, dict) and "path" in r}
+    roots = {r["path"]: r["reason"] for r in record["roots"]}
     parents: dict[str, str | None] = record.get("parents") or {}
     sums: dict[str, int] = dict.fromkeys(roots, 0)
     other = 0

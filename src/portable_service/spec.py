@@ -331,13 +331,43 @@ def _check_keys(mapping: Mapping[str, Any], valid: Iterable[str], where: str) ->
         if k not in valid:
             close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
-            raise SpecError(f"unknown {where} key '{k}'", hint)
+            raise SpecError(f"unknown {where} key {str(k)!r}", hint)
+
+
+MAX_DEPTH = 8  # the deepest a spec nests: a list of tables of strings
+PATH_MAX = 4096  # Linux's limit for a path, and so for every path a spec names
+
+
+def check_raw(value: Any, key: str, depth: int = 0) -> None:
+    """Refuse what no setting can hold before parsing: deep nesting, NUL bytes, huge paths.
+
+    A NUL byte cuts a path or an os-release value short where C code reads it
+    (mksquashfs, systemd's os-release parser then says "Bad message").
+    """
+    if depth > MAX_DEPTH:
+        raise SpecError(f"spec key '{key}' nests deeper than any setting does",
+                        "write it as the README's table shows")
+    if isinstance(value, str | PurePosixPath | Path):
+        text = str(value)
+        if "\0" in text:
+            raise SpecError(f"spec key '{key}' contains a NUL byte", "remove it")
+        if len(text.encode("utf-8", "surrogateescape")) > PATH_MAX:
+            raise SpecError(f"spec key '{key}' has a value longer than {PATH_MAX} bytes",
+                            "no path or name of an image can be that long")
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            check_raw(str(k), key, depth + 1)
+            check_raw(v, key, depth + 1)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            check_raw(v, key, depth + 1)
 
 
 def spec_from_mapping(data: Mapping[str, Any], base: Path) -> Spec:
     """Parse and check a spec given as a mapping of TOML keys (aliases and snake_case accepted)."""
     normalized: dict[str, Any] = {}
     for raw_key, value in data.items():
+        check_raw(value, str(raw_key))
         key = str(raw_key).replace("_", "-") if str(raw_key) not in _BY_KEY else str(raw_key)
         if key not in _BY_KEY:
             _check_keys({raw_key: value}, [s.key for s in SETTINGS], "spec")
@@ -376,6 +406,9 @@ def load_spec(path: Path, overrides: Mapping[str, Any] | None = None) -> Spec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{file} is not valid TOML: {e}", "fix the syntax at that line") from None
+    except RecursionError:
+        raise SpecError(f"{file} nests arrays or tables too deeply to read",
+                        "write it as the README's table shows") from None
     base = file.parent.resolve()
     parsed = {k: v for k, v in data.items()}
     return _merge(parsed, base, overrides or {})
@@ -419,6 +452,13 @@ def check_spec(spec: Spec) -> None:
     if "/" in spec.version or any(c.isspace() for c in spec.version):
         raise SpecError(f"version {spec.version!r} contains '/' or white space",
                         "use a plain version such as 1.0")
+    fields = [("description", spec.description), ("homepage", spec.homepage),
+              *((f"os-release {k}", v) for k, v in spec.os_release)]
+    for what, value in fields:
+        if value is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise SpecError(f"{what} {value!r} contains a control character: os-release values "
+                            "are one line of text, and systemd refuses the image otherwise",
+                            "remove it (a line break, tab or NUL)")
     if not spec.units:
         raise SpecError("no units given", "name at least one unit file (units = [\"demo.service\"])")
     from portable_service.writers.options import parse_block_size, parse_compression

@@ -54,7 +54,12 @@ class Entry:
         if self.data is not None:
             return len(self.data)
         assert self.source is not None
-        return self.source.stat().st_size
+        try:
+            return self.source.stat().st_size
+        except OSError as e:
+            raise TreeError(f"cannot read {self.source} (for {self.path}): {e.strerror}",
+                            "run the build as root, make it readable (chmod), or exclude it"
+                            ) from None
 
     def open(self) -> BinaryIO:
         """The file's bytes, streamed from the host or from memory."""
@@ -62,7 +67,13 @@ class Entry:
             return io.BytesIO(self.data)
         if self.source is None:
             raise ValueError(f"{self.path} is not a file")
-        return open(self.source, "rb")
+        try:
+            return open(self.source, "rb")
+        except OSError as e:
+            # the closure checked it could read every file; this one changed since
+            raise TreeError(f"cannot read {self.source} (for {self.path}): {e.strerror}",
+                            "run the build as root, make it readable (chmod), or exclude it"
+                            ) from None
 
 
 def sort_key(path: PurePosixPath) -> tuple[bytes, ...]:

@@ -1,14 +1,18 @@
 """``portable-service try IMAGE``: judge an image with a real, throwaway systemd.
 
-Boots a cached Debian root with systemd-nspawn, attaches the image with
-portablectl, starts its units, prints each unit's status and journal, and
-reports success or the first failure in systemd's own words. Everything is
-torn down afterwards, also on failure or Ctrl-C.
+Boots a cached Debian root with systemd-nspawn (one per ``--release``), attaches the
+image with portablectl, starts its units, watches them settle and judges each as
+systemd sees it (harness/judge.py), then prints every unit's verdict with systemd's own
+words for a failure. Everything is torn down afterwards, also on failure or Ctrl-C.
+Exit codes: 0 good, 1 the image failed (TryFailed), 2 bad input, 3 cannot run here
+(HostError).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -16,27 +20,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from portable_service.errors import ImageError, VerifyError
-from portable_service.harness import nspawn, roots
-from portable_service.harness.nspawn import Container, UnitState
+from portable_service.errors import HostError, ImageError, PortableServiceError, TryFailed
+from portable_service.harness import judge, nspawn, roots
+from portable_service.harness.judge import Verdict
+from portable_service.harness.nspawn import Container
+from portable_service.harness.roots import Release
 from portable_service.progress import Reporter
 
 PROFILES = ("default", "nonetwork", "strict", "trusted")
-TRIGGERS = (".socket", ".timer", ".path")
 # systemd's summary lines say that a unit failed, not why; the cause comes before them
 _SUMMARY = ("Failed with result", "Failed to start", "Main process exited", "Failed at step",
-            "Control process exited")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    unit: str
-    state: UnitState
-    journal: str
-
-    @property
-    def failed(self) -> bool:
-        return self.state.failed or self.state.load != "loaded"
+            "Control process exited", "Job for ", "Scheduled restart job", "Start request "
+            "repeated too quickly")
+# lines of systemd (and of the program) that name a cause
+_CAUSE = re.compile(r"ailed|rror|refusing|not loaded|not found|no such file|denied|"
+                    r"timed out|timeout", re.IGNORECASE)
+# the lines carrying the main process's status=N/NAME or signal=NAME
+_EXITED = ("Main process exited", "Control process exited")
+# status=200..243: systemd failed a step before exec (EXEC, NAMESPACE, CHDIR, USER, ...),
+# and the child always logs why first
+_EXEC_STEP = re.compile(r"status=2[0-4]\d/")
+JOURNAL_RETRIES = 6
+# seconds a unit's state must stay unchanged, after the window, before it is judged
+QUIET = 1.0
+DEFAULT_SETTLE = 3.0
+DEFAULT_TIMEOUT = 30.0
+JOURNAL_LINES = 20  # per unit in the report: a restart loop repeats itself
+EXIT_CODES = ("exit codes: 0 every unit is good; 1 the image failed on systemd (attach refused "
+              "or a unit failed); 2 a usage or input error; 3 this machine cannot run it "
+              "(not root, systemd-nspawn or debootstrap missing, no Debian root)")
 
 
 def units_to_start(attached: Sequence[str]) -> list[str]:
@@ -45,7 +57,7 @@ def units_to_start(attached: Sequence[str]) -> list[str]:
     A template (``name@.service``) needs an instance name, so it is left to
     ``--unit name@instance.service``.
     """
-    triggered = {Path(u).stem for u in attached if u.endswith(TRIGGERS)}
+    triggered = {Path(u).stem for u in attached if u.endswith(judge.TRIGGER_SUFFIXES)}
     chosen = []
     for unit in attached:
         if "@." in unit:
@@ -60,13 +72,38 @@ def first_cause(journal: str) -> str:
     """systemd's own first line saying what went wrong, e.g. a mount point it could not make."""
     lines = [ln.strip() for ln in journal.splitlines() if ln.strip()]
     for line in lines:
-        if ("ailed" in line or "rror" in line or "refusing" in line) and not any(
-                s in line for s in _SUMMARY):
+        if _CAUSE.search(line) and not any(s in line for s in _SUMMARY):
             return line
     for line in lines:
         if "ailed" in line:
             return line
     return lines[-1] if lines else "no message in the journal"
+
+
+def _cause_missing(journal: str) -> bool:
+    """A status=2xx (systemd's own exec-step codes, 200-243) without the lines naming why.
+
+    The exec child logs the cause, then "Failed at step ..."; PID 1 logs the status line.
+    The child's lines arrive in order, so once "Failed at step" is there, so is the cause.
+    """
+    lines = [ln for ln in journal.splitlines() if ln.strip()]
+    if not any(_EXEC_STEP.search(ln) for ln in lines):
+        return False
+    return not any("Failed at step" in ln for ln in lines) or not any(
+        _CAUSE.search(ln) and not any(s in ln for s in _SUMMARY) for ln in lines)
+
+
+def systemd_words(journal: str, start_output: str = "") -> str:
+    """The cause of a failure in systemd's words: the first line naming it and the last
+    ``Main process exited, ... status=N/NAME`` line (the status code), joined by " / "."""
+    lines = [ln.strip() for ln in (journal + "\n" + start_output).splitlines() if ln.strip()]
+    cause = next((ln for ln in lines
+                  if _CAUSE.search(ln) and not any(s in ln for s in _SUMMARY)), "")
+    status = next((ln for ln in reversed(lines) if any(s in ln for s in _EXITED)), "")
+    words = [w for w in (cause, status) if w]
+    if not words:
+        words = [next((ln for ln in reversed(lines) if "ailed" in ln), "")]
+    return " / ".join(w for w in words if w)
 
 
 def check_image(path: Path) -> None:
@@ -82,65 +119,269 @@ def check_image(path: Path) -> None:
                          "name it NAME_VERSION.raw, as the build does")
 
 
-def try_image(image: Path, *, release_name: str = roots.DEFAULT_RELEASE, profile: str = "default",
-              units: Sequence[str] = (), settle: float = 2.0, reporter: Reporter | None = None,
-              out: TextIO = sys.stdout) -> list[Outcome]:
-    """Attach and start ``image`` in a throwaway systemd; VerifyError on the first failure."""
+@dataclass(frozen=True)
+class Outcome:
+    """One unit's verdict on one release, with systemd's words for a failure."""
+
+    verdict: Verdict
+    cause: str  # systemd's own lines ("" when ok)
+    journal: str
+    triggered_by: str = ""  # set for a unit started by a socket, timer or path
+
+    @property
+    def unit(self) -> str:
+        return self.verdict.unit
+
+    @property
+    def failed(self) -> bool:
+        return not self.verdict.ok
+
+    @property
+    def reason(self) -> str:
+        """Our reason, then systemd's words: the one line a failure is reported with."""
+        if not self.failed:
+            return ""
+        return f"{self.verdict.reason}: {self.cause}" if self.cause else self.verdict.reason
+
+    def to_json(self) -> dict[str, object]:
+        last = self.verdict.last
+        return {"state": last.active, "sub": last.sub, "result": last.result,
+                "restarts": self.verdict.restarts, "verdict": "FAILED" if self.failed else "ok",
+                "cause": self.reason}
+
+
+@dataclass(frozen=True)
+class ReleaseRun:
+    """``try`` on one release: the attach error or every unit's outcome."""
+
+    release: Release
+    outcomes: tuple[Outcome, ...] = ()
+    attach_error: str = ""
+    seconds: float = 0.0  # how long the units were watched
+    history: tuple[judge.Sample, ...] = ()  # what the verdicts were taken from
+
+    @property
+    def label(self) -> str:
+        r = self.release
+        return f"Debian {r.version} ({r.suite}, systemd {r.systemd})"
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.failed]
+
+    @property
+    def ok(self) -> bool:
+        return not self.attach_error and not self.failures
+
+    @property
+    def summary(self) -> str:
+        if self.attach_error:
+            return f"{self.label}: FAILED: {self.attach_error}"
+        bad = self.failures
+        if not bad:
+            return (f"{self.label}: ok, {len(self.outcomes)} unit(s) good after "
+                    f"{self.seconds:.1f} s")
+        return (f"{self.label}: FAILED, {len(bad)} of {len(self.outcomes)} unit(s): "
+                + ", ".join(o.unit for o in bad))
+
+    def to_json(self) -> dict[str, object]:
+        return {"attach": self.attach_error or "ok", "systemd": self.release.systemd,
+                "verdict": "ok" if self.ok else "FAILED",
+                "units": {o.unit: o.to_json() for o in self.outcomes}}
+
+
+def resolve_releases(names: Sequence[str]) -> list[Release]:
+    """``--release`` values (repeatable, or ``all``) as releases, oldest first, each once."""
+    if not names:
+        return [roots.get_release(roots.DEFAULT_RELEASE)]
+    if "all" in names:
+        return list(roots.RELEASES.values())
+    chosen = {roots.get_release(n).suite for n in names}
+    return [r for r in roots.RELEASES.values() if r.suite in chosen]
+
+
+def try_image(image: Path, *, releases: Sequence[str] = (), profile: str = "default",
+              units: Sequence[str] = (), settle: float = DEFAULT_SETTLE,
+              timeout: float = DEFAULT_TIMEOUT, reporter: Reporter | None = None,
+              out: TextIO = sys.stdout, as_json: bool = False,
+              host_network: bool = False) -> list[ReleaseRun]:
+    """Attach and start ``image`` on each release's systemd and judge its units.
+
+    Prints every unit's verdict and a summary (or JSON); raises TryFailed (exit 1) when
+    an attach was refused or a unit failed, HostError (exit 3) when this machine cannot
+    boot a throwaway systemd.
+    """
     reporter = reporter or Reporter()
     nspawn.check_host()
     check_image(image)
-    release = roots.get_release(release_name)
+    chosen = resolve_releases(releases)
+    runs = []
+    for release in chosen:
+        run = try_on(image, release, profile=profile, units=units, settle=settle,
+                     timeout=timeout, reporter=reporter, host_network=host_network)
+        runs.append(run)
+        if not as_json:
+            _print_run(run, out)
+    if as_json:
+        print(json.dumps({r.release.suite: r.to_json() for r in runs}, indent=2,
+                         sort_keys=True), file=out)
+    elif len(runs) > 1:
+        _print_table(runs, out)
+    failed = [r for r in runs if not r.ok]
+    if failed:
+        raise TryFailed(_failure_line(failed), f"see the journal above; {_hint(image)}"
+                        if not as_json else _hint(image))
+    reporter.info(f"OK: every unit of {image.name} is good on "
+                  + ", ".join(r.label for r in runs))
+    return runs
+
+
+def _root(release: Release, reporter: Reporter) -> Path:
     if not roots.is_ready(release):
         reporter.info(f"first use of Debian {release.version}: creating its root (once)")
-    root = roots.ensure_root(release, reporter)
-    label = f"Debian {release.version} ({release.suite}, systemd {release.systemd})"
-    with nspawn.booted(release, root) as c:
+    try:
+        return roots.ensure_root(release, reporter)
+    except HostError:
+        raise
+    except PortableServiceError as e:  # no mirror, debootstrap failed: nothing to run on
+        raise HostError(f"cannot create the Debian {release.version} root: {e.message}",
+                        e.hint) from None
+    except OSError as e:
+        raise HostError(f"cannot create the Debian {release.version} root: "
+                        f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}",
+                        "check the space and permissions of the cache, or set "
+                        "PORTABLE_SERVICE_ROOTS") from None
+
+
+def try_on(image: Path, release: Release, *, profile: str = "default",
+           units: Sequence[str] = (), settle: float = DEFAULT_SETTLE,
+           timeout: float = DEFAULT_TIMEOUT, reporter: Reporter | None = None,
+           host_network: bool = False) -> ReleaseRun:
+    """Boot ``release``, attach ``image``, start and judge its units; torn down on return.
+
+    The container has a network of its own (loopback only) unless ``host_network``: a
+    unit on trial cannot reach or serve the host's network.
+    """
+    reporter = reporter or Reporter(quiet=True)
+    root = _root(release, reporter)
+    label = ReleaseRun(release).label
+    with nspawn.booted(release, root, private_network=not host_network) as c:
         reporter.info(f"booted {label} in {c.timings['ready']:.1f} s")
         with reporter.step(f"portablectl attach --profile={profile} {image.name}"):
             attach = c.attach(image, profile=profile)
         if not attach.ok:
-            raise VerifyError(f"portablectl attach failed on systemd {release.systemd}: "
-                              f"{first_cause(attach.output)}", _hint(image))
+            return ReleaseRun(release, attach_error=f"portablectl attach failed: "
+                                                    f"{first_cause(attach.output)}")
         attached = c.attached_units()
         chosen = list(units) or units_to_start(attached)
         for unit in sorted(set(attached) - set(chosen)):
-            why = "a template" if "@." in unit else "started by its trigger on demand"
+            why = ("not named with --unit" if units else "a template" if "@." in unit
+                   else "started by its trigger on demand")
             reporter.info(f"not starting {unit} ({why}; name it with --unit to start it)")
         if not chosen:
-            raise VerifyError("the image has no unit to start (only templates?)",
-                              "name one with --unit NAME@INSTANCE.service")
-        outcomes = _start_all(c, chosen, settle, reporter)
-        _print(outcomes, out)
+            raise TryFailed("the image has no unit to start (only templates?)",
+                            "name one with --unit NAME@INSTANCE.service")
+        run = _start_and_judge(c, release, chosen, settle, timeout, reporter)
         c.detach(image.name.removesuffix(".raw"))
-    failed = [o for o in outcomes if o.failed]
-    if failed:
-        o = failed[0]
-        raise VerifyError(f"{o.unit} failed on {label}: {first_cause(o.journal)}",
-                          f"see its journal above; {_hint(image)}")
-    reporter.info(f"OK: {', '.join(o.unit for o in outcomes)} started on {label}")
-    return outcomes
+    return run
 
 
-def _start_all(c: Container, chosen: Sequence[str], settle: float,
-               reporter: Reporter) -> list[Outcome]:
+def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], settle: float,
+                     timeout: float, reporter: Reporter) -> ReleaseRun:
+    started: dict[str, str] = {}
+    begin = time.monotonic()  # the timeout bounds the starts and the watch together
     with reporter.step(f"systemctl start {' '.join(chosen)}"):
         for unit in chosen:
-            c.start(unit)
-        time.sleep(settle)  # a service that dies at once has done so by now
+            try:
+                # a start job that blocks (Type=notify never ready) is judged by the watch
+                left = max(timeout - (time.monotonic() - begin), 1.0)
+                started[unit] = c.start(unit, timeout=left).output
+            except PortableServiceError as e:  # the start job outlived the timeout
+                started[unit] = str(e)
+    # what the sockets, timers and paths start is watched too: it may be missing, or run
+    # (a timer that elapsed, a socket that got a connection) and fail
+    first = c.unit_props(chosen)
+    triggered = [t for u in chosen for t in first[u].triggers if t not in chosen]
+    names = list(dict.fromkeys([*chosen, *triggered]))
+    with reporter.step(f"watching {len(names)} unit(s) settle (at least {settle:g} s, "
+                       f"at most {timeout:g} s)"):
+        history, timed_out = judge.watch(lambda: c.unit_props(names), time.monotonic,
+                                         time.sleep, window=settle, quiet=QUIET,
+                                         timeout=timeout, start=begin)
+    last = history[-1].units
     outcomes = []
     for unit in chosen:
-        state = c.unit_state(unit)
-        outcomes.append(Outcome(unit, state, c.journal(unit)))
-    return outcomes
+        verdict = judge.judge(history, unit, timed_out=timed_out)
+        problem = judge.trigger_problem(last[unit], last)
+        if problem:
+            verdict = Verdict(unit, False, problem, verdict.last, verdict.restarts)
+        outcomes.append(_outcome(c, verdict, started.get(unit, "")))
+    for unit in dict.fromkeys(triggered):
+        if last[unit].load == "loaded" and judge.ran(history, unit):
+            by = next(u for u in chosen if unit in first[u].triggers)
+            outcomes.append(_outcome(c, judge.judge(history, unit, timed_out=timed_out,
+                                                    triggered=True), "", triggered_by=by))
+    return ReleaseRun(release, tuple(outcomes), seconds=history[-1].at, history=tuple(history))
 
 
-def _print(outcomes: Sequence[Outcome], out: TextIO) -> None:
-    for o in outcomes:
-        verdict = "FAILED" if o.failed else "ok"
-        print(f"--- {o.unit}: {o.state.active} ({o.state.sub}, result {o.state.result or '-'})"
-              f" {verdict}", file=out)
-        for line in o.journal.splitlines():
+def _outcome(c: Container, verdict: Verdict, start_output: str,
+             triggered_by: str = "") -> Outcome:
+    journal = c.journal(verdict.unit)
+    for _ in range(JOURNAL_RETRIES):
+        if verdict.ok or not _cause_missing(journal):
+            break
+        # the exec child's own line (logged before status=2xx) can reach journald after
+        # PID 1's "Main process exited" on a busy machine
+        c.run("journalctl", "--sync")
+        time.sleep(0.5)
+        journal = c.journal(verdict.unit)
+    cause = "" if verdict.ok else systemd_words(journal, start_output)
+    return Outcome(verdict, cause, journal, triggered_by)
+
+
+def _print_run(run: ReleaseRun, out: TextIO) -> None:
+    print(f"=== {run.label}", file=out)
+    if run.attach_error:
+        print(f"    attach FAILED: {run.attach_error}", file=out)
+    for o in run.outcomes:
+        last = o.verdict.last
+        by = f" (started by {o.triggered_by})" if o.triggered_by else ""
+        verdict = f"FAILED: {o.reason}" if o.failed else "ok"
+        print(f"--- {o.unit}{by}: {last.active} ({last.sub}, result {last.result or '-'}, "
+              f"restarts {o.verdict.restarts}) {verdict}", file=out)
+        lines = [ln for ln in o.journal.splitlines() if ln.strip()]
+        if len(lines) > JOURNAL_LINES:
+            print(f"    ... {len(lines) - JOURNAL_LINES} earlier journal lines", file=out)
+        for line in lines[-JOURNAL_LINES:]:
             print(f"    {line}", file=out)
+    print(run.summary, file=out)
+
+
+def _print_table(runs: Sequence[ReleaseRun], out: TextIO) -> None:
+    print(f"{'release':<10} {'systemd':<8} {'verdict':<7} units", file=out)
+    for r in runs:
+        if r.attach_error:
+            detail = f"attach refused: {r.attach_error}"
+        else:
+            bad = [o.unit for o in r.failures]
+            detail = (f"{len(r.outcomes)} good" if not bad
+                      else f"{len(bad)} of {len(r.outcomes)} failed: {', '.join(bad)}")
+        print(f"{r.release.suite:<10} {r.release.systemd:<8} {'ok' if r.ok else 'FAILED':<7} "
+              f"{detail}", file=out)
+
+
+def _failure_line(failed: Sequence[ReleaseRun]) -> str:
+    """One line for the error: the first failure in systemd's words, and how many more."""
+    first = failed[0]
+    if first.attach_error:
+        line = f"on {first.label}, {first.attach_error}"
+        more = len(first.failures)
+    else:
+        o = first.failures[0]
+        line = f"{o.unit} failed on {first.label}: {o.reason}"
+        more = len(first.failures) - 1
+    more += sum(len(r.failures) + bool(r.attach_error) for r in failed[1:])
+    return line + (f" (and {more} more failure(s), listed above)" if more else "")
 
 
 def _hint(image: Path) -> str:
@@ -148,8 +389,10 @@ def _hint(image: Path) -> str:
 
 
 def cmd_try(args: argparse.Namespace) -> int:
-    try_image(Path(args.image), release_name=args.release, profile=args.profile,
-              units=args.unit or (), settle=args.settle, reporter=Reporter(quiet=args.quiet))
+    try_image(Path(args.image), releases=args.release or (), profile=args.profile,
+              units=args.unit or (), settle=args.settle, timeout=args.timeout,
+              reporter=Reporter(quiet=args.quiet or args.json), as_json=args.json,
+              host_network=args.host_network)
     return 0
 
 
@@ -157,20 +400,44 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "try", help="attach and start an image in a throwaway systemd (needs root)",
         description="Boot a throwaway Debian systemd with systemd-nspawn, attach IMAGE with "
-                    "portablectl, start its units, print their status and journal, and tear "
-                    "everything down. Needs root, systemd-nspawn and debootstrap; the Debian "
-                    f"root is cached in {roots.DEFAULT_CACHE} (or $PORTABLE_SERVICE_ROOTS).")
+                    "portablectl, start its units, watch them settle and judge each as "
+                    "systemd sees it, print every unit's verdict with systemd's own words "
+                    "for a failure, and tear everything down. Needs root, systemd-nspawn and "
+                    "debootstrap; the Debian root is cached in "
+                    f"{roots.DEFAULT_CACHE} (or $PORTABLE_SERVICE_ROOTS).",
+        epilog=EXIT_CODES)
     p.add_argument("image", help="the image, e.g. result/demo_1.0.raw")
     p.add_argument("--profile", default="default", choices=PROFILES,
                    help="portable profile to attach with (default: default)")
     p.add_argument("--unit", action="append", metavar="UNIT",
                    help="unit to start (repeatable; default: the image's sockets, timers, "
                         "paths, targets and the services nothing triggers)")
-    p.add_argument("--release", default=roots.DEFAULT_RELEASE, choices=list(roots.RELEASES),
-                   help=f"Debian release to boot (default: {roots.DEFAULT_RELEASE}; "
+    p.add_argument("--release", action="append", choices=[*roots.RELEASES, "all"],
+                   help=f"Debian release to boot (repeatable, or all; default: "
+                        f"{roots.DEFAULT_RELEASE}; "
                         + ", ".join(f"{r.suite}: systemd {r.systemd}"
                                     for r in roots.RELEASES.values()) + ")")
-    p.add_argument("--settle", type=float, default=2.0, metavar="SECONDS",
-                   help="how long to let the units run before judging them (default: 2)")
+    p.add_argument("--settle", type=_seconds, default=DEFAULT_SETTLE, metavar="SECONDS",
+                   help="watch the units at least this long, and until their state has not "
+                        f"changed for {QUIET:g} s, before judging them (default: "
+                        f"{DEFAULT_SETTLE:g})")
+    p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="judge the units after this long even if they still change; a unit "
+                        f"still activating then has failed (default: {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--json", action="store_true",
+                   help="print the verdicts as JSON (per release, per unit; keys sorted)")
+    p.add_argument("--host-network", action="store_true",
+                   help="share the host's network with the container (default: a network of "
+                        "its own, loopback only)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_try)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} s is out of range (0 to 3600)")
+    return value

@@ -7,6 +7,7 @@ already exist in a read-only image.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ class Unit:
     text: str
     origin: str  # the host file it came from, or "inline"
     sections: dict[str, list[tuple[str, str]]] = field(default_factory=dict, compare=False)
+    # the drop-ins merged into ``text`` (NAME.d/FILE.conf), in the order systemd applies them
+    drop_ins: tuple[str, ...] = ()
 
     @property
     def unit_name(self) -> str:
@@ -94,7 +97,73 @@ def load_units(spec: Spec) -> list[Unit]:
     if not any("/" not in u.name for u in units):
         raise UnitError("only drop-in folders were given, no unit file",
                         f"add a unit such as {spec.pname}.service")
-    return units
+    return merge_drop_ins(units)
+
+
+# -- drop-ins: portabled copies the image's unit files and writes drop-ins of its own
+# (10-profile.conf, 20-portable.conf) on the host; a NAME.d/*.conf inside the image is never
+# read (seen on systemd 247, 252 and 257). So the build merges them into the unit file.
+
+def drop_in_dirs(name: str) -> list[str]:
+    """The drop-in folders systemd reads for unit ``name``, most specific first.
+
+    systemd's unit_file_find_dirs(): the name itself, its template (``a@.service`` for
+    ``a@x.service``), then each '-' prefix, longest first (``a-b-.service``, ``a-.service``).
+    """
+    stem, dot, suffix = name.rpartition(".")
+    dirs = [name]
+    if "@" in stem and not stem.endswith("@"):
+        dirs.append(f"{stem.split('@', 1)[0]}@.{suffix}")
+    base = stem.split("@", 1)[0]
+    # a name ending in '-' is itself a prefix: its own prefixes start below that dash
+    cut = base.rstrip("-") if base.endswith("-") else base
+    while "-" in cut:
+        cut = cut[: cut.rfind("-")]
+        dirs.append(f"{cut}-{dot}{suffix}")
+    return [f"{d}.d" for d in dirs]
+
+
+def merge_drop_ins(units: list[Unit]) -> list[Unit]:
+    """Unit files with the spec's drop-ins merged in, in systemd's order.
+
+    systemd applies every ``*.conf`` of a unit's drop-in folders after the unit file,
+    sorted by file name; of two files with one name, the more specific folder's wins.
+    Appending them to the unit file (after an empty line, which ends a continuation)
+    gives systemd the same settings, and a file portabled does copy.
+    """
+    files = [u for u in units if "/" not in u.name]
+    confs: dict[str, dict[str, Unit]] = {}
+    for u in units:
+        if "/" in u.name:
+            folder, conf = u.name.split("/", 1)
+            confs.setdefault(folder, {})[conf] = u
+    used: set[str] = set()
+    merged = []
+    for unit in files:
+        chosen: dict[str, Unit] = {}
+        for folder in drop_in_dirs(unit.name):
+            for conf, drop in confs.get(folder, {}).items():
+                chosen.setdefault(conf, drop)
+                used.add(folder)
+        if not chosen:
+            merged.append(unit)
+            continue
+        order = [chosen[c] for c in sorted(chosen, key=os.fsencode)]
+        text = unit.text if unit.text.endswith("\n") else unit.text + "\n"
+        for drop in order:
+            text += (f"\n# {drop.name}: merged by portable-service, as portabled does not read "
+                     f"drop-ins inside images\n{drop.text}")
+            if not text.endswith("\n"):
+                text += "\n"
+        merged.append(_make_unit(unit.name, text, unit.origin,
+                                 tuple(d.name for d in order)))
+    unused = sorted(set(confs) - used)
+    if unused:
+        raise UnitError(
+            f"drop-in folder {unused[0]} belongs to no unit of the image: systemd would not "
+            "apply it (and portabled never reads drop-ins inside an image)",
+            f"name it after a unit in units (e.g. {files[0].name}.d), or add its unit")
+    return merged
 
 
 def _read_source(source: UnitSource) -> list[Unit]:
@@ -130,11 +199,12 @@ def _read_unit_file(path: Path) -> str:
         raise UnitError(f"unit file {path} is not UTF-8 text", "save it as UTF-8") from None
 
 
-def _make_unit(name: str, text: str, origin: str) -> Unit:
+def _make_unit(name: str, text: str, origin: str, drop_ins: tuple[str, ...] = ()) -> Unit:
     if not text.strip():
         raise UnitError(f"unit {name} ({origin}) is empty",
                         "portabled ignores empty unit files: give it a [Unit] or [Service] section")
-    return Unit(name=name, text=text, origin=origin, sections=parse_unit_text(text))
+    return Unit(name=name, text=text, origin=origin, sections=parse_unit_text(text),
+                drop_ins=drop_ins)
 
 
 def check_unit_name(unit: Unit, pname: str) -> None:
@@ -285,11 +355,12 @@ def _split_commands(value: str) -> list[list[str]]:
     return [c for c in commands if c]
 
 
-def environment_files(unit: Unit) -> list[tuple[str, str]]:
-    """EnvironmentFile= paths the unit must read (those without '-')."""
+def environment_files(unit: Unit, *, optional: bool = False) -> list[tuple[str, str]]:
+    """EnvironmentFile= paths the unit must read (those without '-'; all with ``optional``)."""
     out = []
     for section in unit.exec_sections():
         for value in unit.values(section, "EnvironmentFile"):
-            if not value.startswith("-") and value.startswith("/"):
-                out.append((value, f"EnvironmentFile= in {unit.unit_name}"))
+            path = value.removeprefix("-") if optional else value
+            if path.startswith("/"):
+                out.append((path, f"EnvironmentFile= in {unit.unit_name}"))
     return out

@@ -109,7 +109,18 @@ def ldd_libraries(program: str) -> set[str]:
 
 
 def host_dir() -> Path:
-    """A scratch folder outside /tmp: unit paths below /tmp, /run, /var/lib ... are run-time paths."""
+    """A scratch folder outside /tmp: unit paths below /tmp, /run, /var/lib ... are run-time paths.
+
+    Not in the home folder when it can be helped: files reached by reference from /root or
+    /home are host secrets the build refuses (closure/secrets.py).
+    """
     import tempfile
 
-    return Path(tempfile.mkdtemp(prefix=".ps-closure-test-", dir=Path.home()))
+    base = Path("/var/opt")
+    try:
+        base.mkdir(exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="ps-closure-test-", dir=base))
+    except OSError:  # not root: the home folder, where references are refused as secrets
+        return Path(tempfile.mkdtemp(prefix=".ps-closure-test-", dir=Path.home()))
+    folder.chmod(0o755)
+    return folder

@@ -35,7 +35,7 @@ def test_env_shebangs(tmp_path: Path, line: str, program: str) -> None:
     interp, arg = scripts.read_shebang(s)  # type: ignore[misc]
     assert interp == "/usr/bin/env"
     assert scripts.env_program(arg) == program
-    c = closure_of(tmp_path, contents=[str(s)])
+    c = closure_of(tmp_path, contents=[str(s)], units=[unit(str(s))])
     found = scripts.which(program)
     assert found is not None
     assert c.nodes[P(found)].reason == f"#!/usr/bin/env {program}"
@@ -48,7 +48,7 @@ def test_env_shebangs(tmp_path: Path, line: str, program: str) -> None:
 def test_plain_shebang_with_argument(tmp_path: Path) -> None:
     s = script(tmp_path / "run", "#!/bin/bash -eu\necho hi\n")
     assert scripts.read_shebang(s) == ("/bin/bash", "-eu")
-    c = closure_of(tmp_path, contents=[str(s)])
+    c = closure_of(tmp_path, contents=[str(s)], units=[unit(str(s))])
     assert c.nodes[P("/bin/bash")].reason == "#! interpreter"
 
 
@@ -61,15 +61,23 @@ def test_non_executable_script_is_data(tmp_path: Path) -> None:
 def test_env_program_not_in_path_is_an_error(tmp_path: Path) -> None:
     s = script(tmp_path / "run", "#!/usr/bin/env no-such-interpreter-xyz\n")
     with pytest.raises(ClosureError, match=r"runs 'no-such-interpreter-xyz' through env"):
-        closure_of(tmp_path, contents=[str(s)])
-    c = closure_of(tmp_path, contents=[str(s)], allow_missing=True)
+        closure_of(tmp_path, contents=[str(s)], units=[unit(str(s))])
+    c = closure_of(tmp_path, contents=[str(s)], units=[unit(str(s))], allow_missing=True)
     assert any("no-such-interpreter-xyz" in w for w in c.warnings)
+    # as data (no unit runs it) the same script is only worth a warning
+    c = closure_of(tmp_path, contents=[str(s)])
+    assert any(w.startswith(f"{s} is an executable script for 'no-such-interpreter-xyz'")
+               for w in c.warnings)
 
 
 def test_missing_interpreter_is_an_error(tmp_path: Path) -> None:
     s = script(tmp_path / "run", "#!/opt/nowhere/bin/interp\n")
     with pytest.raises(ClosureError, match=r"runs /opt/nowhere/bin/interp, which is not on this host"):
-        closure_of(tmp_path, contents=[str(s)])
+        closure_of(tmp_path, contents=[str(s)], units=[unit(str(s))])
+    c = closure_of(tmp_path, contents=[str(s)])
+    assert [w for w in c.warnings if "/opt/nowhere/bin/interp" in w] == [
+        f"{s} is an executable script for /opt/nowhere/bin/interp, which is not on this host; "
+        "no unit runs it, so it is shipped as data and its interpreter is not added"]
 
 
 def test_exec_programs_become_roots(tmp_path: Path) -> None:
@@ -93,12 +101,18 @@ def outside_tmp() -> Iterator[Path]:
     shutil.rmtree(d)
 
 
-def test_environment_file_is_shipped(tmp_path: Path, outside_tmp: Path) -> None:
+def test_environment_file_is_not_shipped(tmp_path: Path, outside_tmp: Path) -> None:
+    """systemd reads it on the host before the image is mounted: the build says so instead."""
     env = outside_tmp / "etc/demo.env"
     env.parent.mkdir()
     env.write_text("A=1\n")
-    c = closure_of(tmp_path, units=[unit("/usr/bin/true", extra=f"EnvironmentFile={env}\n")])
-    assert c.nodes[P(env)].reason == "EnvironmentFile= in t.service"
+    c = closure_of(tmp_path, units=[unit("/usr/bin/true", extra=f"EnvironmentFile={env}\n"
+                                         "EnvironmentFile=-/etc/demo-optional.env\n")])
+    assert P(env) not in c.nodes
+    assert [w.split(":")[0] for w in c.warnings] == [
+        f"EnvironmentFile= in t.service names {env}",
+        "EnvironmentFile= in t.service names /etc/demo-optional.env"]
+    assert "reads it on the host" in c.warnings[0]
 
 
 def test_missing_program_is_an_error_naming_the_directive(tmp_path: Path) -> None:

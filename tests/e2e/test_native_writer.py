@@ -11,7 +11,7 @@ pytestmark = pytest.mark.e2e
 PORT = 18151
 
 
-@pytest.mark.parametrize("compression", ["xz -Xdict-size 100%", "zstd"])
+@pytest.mark.parametrize("compression", ["xz -Xdict-size 100%", "zstd", "lzo"])
 def test_native_image_attaches_and_serves(container, psdemo, tmp_path, compression):
     c = container
     image = build_image(tmp_path, {

@@ -24,7 +24,8 @@ from tests.squashfs.conftest import (
 COMPRESSORS = [["-comp", "gzip"], ["-comp", "xz"], ["-comp", "zstd"], ["-comp", "lz4"],
                ["-comp", "gzip", "-noI", "-noD", "-noF", "-noX"],
                ["-comp", "xz", "-Xbcj", "x86", "-Xdict-size", "50%"],
-               ["-comp", "gzip", "-Xcompression-level", "1"], ["-comp", "lz4", "-Xhc"]]
+               ["-comp", "gzip", "-Xcompression-level", "1"], ["-comp", "lz4", "-Xhc"],
+               ["-comp", "lzo"], ["-comp", "lzo", "-Xalgorithm", "lzo1x_1"]]
 
 
 @pytest.mark.parametrize("args", COMPRESSORS, ids=lambda a: " ".join(a))

@@ -157,13 +157,16 @@ def test_bad_compressor_options() -> None:
         from_options("xz", ("-Xdict-size", "3000"), 131072)
     with pytest.raises(SpecError, match="not supported"):
         from_options("gzip", ("-Xnope",), 131072)
-    with pytest.raises(SpecError, match="cannot write lzo"):
-        from_options("lzo", (), 131072)
+    with pytest.raises(SpecError, match="cannot write lzma"):
+        from_options("lzma", (), 131072)
+    with pytest.raises(SpecError, match="lzo1x_1_15"):
+        from_options("lzo", ("-Xalgorithm", "lzo1x_1_15"), 131072)
 
 
 COMPRESSIONS = ["gzip", "xz", "zstd", "lz4", "xz -Xbcj x86,arm -Xdict-size 100%",
                 "gzip -Xcompression-level 1 -Xwindow-size 12", "zstd -Xcompression-level 19",
-                "lz4 -Xhc", "gzip -Xstrategy default,filtered"]
+                "lz4 -Xhc", "gzip -Xstrategy default,filtered", "lzo",
+                "lzo -Xalgorithm lzo1x_1", "lzo -Xcompression-level 9"]
 
 
 @pytest.fixture(scope="module")
@@ -202,9 +205,12 @@ def test_every_compressor_and_block_size(small: Path, tmp_path: Path, compressio
 def test_compressor_options_match_mksquashfs(small: Path, tmp_path: Path) -> None:
     """The options record says what mksquashfs says for the same options."""
     for comp, extra in [("xz", ["-Xdict-size", "50%"]), ("gzip", ["-Xcompression-level", "3"]),
-                        ("zstd", ["-Xcompression-level", "19"]), ("lz4", ["-Xhc"])]:
-        ours = write_dir(small, tmp_path / f"o-{comp}", " ".join([comp, *extra]))
-        theirs = mksquashfs(small, tmp_path / f"t-{comp}", "-comp", comp, *extra)
+                        ("zstd", ["-Xcompression-level", "19"]), ("lz4", ["-Xhc"]),
+                        ("lzo", ["-Xcompression-level", "9"]),
+                        ("lzo", ["-Xalgorithm", "lzo1x_1"])]:
+        tag = "-".join([comp, *extra])
+        ours = write_dir(small, tmp_path / f"o-{tag}", " ".join([comp, *extra]))
+        theirs = mksquashfs(small, tmp_path / f"t-{tag}", "-comp", comp, *extra)
         head_ours, head_theirs = ours.read_bytes()[96:120], theirs.read_bytes()[96:120]
         size = fmt.U16.unpack(head_theirs[:2])[0] & 0x7FFF
         assert head_ours[: 2 + size] == head_theirs[: 2 + size], comp

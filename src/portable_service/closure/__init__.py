@@ -12,16 +12,24 @@ turns a path into the paths it references:
 
 ``resolve`` follows them transitively and records for every path the one that
 first pulled it in, so ``why`` can show the chain.
+
+Data is not a program: only what the units execute (Exec*= programs, the
+commands of ``env NAME`` and ``sh -c``) and what those programs execute in turn
+(``#!`` interpreters, symlink targets) is marked ``executed``, and only an
+executed script brings its interpreter. Everything else (folder entries,
+package files, the targets of data symlinks) is data, whatever its mode bits say.
 """
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import fnmatch
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from portable_service.errors import ClosureError, TreeError
@@ -38,8 +46,11 @@ class Node:
     reason: str  # e.g. "content", "DT_NEEDED libc.so.6", "symlink target"
     parent: PurePosixPath | None = None  # the node that pulled this one in; None for a root
     # the Debian package this is a file of: dpkg lists every file itself, so a
-    # folder does not bring its entries and a script does not bring its interpreter
+    # folder does not bring its entries
     package: str | None = None
+    # a unit runs it (directly, through env or sh -c, as a #! interpreter or through a
+    # symlink): only then does a script bring its interpreter; anything else is data
+    executed: bool = False
 
 
 @dataclass
@@ -71,6 +82,25 @@ class Closure:
 # A resolver looks at one node (its host file) and names what it references.
 Resolver = Callable[[Node], Iterable[Node]]
 
+
+def follows_executed(resolver: Callable[[Node], Iterable[Node]]) -> Callable[[Node], Iterable[Node]]:
+    """Mark a resolver whose answer depends on ``Node.executed``: a node first reached as
+    data and then run by a unit is given to it again."""
+    setattr(resolver, "follows_executed", True)  # noqa: B010 (mypy knows no such attribute)
+    return resolver
+
+
+class Unreadable(Exception):
+    """A resolver cannot read a host path; ``resolve`` turns it into an error or a warning."""
+
+    def __init__(self, path: os.PathLike[str] | str, strerror: str) -> None:
+        super().__init__(f"{path}: {strerror}")
+        self.path, self.strerror = str(path), strerror
+
+
+UNREADABLE_HINT = ("run the build as root, make it readable (chmod), or add it to exclude; "
+                   "with allow-missing it is left out with a warning")
+
 # Paths a service finds created at run time (or mounted by systemd): never dependencies.
 RUNTIME_ROOTS = tuple(PurePosixPath(p) for p in (
     "/run", "/tmp", "/var/tmp", "/var/lib", "/var/cache", "/var/log", "/proc", "/sys", "/dev"))
@@ -84,6 +114,28 @@ class Context:
 
     spec: Spec
     closure: Closure
+    # image paths the units run, each in its literal and its host spelling (unit_nodes)
+    executed: set[PurePosixPath] = field(default_factory=set)
+    _parents: dict[PurePosixPath, PurePosixPath] = field(default_factory=dict, repr=False)
+
+    def spelling(self, path: PurePosixPath) -> PurePosixPath:
+        """:func:`host_spelling`, with the parent folders' answers remembered."""
+        real = self._parents.get(path.parent)
+        if real is None:
+            real = self._parents[path.parent] = PurePosixPath(os.path.realpath(path.parent))
+        return real / path.name
+
+    def runs(self, image: PurePosixPath) -> bool:
+        """Whether a unit executes the file at ``image`` (spelled any way the host allows)."""
+        return bool(self.executed) and (image in self.executed
+                                        or self.spelling(image) in self.executed)
+
+    def excluded(self, image: PurePosixPath) -> bool:
+        """``exclude`` matches the path as the image shows it (host folder links resolved,
+        /lib/x -> /usr/lib/x on merged-/usr hosts) and as written."""
+        patterns = self.spec.exclude
+        return bool(patterns) and (excluded(image, patterns)
+                                   or excluded(self.spelling(image), patterns))
 
     def missing(self, message: str, hint: str) -> None:
         """A reference that cannot be satisfied: an error, or a warning with allow-missing."""
@@ -101,6 +153,57 @@ class Context:
         return image
 
 
+def relocation(spec: Spec, node: Node) -> tuple[Path, PurePosixPath] | None:
+    """(source, target) of the ``{ source, target }`` content ``node`` was moved with, if any."""
+    if PurePosixPath(node.host) == node.image:
+        return None
+    for c in spec.contents:
+        if (c.source == node.host or c.source in node.host.parents) and \
+                node.image == c.target / node.host.relative_to(c.source):
+            return c.source, c.target
+    return None
+
+
+def image_link(spec: Spec, node: Node) -> str:
+    """The target a symlink node carries in the image: its meaning there, not its host text.
+
+    A link moved with ``{ source, target }`` that points into ``source`` (absolutely,
+    or relatively from outside it) points to the same place under ``target``; one that
+    points out of ``source`` keeps the host path it means (the closure brings that path in).
+    """
+    text = os.readlink(node.host)
+    moved = relocation(spec, node)
+    if moved is None:
+        return text
+    source, target = moved
+    meant = PurePosixPath(os.path.normpath(os.path.join(node.host.parent, text)))
+    sources = {PurePosixPath(source), PurePosixPath(os.path.realpath(source))}
+    inside = next((s for s in sources if meant == s or s in meant.parents), None)
+    if inside is None:
+        return str(meant)
+    there = target / meant.relative_to(inside)
+    if text.startswith("/"):
+        return str(there)
+    # a relative link that stays within the tree means the same after the move; one that
+    # climbs out of it and back in (../src/y) is rewritten to reach the same file
+    if PurePosixPath(os.path.normpath(os.path.join(node.image.parent, text))) == there:
+        return text
+    return os.path.relpath(there, node.image.parent)
+
+
+def present(path: os.PathLike[str] | str, ctx: Context) -> bool:
+    """``os.path.lexists``, except that a path the build may not look at is not "missing":
+    it is reported as unreadable (an error, or a warning with allow-missing)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        ctx.missing(f"cannot read {path}: {e.strerror}", UNREADABLE_HINT)
+        return False
+    return True
+
+
 def in_nix_store(path: PurePosixPath) -> bool:
     return path.parts[1:3] == ("nix", "store")
 
@@ -115,6 +218,13 @@ def root_nodes(spec: Spec, units: list[Unit], ctx: Context | None = None) -> lis
     ctx = ctx or Context(spec, Closure())
     roots: list[Node] = []
     for content in spec.contents:
+        try:
+            os.lstat(content.source)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as e:  # a folder above it the build may not enter
+            ctx.missing(f"cannot read content {content.source}: {e.strerror}", UNREADABLE_HINT)
+            continue
         if not os.path.lexists(content.source):
             raise ClosureError(f"content {content.source} does not exist",
                                "fix the path in contents or create it first")
@@ -134,7 +244,9 @@ def root_nodes(spec: Spec, units: list[Unit], ctx: Context | None = None) -> lis
 
 
 def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
-    """Programs in Exec*= lines (bare names looked up as systemd does) and EnvironmentFile= files.
+    """Programs in Exec*= lines (bare names looked up as systemd does).
+
+    EnvironmentFile= files are not followed: the service manager reads them on the host.
 
     Paths the spec places itself (contents targets, symlinks) and paths made at
     run time are not host dependencies.
@@ -143,6 +255,18 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
 
     placed = [host_spelling(c.target) for c in spec.contents]
     placed += [host_spelling(s.symlink) for s in spec.symlinks]
+    links = [(host_spelling(s.symlink), PurePosixPath(os.path.abspath(s.object)))
+             for s in spec.symlinks]
+
+    def mark_executed(p: PurePosixPath) -> None:
+        # a program the spec places itself is run too: a content file, or the object of
+        # one of the spec's symlinks
+        spelled = host_spelling(p)
+        ctx.executed.update((p, spelled))
+        for link, obj in links:
+            if spelled == link or link in spelled.parents:
+                target = obj / spelled.relative_to(link)
+                ctx.executed.update((target, host_spelling(target)))
 
     def wanted(p: PurePosixPath) -> bool:
         if p in SCAFFOLD_FILES or any(p == r or r in p.parents for r in RUNTIME_ROOTS):
@@ -167,22 +291,20 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
                             "install it, give its absolute path, or ship it with contents")
                 continue
             path = PurePosixPath(os.path.normpath(found))
+            mark_executed(path)
             if not wanted(path):
                 continue
             if not os.path.lexists(path):
                 ctx.missing(f"{directive} runs {path}, which does not exist on this host",
                             "install it, ship it with contents (source, target), or fix the unit")
                 continue
-            yield Node(path, Path(path), f"program of {directive}")
-        for file, directive in environment_files(unit):
-            path = PurePosixPath(os.path.normpath(file))
-            if not wanted(path):
-                continue
-            if not os.path.lexists(path):
-                ctx.missing(f"{directive} reads {path}, which does not exist on this host",
-                            "create it, ship it with contents, or write EnvironmentFile=-PATH")
-                continue
-            yield Node(path, Path(path), f"{directive}")
+            yield Node(path, Path(path), f"program of {directive}", executed=True)
+        for file, directive in environment_files(unit, optional=True):
+            # systemd reads it on the host, before the unit's root image is mounted
+            ctx.closure.warnings.append(
+                f"{directive} names {file}: systemd reads it on the host before the image is "
+                "mounted, so a copy in the image is not used; put the variables in "
+                "Environment=, keep the file on the host, or read it in ExecStart=")
 
 
 def folder_resolver(node: Node) -> Iterator[Node]:
@@ -192,14 +314,18 @@ def folder_resolver(node: Node) -> Iterator[Node]:
     try:
         names = sorted(os.listdir(node.host), key=os.fsencode)
     except OSError as e:
-        raise ClosureError(f"cannot read folder {node.host}: {e.strerror}",
-                           "fix its permissions or leave it out") from None
+        raise Unreadable(node.host, e.strerror or str(e)) from None
     for name in names:
         yield Node(node.image / name, node.host / name, "in folder", node.image)
 
 
+@follows_executed
 def symlink_resolver(node: Node) -> Iterator[Node]:
-    """A symlink at its host path brings its target, so the chain resolves inside the image."""
+    """A symlink at its host path brings its target, so the chain resolves inside the image.
+
+    The target is executed when the link is (a unit running /usr/bin/python3 runs
+    python3.11), data otherwise.
+    """
     if node.image != PurePosixPath(node.host) or not node.host.is_symlink():
         return
     target = os.readlink(node.host)
@@ -207,7 +333,43 @@ def symlink_resolver(node: Node) -> Iterator[Node]:
     if os.path.lexists(resolved):
         # a package's link (dpkg lists /lib -> usr/lib) must not turn into the whole folder
         yield Node(resolved, Path(resolved), f"symlink target of {node.image}", node.image,
-                   package=node.package)
+                   package=node.package, executed=node.executed)
+
+
+def relocated_link_resolver(ctx: Context) -> Resolver:
+    """A symlink moved with ``{ source, target }``: what it means in the image must be there.
+
+    A target inside ``source`` moves with the tree (:func:`image_link` rewrites an
+    absolute one); a target outside it is brought in at its host path; one that
+    would dangle in the image is a warning naming the link.
+    """
+
+    @follows_executed
+    def resolve(node: Node) -> Iterator[Node]:
+        if PurePosixPath(node.host) == node.image or not node.host.is_symlink():
+            return
+        moved = relocation(ctx.spec, node)
+        if moved is None:
+            return
+        text = os.readlink(node.host)
+        meant = PurePosixPath(os.path.normpath(os.path.join(node.host.parent, text)))
+        in_image = PurePosixPath(os.path.normpath(os.path.join(node.image.parent,
+                                                               image_link(ctx.spec, node))))
+        if not os.path.lexists(ctx.host_of(str(in_image))):
+            ctx.closure.warnings.append(
+                f"symlink {node.host} (placed at {node.image}) points to {text}, which does "
+                "not exist: it dangles in the image")
+            return
+        if in_image == meant and ctx.host_of(str(meant)) == str(meant):
+            # outside the moved tree: the host path it names must be in the image too
+            yield Node(meant, Path(meant), f"symlink target of {node.image}", node.image,
+                       executed=node.executed)
+        elif node.executed:
+            # inside the moved tree: already there as a folder entry, but now it is run
+            yield Node(in_image, Path(ctx.host_of(str(in_image))),
+                       f"symlink target of {node.image}", node.image, executed=True)
+
+    return resolve
 
 
 DEFAULT_RESOLVERS: tuple[Resolver, ...] = (folder_resolver, symlink_resolver)
@@ -217,8 +379,8 @@ def standard_resolvers(ctx: Context) -> tuple[Resolver, ...]:
     """Every kind of reference: folders, symlinks, ELF, scripts, Nix store paths."""
     from portable_service.closure import elf, nix, scripts
 
-    return (folder_resolver, symlink_resolver, elf.ElfResolver(ctx), scripts.script_resolver(ctx),
-            nix.NixResolver(ctx))
+    return (folder_resolver, symlink_resolver, relocated_link_resolver(ctx), elf.ElfResolver(ctx),
+            scripts.script_resolver(ctx), nix.NixResolver(ctx))
 
 
 def resolve(
@@ -235,22 +397,60 @@ def resolve(
     spec_links = {host_spelling(s.symlink) for s in spec.symlinks}
     while queue:
         node = queue.popleft()
-        if excluded(node.image, spec.exclude):
+        if ctx.excluded(node.image):
             continue
         if node.parent is not None and spec_links and host_spelling(node.image) in spec_links:
             continue
-        if node.image in closure.nodes:
-            _check_same_source(closure.nodes[node.image], node)
+        if not node.executed and ctx.runs(node.image):
+            node = replace(node, executed=True)
+        old = closure.nodes.get(node.image)
+        if old is not None:
+            _check_same_source(old, node)
+            if node.executed and not old.executed:
+                # reached as data first (a folder entry), run by a unit all the same
+                closure.nodes[node.image] = upgraded = replace(old, executed=True)
+                for resolver in resolvers:
+                    if getattr(resolver, "follows_executed", False):
+                        _follow(ctx, resolver, upgraded, queue)
+            continue
+        if not _readable(ctx, node):
             continue
         closure.nodes[node.image] = node
         for resolver in resolvers:
-            queue.extend(resolver(node))
+            _follow(ctx, resolver, node, queue)
     for resolver in resolvers:
         finish = getattr(resolver, "finish", None)
         if finish is not None:
             finish()  # checks that need the whole closure (a library's misses)
     _add_ld_cache(closure, spec)
     return closure
+
+
+def _follow(ctx: Context, resolver: Resolver, node: Node, queue: deque[Node]) -> None:
+    try:
+        queue.extend(resolver(node))
+    except Unreadable as e:
+        ctx.missing(f"cannot read {e.path}: {e.strerror}", UNREADABLE_HINT)
+
+
+def _readable(ctx: Context, node: Node) -> bool:
+    """Whether the build can read what it must copy of ``node``: a file it cannot read is
+    an error (or, with allow-missing, a warning and the file is left out), never a gap.
+
+    A folder needs no check here: listing it is the folder resolver's, and each entry
+    is checked on its own.
+    """
+    try:
+        st = os.lstat(node.host)
+    except FileNotFoundError:
+        return True  # image.place names a path that vanished; not a permission matter
+    except OSError as e:
+        ctx.missing(f"cannot read {node.host}: {e.strerror}", UNREADABLE_HINT)
+        return False
+    if stat.S_ISREG(st.st_mode) and not os.access(node.host, os.R_OK):
+        ctx.missing(f"cannot read {node.host}: {os.strerror(errno.EACCES)}", UNREADABLE_HINT)
+        return False
+    return True
 
 
 IMAGE_LD_CACHE = PurePosixPath("/etc/ld.so.cache")

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from portable_service.closure import Context, Node
+from portable_service.closure import Context, Node, present
 from portable_service.errors import ClosureError
 from portable_service.spec import Spec
 
@@ -202,7 +202,7 @@ def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR) -> Iter
                 continue
             diverted = diversions.get(line)
             path = diverted[0] if diverted and diverted[1] != pkg.name else line
-            if not os.path.lexists(path):
+            if not present(path, ctx):
                 continue  # dropped by the host's dpkg path-exclude, or removed by hand
             p = PurePosixPath(path)
             yield Node(p, Path(path), reason, package=pkg.name)

@@ -7,8 +7,11 @@ PATH a service starts with: systemd's fixed default. A unit's own
 ``Exec*=/usr/bin/env NAME`` brings NAME the same way (:func:`env_commands`), and the
 commands of ``Exec*=/bin/sh -c 'SCRIPT'`` are followed too (:func:`shell_commands`).
 
-Files of Debian packages are data unless a unit runs them: a package's admin,
-cron and init scripts would otherwise bring perl and the shell into every image.
+Only executed scripts (``Node.executed``: what the units run, and what that runs)
+bring their interpreters. A script that is data (a folder entry, a package file:
+Python's standard library has executable modules starting ``#! /usr/local/bin/python``,
+packages their admin and cron scripts) brings nothing; when its interpreter is
+missing the build says so in a warning, since running it would fail.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
-from portable_service.closure import Context, Node, Resolver, in_nix_store
+from portable_service.closure import Context, Node, Resolver, follows_executed, in_nix_store
 from portable_service.units import SYSTEMD_PATH, Unit, exec_commands
 
 SHEBANG_MAX = 256
@@ -155,11 +158,10 @@ def which(name: str, path: Sequence[str] = SYSTEMD_PATH) -> str | None:
 
 
 def script_resolver(ctx: Context) -> Resolver:
+    @follows_executed
     def resolve(node: Node) -> Iterator[Node]:
-        # package files are data unless a unit runs them: their admin and init scripts
-        # would otherwise drag perl and the shell into every image
-        if node.package is not None or in_nix_store(node.image):
-            return
+        if in_nix_store(node.image):
+            return  # the Nix resolver knows a store path's references
         try:
             st = os.lstat(node.host)
         except OSError:
@@ -168,6 +170,9 @@ def script_resolver(ctx: Context) -> Resolver:
             return  # the kernel runs only executable files
         shebang = read_shebang(node.host)
         if shebang is None:
+            return
+        if not node.executed:
+            _check_data_script(ctx, node, *shebang)
             return
         interp, arg = shebang
         if not interp.startswith("/"):
@@ -178,7 +183,8 @@ def script_resolver(ctx: Context) -> Resolver:
             ctx.missing(f"script {node.image} runs {interp}, which is not on this host",
                         "install it, or fix the #! line")
             return
-        yield Node(PurePosixPath(interp), Path(ctx.host_of(interp)), "#! interpreter", node.image)
+        yield Node(PurePosixPath(interp), Path(ctx.host_of(interp)), "#! interpreter", node.image,
+                   executed=True)
         if os.path.basename(interp) == "env":
             name = env_program(arg)
             if name is None:
@@ -189,6 +195,23 @@ def script_resolver(ctx: Context) -> Resolver:
                             f"systemd's PATH ({':'.join(SYSTEMD_PATH)})",
                             f"install {name}, or use an absolute #! path")
                 return
-            yield Node(PurePosixPath(found), Path(found), f"#!/usr/bin/env {name}", node.image)
+            yield Node(PurePosixPath(found), Path(found), f"#!/usr/bin/env {name}", node.image,
+                       executed=True)
 
     return resolve
+
+
+def _check_data_script(ctx: Context, node: Node, interp: str, arg: str | None) -> None:
+    """An executable script no unit runs: a warning when it could not run, nothing shipped."""
+    if not interp.startswith("/"):
+        missing = f"a relative interpreter {interp!r}"
+    elif not os.path.exists(ctx.host_of(interp)):
+        missing = f"{interp}, which is not on this host"
+    elif os.path.basename(interp) == "env" and (name := env_program(arg)) is not None and \
+            (name if name.startswith("/") and os.path.exists(name) else which(name)) is None:
+        missing = f"{name!r} through env, which is not in systemd's PATH"
+    else:
+        return
+    ctx.closure.warnings.append(
+        f"{node.image} is an executable script for {missing}; no unit runs it, so it is "
+        "shipped as data and its interpreter is not added")

@@ -19,19 +19,23 @@ device still holds one of the copied images.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
+import re
 import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portable_service.errors import ToolError
+from portable_service.errors import HostError, ToolError
+from portable_service.harness.judge import PROPERTIES, UnitProps, parse_show
 from portable_service.harness.roots import Release
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -43,7 +47,7 @@ INSTALL_HINT = "install it: apt-get install systemd-container debootstrap"
 _counter = itertools.count()
 
 
-class BootError(ToolError):
+class BootError(HostError):
     """The container did not come up; the message carries nspawn's own output."""
 
 
@@ -112,10 +116,10 @@ class Container:
                             f"(exit {result.returncode}): {one_line(result.output)}")
         return result
 
-    def systemctl(self, *args: str, check: bool = False) -> Result:
+    def systemctl(self, *args: str, check: bool = False, timeout: float = 60) -> Result:
         if args and args[0] in ("start", "restart"):
             self.settle()
-        return self.run("systemctl", "--no-pager", *args, check=check)
+        return self.run("systemctl", "--no-pager", *args, check=check, timeout=timeout)
 
     def portablectl(self, *args: str, check: bool = False) -> Result:
         return self.run("portablectl", "--no-pager", *args, check=check, timeout=120)
@@ -148,13 +152,16 @@ class Container:
         self.settle()
         return result
 
-    def start(self, unit: str) -> Result:
-        """``systemctl start``, retried only for systemd 247's udev wait (see :meth:`settle`)."""
+    def start(self, unit: str, timeout: float = 60) -> Result:
+        """``systemctl start``, retried only for systemd 247's udev wait (see :meth:`settle`).
+
+        ``timeout`` bounds the wait for the start job (a ToolError past it; the job goes on).
+        """
         if not self.release.needs_udevd:
-            return self.systemctl("start", unit)
+            return self.systemctl("start", unit, timeout=timeout)
         for _ in range(UDEV_RETRIES + 1):
             cursor = self._cursor()
-            result = self.systemctl("start", unit)
+            result = self.systemctl("start", unit, timeout=timeout)
             if result.ok:
                 self._wait_until_exec(unit)  # a simple service can still fail after this
             if not self._udev_timeout(self._journal_since(cursor)):
@@ -239,6 +246,11 @@ class Container:
                          props.get("Result", ""), props.get("ExecMainStatus", ""),
                          props.get("LoadState", ""))
 
+    def unit_props(self, units: Sequence[str]) -> dict[str, UnitProps]:
+        """One ``systemctl show`` for all ``units``: what ``try`` judges them by."""
+        out = self.systemctl("show", "-p", ",".join(PROPERTIES), *units).stdout
+        return parse_show(out, units)
+
     def wait_for(self, unit: str, states: Sequence[str] = ("active",),
                  timeout: float = 10) -> UnitState:
         """Poll until the unit reaches one of ``states`` or fails; returns the last state."""
@@ -268,13 +280,13 @@ def one_line(text: str) -> str:
 def check_host() -> None:
     """Root and the tools; each missing piece is one sentence with its fix."""
     if os.geteuid() != 0:
-        raise ToolError("booting a throwaway systemd needs root",
+        raise HostError("booting a throwaway systemd needs root",
                         "run it as root (e.g. with sudo)")
     for tool, hint in (("systemd-nspawn", INSTALL_HINT), ("debootstrap", INSTALL_HINT),
                        ("unshare", "install it: apt-get install util-linux"),
                        ("nsenter", "install it: apt-get install util-linux")):
         if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
-            raise ToolError(f"{tool} not found in PATH (needed to boot a throwaway systemd)",
+            raise HostError(f"{tool} not found in PATH (needed to boot a throwaway systemd)",
                             hint)
 
 
@@ -315,9 +327,55 @@ def remove_cgroups(dirs: Sequence[Path]) -> list[Path]:
     return left
 
 
-def _enter_cgroup(dirs: Sequence[Path]) -> None:  # runs in the child before exec
+PR_SET_PDEATHSIG = 1
+
+
+def _enter_cgroup(dirs: Sequence[Path], parent: int) -> None:  # runs in the child before exec
     for d in dirs:
         (d / "cgroup.procs").write_text(str(os.getpid()))
+    # nspawn dies with us, even by SIGKILL (it takes the container with it); the signal
+    # survives the exec of unshare, sh and nspawn, which all keep this PID
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # we died before prctl took effect
+        os._exit(1)
+
+
+_NAME = re.compile(r"^ps-[a-z]+-(\d+)-\d+$")
+
+
+def remove_stale(root: Path = CGROUP_ROOT) -> list[Path]:
+    """Cgroups (and their processes) of earlier runs whose process is gone.
+
+    A run killed by SIGKILL cannot tear down; the next one cleans up after it. Cgroups are
+    named ``ps-SUITE-PID-N``: only those whose PID is dead are touched.
+    """
+    stale: list[Path] = []
+    for top in [root, root / "systemd", root / "unified"]:
+        if not top.is_dir():
+            continue
+        for d in top.iterdir():
+            match = _NAME.match(d.name)
+            if match is None or not d.is_dir() or _alive(int(match.group(1))):
+                continue
+            for pid in cgroup_pids([d]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            stale.append(d)
+    if stale:
+        _wait(lambda: not cgroup_pids(stale) or None, 5)
+        remove_cgroups(stale)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # -- boot and teardown
@@ -340,18 +398,32 @@ def _find_init(nspawn_pid: int) -> int | None:
 
 @contextlib.contextmanager
 def booted(release: Release, root: Path, *, log_dir: Path | None = None,
-           boot_timeout: float = 60) -> Iterator[Container]:
-    """A running container of ``root``; always torn down on exit."""
+           boot_timeout: float = 60, private_network: bool = False) -> Iterator[Container]:
+    """A running container of ``root``; always torn down on exit.
+
+    nspawn's console log is kept only when the boot failed (the error names it) or the
+    caller chose ``log_dir``. With ``private_network`` the container has only loopback.
+    """
     check_host()
     name = f"ps-{release.suite}-{os.getpid()}-{next(_counter)}"
+    keep_log = log_dir is not None
+    remove_stale()
+    parent = os.getpid()
     log_dir = log_dir or Path(tempfile.gettempdir()) / "portable-service-nspawn"
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
     dirs = _cgroup_dirs(name)
     for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            remove_cgroups(dirs)  # the ones made before this one
+            raise HostError(f"cannot create the container's cgroup {d}: {e.strerror}",
+                            "run it as root on a host whose cgroup file system is writable"
+                            ) from None
     start = time.monotonic()
     nspawn: subprocess.Popen[bytes] | None = None
+    reaper: subprocess.Popen[bytes] | None = None
     container: Container | None = None
     try:
         with open(log, "wb") as log_file:
@@ -359,12 +431,18 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
                 ["unshare", "--mount", "--propagation", "private", "--",
                  "sh", "-c", 'mount -t tmpfs tmpfs /run && exec "$@"', "sh",
                  "systemd-nspawn", "-D", str(root), "--volatile=overlay", "-M", name,
-                 "--register=no", "--keep-unit", "--console=read-only", "-b"],
+                 "--register=no", "--keep-unit", "--console=read-only", "-b",
+                 *(["--private-network"] if private_network else [])],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 # own session: a Ctrl-C in the terminal reaches us, not nspawn, and
                 # teardown stays in our hands
-                start_new_session=True, preexec_fn=lambda: _enter_cgroup(dirs),
+                start_new_session=True, preexec_fn=lambda: _enter_cgroup(dirs, parent),
                 env={"PATH": _PATH, "LC_ALL": "C.UTF-8"})
+        reaper = subprocess.Popen(
+            [sys.executable, "-m", "portable_service.harness.reaper", str(parent),
+             *map(str, dirs)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         init = _wait(lambda: _find_init(nspawn.pid) if nspawn.poll() is None else -1,
                      boot_timeout)
         if not init or init == -1:
@@ -402,8 +480,16 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
                           check=True)
         container.timings["ready"] = time.monotonic() - start
         yield container
+    except BootError:
+        keep_log = True
+        raise
     finally:
         teardown(nspawn, container, dirs)
+        if reaper is not None:
+            reaper.kill()
+            reaper.wait()
+        if not keep_log:
+            log.unlink(missing_ok=True)
 
 
 def make_loop_devices(dev: Path, count: int = LOOP_DEVICES) -> None:

@@ -1,7 +1,7 @@
 """Compressors behind one interface: ``compress``, ``decompress`` and the options record.
 
 gzip (zlib) and xz/lzma come from the standard library, zstd and lz4 from
-their packages when installed. Options are given in mksquashfs syntax
+their packages, lzo from python-lzo when installed. Options are given in mksquashfs syntax
 (:class:`~portable_service.writers.options.Compression`), so a spec works with
 either writer, and the defaults match mksquashfs 4.5 so images compare.
 """
@@ -29,6 +29,10 @@ XZ_FILTERS = {"x86": (1, lzma.FILTER_X86), "powerpc": (2, lzma.FILTER_POWERPC),
               "ia64": (4, lzma.FILTER_IA64), "arm": (8, lzma.FILTER_ARM),
               "armthumb": (16, lzma.FILTER_ARMTHUMB), "sparc": (32, lzma.FILTER_SPARC)}
 LZ4_LEGACY, LZ4_HC = 1, 1
+# squashfs-tools' lzo algorithms by options-record number; python-lzo offers two of them
+LZO_ALGORITHMS = {"lzo1x_1": 0, "lzo1x_1_11": 1, "lzo1x_1_12": 2, "lzo1x_1_15": 3, "lzo1x_999": 4}
+LZO_WRITABLE = ("lzo1x_1", "lzo1x_999")
+LZO_DEFAULT_LEVEL = 8  # mksquashfs: lzo1x_999 at level 8
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Compressor:
     dict_size: int = 0
     filters: tuple[str, ...] = ()
     hc: bool = False
+    algorithm: str = ""  # lzo only
 
     @property
     def id(self) -> int:
@@ -79,6 +84,10 @@ class Compressor:
             return None if self.level == 15 else fmt.ZSTD_OPTIONS.pack(self.level)
         if self.name == "lz4":
             return fmt.LZ4_OPTIONS.pack(LZ4_LEGACY, LZ4_HC if self.hc else 0)
+        if self.name == "lzo":
+            if self.algorithm == "lzo1x_999" and self.level == LZO_DEFAULT_LEVEL:
+                return None
+            return fmt.LZO_OPTIONS.pack(LZO_ALGORITHMS[self.algorithm], self.level)
         return None
 
 
@@ -111,16 +120,26 @@ def from_options(name: str, options: tuple[str, ...], block_size: int) -> Compre
                                 f"use some of {', '.join(XZ_FILTERS)}")
         c = Compressor(name, block_size, dict_size=dict_size, filters=filters)
     elif name == "zstd":
-        _need("zstandard", name)
+        _need(name)
         c = Compressor(name, block_size, level=_int_opt(take("-Xcompression-level"), 15, 1, 22,
                                                         name))
     elif name == "lz4":
-        _need("lz4", name)
+        _need(name)
         hc = take("-Xhc")
         c = Compressor(name, block_size, hc=hc is not None)
+    elif name == "lzo":
+        _need(name)
+        algorithm = take("-Xalgorithm") or "lzo1x_999"
+        if algorithm not in LZO_WRITABLE:
+            raise SpecError(f"lzo -Xalgorithm {algorithm!r} is not offered by the native writer",
+                            f"use {' or '.join(LZO_WRITABLE)}, or --writer mksquashfs")
+        level = _int_opt(take("-Xcompression-level"), LZO_DEFAULT_LEVEL, 1, 9, name)
+        if algorithm == "lzo1x_1":
+            level = 0  # squashfs-tools records no level for the lzo1x_1 family
+        c = Compressor(name, block_size, level=level, algorithm=algorithm)
     else:
         raise SpecError(f"the native writer cannot write {name} images",
-                        "use gzip, xz, zstd or lz4, or --writer mksquashfs")
+                        "use gzip, xz, zstd, lz4 or lzo, or --writer mksquashfs")
     if opts:
         raise SpecError(f"{name} option {next(iter(opts))} is not supported by the native writer",
                         "remove it, or use --writer mksquashfs")
@@ -133,12 +152,11 @@ def from_image(compression_id: int, record: bytes | None, block_size: int) -> Co
     if name is None:
         raise UnsupportedError(f"unknown compressor id {compression_id}")
     if name == "lzo":
-        raise UnsupportedError("lzo-compressed images cannot be read (no lzo in Python)",
-                               "unsquashfs can read them")
+        _need_image(name)
     if name == "zstd":
-        _need_image("zstandard", name)
+        _need_image(name)
     if name == "lz4":
-        _need_image("lz4", name)
+        _need_image(name)
         if record is not None and len(record) >= 8:
             version, _flags = fmt.LZ4_OPTIONS.unpack_from(record)
             if version != LZ4_LEGACY:
@@ -197,20 +215,39 @@ def _dict_size(value: str | None, block_size: int) -> int:
     return n
 
 
-def _need(module: str, name: str) -> None:
+def readable(name: str) -> bool:
+    """Whether this installation can decompress ``name`` blocks (to read or verify an image)."""
+    module = _MODULES.get(name)
+    if module is None:
+        return name in _DECOMPRESS
     try:
-        __import__(module)
+        __import__(module[0])
     except ImportError:
-        raise SpecError(f"{name} compression needs the Python package {module}",
-                        f"pip install {module}, or choose gzip or xz") from None
+        return False
+    return True
 
 
-def _need_image(module: str, name: str) -> None:
-    try:
-        __import__(module)
-    except ImportError:
-        raise UnsupportedError(f"the image is {name}-compressed and {module} is not installed",
-                               f"pip install {module}") from None
+# compressor -> (module to import, package to install) when it is not in the standard library
+_MODULES = {"zstd": ("zstandard", "zstandard"), "lz4": ("lz4", "lz4"), "lzo": ("lzo", "python-lzo")}
+
+
+def install_hint(name: str) -> str:
+    """How to get the Python package a compressor outside the standard library needs."""
+    package = _MODULES[name][1]
+    extra = " (it builds against liblzo2: apt-get install liblzo2-dev)" if name == "lzo" else ""
+    return f"pip install {package}{extra}"
+
+
+def _need(name: str) -> None:
+    if not readable(name):
+        raise SpecError(f"{name} compression needs the Python package {_MODULES[name][1]}",
+                        f"{install_hint(name)}, or choose gzip or xz")
+
+
+def _need_image(name: str) -> None:
+    if not readable(name):
+        raise UnsupportedError(f"the image is {name}-compressed and {_MODULES[name][1]} is not "
+                               "installed", install_hint(name))
 
 
 # -- the codecs
@@ -264,6 +301,21 @@ def _lz4(c: Compressor, data: bytes) -> bytes:
     return lz4.block.compress(data, mode=mode, store_size=False)
 
 
+def _lzo(c: Compressor, data: bytes) -> bytes:
+    import lzo
+
+    # python-lzo: level 1 is lzo1x_1, levels 2-9 are lzo1x_999 at that level; no header,
+    # as squashfs stores bare lzo1x streams
+    return bytes(lzo.compress(data, 1 if c.algorithm == "lzo1x_1" else c.level, False))
+
+
+def _un_lzo(data: bytes, limit: int) -> bytes:
+    import lzo
+
+    # the output buffer is the limit: a longer stream is an error, not an overflow
+    return bytes(lzo.decompress(data, False, limit))
+
+
 def _un_zlib(data: bytes, limit: int) -> bytes:
     d = zlib.decompressobj()
     out = d.decompress(data, limit + 1)
@@ -299,9 +351,9 @@ def _un_lz4(data: bytes, limit: int) -> bytes:
 
 
 _COMPRESS: dict[str, Callable[[Compressor, bytes], bytes]] = {
-    "gzip": _gzip, "xz": _xz, "zstd": _zstd, "lz4": _lz4,
+    "gzip": _gzip, "xz": _xz, "zstd": _zstd, "lz4": _lz4, "lzo": _lzo,
 }
 _DECOMPRESS: dict[str, Callable[[bytes, int], bytes]] = {
     "gzip": _un_zlib, "xz": _un_lzma(lzma.FORMAT_XZ), "lzma": _un_lzma(lzma.FORMAT_ALONE),
-    "zstd": _un_zstd, "lz4": _un_lz4,
+    "zstd": _un_zstd, "lz4": _un_lz4, "lzo": _un_lzo,
 }

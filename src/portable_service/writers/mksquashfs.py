@@ -77,6 +77,10 @@ class MksquashfsWriter:
                     write_tar(tree, proc.stdin, options.mtime, reporter)
             except BrokenPipeError:
                 pass  # mksquashfs stopped early: its own message says why
+            except OSError as e:  # a source went away or became unreadable since the layout
+                raise ToolError(f"cannot read {e.filename}: {e.strerror} (it changed while the "
+                                "image was written?)",
+                                "build again when it is in place and readable") from None
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
             rc = proc.wait()

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 from portable_service.errors import SpecError
 
-COMPRESSORS = ("gzip", "xz", "zstd", "lz4", "lzo", "lzma")
+COMPRESSORS = ("gzip", "xz", "zstd", "lz4", "lzo")
+# mksquashfs writes these, but the kernel's squashfs cannot mount them: portabled then
+# finds no file system in the image and says it "lacks os-release data"
+UNMOUNTABLE = {"lzma": "use xz (LZMA2), which every kernel with squashfs mounts"}
 MIN_BLOCK, MAX_BLOCK = 4096, 1 << 20
 
 
@@ -46,6 +49,10 @@ def parse_compression(text: str) -> Compression:
     if not words:
         raise SpecError("squash-compression is empty", f"use one of: {', '.join(COMPRESSORS)}")
     name, *options = words
+    if name in UNMOUNTABLE:
+        raise SpecError(f"squash-compression {name}: the kernel's squashfs cannot mount {name} "
+                        "images, so portabled would refuse the image ('lacks os-release data')",
+                        UNMOUNTABLE[name])
     if name not in COMPRESSORS:
         raise SpecError(
             f"squash-compression: unknown compressor {name!r}",

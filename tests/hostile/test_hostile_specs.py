@@ -1,0 +1,104 @@
+"""Hostile and odd specs: every one is one line on stderr and exit 2, never a traceback.
+
+The property test feeds random TOML-shaped values to every setting with a fixed seed, so a
+CI run repeats exactly and stays bounded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from portable_service.errors import PortableServiceError, SpecError
+from portable_service.spec import SETTINGS, spec_from_mapping
+
+UNIT = "[Service]\nExecStart=/usr/bin/env true\n"
+BASE = 'pname = "demo"\nversion = "1"\nunits = ["demo.service"]\n'
+
+CASES = {
+    "deep-array": BASE + "contents = " + "[" * 3000 + "]" * 3000 + "\n",
+    "deep-table": BASE + "os-release = " + "{ A = " * 800 + '"x"' + " }" * 800 + "\n",
+    "nul-in-path": BASE + 'contents = ["/usr/bin/\\u0000true"]\n',
+    "nul-in-description": BASE + 'description = "a\\u0000b"\n',
+    "newline-in-homepage": BASE + 'homepage = "https://x\\ny"\n',
+    "nul-in-os-release": BASE + 'os-release = { VARIANT = "a\\u0000" }\n',
+    "tab-in-os-release": BASE + 'os-release = { VARIANT = "a\\tb" }\n',
+    "long-path": BASE + 'contents = ["/' + "a" * 5000 + '"]\n',
+    "newline-in-unit-name": 'pname = "demo"\nversion = "1"\n'
+                            'units = [{ name = "demo\\nx.service", text = "[Service]\\n" }]\n',
+    "newline-in-nested-key": BASE + 'contents = [{ "so\nurce" = "x" }]\n',
+    "nul-in-unit-text": 'pname = "demo"\nversion = "1"\n'
+                        'units = [{ name = "demo.service", text = "[Service]\\u0000\\n" }]\n',
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_spec_is_one_line_and_exit_2(cli, tmp_path: Path, name: str) -> None:
+    (tmp_path / "demo.service").write_text(UNIT)
+    (tmp_path / "portable.toml").write_text(CASES[name])
+    proc = cli("build", "-q")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("portable-service: error: ")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert len(proc.stderr) < 600, "the message repeats a huge value"
+    assert not (tmp_path / "result").exists() or not any((tmp_path / "result").iterdir())
+
+
+# values as TOML can spell them
+toml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=400, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.dictionaries(st.sampled_from([s.key for s in SETTINGS] + ["bogus"]), toml_values,
+                            max_size=6))
+def test_random_specs_raise_only_spec_errors(tmp_path: Path, data: dict[str, Any]) -> None:
+    try:
+        spec_from_mapping(data, tmp_path)
+    except PortableServiceError as e:
+        assert "\n" not in str(e), "the error would spread over several lines"
+    # anything else (TypeError, RecursionError, ValueError...) fails the test
+
+
+def test_spec_error_names_the_key() -> None:
+    with pytest.raises(SpecError, match="'contents' contains a NUL byte"):
+        spec_from_mapping({"pname": "demo", "version": "1", "units": ["demo.service"],
+                           "contents": ["/a\0b"]}, Path("/"))
+
+
+def test_interrupt_at_any_moment_of_start_up_is_quiet(tmp_path: Path) -> None:
+    """Ctrl-C while the command loads its modules or parses flags: no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    (tmp_path / "demo.service").write_text(UNIT)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    # as the console script does it, from the moment its entry point is imported (a Ctrl-C
+    # inside Python's own start-up, or the package's import, is Python's to report)
+    code = ("import sys; from portable_service.__main__ import run; "
+            "sys.stderr.write('up\\n'); sys.stderr.flush(); run()")
+    for delay in [0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.11, 0.15, 0.2, 0.3, 0.45]:
+        proc = subprocess.Popen([sys.executable, "-c", code, "build", "--pname", "demo",
+                                 "--version", "1", "--unit", "demo.service", "-q"],
+                                cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        assert proc.stderr.readline() == "up\n"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert "Traceback" not in err, f"after {delay} s: {err}"
+        assert proc.returncode in (0, 130), f"after {delay} s: exit {proc.returncode}: {err}"
