@@ -3,10 +3,11 @@
 #   scripts/bootstrap.sh          the package in .venv, plus squashfs-tools
 #   scripts/bootstrap.sh --test   also the test tools: debootstrap, systemd-nspawn, udev,
 #                                 gcc, nix-bin, libnss-systemd, ca-certificates, tzdata, perl,
-#                                 ruby, python3-venv, the Python test extras, and the Debian
+#                                 ruby, python3-venv, the Python test extras, the Debian
 #                                 servers the packaged tests build (lighttpd, nginx,
 #                                 redis-server, dnsmasq, unbound, postgresql), installed
-#                                 stopped and disabled
+#                                 stopped and disabled, and the services of the corpus
+#                                 (tests/corpus/) with the virtualenv its Python app uses
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=${1:-}
@@ -14,6 +15,7 @@ want_test=${1:-}
 need_pkgs=()
 servers=()  # Debian servers the packaged tests build from
 have() { command -v "$1" >/dev/null 2>&1; }
+installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }
 have mksquashfs || need_pkgs+=(squashfs-tools)
 if [[ $want_test == --test ]]; then
   have debootstrap || need_pkgs+=(debootstrap)
@@ -44,6 +46,11 @@ if [[ $want_test == --test ]]; then
   # the end-to-end harness: signed Debian roots, and statically linked test servers
   [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || need_pkgs+=(debian-archive-keyring)
   { have gcc && [[ $(gcc -print-file-name=libc.a) == /* ]]; } || need_pkgs+=(libc6-dev)
+  # the corpus (tests/corpus/): real services packaged from Debian, built into images
+  for pkg in postgresql-15 caddy; do  # the rest is installed above
+    installed "$pkg" || need_pkgs+=("$pkg")
+  done
+  have node || need_pkgs+=(nodejs)
 fi
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) != 0 ]]; then
@@ -65,6 +72,14 @@ if ((${#need_pkgs[@]})); then
   for unit in "${servers[@]}"; do
     systemctl disable --quiet "$unit" 2>/dev/null || true
   done
+fi
+
+# the corpus's Python app: a virtualenv of Debian's python3 with waitress from PyPI, made
+# where its image carries it, as its users make it
+corpus_venv=/opt/portable-service-corpus/pyapp
+if [[ $want_test == --test && ! -x $corpus_venv/bin/waitress-serve && $(id -u) == 0 ]]; then
+  /usr/bin/python3 -m venv "$corpus_venv"
+  "$corpus_venv/bin/pip" install -q --disable-pip-version-check waitress
 fi
 
 if [[ ! -x .venv/bin/python ]]; then
