@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from portable_service.imagefs import IndexedFS, Stat, read_text
-from portable_service.inspect import human
+from portable_service.progress import human
 from portable_service.verify import attached_units, find_os_release, image_prefix
 
 CHUNK = 1 << 20

@@ -17,10 +17,15 @@ import stat as stat_mod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from portable_service.errors import ImageError
-from portable_service.tree import ImageTree, Kind
+from portable_service.tree import Entry, ImageTree, Kind
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+    from portable_service.squashfs import reader as squashfs_reader
 
 KINDS = ("dir", "file", "symlink", "chardev", "blockdev", "fifo", "socket")
 _TYPE_CHAR = {"dir": "d", "file": "-", "symlink": "l", "chardev": "c", "blockdev": "b",
@@ -91,7 +96,7 @@ class TreeFS:
         self.mtime = mtime
         self.info = ImageInfo(format="image tree (not written)")
 
-    def _entry(self, path: str) -> Any:
+    def _entry(self, path: str) -> Entry:
         entry = self.tree.get(PurePosixPath(path))
         if entry is None:
             raise NotInImage(f"{path}: no such file in the image", "check the path")
@@ -225,7 +230,7 @@ class SquashfsFS:
         )
 
     @property
-    def image(self) -> Any:
+    def image(self) -> squashfs_reader.SquashfsImage:
         """The squashfs reader itself (block-level access, for diff)."""
         return self._image
 
@@ -249,7 +254,7 @@ class SquashfsFS:
         self._image.close()
 
 
-def _convert(st: Any) -> Stat:
+def _convert(st: squashfs_reader.Stat) -> Stat:
     return Stat(kind=st.kind, mode=st.mode & 0o7777, uid=st.uid, gid=st.gid, size=st.size,
                 mtime=st.mtime, inode=st.inode, nlink=st.nlink, target=st.target)
 
@@ -407,17 +412,19 @@ class ImageFile(io.RawIOBase):
         self._chunks[index] = data  # most recently used last
         return data
 
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), max(0, self.size - self.pos))
-        done = 0
-        while done < want:
-            index, skip = divmod(self.pos, self.chunk)
-            piece = self._chunk(index)[skip: skip + want - done]
-            if not piece:
-                break
-            buffer[done: done + len(piece)] = piece
-            done += len(piece)
-            self.pos += len(piece)
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        # any writable buffer, counted in bytes; released before the caller resizes it
+        with memoryview(buffer) as view, view.cast("B") as out:
+            want = min(len(out), max(0, self.size - self.pos))
+            done = 0
+            while done < want:
+                index, skip = divmod(self.pos, self.chunk)
+                piece = self._chunk(index)[skip: skip + want - done]
+                if not piece:
+                    break
+                out[done: done + len(piece)] = piece
+                done += len(piece)
+                self.pos += len(piece)
         return done
 
 

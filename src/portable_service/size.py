@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from portable_service.imagefs import ImageFS, Stat
-from portable_service.inspect import closure_record, human
+from portable_service.inspect import closure_record
+from portable_service.progress import human
 
 BAR_WIDTH = 30
 

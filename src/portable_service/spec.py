@@ -231,8 +231,8 @@ def _content(item: Any, base: Path, key: str) -> Content:
     if isinstance(item, Content):
         return item
     if isinstance(item, str) and "=" in item:  # SOURCE=TARGET, as the flag takes it
-        src, target = item.split("=", 1)
-        item = {"source": src, "target": target}
+        source, target = item.split("=", 1)
+        item = {"source": source, "target": target}
     if isinstance(item, str | Path):
         text = str(item)
         if not text.startswith("/"):

@@ -43,7 +43,10 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSegment, DynamicTag
 from elftools.elf.elffile import ELFFile
+from elftools.elf.enums import ENUM_E_MACHINE
+from elftools.elf.segments import InterpSegment
 
 from portable_service.closure import Context, Node, in_nix_store, ldcache
 from portable_service.errors import PortableServiceError, ToolError
@@ -225,8 +228,7 @@ def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
 
 
 def _parse(elf: ELFFile) -> ElfInfo:
-    bits, machine = elf.elfclass, elf["e_machine"]
-    machine_no = _MACHINES.get(machine, machine) if isinstance(machine, str) else machine
+    bits, machine_no = elf.elfclass, _machine_number(elf["e_machine"])
     interp = None
     needed: list[str] = []
     rpath: list[str] = []
@@ -234,26 +236,42 @@ def _parse(elf: ELFFile) -> ElfInfo:
     soname = None
     nodeflib = False
     for seg in elf.iter_segments():
-        ptype = seg["p_type"]
-        if ptype == "PT_INTERP":
+        # pyelftools makes every PT_INTERP an InterpSegment, every PT_DYNAMIC a DynamicSegment
+        if isinstance(seg, InterpSegment):
             interp = seg.get_interp_name()
-        elif ptype == "PT_DYNAMIC":
+        elif isinstance(seg, DynamicSegment):
             for tag in seg.iter_tags():
                 t = tag.entry.d_tag
                 if t == "DT_NEEDED":
-                    needed.append(tag.needed)
+                    needed.append(_tag_string(tag))
                 elif t == "DT_RPATH":
-                    rpath.extend(p for p in tag.rpath.split(":") if p)
+                    rpath.extend(p for p in _tag_string(tag).split(":") if p)
                 elif t == "DT_RUNPATH":
-                    runpath.extend(p for p in tag.runpath.split(":") if p)
+                    runpath.extend(p for p in _tag_string(tag).split(":") if p)
                 elif t == "DT_SONAME":
-                    soname = tag.soname
+                    soname = _tag_string(tag)
                 elif t == "DT_FLAGS_1":
                     nodeflib = bool(tag.entry.d_val & DF_1_NODEFLIB)
     return ElfInfo(bits, machine_no, interp, tuple(needed), tuple(rpath), tuple(runpath), soname, nodeflib)
 
 
-# pyelftools names e_machine values; the loader compares numbers
+def _tag_string(tag: DynamicTag) -> str:
+    """The string of a DT_NEEDED, DT_RPATH, DT_RUNPATH or DT_SONAME tag.
+
+    pyelftools stores it with setattr under the tag's name (``tag.needed``, ``tag.soname``),
+    which its type hints do not declare.
+    """
+    value: str = getattr(tag, tag.entry.d_tag[3:].lower())
+    return value
+
+
+def _machine_number(machine: int | str) -> int:
+    """e_machine as a number: pyelftools names the values it knows; the loader compares numbers."""
+    if isinstance(machine, int):
+        return machine
+    return _MACHINES.get(machine, ENUM_E_MACHINE.get(machine, -1))
+
+
 _MACHINES = {"EM_386": EM_386, "EM_ARM": EM_ARM, "EM_X86_64": EM_X86_64, "EM_AARCH64": EM_AARCH64,
              "EM_RISCV": EM_RISCV, "EM_PPC64": 21, "EM_S390": 22, "EM_PPC": 20, "EM_MIPS": 8,
              "EM_LOONGARCH": 258}

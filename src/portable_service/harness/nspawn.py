@@ -30,9 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from portable_service.errors import HostError, ToolError
 from portable_service.harness.judge import PROPERTIES, UnitProps, parse_show
@@ -515,7 +516,11 @@ def make_loop_devices(dev: Path, count: int = LOOP_DEVICES) -> None:
             os.mknod(path, 0o660 | kind, os.makedev(major, minor))
 
 
-def _wait(probe, timeout: float):  # type: ignore[no-untyped-def]
+_T = TypeVar("_T")
+
+
+def _wait(probe: Callable[[], _T | None], timeout: float) -> _T | None:
+    """The first true value ``probe`` gives within ``timeout`` seconds, else None."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = probe()

@@ -291,14 +291,15 @@ def _zstd(c: Compressor, data: bytes) -> bytes:
     # ZstdCompressor.compress holds the GIL; the batch API runs in its own thread without it,
     # which lets blocks compress in parallel. The frames are the same bytes.
     out = cctx.multi_compress_to_buffer([data], threads=1)
-    return bytes(out[0])
+    return out[0].tobytes()
 
 
 def _lz4(c: Compressor, data: bytes) -> bytes:
     import lz4.block
 
     mode = "high_compression" if c.hc else "default"
-    return lz4.block.compress(data, mode=mode, store_size=False)
+    out: bytes = lz4.block.compress(data, mode=mode, store_size=False)
+    return out
 
 
 def _lzo(c: Compressor, data: bytes) -> bytes:
@@ -347,7 +348,8 @@ def _un_zstd(data: bytes, limit: int) -> bytes:
 def _un_lz4(data: bytes, limit: int) -> bytes:
     import lz4.block
 
-    return lz4.block.decompress(data, uncompressed_size=limit)
+    out: bytes = lz4.block.decompress(data, uncompressed_size=limit)
+    return out
 
 
 _COMPRESS: dict[str, Callable[[Compressor, bytes], bytes]] = {

@@ -39,6 +39,11 @@ class FileData:
     sparse: int = 0  # bytes stored as sparse blocks
 
 
+# a block on its way to the image: its (stored bytes, size word), or the compression
+# that yields them
+_Job = Future[tuple[bytes, int]] | tuple[bytes, int]
+
+
 def _pack(compressor: Compressor, block: bytes) -> tuple[bytes, int]:
     """Compress one block; a block that does not shrink is stored as it is."""
     packed = compressor.compress(block)
@@ -62,8 +67,7 @@ class BlockProcessor:
         self.in_flight = 0
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="squashfs") \
             if self.workers > 1 else None
-        self.pending: deque[tuple[Future | tuple[bytes, int], Callable[[int, int], None]]] = \
-            deque()
+        self.pending: deque[tuple[_Job, Callable[[int, int], None]]] = deque()
         self.fragment_buf = bytearray()
         self.fragment_table: list[tuple[int, int]] = []  # (start, size word) per fragment block
         self.fragment_count = 0  # fragment blocks started; the current one has this index
@@ -95,7 +99,11 @@ class BlockProcessor:
             first = False
         if first:
             fd.blocks_start = self.pos  # no blocks; kept for the inode only
-            self._on_commit(lambda pos, fd=fd: setattr(fd, "blocks_start", pos))
+
+            def place(pos: int, fd: FileData = fd) -> None:
+                fd.blocks_start = pos
+
+            self._on_commit(place)
         if tail:
             block = src.read(n_full * bs, tail, hole_ok=False)
             assert block is not None
@@ -150,7 +158,7 @@ class BlockProcessor:
 
     # -- the ordered pipeline
 
-    def _compress(self, block: bytes) -> Future | tuple[bytes, int]:
+    def _compress(self, block: bytes) -> _Job:
         if self.pool is None:
             return _pack(self.compressor, block)
         return self.pool.submit(_pack, self.compressor, block)
@@ -159,7 +167,7 @@ class BlockProcessor:
         """Run ``fn(position)`` once everything submitted before it is on disk."""
         self._push((b"", 0), lambda pos, _w: fn(pos))
 
-    def _push(self, job: Future | tuple[bytes, int], done: Callable[[int, int], None]) -> None:
+    def _push(self, job: _Job, done: Callable[[int, int], None]) -> None:
         # Only compressions count against the window: markers for small files and holes
         # are cheap, and letting them fill it would leave the compression threads idle.
         self.pending.append((job, done))

@@ -60,7 +60,7 @@ def kind_of(inode_type: int) -> str:
     return KIND_OF_TYPE[basic_type(inode_type)]
 
 
-def _unpack(fmt: struct.Struct, data: bytes | memoryview, offset: int, what: str) -> tuple:
+def _unpack(fmt: struct.Struct, data: bytes | memoryview, offset: int, what: str) -> tuple[int, ...]:
     if offset < 0 or offset + fmt.size > len(data):
         raise CorruptImageError(f"truncated {what}")
     return fmt.unpack_from(data, offset)

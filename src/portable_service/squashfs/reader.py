@@ -12,14 +12,16 @@ from __future__ import annotations
 import array
 import bisect
 import contextlib
+import functools
 import io
 import os
 import stat as stat_mod
+import struct
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from portable_service.squashfs import compressor as comp
 from portable_service.squashfs import format as fmt
@@ -31,6 +33,9 @@ from portable_service.squashfs.errors import (
 )
 from portable_service.squashfs.format import Superblock
 from portable_service.squashfs.metadata import MetadataReader
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = ["SquashfsImage", "Stat", "Superblock"]
 
@@ -95,7 +100,7 @@ class Inode:
     # symlinks and devices
     target: bytes = b""
     device: int = 0
-    _blocks: array.array | None = field(default=None, repr=False)
+    _blocks: array.array[int] | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -105,7 +110,7 @@ class Inode:
 class SquashfsImage:
     """An open squashfs image. Paths are absolute image paths such as ``/etc/os-release``."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         try:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -245,7 +250,7 @@ class SquashfsImage:
         ino = Inode(ref, h.type, h.mode & 0o7777, self._id(h.uid_idx), self._id(h.gid_idx),
                     h.mtime, h.inode_number)
 
-        def take(s: fmt.struct.Struct) -> tuple:
+        def take(s: struct.Struct) -> tuple[int, ...]:
             nonlocal pos, offset
             data, pos, offset = self._inodes.read(pos, offset, s.size)
             return s.unpack(data)
@@ -446,16 +451,16 @@ class SquashfsImage:
             length = min(bs, ino.size - i * bs)
             size = word & (fmt.BLOCK_UNCOMPRESSED - 1)
             if size == 0:
-                yield StoredBlock(length, None, lambda n=length: bytes(n))
+                yield StoredBlock(length, None, functools.partial(bytes, length))
             else:
                 raw = word.to_bytes(4, "little") + self._read_at(starts[i], size)
-                yield StoredBlock(length, raw, lambda i=i: self._block(ino, i, starts))
+                yield StoredBlock(length, raw, functools.partial(self._block, ino, i, starts))
         tail = ino.size - len(blocks) * bs
         if tail > 0:
             data = self._fragment_tail(ino, tail)
-            yield StoredBlock(tail, b"T" + data, lambda d=data: d)
+            yield StoredBlock(tail, b"T" + data, _constant(data))
 
-    def _block_list(self, ino: Inode) -> array.array:
+    def _block_list(self, ino: Inode) -> array.array[int]:
         if ino._blocks is not None:
             return ino._blocks
         bs = self.superblock.block_size
@@ -474,7 +479,7 @@ class SquashfsImage:
         ino._blocks = blocks
         return blocks
 
-    def _block(self, ino: Inode, i: int, starts: array.array) -> bytes:
+    def _block(self, ino: Inode, i: int, starts: array.array[int]) -> bytes:
         """Data block ``i`` of a file, decoded to its full length."""
         bs = self.superblock.block_size
         blocks = self._block_list(ino)
@@ -502,7 +507,7 @@ class SquashfsImage:
             self._data_cache.popitem(last=False)
         return data
 
-    def _starts(self, ino: Inode) -> array.array:
+    def _starts(self, ino: Inode) -> array.array[int]:
         """Where each data block of a file starts in the image."""
         starts, pos = array.array("Q"), ino.blocks_start
         for b in self._block_list(ino):
@@ -607,6 +612,10 @@ class StoredBlock:
     data: Callable[[], bytes]
 
 
+def _constant(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
+
+
 def parse_listing(data: bytes) -> list[fmt.DirEntry]:
     """A directory listing (headers and entries) as DirEntry records, checked for sanity."""
     entries: list[fmt.DirEntry] = []
@@ -646,7 +655,7 @@ class FileReader(io.RawIOBase):
     def __init__(self, image: SquashfsImage, ino: Inode) -> None:
         self.image, self.ino = image, ino
         self.pos = 0
-        self._starts = image._starts(ino) if ino.size else []
+        self._starts = image._starts(ino) if ino.size else array.array("Q")
         self._cached: tuple[int, bytes] | None = None
 
     def readable(self) -> bool:
@@ -663,7 +672,7 @@ class FileReader(io.RawIOBase):
         self.pos = max(0, base + offset)
         return self.pos
 
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         if self.pos >= self.ino.size:
             return 0
         bs = self.image.superblock.block_size
@@ -672,7 +681,9 @@ class FileReader(io.RawIOBase):
             self._cached = (i, self.image._block(self.ino, i, self._starts))
         data = self._cached[1]
         skip = self.pos - i * bs
-        n = min(len(buf), len(data) - skip)
-        buf[:n] = data[skip: skip + n]
+        # any writable buffer, counted in bytes; released before the caller resizes it
+        with memoryview(buffer) as view, view.cast("B") as buf:
+            n = min(len(buf), len(data) - skip)
+            buf[:n] = data[skip: skip + n]
         self.pos += n
         return n

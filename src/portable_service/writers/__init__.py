@@ -16,7 +16,9 @@ from portable_service.writers.options import PackOptions
 
 
 class Writer(Protocol):
-    name: str
+    # read-only: implementations name themselves with a class attribute or a frozen field
+    @property
+    def name(self) -> str: ...
 
     def write(self, tree: ImageTree, out: Path, options: PackOptions, reporter: Reporter) -> None:
         """Write the whole image to ``out`` (an existing, empty file)."""

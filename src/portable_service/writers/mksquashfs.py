@@ -15,7 +15,7 @@ import tarfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from portable_service.errors import ToolError
 from portable_service.progress import Reporter
@@ -119,7 +119,7 @@ def tar_info(entry: Entry, mtime: int) -> tarfile.TarInfo:
     return info
 
 
-def write_tar(tree: ImageTree, stream: BinaryIO, mtime: int, reporter: Reporter) -> None:
+def write_tar(tree: ImageTree, stream: IO[bytes], mtime: int, reporter: Reporter) -> None:
     with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for entry in tree:
             if str(entry.path) == "/":
