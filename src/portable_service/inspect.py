@@ -17,7 +17,8 @@ from portable_service import image
 from portable_service.errors import ImageError
 from portable_service.imagefs import ImageFS, ImageInfo, Stat, read_text, resolve
 from portable_service.progress import human
-from portable_service.verify import attached_units, find_os_release, image_prefix
+from portable_service.rules.portabled import image_prefix
+from portable_service.verify import attached_units, find_os_release
 
 # Written by our build (image.assemble): what pulled each path into the image.
 CLOSURE_RECORD = str(image.CLOSURE_RECORD)

@@ -26,6 +26,7 @@ from portable_service.harness.judge import Verdict
 from portable_service.harness.nspawn import Container
 from portable_service.harness.roots import Release
 from portable_service.progress import Reporter
+from portable_service.rules.portabled import TRIGGER_TYPES
 
 PROFILES = ("default", "nonetwork", "strict", "trusted")
 # systemd's summary lines say that a unit failed, not why; the cause comes before them
@@ -57,7 +58,7 @@ def units_to_start(attached: Sequence[str]) -> list[str]:
     A template (``name@.service``) needs an instance name, so it is left to
     ``--unit name@instance.service``.
     """
-    triggered = {Path(u).stem for u in attached if u.endswith(judge.TRIGGER_SUFFIXES)}
+    triggered = {Path(u).stem for u in attached if u.endswith(TRIGGER_TYPES)}
     chosen = []
     for unit in attached:
         if "@." in unit:

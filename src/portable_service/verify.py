@@ -762,9 +762,10 @@ def check_read_only_paths(unit: Unit, target: Target) -> Iterator[Problem]:
     for command in exec_commands(unit):
         for word in command.argv[1:]:
             for path in _paths_in(word):
-                root = next((r for r in WRITABLE_BY if path.startswith(r + "/")), None)
-                if root is None or _under(path, writable):
+                under = next((r for r in WRITABLE_BY if path.startswith(r + "/")), None)
+                if under is None or _under(path, writable):
                     continue
+                root = under
                 rest = path[len(root) + 1:]
                 name = rest.split("/", 1)[0]
                 if "/" not in rest:  # a file right in /var/log: a folder of its own is needed
