@@ -170,15 +170,23 @@ def test_debian_packaged_nginx_serves_with_the_users_config(container, example_i
 
 def test_a_package_unit_in_the_image_would_be_attached(container, tmp_path):
     """Why packages leave their units out: the control, with Debian's redis-server.service put
-    back through contents. portabled attaches it next to the spec's unit (prefix "redis")."""
-    from portable_service.build import build_image as build
+    back into the image (the build refuses it through contents, so it is added to the planned
+    tree). portabled attaches it next to the spec's unit (prefix "redis")."""
+    from pathlib import PurePosixPath
+
+    from portable_service.build import plan as plan_build
+    from portable_service.build import write_atomically
+    from portable_service.progress import QUIET
     from portable_service.spec import load_spec
 
-    stock = "/lib/systemd/system/redis-server.service"
-    require(os.path.exists(stock), "redis-server is not installed (apt-get install redis-server)")
-    spec = load_spec(REPO / "examples/redis", {"contents": [
-        str(REPO / "examples/redis/redis.conf") + "=/etc/redis/redis.conf", stock]})
-    image = build(spec, tmp_path)
+    stock = Path("/lib/systemd/system/redis-server.service")
+    require(stock.exists(), "redis-server is not installed (apt-get install redis-server)")
+    spec = load_spec(REPO / "examples/redis")
+    plan = plan_build(spec)
+    plan.tree.add_file(PurePosixPath("/usr/lib/systemd/system/redis-server.service"),
+                       data=stock.read_bytes())
+    image = tmp_path / spec.image_name
+    write_atomically(image, lambda tmp: plan.writer.write(plan.tree, tmp, plan.options, QUIET))
     with attached(container, image):
         assert container.attached_units() == ["redis-server.service", "redis.service"]
 

@@ -493,24 +493,14 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
             log.unlink(missing_ok=True)
 
 
-def busy_loop_devices() -> set[int]:
-    """Loop devices of the host that back a file now (another image, a host mount)."""
-    busy = set()
-    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-        with contextlib.suppress(ValueError):
-            busy.add(int(backing.parent.parent.name.removeprefix("loop")))
-    return busy
-
-
 def make_loop_devices(dev: Path, count: int = LOOP_DEVICES) -> None:
-    """Device nodes for the host's free loop devices (nspawn's private /dev has none).
+    """Device nodes for the host's loop devices (nspawn's private /dev has none).
 
-    portabled takes a free one through loop-control; one that backs something on the host
-    gets no node, so a unit on trial (root under --profile=trusted) cannot read it.
+    All of them: portabled takes whichever loop-control says is free when it attaches, and
+    another container may have freed one that was busy when this one booted.
     """
-    busy = busy_loop_devices()
     for path, major, minor in [(dev / "loop-control", 10, 237)] + [
-            (dev / f"loop{i}", 7, i) for i in range(count) if i not in busy]:
+            (dev / f"loop{i}", 7, i) for i in range(count)]:
         with contextlib.suppress(FileExistsError):
             kind = stat.S_IFCHR if major == 10 else stat.S_IFBLK
             os.mknod(path, 0o660 | kind, os.makedev(major, minor))
