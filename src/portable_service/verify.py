@@ -9,7 +9,6 @@ The same rules run on a finished image file and on a build's tree.
 from __future__ import annotations
 
 import importlib.util
-import json
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -791,16 +790,12 @@ def check_ignored_drop_ins(fs: ImageFS, units: Iterable[UnitFile]) -> Iterator[P
 
 def declared_units(fs: ImageFS) -> set[str] | None:
     """The units our build was given (closure record), or None for other images."""
-    from portable_service.image import CLOSURE_RECORD
+    from portable_service.inspect import closure_record  # inspect imports this module
 
-    text = read_text(fs, str(CLOSURE_RECORD), limit=64 << 20)
-    if text is None:
+    record = closure_record(fs)  # validated: the record is untrusted input
+    if record is None or "units" not in record:
         return None
-    try:
-        units = json.loads(text).get("units")
-    except (ValueError, AttributeError):
-        return None
-    return set(units) if isinstance(units, list) else None
+    return set(record["units"])
 
 
 def check_undeclared(fs: ImageFS, units: Iterable[UnitFile]) -> Iterator[Problem]:
