@@ -160,3 +160,26 @@ def test_debug_before_or_after_the_verb(cli, tmp_path: Path, where: str) -> None
     assert proc.stderr.splitlines()[-1].startswith("portable-service: error: ")
     quiet = cli(*build, "--unit", "nope.service")
     assert "Traceback" not in quiet.stderr and quiet.stderr.count("\n") == 1
+
+
+def test_build_without_a_spec_says_so(cli, tmp_path: Path) -> None:
+    proc = cli("build")
+    assert proc.returncode == 2
+    assert proc.stderr == (f"portable-service: error: there is no portable.toml in {tmp_path}; "
+                           "write one (the README's 'A spec' shows how), name a spec file or "
+                           "folder (portable-service build PATH), or give --pname, --version "
+                           "and --unit\n")
+
+
+def test_output_is_a_folder_not_the_image_file(cli, tmp_path: Path) -> None:
+    write_spec(tmp_path, 'pname = "demo"\nversion = "1"\nunits = ["demo.service"]\n')
+    proc = cli("build", "-o", "demo.raw")
+    assert proc.returncode == 2
+    assert "-o demo.raw names a file" in proc.stderr and "use -o ." in proc.stderr
+    assert not (tmp_path / "demo.raw").exists()
+
+
+def test_the_package_is_typed_and_licensed() -> None:
+    assert (REPO / "src/portable_service/py.typed").exists()
+    assert "MIT License" in (REPO / "LICENSE").read_text()
+    assert 'license = { text = "MIT" }' in (REPO / "pyproject.toml").read_text()

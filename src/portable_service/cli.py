@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from portable_service.errors import PortableServiceError
+from portable_service.errors import PortableServiceError, SpecError
 from portable_service.progress import Reporter
 from portable_service.spec import SETTINGS, load_spec, spec_from_flags
 
@@ -58,6 +58,11 @@ def load_spec_from_args(args: argparse.Namespace) -> Any:
     default = Path("portable.toml")
     if default.exists():
         return load_spec(default, overrides)
+    if not overrides:
+        raise SpecError(f"there is no portable.toml in {Path.cwd()}",
+                        "write one (the README's 'A spec' shows how), name a spec file or "
+                        "folder (portable-service build PATH), or give --pname, --version and "
+                        "--unit")
     return spec_from_flags(overrides)
 
 
@@ -73,7 +78,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         def inspect(plan: Any) -> None:
             print("\n".join(closure_listing(plan.closure)))
 
-    out = build_image(spec, Path(args.output), reporter, inspect=inspect, verify=args.verify)
+    output = Path(args.output)
+    if output.suffix == ".raw" and not output.is_dir():
+        raise SpecError(f"-o {args.output} names a file, but -o takes the folder the image goes "
+                        f"to (the image is named {spec.image_name}, as portabled expects)",
+                        f"use -o {output.parent}")
+    out = build_image(spec, output, reporter, inspect=inspect, verify=args.verify)
     print(out)
     return 0
 

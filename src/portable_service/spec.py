@@ -428,7 +428,7 @@ def load_spec(path: Path, overrides: Mapping[str, Any] | None = None) -> Spec:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"spec file {file} does not exist",
-                        "write one (see examples/demo/portable.toml) or pass --pname, "
+                        "write one (the README's 'A spec' shows how) or pass --pname, "
                         "--version and --unit") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"cannot read spec file {file}: {e}") from None
