@@ -851,6 +851,32 @@ def check_modes(entries: dict[str, Stat]) -> Iterator[Problem]:
                           "chmod o-w it (folders that must be shared want the sticky bit)")
 
 
+def check_unreadable(fs: IndexedFS, units: list[Unit], target: Target) -> Iterator[Problem]:
+    """Files the service's user cannot read. Everything in an image is owned by root and a
+    portable service runs as a dynamic user (DynamicUser=yes in every profile but
+    ``trusted``), or as its User=: only the bits for others count. A file a unit's command
+    line names is an error ("Permission denied" at start), any other a warning."""
+    as_root = target.profile == "trusted" and not any(
+        unit.values("Service", "User") or unit.values("Service", "DynamicUser") for unit in units)
+    if as_root:
+        return  # root reads everything
+    named = {word for unit in units for command in exec_commands(unit)
+             for word in command.argv if word.startswith("/")}
+    for path, st in fs.entries.items():
+        if st.kind == "symlink" or _under(path, FRESH_MOUNTS):
+            continue
+        need = 0o005 if st.kind == "dir" else 0o004
+        if st.mode & need == need:
+            continue
+        what = "enter" if st.kind == "dir" else "read"
+        severity = ERROR if path in named else WARNING
+        yield Problem(severity, "unreadable", path,
+                      f"the service's user cannot {what} this {st.kind} (mode {st.mode:04o}, "
+                      "owned by root in the image): 'Permission denied' when the service "
+                      "opens it", f"chmod o+{'rx' if st.kind == 'dir' else 'r'} it before "
+                      "building, or run the unit under the trusted profile as root")
+
+
 # -- everything
 
 
@@ -887,6 +913,7 @@ def verify(fs: ImageFS, image_name: str, target: Target | None = None) -> list[P
     problems.extend(elfcheck.check_elf_files(ifs, ifs.entries, programs))
     problems.extend(check_links(ifs, ifs.entries))
     problems.extend(check_modes(ifs.entries))
+    problems.extend(check_unreadable(ifs, units, target))
     problems.extend(check_python_runtime(ifs.entries, programs))
     return _dedupe(problems)
 

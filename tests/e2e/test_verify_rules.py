@@ -56,7 +56,7 @@ def jit(tmp_path_factory: pytest.TempPathFactory, psdemo: Path) -> Path:
 
 def build(tmp: Path, pname: str, units: Mapping[str, str], psdemo: Path,
           files: Mapping[str, bytes] | None = None, contents: list[dict[str, str]] | None = None,
-          **settings: Any) -> Path:
+          modes: Mapping[str, int] | None = None, **settings: Any) -> Path:
     """Build with the project's pipeline, then add ``files`` (drop-ins, a package's unit)
     to the tree before writing, as an image from elsewhere might carry them."""
     spec = spec_from_mapping({
@@ -70,7 +70,7 @@ def build(tmp: Path, pname: str, units: Mapping[str, str], psdemo: Path,
         for parent in reversed(p.parents):
             if plan.tree.get(parent) is None:
                 plan.tree.add_dir(parent, origin="test")
-        plan.tree.add_file(p, data=data, origin="test")
+        plan.tree.add_file(p, data=data, origin="test", mode=(modes or {}).get(path, 0o644))
     tmp.mkdir(parents=True, exist_ok=True)
     out = tmp / spec.image_name
     write_atomically(out, lambda t: plan.writer.write(plan.tree, t, plan.options, QUIET))
@@ -493,3 +493,21 @@ def test_undeclared_unit_is_attached_too(container, tmp_path, psdemo) -> None:
     assert check(container, image) == []
     out = run_image(container, image, "undecl.service")
     assert out.attached == ["undecl.service"] and out.started, out.said
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644])
+def test_a_file_the_service_cannot_read(container, tmp_path, psdemo, mode) -> None:
+    """Everything is root's in an image and the service runs as a dynamic user: a 0600 file
+    its command line names is 'Permission denied' at start."""
+    text = "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/bin/cat /etc/app.conf\n"
+    image = build(tmp_path, "unread", {"unread.service": text}, psdemo,
+                  files={"/etc/app.conf": b"setting=1\n"}, modes={"/etc/app.conf": mode})
+    problems = check(container, image)
+    out = run_image(container, image, "unread.service")
+    log(container, f"unreadable ({mode:04o})", problems, out)
+    if mode == 0o600:
+        assert ("error", "unreadable") in rules(problems), problems
+        assert not out.started and "Permission denied" in out.said, out.said
+    else:
+        assert ("error", "unreadable") not in rules(problems), problems
+        assert out.started, out.said
