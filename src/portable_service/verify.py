@@ -321,18 +321,16 @@ def check_environment_files(fs: ImageFS, unit: Unit) -> Iterator[Problem]:
                     else "the image has none, which does not matter")
             fix = (f"set the variables with Environment= in {unit.name}, install {path} on "
                    "the host, or read the file in ExecStart= (sh -c '. FILE; exec PROGRAM')")
-            # a warning either way: whether the host has the file is only known on the host
-            if optional:
-                yield Problem(WARNING, "environment-file-host", path,
-                              f"EnvironmentFile=-{path} in {unit.name} is read from the host's "
-                              f"{path} by the service manager before the image is mounted "
-                              f"({copy}); without it on the host the variables are unset", fix)
-            else:
-                yield Problem(WARNING, "environment-file-host", path,
-                              f"EnvironmentFile={path} in {unit.name} is read from the host's "
-                              f"{path} by the service manager before the image is mounted "
-                              f"({copy}); a host without it fails the start ('Failed to load "
-                              "environment files')", fix)
+            # the image ships a copy systemd never reads, and a host without the file fails
+            # the start: an error. Naming a file only the host has is a warning (only the host
+            # can tell whether it is there), and so is an optional one
+            severity = ERROR if in_image and not optional else WARNING
+            missing = ("without it on the host the variables are unset" if optional else
+                       "a host without it fails the start ('Failed to load environment files')")
+            yield Problem(severity, "environment-file-host", path,
+                          f"EnvironmentFile={value} in {unit.name} is read from the host's "
+                          f"{path} by the service manager before the image is mounted "
+                          f"({copy}); {missing}", fix)
 
 
 def _find_program(fs: ImageFS, program: str) -> str | None:

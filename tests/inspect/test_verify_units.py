@@ -276,8 +276,11 @@ def test_network_under_nonetwork() -> None:
 def test_environment_file_is_read_on_the_host() -> None:
     env = {"/etc/demo.env": b"A=1\n"}
     problems = _check({"demo.service": OK + "EnvironmentFile=/etc/demo.env\n"}, files=env)
-    assert _rules(problems) == [("warning", "environment-file-host")]
+    assert _rules(problems) == [("error", "environment-file-host")]  # the copy is ignored
     assert "the image's copy is never read" in problems[0].message
+    problems = _check({"demo.service": OK + "EnvironmentFile=/etc/demo.env\n"})
+    assert _rules(problems) == [("warning", "environment-file-host")]  # the host's to have
+    assert "a host without it fails the start" in problems[0].message
     assert "Environment=" in problems[0].fix
     problems = _check({"demo.service": OK + "EnvironmentFile=-/etc/demo.env\n"})
     assert _rules(problems) == [("warning", "environment-file-host")]
