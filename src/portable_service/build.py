@@ -18,6 +18,7 @@ from portable_service.closure import Closure
 from portable_service.closure.secrets import check_no_secrets
 from portable_service.errors import PortableServiceError, SpecError, ToolError
 from portable_service.progress import QUIET, Reporter
+from portable_service.run import pid_alive
 from portable_service.spec import Spec, check_spec
 from portable_service.tree import ImageTree
 from portable_service.writers import Writer, select_writer
@@ -181,16 +182,6 @@ def temporary_pid(out: Path, name: str) -> int | None:
     return int(parts[0])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
 def remove_stale_temporaries(out: Path) -> list[Path]:
     """Remove temporary files left beside ``out`` by builds that were killed; the removed.
 
@@ -204,7 +195,7 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     removed: list[Path] = []
     for name in sorted(names):
         pid = temporary_pid(out, name)
-        if pid is None or pid == os.getpid() or _alive(pid):
+        if pid is None or pid == os.getpid() or pid_alive(pid):
             continue
         path = out.parent / name
         try:

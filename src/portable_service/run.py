@@ -120,3 +120,14 @@ def tool_message(proc: subprocess.CompletedProcess[bytes]) -> str:
         if "error" in line.lower():
             return line
     return lines[0] if lines else "no message"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts): for leftovers of dead runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

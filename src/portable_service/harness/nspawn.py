@@ -39,6 +39,7 @@ from portable_service.errors import HostError, ToolError
 from portable_service.harness.judge import PROPERTIES, UnitProps, parse_show
 from portable_service.harness.roots import Release
 from portable_service.rules.portabled import UNIT_TYPES
+from portable_service.run import pid_alive
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOOP_DEVICES = 256
@@ -309,6 +310,18 @@ def cgroup_pids(dirs: Sequence[Path]) -> set[int]:
     return pids
 
 
+def kill_cgroups(dirs: Sequence[Path], rounds: int = 50) -> None:
+    """SIGKILL every process in the cgroups, until they are empty (or ``rounds`` tries)."""
+    for _ in range(rounds):
+        pids = cgroup_pids(dirs)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
 def remove_cgroups(dirs: Sequence[Path]) -> list[Path]:
     """Remove the cgroups depth-first (nspawn makes payload/ and supervisor/ below); returns
     those that could not be removed."""
@@ -357,7 +370,7 @@ def remove_stale(root: Path = CGROUP_ROOT) -> list[Path]:
             continue
         for d in top.iterdir():
             match = _NAME.match(d.name)
-            if match is None or not d.is_dir() or _alive(int(match.group(1))):
+            if match is None or not d.is_dir() or pid_alive(int(match.group(1))):
                 continue
             for pid in cgroup_pids([d]):
                 with contextlib.suppress(ProcessLookupError):
@@ -367,16 +380,6 @@ def remove_stale(root: Path = CGROUP_ROOT) -> list[Path]:
         _wait(lambda: not cgroup_pids(stale) or None, 5)
         remove_cgroups(stale)
     return stale
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- boot and teardown
@@ -545,14 +548,7 @@ def teardown(nspawn: subprocess.Popen[bytes] | None, container: Container | None
                 nspawn.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 nspawn.kill()
-        for _ in range(50):
-            pids = cgroup_pids(dirs)
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+        kill_cgroups(dirs)
         if nspawn is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 nspawn.wait(timeout=5)

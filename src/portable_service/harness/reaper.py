@@ -8,27 +8,18 @@ its owner (PR_SET_PDEATHSIG), but the container's processes would live on.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import sys
 import time
 from pathlib import Path
 
-from portable_service.harness.nspawn import _alive, cgroup_pids, remove_cgroups
+from portable_service.harness.nspawn import kill_cgroups, remove_cgroups
+from portable_service.run import pid_alive
 
 
 def reap(owner: int, dirs: list[Path], poll: float = 0.5) -> None:
-    while _alive(owner):
+    while pid_alive(owner):
         time.sleep(poll)
-    for _ in range(50):
-        pids = cgroup_pids(dirs)
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
+    kill_cgroups(dirs)
     remove_cgroups(dirs)
 
 
