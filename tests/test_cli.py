@@ -62,7 +62,8 @@ def test_spec_in_another_folder_resolves_relative_paths(cli, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["build"], "spec key 'pname' is missing; set it in the spec or with --pname"),
+        (["build"], "there is no portable.toml in"),
+        (["build", "--version", "1"], "spec key 'pname' is missing; set it in the spec or with --pname"),
         (["build", "nope.toml"], "spec file nope.toml does not exist"),
         (["build", "--pname", "a_b", "--version", "1", "--unit", "demo.service"],
          "pname 'a_b' contains '_'"),
