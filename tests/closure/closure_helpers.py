@@ -32,6 +32,14 @@ def cc(out: Path, source: str, *flags: str) -> Path:
     return out
 
 
+def script(path: Path, text: str, mode: int = 0o755) -> Path:
+    """A script file (executable by default) with its folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
 def unit(exec_start: str, name: str = "t.service", extra: str = "") -> dict[str, str]:
     return {"name": name, "text": f"[Service]\nExecStart={exec_start}\n{extra}"}
 

@@ -12,19 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
-from closure_helpers import build_and_unpack, closure_of, host_dir, paths, unit
+from closure_helpers import build_and_unpack, closure_of, host_dir, paths, script, unit
 
 from conftest import unsquashfs_list
 from portable_service.closure import scripts
 
 P = PurePosixPath
-
-
-def script(path: Path, text: str, mode: int = 0o755) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(mode)
-    return path
 
 
 @pytest.fixture
