@@ -184,3 +184,21 @@ def test_the_package_is_typed_and_licensed() -> None:
     assert (REPO / "src/portable_service/py.typed").exists()
     assert "MIT License" in (REPO / "LICENSE").read_text()
     assert 'license = { text = "MIT" }' in (REPO / "pyproject.toml").read_text()
+
+
+def test_a_repeated_flag_adds_to_the_spec_list(cli, tmp_path: Path) -> None:
+    """--content X keeps the spec's contents (the unit's program among them)."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app/run").write_text("#!/bin/sh\nexec true\n")
+    (tmp_path / "app/run").chmod(0o755)
+    (tmp_path / "demo.service").write_text("[Service]\nExecStart=/opt/app/run\n")
+    (tmp_path / "portable.toml").write_text(
+        'pname = "demo"\nversion = "1"\nunits = ["demo.service"]\nsquash-compression = "gzip"\n'
+        'contents = [{ source = "app", target = "/opt/app" }]\n')
+    proc = cli("build", "--content", "/usr/bin/env", "-q")
+    assert proc.returncode == 0, proc.stderr
+    image = tmp_path / "result/demo_1.raw"
+    assert unsquashfs_cat(image, "opt/app/run").startswith(b"#!/bin/sh")
+    assert unsquashfs_cat(image, "usr/bin/env")
+    proc = cli("build", "--content", "", "--content", "/usr/bin/env", "-q")
+    assert proc.returncode == 2 and "/opt/app/run" in proc.stderr  # emptied: the program is gone

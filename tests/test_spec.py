@@ -169,3 +169,19 @@ def test_compression_strings() -> None:
         parse_compression("brotli")
     with pytest.raises(SpecError, match="not a compressor option"):
         parse_compression("xz -b 4K")
+
+
+def test_repeated_flags_add_to_the_files_lists(tmp_path: Path) -> None:
+    (tmp_path / "portable.toml").write_text(
+        'pname = "demo"\nversion = "1"\nunits = ["demo.service"]\ncontents = ["/usr/bin/true"]\n'
+        'skip-packages = ["a", "b"]\nos-release = { ID = "x" }\nexclude = ["*.a"]\n')
+    s = load_spec(tmp_path, {"contents": ["/usr/bin/env"], "skip-packages": ["+c", "-a"],
+                             "os-release": ["VARIANT_ID=y", "ID=z"], "exclude": ["*.la"]})
+    assert [str(c.source) for c in s.contents] == ["/usr/bin/true", "/usr/bin/env"]
+    assert s.skip_packages == ("b", "c")
+    assert dict(s.os_release) == {"ID": "z", "VARIANT_ID": "y"}
+    assert s.exclude == ("*.a", "*.la")
+    # an empty value empties the list first, as in mkosi
+    s = load_spec(tmp_path, {"contents": ["", "/usr/bin/env"], "exclude": [""]})
+    assert [str(c.source) for c in s.contents] == ["/usr/bin/env"]
+    assert s.exclude == ()

@@ -454,10 +454,35 @@ def _merge(file_data: dict[str, Any], base: Path, overrides: Mapping[str, Any]) 
     cwd = Path.cwd()
     data = dict(file_data)
     for key, value in overrides.items():
-        for alias in _BY_KEY[key].aliases:
-            data.pop(alias, None)
-        data[key] = _BY_KEY[key].parse(value, cwd, key)
+        setting = _BY_KEY[key]
+        in_file = data.pop(key, None)
+        for alias in setting.aliases:
+            in_file = data.pop(alias, in_file)
+        if setting.repeatable and isinstance(value, list | tuple):
+            data[key] = _add_to_list(setting, in_file, list(value), base, cwd)
+        else:
+            data[key] = setting.parse(value, cwd, key)
     return spec_from_mapping(data, base)
+
+
+def _add_to_list(setting: Setting, in_file: Any, values: list[Any], base: Path,
+                 cwd: Path) -> tuple[Any, ...]:
+    """A repeated flag adds to the file's list, as mkosi's do; an empty value empties it
+    first (``--content ''``). ``+NAME``/``-NAME`` edit a plain package list in place."""
+    key = setting.key
+    if "" in values:
+        values = values[len(values) - values[::-1].index(""):]
+        in_file = None
+    added: tuple[Any, ...] = setting.parse(values, cwd, key) if values else ()
+    if in_file is None:
+        return added
+    from_file: tuple[Any, ...] = setting.parse(in_file, base, key)
+    signed = [n for n in added if isinstance(n, str) and n[:1] in ("+", "-")]
+    if setting.parse is _package_names and signed and len(signed) == len(added) and not any(
+            n[:1] in ("+", "-") for n in from_file):
+        kept = [n for n in from_file if f"-{n}" not in added]
+        return (*kept, *(n[1:] for n in added if n[0] == "+" and n[1:] not in kept))
+    return (*from_file, *added)
 
 
 _UNIT_NAME_CHARS = re.compile(r"^[A-Za-z0-9:\-.\\]+$")
