@@ -8,7 +8,6 @@ images in it. Missing root or tools skip locally and fail under CI=true.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require, require_root, require_tool
+from conftest import require_root, require_tool
+from e2e.lib import static_program
 from portable_service.harness import nspawn, roots
 from portable_service.progress import Reporter
 
@@ -35,13 +35,7 @@ def require_e2e() -> None:
 def psdemo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/e2e/psdemo.c linked statically: runs in any image without a library closure."""
     require_e2e()
-    out = tmp_path_factory.mktemp("bin") / "psdemo"
-    proc = subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(HERE / "psdemo.c")],
-                          capture_output=True, text=True, check=False)
-    require(proc.returncode == 0 or "cannot find -lc" not in proc.stderr,
-            "static glibc is not installed (apt-get install libc6-dev)")
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return static_program(HERE / "psdemo.c", tmp_path_factory.mktemp("bin") / "psdemo")
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from conftest import require
 from portable_service.build import plan as plan_build
 from portable_service.build import write_atomically
 from portable_service.harness.nspawn import Container
 from portable_service.progress import QUIET
 from portable_service.spec import spec_from_mapping
+
+
+def static_program(source: Path, out: Path) -> Path:
+    """A C test program linked statically: it runs in any image without a library closure."""
+    proc = subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(source)],
+                          capture_output=True, text=True, check=False)
+    require(proc.returncode == 0 or "cannot find -lc" not in proc.stderr,
+            "static glibc is not installed (apt-get install libc6-dev)")
+    assert proc.returncode == 0, proc.stderr
+    return out
 
 
 def unit(name: str, text: str) -> dict[str, str]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from e2e.lib import build_image
+from e2e.lib import build_image, static_program
 from e2e.test_try import DEAF_SOCKET_PORT, GOOD_SOCKET_PORT, HERE, bad_spec, good_spec, poking
 from portable_service.harness import judge, roots
 from portable_service.trycmd import try_on
@@ -38,8 +37,7 @@ def main() -> None:
     out: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         trydemo = Path(tmp) / "trydemo"
-        subprocess.run(["gcc", "-static", "-O2", "-o", str(trydemo), str(HERE / "trydemo.c")],
-                       check=True)
+        static_program(HERE / "trydemo.c", trydemo)
         for name, spec, port in (("bad", bad_spec(trydemo), DEAF_SOCKET_PORT),
                                  ("good", good_spec(trydemo), GOOD_SOCKET_PORT)):
             image = build_image(Path(tmp) / name, spec)

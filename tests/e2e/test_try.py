@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -18,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from e2e.conftest import HERE, RELEASES, require_e2e
-from e2e.lib import build_image, unit
+from e2e.lib import build_image, static_program, unit
 
 pytestmark = pytest.mark.e2e
 PORT = 18131
@@ -32,11 +31,7 @@ TRYDEMO = "/usr/bin/trydemo"
 def trydemo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/e2e/trydemo.c linked statically: runs in any image without a library closure."""
     require_e2e()
-    out = tmp_path_factory.mktemp("bin") / "trydemo"
-    proc = subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(HERE / "trydemo.c")],
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return static_program(HERE / "trydemo.c", tmp_path_factory.mktemp("bin") / "trydemo")
 
 
 def server_spec(psdemo: Path, version: str) -> dict:

@@ -5,7 +5,6 @@ profile the image is attached with (--profile)."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from e2e.conftest import LOG_DIR
-from e2e.lib import port_closed, tcp_get, unit
+from e2e.lib import port_closed, static_program, tcp_get, unit
 from portable_service.build import plan as plan_build
 from portable_service.build import write_atomically
 from portable_service.harness import nspawn
@@ -49,9 +48,7 @@ def jit(tmp_path_factory: pytest.TempPathFactory, psdemo: Path) -> Path:
     """A static program that maps W+X memory as a JIT does; shipped as /usr/bin/luajit."""
     src = tmp_path_factory.mktemp("jit") / "jit.c"
     src.write_text(JIT_C)
-    out = src.with_suffix("")
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(src)], check=True)
-    return out
+    return static_program(src, src.with_suffix(""))
 
 
 def build(tmp: Path, pname: str, units: Mapping[str, str], psdemo: Path,
