@@ -762,8 +762,7 @@ def check_read_only_paths(unit: Unit, target: Target) -> Iterator[Problem]:
                 under = next((r for r in WRITABLE_BY if path.startswith(r + "/")), None)
                 if under is None or _under(path, writable):
                     continue
-                root = under
-                rest = path[len(root) + 1:]
+                rest = path[len(under) + 1:]
                 name = rest.split("/", 1)[0]
                 if "/" not in rest:  # a file right in /var/log: a folder of its own is needed
                     name = name.split(".", 1)[0] or name
@@ -771,7 +770,7 @@ def check_read_only_paths(unit: Unit, target: Target) -> Iterator[Problem]:
                               f"{command.directive} names {path}, which is read-only in the "
                               f"unit ({why}): if the service writes there it fails with "
                               "'Read-only file system'",
-                              f"set {WRITABLE_BY[root]}={name} and use {root}/{name}/ (systemd "
+                              f"set {WRITABLE_BY[under]}={name} and use {under}/{name}/ (systemd "
                               "mounts it writable for the unit), or ReadWritePaths= for a host "
                               "path")
                 break
