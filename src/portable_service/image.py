@@ -200,8 +200,7 @@ def place(tree: ImageTree, node: Node, spec: Spec | None = None) -> PurePosixPat
         tree.add_dir(image, mode, origin=origin)
     elif stat.S_ISREG(st.st_mode):
         if not os.access(node.host, os.R_OK):
-            raise ClosureError(f"cannot read {node.host}: permission denied",
-                               "run the build with rights to read it, or exclude it")
+            raise ClosureError(f"cannot read {node.host}: permission denied", UNREADABLE_HINT)
         tree.add_file(image, source=node.host, mode=mode, xattrs=_xattrs(node.host), origin=origin)
     else:
         raise ClosureError(
