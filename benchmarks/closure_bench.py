@@ -21,10 +21,10 @@ from pathlib import Path, PurePosixPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from portable_service.closure import Closure, Context, Node
-from portable_service.closure.elf import ElfResolver, Files, Loader, LoaderConfig, elf_kind, read_elf
-from portable_service.imagefs import HostFS
-from portable_service.spec import spec_from_mapping
+from portable_service.builder.closure import Closure, Context, Node
+from portable_service.builder.closure.elf import ElfResolver, Files, Loader, LoaderConfig, elf_kind, read_elf
+from portable_service.builder.spec import spec_from_mapping
+from portable_service.fs.views import HostFS
 
 
 def elf_programs(folder: Path) -> list[Path]:

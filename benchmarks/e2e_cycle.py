@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from portable_service.build import build_image
+from portable_service.builder.pipeline import build_image
+from portable_service.builder.spec import spec_from_mapping
 from portable_service.harness import nspawn, roots
-from portable_service.spec import spec_from_mapping
 
 HERE = Path(__file__).resolve().parent
 RECIPE_BOOT, RECIPE_CYCLE = 0.3, 1.2

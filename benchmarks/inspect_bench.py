@@ -37,9 +37,9 @@ def run(*cmd: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from portable_service.diff import diff_images
-    from portable_service.imagefs import IndexedFS, open_image
-    from portable_service.verify import verify
+    from portable_service.fs.views import IndexedFS, open_image
+    from portable_service.look.diff import diff_images
+    from portable_service.look.verify import verify
 
     folders = argv or [p for p in ("/usr/bin", "/usr/lib/x86_64-linux-gnu") if Path(p).is_dir()]
     mksquashfs, unsquashfs = shutil.which("mksquashfs"), shutil.which("unsquashfs")

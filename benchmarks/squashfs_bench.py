@@ -30,9 +30,9 @@ E2E_CONTENTS = ["/usr/bin/gdb", "/usr/bin/cmake", "/usr/bin/perf"]
 
 def child_native(tree: str, out: str, compression: str, block: str) -> None:
     """Run in a child process so its peak memory is its own."""
+    from portable_service.builder.writers.options import parse_block_size
     from portable_service.squashfs.compressor import from_options
     from portable_service.squashfs.writer import WriterOptions, nodes_from_directory, write_image
-    from portable_service.writers.options import parse_block_size
 
     name, *opts = compression.split()
     bs = parse_block_size(block)

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import require_tool, unsquashfs_cat, unsquashfs_list
 from portable_service import Spec, build
+from portable_service.builder.spec import spec_from_mapping
 from portable_service.errors import PortableServiceError, TreeError
-from portable_service.spec import spec_from_mapping
 
 SERVICE = "[Unit]\nDescription=Demo\n[Service]\nExecStart=/usr/bin/env true\nStateDirectory=demo\n"
 SOCKET = "[Socket]\nListenStream=127.0.0.1:18080\n"
@@ -241,8 +241,8 @@ def test_api_spec_object(project: Path) -> None:
 
 
 def test_spec_built_in_code_is_checked(project: Path) -> None:
+    from portable_service.builder.spec import UnitSource
     from portable_service.errors import SpecError
-    from portable_service.spec import UnitSource
 
     spec = Spec(pname="my_demo", version="1", units=(UnitSource("my_demo.service", text="[Unit]\n"),))
     with pytest.raises(SpecError, match="contains '_'"):

@@ -22,15 +22,15 @@ from pathlib import Path
 import pytest
 
 from conftest import require, require_tool, unsquashfs_list
-from portable_service.build import (
+from portable_service.builder.pipeline import (
     plan,
     remove_stale_temporaries,
     temporary_pid,
     write_atomically,
 )
+from portable_service.builder.spec import spec_from_mapping
 from portable_service.errors import TreeError
 from portable_service.progress import QUIET
-from portable_service.spec import spec_from_mapping
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 NOBODY = 65534
@@ -146,9 +146,9 @@ def test_an_unreadable_package_folder_is_not_passed_over(shared: Path) -> None:
         p.chmod(0o755)
     code = (
         "import sys\nfrom pathlib import Path\n"
-        "from portable_service.closure import Closure, Context, deb\n"
+        "from portable_service.builder.closure import Closure, Context, deb\n"
         "from portable_service.errors import ClosureError\n"
-        "from portable_service.spec import spec_from_mapping\n"
+        "from portable_service.builder.spec import spec_from_mapping\n"
         "spec = spec_from_mapping({'pname': 't', 'version': '1', 'packages': ['app'],"
         " 'units': ['demo.service'],"
         " 'allow_missing': sys.argv[1] == 'yes'}, Path('.'))\n"

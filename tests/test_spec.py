@@ -6,8 +6,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from portable_service.errors import SpecError
-from portable_service.spec import (
+from portable_service.builder.spec import (
     SETTINGS,
     Content,
     Spec,
@@ -15,7 +14,8 @@ from portable_service.spec import (
     load_spec,
     spec_from_mapping,
 )
-from portable_service.writers.options import parse_block_size, parse_compression
+from portable_service.builder.writers.options import parse_block_size, parse_compression
+from portable_service.errors import SpecError
 
 BASE = {"pname": "demo", "version": "1.0", "units": ["demo.service"]}
 

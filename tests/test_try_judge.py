@@ -24,7 +24,7 @@ from portable_service.harness.judge import (
     trigger_problem,
     watch,
 )
-from portable_service.trycmd import systemd_words
+from portable_service.harness.trial import systemd_words
 
 RUNNING = dict(load="loaded", active="active", sub="running", result="success", type="simple")
 CRASHED = dict(main_code="1", main_status="1")
@@ -187,7 +187,7 @@ def test_systemd_words_name_the_cause_and_the_status():
 
 
 def test_a_missing_exec_step_line_is_noticed():
-    from portable_service.trycmd import _cause_missing
+    from portable_service.harness.trial import _cause_missing
 
     status = "x.service: Main process exited, code=exited, status=203/EXEC\n"
     assert _cause_missing(status)
@@ -216,7 +216,7 @@ def recorded(key: str) -> list[Sample]:
 
 
 def verdicts(history: list[Sample]) -> dict[str, str]:
-    """unit -> "ok" or the reason, as trycmd takes them: triggers, then what they started."""
+    """unit -> "ok" or the reason, as the try verb takes them: triggers, then what they started."""
     last = history[-1].units
     triggered = {t for u in last.values() for t in u.triggers}
     out = {}

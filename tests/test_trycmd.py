@@ -8,7 +8,7 @@ import pytest
 
 from conftest import require_root, require_tool
 from portable_service.cli import main
-from portable_service.trycmd import first_cause, units_to_start
+from portable_service.harness.trial import first_cause, units_to_start
 
 
 def test_triggered_services_and_templates_are_not_started_directly():

@@ -14,9 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from portable_service.builder.spec import spec_from_mapping
+from portable_service.builder.units import (
+    SECTION_EXEC_DIRECTIVES,
+    Unit,
+    exec_commands,
+    load_units,
+    read_unit_file,
+)
 from portable_service.errors import UnitError
-from portable_service.spec import spec_from_mapping
-from portable_service.unitfile import (
+from portable_service.rules.unitfile import (
     LONG_LINE_MAX,
     UNIT_SECTIONS,
     Command,
@@ -25,13 +32,6 @@ from portable_service.unitfile import (
     parse_exec,
     physical_lines,
     read_unit_text,
-)
-from portable_service.units import (
-    SECTION_EXEC_DIRECTIVES,
-    Unit,
-    exec_commands,
-    load_units,
-    read_unit_file,
 )
 
 ONESHOT = "[Service]\nType=oneshot\n"

@@ -6,9 +6,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from portable_service.errors import UnitError
-from portable_service.spec import UnitSource, spec_from_mapping
-from portable_service.units import (
+from portable_service.builder.spec import UnitSource, spec_from_mapping
+from portable_service.builder.units import (
     Unit,
     drop_in_dirs,
     exec_programs,
@@ -16,6 +15,7 @@ from portable_service.units import (
     mount_points,
     parse_unit_text,
 )
+from portable_service.errors import UnitError
 
 
 def unit(text: str, name: str = "demo.service") -> Unit:
@@ -130,7 +130,7 @@ def test_unit_image_path() -> None:
 
 
 def test_exec_commands_keep_arguments_and_quotes() -> None:
-    from portable_service.units import exec_commands
+    from portable_service.builder.units import exec_commands
 
     u = unit("[Service]\nExecStart=@/usr/bin/demo demo-name --flag 'two words' ; -/bin/sh -c 'a; b'\n")
     assert [c.argv for c in exec_commands(u)] == [

@@ -9,8 +9,8 @@ and :class:`Spec`, the typed spec that can be built in code.
 """
 
 from portable_service.api import build
+from portable_service.builder.spec import Spec
 from portable_service.errors import PortableServiceError
-from portable_service.spec import Spec
 
 __all__ = ["PortableServiceError", "Spec", "build"]
 __version__ = "0.1.0"

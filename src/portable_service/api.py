@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from portable_service.build import build_image
+from portable_service.builder.pipeline import build_image
+from portable_service.builder.spec import Spec, spec_from_mapping
 from portable_service.progress import QUIET, Reporter
-from portable_service.spec import Spec, spec_from_mapping
 
 
 def build(

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from portable_service.builder.spec import SETTINGS, load_spec, spec_from_flags
 from portable_service.errors import PortableServiceError, SpecError
 from portable_service.progress import Reporter
-from portable_service.spec import SETTINGS, load_spec, spec_from_flags
 
 PROG = "portable-service"
 
@@ -67,13 +67,13 @@ def load_spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from portable_service.build import build_image
+    from portable_service.builder.pipeline import build_image
 
     reporter = Reporter(quiet=args.quiet)
     spec = load_spec_from_args(args)
     inspect = None
     if args.print_closure:
-        from portable_service.closure.report import closure_listing
+        from portable_service.builder.closure.report import closure_listing
 
         def inspect(plan: Any) -> None:
             print("\n".join(closure_listing(plan.closure)))
@@ -89,7 +89,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_why(args: argparse.Namespace) -> int:
-    from portable_service.closure.report import why_report
+    from portable_service.builder.closure.report import why_report
 
     lines, found = why_report(load_spec_from_args(args), args.path)
     print("\n".join(lines))
@@ -123,13 +123,13 @@ def _build_parser(sub: Any) -> None:
 
 
 def _image_verbs(sub: Any) -> None:
-    from portable_service.imageverbs import register
+    from portable_service.look.verbs import register
 
     register(sub)
 
 
 def _try_parser(sub: Any) -> None:
-    from portable_service.trycmd import register
+    from portable_service.harness.trial import register
 
     register(sub)
 

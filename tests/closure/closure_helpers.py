@@ -9,10 +9,10 @@ from typing import Any
 
 from conftest import require_root, require_tool
 from portable_service import build
-from portable_service.closure import Closure, resolve
-from portable_service.closure.elf import elf_kind
-from portable_service.spec import Spec, spec_from_mapping
-from portable_service.units import load_units
+from portable_service.builder.closure import Closure, resolve
+from portable_service.builder.closure.elf import elf_kind
+from portable_service.builder.spec import Spec, spec_from_mapping
+from portable_service.builder.units import load_units
 
 LOADER = "/lib64/ld-linux-x86-64.so.2"
 # run-time needs no ELF header names (closure/runtime.py: the NSS module for dynamic users,

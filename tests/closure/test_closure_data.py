@@ -15,7 +15,7 @@ import pytest
 from closure_helpers import build_and_unpack, closure_of, host_dir, paths, script, unit
 
 from conftest import unsquashfs_list
-from portable_service.closure import scripts
+from portable_service.builder.closure import scripts
 
 P = PurePosixPath
 

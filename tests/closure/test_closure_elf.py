@@ -20,7 +20,7 @@ from closure_helpers import (
 )
 
 from conftest import require
-from portable_service.closure import Closure, Context, Node, elf
+from portable_service.builder.closure import Closure, Context, Node, elf
 from portable_service.errors import ClosureError
 
 LIB = "int f(void) { return 42; }\n"
@@ -253,7 +253,7 @@ def test_shebang_crlf_fails_in_the_kernel_too(tmp_path: Path) -> None:
 
 def test_host_fs_rooted_at_a_folder_keeps_links_inside(tmp_path: Path) -> None:
     """A folder seen as an image: absolute links resolve against it, as in the image."""
-    from portable_service.imagefs import HostFS
+    from portable_service.fs.views import HostFS
 
     root = tmp_path / "root"
     cc(root / "usr/lib/x86_64-linux-gnu/libf.so.1", LIB, "-shared", "-Wl,-soname,libf.so.1")
@@ -291,8 +291,8 @@ def test_dot_dot_after_a_folder_link_is_taken_as_the_kernel_takes_it(tmp_path: P
 @pytest.mark.parametrize("suite", ["bullseye", "bookworm", "trixie"])
 def test_an_image_loader_searches_glibc_hwcaps_only_from_glibc_2_33(suite: str) -> None:
     """The Debian roots of the e2e tests (glibc 2.31, 2.36, 2.41) against their own ld.so --help."""
+    from portable_service.fs.views import HostFS
     from portable_service.harness import roots
-    from portable_service.imagefs import HostFS
 
     release = roots.get_release(suite)
     require(roots.is_ready(release), f"the {suite} root is not created yet (the e2e tests make it)")

@@ -25,8 +25,8 @@ from closure_helpers import (
 )
 
 from conftest import REPO, require, require_root
-from portable_service.closure import deb
-from portable_service.image import CLOSURE_RECORD
+from portable_service.builder.closure import deb
+from portable_service.builder.layout import CLOSURE_RECORD
 
 pytestmark = pytest.mark.root
 GENERATED = {"/etc/machine-id", "/etc/resolv.conf", "/etc/os-release", "/etc/ld.so.cache",

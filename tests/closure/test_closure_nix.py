@@ -14,7 +14,7 @@ import pytest
 from closure_helpers import build_and_unpack, closure_of, unit
 
 from conftest import require_root, require_tool
-from portable_service.closure import nix
+from portable_service.builder.closure import nix
 
 pytestmark = pytest.mark.root
 

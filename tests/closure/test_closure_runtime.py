@@ -23,10 +23,10 @@ from closure_helpers import (
 
 from conftest import REPO, require, require_tool
 from portable_service import build
-from portable_service.closure import runtime
-from portable_service.closure.report import why_lines
+from portable_service.builder.closure import runtime
+from portable_service.builder.closure.report import why_lines
+from portable_service.builder.units import parse_unit_text
 from portable_service.errors import ClosureError, VerifyError
-from portable_service.units import parse_unit_text
 
 P = PurePosixPath
 PROBE = (REPO / "tests" / "e2e" / "runtime_probe.c").read_text()
@@ -368,8 +368,8 @@ def test_verify_refuses_python_without_encodings(tmp_path: Path) -> None:
         **settings, "units": [unit("/usr/bin/true")],
         "contents": ["/usr/bin/python3"]})
     assert image.exists()
-    from portable_service.imagefs import open_image
-    from portable_service.verify import verify
+    from portable_service.fs.views import open_image
+    from portable_service.look.verify import verify
 
     fs = open_image(image)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from closure_helpers import closure_of, host_dir, paths, script, unit
 
-from portable_service.closure import scripts
+from portable_service.builder.closure import scripts
 from portable_service.errors import ClosureError
 
 P = PurePosixPath

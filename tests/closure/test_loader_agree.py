@@ -29,11 +29,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import require, require_root, require_tool
-from portable_service.closure import Closure, Context, Node, ldcache
-from portable_service.closure.elf import ElfResolver, Files, Loader, read_elf
+from portable_service.builder.closure import Closure, Context, Node, ldcache
+from portable_service.builder.closure.elf import ElfResolver, Files, Loader, read_elf
 from portable_service.errors import ClosureError
-from portable_service.imagefs import HostFS, open_image
-from portable_service.verify import verify
+from portable_service.fs.views import HostFS, open_image
+from portable_service.look.verify import verify
 
 LIBS = ("n1", "n2", "n3", "n4")
 # what each object needs (besides libc): prog -> n1 n2, n1 -> n3, n2 -> n4, n3 -> n4

@@ -11,11 +11,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from conftest import require
-from portable_service.build import plan as plan_build
-from portable_service.build import write_atomically
+from portable_service.builder.pipeline import plan as plan_build
+from portable_service.builder.pipeline import write_atomically
+from portable_service.builder.spec import spec_from_mapping
 from portable_service.harness.nspawn import Container
 from portable_service.progress import QUIET
-from portable_service.spec import spec_from_mapping
 
 
 def static_program(source: Path, out: Path) -> Path:

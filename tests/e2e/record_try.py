@@ -18,7 +18,7 @@ from pathlib import Path
 from e2e.lib import build_image, static_program
 from e2e.test_try import DEAF_SOCKET_PORT, GOOD_SOCKET_PORT, HERE, bad_spec, good_spec, poking
 from portable_service.harness import judge, roots
-from portable_service.trycmd import try_on
+from portable_service.harness.trial import try_on
 
 
 def compact(history: tuple[judge.Sample, ...]) -> dict[str, object]:

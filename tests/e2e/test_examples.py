@@ -18,8 +18,8 @@ pytestmark = pytest.mark.e2e
 def example_images(tmp_path_factory) -> dict:
     import os
 
-    from portable_service.build import build_image
-    from portable_service.spec import load_spec
+    from portable_service.builder.pipeline import build_image
+    from portable_service.builder.spec import load_spec
 
     require(os.path.exists("/usr/sbin/lighttpd"), "lighttpd is not installed (apt-get install "
             "lighttpd)")

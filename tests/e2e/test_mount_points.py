@@ -11,8 +11,8 @@ import pytest
 from conftest import unsquashfs_list
 from e2e.conftest import LOG_DIR
 from e2e.lib import build_image, unit
-from portable_service.build import plan
-from portable_service.spec import spec_from_mapping
+from portable_service.builder.pipeline import plan
+from portable_service.builder.spec import spec_from_mapping
 
 pytestmark = pytest.mark.e2e
 

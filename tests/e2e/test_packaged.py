@@ -104,8 +104,8 @@ PACKAGED = {  # example -> (the program its package installs, the unit the spec 
 @pytest.fixture(scope="module")
 def example_image(tmp_path_factory):
     """Build an example with the CLI's pipeline (verify included), once per module."""
-    from portable_service.build import build_image as build
-    from portable_service.spec import load_spec
+    from portable_service.builder.pipeline import build_image as build
+    from portable_service.builder.spec import load_spec
 
     built: dict[str, Path] = {}
 
@@ -174,10 +174,10 @@ def test_a_package_unit_in_the_image_would_be_attached(container, tmp_path):
     tree). portabled attaches it next to the spec's unit (prefix "redis")."""
     from pathlib import PurePosixPath
 
-    from portable_service.build import plan as plan_build
-    from portable_service.build import write_atomically
+    from portable_service.builder.pipeline import plan as plan_build
+    from portable_service.builder.pipeline import write_atomically
+    from portable_service.builder.spec import load_spec
     from portable_service.progress import QUIET
-    from portable_service.spec import load_spec
 
     stock = Path("/lib/systemd/system/redis-server.service")
     require(stock.exists(), "redis-server is not installed (apt-get install redis-server)")

@@ -12,8 +12,8 @@ import pytest
 from conftest import require
 from e2e.conftest import HERE, require_e2e
 from e2e.lib import attached, build_image, unit
-from portable_service.imagefs import open_image
-from portable_service.verify import verify
+from portable_service.fs.views import open_image
+from portable_service.look.verify import verify
 
 pytestmark = pytest.mark.e2e
 NO_NSS = ["*/libnss_systemd.so.2"]  # the negative control: the image cannot resolve dynamic users

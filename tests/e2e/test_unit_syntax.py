@@ -20,9 +20,9 @@ import pytest
 from test_unit_syntax import CASES, ONESHOT, our_reading
 
 from e2e.conftest import LOG_DIR
+from portable_service.builder.units import EXEC_DIRECTIVES, SECTION_EXEC_DIRECTIVES, Unit
 from portable_service.harness.nspawn import Container
-from portable_service.unitfile import UNIT_SECTIONS, Command, read_unit_text, simplify_path
-from portable_service.units import EXEC_DIRECTIVES, SECTION_EXEC_DIRECTIVES, Unit
+from portable_service.rules.unitfile import UNIT_SECTIONS, Command, read_unit_text, simplify_path
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ import pytest
 
 from e2e.conftest import LOG_DIR
 from e2e.lib import build_image, unit
-from portable_service.imagefs import IndexedFS, open_image
-from portable_service.verify import errors, verify
+from portable_service.fs.views import IndexedFS, open_image
+from portable_service.look.verify import errors, verify
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from portable_service.builder.spec import SETTINGS, spec_from_mapping
 from portable_service.errors import PortableServiceError, SpecError
-from portable_service.spec import SETTINGS, spec_from_mapping
 
 UNIT = "[Service]\nExecStart=/usr/bin/env true\n"
 BASE = 'pname = "demo"\nversion = "1"\nunits = ["demo.service"]\n'

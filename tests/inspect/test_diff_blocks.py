@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
-from portable_service.diff import same_content
-from portable_service.imagefs import IndexedFS, open_image
+from portable_service.fs.views import IndexedFS, open_image
+from portable_service.look.diff import same_content
 
 MiB = 1 << 20
 

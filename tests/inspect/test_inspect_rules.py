@@ -10,13 +10,13 @@ import pytest
 from imagetrees import PROGRAM, UNIT, host_closure
 
 from conftest import require_tool
-from portable_service.image import mirror_host_parents
-from portable_service.imagefs import IndexedFS, SquashfsFS, TreeFS, resolve
+from portable_service.builder.layout import mirror_host_parents
+from portable_service.builder.writers.mksquashfs import MksquashfsWriter
+from portable_service.builder.writers.options import PackOptions, parse_block_size, parse_compression
+from portable_service.fs.tree import ImageTree
+from portable_service.fs.views import IndexedFS, SquashfsFS, TreeFS, resolve
+from portable_service.look.verify import image_prefix, prefix_matches, verify
 from portable_service.progress import QUIET
-from portable_service.tree import ImageTree
-from portable_service.verify import image_prefix, prefix_matches, verify
-from portable_service.writers.mksquashfs import MksquashfsWriter
-from portable_service.writers.options import PackOptions, parse_block_size, parse_compression
 
 P = PurePosixPath
 
@@ -163,7 +163,7 @@ def test_library_outside_the_search_path_is_an_error(runpath_prog) -> None:
 
 def test_the_image_ld_so_cache_is_searched(runpath_prog, tmp_path: Path) -> None:
     """The loader reads /etc/ld.so.cache, never ld.so.conf (ldconfig turns one into the other)."""
-    from portable_service.closure import ldcache
+    from portable_service.builder.closure import ldcache
 
     _, lib = runpath_prog
     _cc(tmp_path, "-o", "plain", "main.c", "-L.", "-ldemo")  # no RUNPATH
@@ -190,7 +190,7 @@ def test_a_library_of_another_machine_does_not_count(runpath_prog, tmp_path: Pat
 
 
 def test_units_in_usr_lib_count_and_etc_wins() -> None:
-    from portable_service.verify import attached_units
+    from portable_service.look.verify import attached_units
 
     t = _tree()
     t.remove(P("/etc/systemd/system/demo.service"))

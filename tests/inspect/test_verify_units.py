@@ -10,11 +10,11 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from conftest import require_tool
-from portable_service.image import CLOSURE_RECORD
-from portable_service.imagefs import TreeFS
-from portable_service.tree import ImageTree
-from portable_service.units import Unit, parse_unit_text
-from portable_service.verify import (
+from portable_service.builder.layout import CLOSURE_RECORD
+from portable_service.builder.units import Unit, parse_unit_text
+from portable_service.fs.tree import ImageTree
+from portable_service.fs.views import TreeFS
+from portable_service.look.verify import (
     Problem,
     Target,
     service_refusal,
@@ -311,8 +311,8 @@ def test_undeclared_units() -> None:
 
 
 def test_build_records_the_declared_units(tmp_path: Path) -> None:
-    from portable_service.build import plan
-    from portable_service.spec import spec_from_mapping
+    from portable_service.builder.pipeline import plan
+    from portable_service.builder.spec import spec_from_mapping
 
     prog = tmp_path / "prog"
     prog.write_bytes(b"program\n")

@@ -12,16 +12,16 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from conftest import require_root
+from portable_service.builder.writers.native import NativeWriter
+from portable_service.builder.writers.options import Compression, PackOptions
 from portable_service.errors import ImageError, PortableServiceError, SpecError
+from portable_service.fs.tree import ImageTree
 from portable_service.progress import QUIET
 from portable_service.squashfs import format as fmt
 from portable_service.squashfs.compressor import from_options
 from portable_service.squashfs.errors import InputError
 from portable_service.squashfs.reader import SquashfsImage
 from portable_service.squashfs.writer import Node, WriterOptions, nodes_from_directory, write_image
-from portable_service.tree import ImageTree
-from portable_service.writers.native import NativeWriter
-from portable_service.writers.options import Compression, PackOptions
 from tests.squashfs.conftest import (
     CAP,
     describe_dir,

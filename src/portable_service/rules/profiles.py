@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from functools import cache
 
+from portable_service.builder.units import Unit, parse_unit_text
 from portable_service.rules import PROFILES, data_text
-from portable_service.units import Unit, parse_unit_text
 
 DEFAULT_PROFILE = "default"
 

@@ -2,7 +2,7 @@
 
 gzip (zlib) and xz/lzma come from the standard library, zstd and lz4 from
 their packages, lzo from python-lzo when installed. Options are given in mksquashfs syntax
-(:class:`~portable_service.writers.options.Compression`), so a spec works with
+(:class:`~portable_service.builder.writers.options.Compression`), so a spec works with
 either writer, and the defaults match mksquashfs 4.5 so images compare.
 """
 

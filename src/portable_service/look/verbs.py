@@ -35,14 +35,14 @@ def _dump(data: Any, style: str) -> None:
 def _open(path: str, indexed: bool = True) -> Any:
     """The image, with its whole listing in memory for the verbs that look at every entry;
     ``cat`` and ``ls`` look up only their path. It stays open until the process ends."""
-    from portable_service.imagefs import IndexedFS, open_image
+    from portable_service.fs.views import IndexedFS, open_image
 
     fs = open_image(path)
     return IndexedFS(fs) if indexed else fs
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from portable_service.inspect import inspect_image, render_cat, render_inspect
+    from portable_service.look.inspect import inspect_image, render_cat, render_inspect
 
     fs = _open(args.image, indexed=not args.cat)
     if args.cat:
@@ -57,7 +57,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from portable_service.inspect import ls_lines
+    from portable_service.look.inspect import ls_lines
 
     for line in ls_lines(_open(args.image, indexed=False), args.path, args.long):
         print(line)
@@ -65,7 +65,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    from portable_service.inspect import cat_file
+    from portable_service.look.inspect import cat_file
 
     chunks = cat_file(_open(args.image, indexed=False), args.path)
     first = next(chunks, b"")  # errors (not a file, missing) before anything is printed
@@ -77,7 +77,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from portable_service.verify import Target, errors, report_json, verify
+    from portable_service.look.verify import Target, errors, report_json, verify
 
     target = Target(profile=args.profile, systemd=args.systemd)
     problems = verify(_open(args.image), Path(args.image).name, target)
@@ -94,7 +94,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from portable_service.diff import diff_images, render_diff
+    from portable_service.look.diff import diff_images, render_diff
 
     d = diff_images(_open(args.old), Path(args.old).name, _open(args.new), Path(args.new).name)
     if args.json != "off":
@@ -107,7 +107,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_size(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from portable_service.size import print_report, size_report
+    from portable_service.look.size import print_report, size_report
 
     fs = _open(args.image)
     report = size_report(fs, fs.entries, top=args.top)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from portable_service.builder.writers.options import PackOptions
+from portable_service.fs.tree import Entry, ImageTree, Kind
 from portable_service.progress import Reporter
 from portable_service.squashfs.compressor import from_options
 from portable_service.squashfs.errors import InputError
 from portable_service.squashfs.writer import Node, WriterOptions, write_image
-from portable_service.tree import Entry, ImageTree, Kind
-from portable_service.writers.options import PackOptions
 
 
 def tree_nodes(tree: ImageTree, mtime: int) -> list[Node]:

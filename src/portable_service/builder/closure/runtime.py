@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 from portable_service import run as run_mod
-from portable_service.closure import Closure, Context, Node, excluded, in_nix_store
+from portable_service.builder.closure import Closure, Context, Node, excluded, in_nix_store
+from portable_service.builder.spec import Spec
+from portable_service.builder.units import Unit, parse_unit_text
 from portable_service.errors import ToolError
-from portable_service.spec import Spec
-from portable_service.units import Unit, parse_unit_text
 
 P = PurePosixPath
 

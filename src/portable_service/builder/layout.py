@@ -8,8 +8,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from portable_service import imagefs
-from portable_service.closure import (
+from portable_service.builder.closure import (
     SCAFFOLD_FILES,
     UNREADABLE_HINT,
     Closure,
@@ -17,16 +16,17 @@ from portable_service.closure import (
     image_link,
     runtime,
 )
+from portable_service.builder.spec import Spec
+from portable_service.builder.units import Unit, exec_programs, mount_points
 from portable_service.errors import ClosureError, TreeError
+from portable_service.fs import views
+from portable_service.fs.tree import ImageTree, Kind
 from portable_service.rules.portabled import (
     SCAFFOLD_DIRS,
     UNIT_DIRS,
     is_portable_unit,
     prefix_matches,
 )
-from portable_service.spec import Spec
-from portable_service.tree import ImageTree, Kind
-from portable_service.units import Unit, exec_programs, mount_points
 
 P = PurePosixPath
 STICKY_TMP = ("/tmp", "/var/tmp")
@@ -150,7 +150,7 @@ def add_symlinks(tree: ImageTree, spec: Spec) -> None:
 
 def resolve_in(tree: ImageTree, path: PurePosixPath) -> PurePosixPath | None:
     """Where ``path`` leads inside the image (symlinks followed as systemd does), or None."""
-    real = imagefs.resolve(imagefs.TreeFS(tree), str(path))
+    real = views.resolve(views.TreeFS(tree), str(path))
     return None if real is None else P(real)
 
 
@@ -176,7 +176,7 @@ def place(tree: ImageTree, node: Node, spec: Spec | None = None) -> PurePosixPat
     """Put one closure node into the tree with its host metadata; returns where it went.
 
     With ``spec``, a symlink moved with ``{ source, target }`` gets the target it
-    means in the image (:func:`portable_service.closure.image_link`).
+    means in the image (:func:`portable_service.builder.closure.image_link`).
     """
     image = mirror_host_parents(tree, node.image, node.reason)
     check_placement(image, node.reason)

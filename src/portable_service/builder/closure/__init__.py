@@ -32,11 +32,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
+from portable_service.builder.spec import Spec
+from portable_service.builder.units import Unit, environment_files, exec_programs
 from portable_service.errors import ClosureError, TreeError
 from portable_service.rules import portabled
 from portable_service.rules.portabled import SYSTEMD_PATH
-from portable_service.spec import Spec
-from portable_service.units import Unit, environment_files, exec_programs
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def host_spelling(path: PurePosixPath) -> PurePosixPath:
 
 def root_nodes(spec: Spec, units: list[Unit], ctx: Context | None = None) -> list[Node]:
     """What the spec names directly, the programs and files the units need, package files."""
-    from portable_service.closure import runtime
+    from portable_service.builder.closure import runtime
 
     ctx = ctx or Context(spec, Closure())
     roots: list[Node] = []
@@ -242,7 +242,7 @@ def root_nodes(spec: Spec, units: list[Unit], ctx: Context | None = None) -> lis
     roots.extend(from_units)
     roots.extend(runtime.root_nodes(spec, units, ctx))
     if spec.packages:
-        from portable_service.closure import deb
+        from portable_service.builder.closure import deb
 
         # the packages of what the units run are shipped whole (a program's own data)
         roots.extend(deb.package_nodes(spec, ctx, used=[n.image for n in from_units]))
@@ -257,7 +257,7 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
     Paths the spec places itself (contents targets, symlinks) and paths made at
     run time are not host dependencies.
     """
-    from portable_service.closure.scripts import env_commands, shell_commands, which
+    from portable_service.builder.closure.scripts import env_commands, shell_commands, which
 
     placed = [host_spelling(c.target) for c in spec.contents]
     placed += [host_spelling(s.symlink) for s in spec.symlinks]
@@ -383,7 +383,7 @@ DEFAULT_RESOLVERS: tuple[Resolver, ...] = (folder_resolver, symlink_resolver)
 
 def standard_resolvers(ctx: Context) -> tuple[Resolver, ...]:
     """Every kind of reference: folders, symlinks, ELF, scripts, Nix store paths."""
-    from portable_service.closure import elf, nix, runtime, scripts
+    from portable_service.builder.closure import elf, nix, runtime, scripts
 
     return (folder_resolver, symlink_resolver, relocated_link_resolver(ctx), elf.ElfResolver(ctx),
             scripts.script_resolver(ctx), nix.NixResolver(ctx), runtime.RuntimeResolver(ctx))
@@ -468,7 +468,7 @@ def _add_ld_cache(closure: Closure, spec: Spec) -> None:
     Libraries the host finds through /etc/ld.so.conf.d live outside the
     loader's default folders; without a cache the image's loader would miss them.
     """
-    from portable_service.closure import ldcache
+    from portable_service.builder.closure import ldcache
 
     if IMAGE_LD_CACHE in closure.nodes or excluded(IMAGE_LD_CACHE, spec.exclude):
         return

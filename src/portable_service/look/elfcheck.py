@@ -1,6 +1,6 @@
 """ELF files in an image: is their loader there, and does every DT_NEEDED library resolve?
 
-The search is the build's own (:class:`portable_service.closure.elf.Loader`),
+The search is the build's own (:class:`portable_service.builder.closure.elf.Loader`),
 run over the image: its ld.so.cache, its folders, DT_RPATH of the loader
 chain, DT_RUNPATH, $ORIGIN/$LIB/$PLATFORM, glibc-hwcaps subfolders, ELF class
 and machine. The loader does not read /etc/ld.so.conf (only ldconfig does,
@@ -18,11 +18,11 @@ import posixpath
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from portable_service.closure.elf import Files, Loader, Lookup, shown
-from portable_service.imagefs import ImageFS, Stat, resolve
+from portable_service.builder.closure.elf import Files, Loader, Lookup, shown
+from portable_service.fs.views import ImageFS, Stat, resolve
 
 if TYPE_CHECKING:
-    from portable_service.verify import Problem
+    from portable_service.look.verify import Problem
 
 SKIP_ROOTS = ("/usr/lib/debug",)  # separate debug files carry headers without code
 
@@ -39,7 +39,7 @@ def _candidates(entries: dict[str, Stat], programs: set[str]) -> Iterator[tuple[
 
 def check_elf_files(fs: ImageFS, entries: dict[str, Stat], programs: set[str]) -> list[Problem]:
     """Missing loaders and libraries: errors for what the units run, warnings elsewhere."""
-    from portable_service.verify import ERROR, WARNING, Problem
+    from portable_service.look.verify import ERROR, WARNING, Problem
 
     files = Files(fs)
     loader = Loader(files)

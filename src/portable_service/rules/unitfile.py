@@ -21,7 +21,7 @@ Mirrors systemd's own code, checked line by line against systemd 247, 252 and
   stands, with its backslash.
 
 What systemd refuses or drops is returned as a :class:`Finding` in systemd's
-own words; :mod:`portable_service.units` turns those into build errors.
+own words; :mod:`portable_service.builder.units` turns those into build errors.
 """
 
 from __future__ import annotations

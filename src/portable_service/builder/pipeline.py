@@ -11,18 +11,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from portable_service import closure as closure_mod
-from portable_service import image
-from portable_service import units as units_mod
-from portable_service.closure import Closure
-from portable_service.closure.secrets import check_no_secrets
+from portable_service.builder import closure as closure_mod
+from portable_service.builder import layout
+from portable_service.builder import units as units_mod
+from portable_service.builder.closure import Closure
+from portable_service.builder.closure.secrets import check_no_secrets
+from portable_service.builder.spec import Spec, check_spec
+from portable_service.builder.writers import Writer, select_writer
+from portable_service.builder.writers.options import PackOptions, parse_block_size, parse_compression
 from portable_service.errors import PortableServiceError, SpecError, ToolError
+from portable_service.fs.tree import ImageTree
 from portable_service.progress import QUIET, Reporter
 from portable_service.run import pid_alive
-from portable_service.spec import Spec, check_spec
-from portable_service.tree import ImageTree
-from portable_service.writers import Writer, select_writer
-from portable_service.writers.options import PackOptions, parse_block_size, parse_compression
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     for warning in closure.warnings:
         reporter.warn(warning)
     with reporter.step("laying out the image tree"):
-        tree = image.assemble(spec, units, closure)
+        tree = layout.assemble(spec, units, closure)
     return Plan(spec, units, closure, tree, writer, options)
 
 
@@ -84,7 +84,7 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     """Build ``output_dir/<pname>_<version>.raw``; on any failure the old image stays as it was.
 
     ``inspect`` sees the plan before anything is written (``--print-closure``). With
-    ``verify`` the written file is checked (portable_service.verify) before it replaces the
+    ``verify`` the written file is checked (portable_service.look.verify) before it replaces the
     old image, so an image portabled would refuse never lands.
     """
     if verify:
@@ -96,7 +96,7 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     _prepare_dir(output_dir)
 
     def check(tmp: Path) -> None:
-        from portable_service.verify import check_written
+        from portable_service.look.verify import check_written
 
         def say(line: str) -> None:  # shown even when quiet, like warnings
             reporter.console.print(f"portable-service: verify: {line}", markup=False,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from portable_service.closure import Context, Node, in_nix_store
+from portable_service.builder.closure import Context, Node, in_nix_store
 from portable_service.errors import ClosureError
 from portable_service.run import find_tool, run, tool_message
 

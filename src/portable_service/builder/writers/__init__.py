@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from portable_service.builder.spec import Spec
+from portable_service.builder.writers.options import PackOptions
+from portable_service.fs.tree import ImageTree
 from portable_service.progress import Reporter
-from portable_service.spec import Spec
-from portable_service.tree import ImageTree
-from portable_service.writers.options import PackOptions
 
 
 class Writer(Protocol):
@@ -26,8 +26,8 @@ class Writer(Protocol):
 
 def select_writer(spec: Spec) -> Writer:
     """``auto`` takes mksquashfs when it is installed (or named), else the native writer."""
+    from portable_service.builder.writers.mksquashfs import MksquashfsWriter
     from portable_service.errors import ToolError
-    from portable_service.writers.mksquashfs import MksquashfsWriter
 
     if spec.writer == "mksquashfs":
         return MksquashfsWriter.find(spec.squashfs_tools)
@@ -45,7 +45,7 @@ def _native() -> Writer:
     from portable_service.errors import ToolError
 
     try:
-        from portable_service.writers.native import NativeWriter
+        from portable_service.builder.writers.native import NativeWriter
     except ImportError:
         raise ToolError("the native squashfs writer is not part of this installation",
                         "install mksquashfs: apt-get install squashfs-tools") from None

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from portable_service.errors import ImageError
-from portable_service.tree import Entry, ImageTree, Kind
+from portable_service.fs.tree import Entry, ImageTree, Kind
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

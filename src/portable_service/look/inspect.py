@@ -13,15 +13,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from portable_service import image
+from portable_service.builder import layout
 from portable_service.errors import ImageError
-from portable_service.imagefs import ImageFS, ImageInfo, Stat, read_text, resolve
+from portable_service.fs.views import ImageFS, ImageInfo, Stat, read_text, resolve
+from portable_service.look.verify import attached_units, find_os_release
 from portable_service.progress import human
 from portable_service.rules.portabled import image_prefix
-from portable_service.verify import attached_units, find_os_release
 
-# Written by our build (image.assemble): what pulled each path into the image.
-CLOSURE_RECORD = str(image.CLOSURE_RECORD)
+# Written by our build (layout.assemble): what pulled each path into the image.
+CLOSURE_RECORD = str(layout.CLOSURE_RECORD)
 OS_RELEASE_SHOWN = (
     "ID", "ID_LIKE", "VERSION_ID", "BUILD_ID", "IMAGE_ID", "IMAGE_VERSION", "SYSEXT_LEVEL",
     "PORTABLE_ID", "PORTABLE_PRETTY_NAME", "PORTABLE_PREFIXES", "PRETTY_NAME", "HOME_URL",

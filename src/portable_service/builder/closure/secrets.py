@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import PurePosixPath
 
-from portable_service.closure import Closure, Node
+from portable_service.builder.closure import Closure, Node
 from portable_service.errors import ClosureError
 
 # places whose files are secret whatever their mode says

@@ -516,7 +516,7 @@ def check_spec(spec: Spec) -> None:
                             "remove it (a line break, tab or NUL)")
     if not spec.units:
         raise SpecError("no units given", "name at least one unit file (units = [\"demo.service\"])")
-    from portable_service.writers.options import parse_block_size, parse_compression
+    from portable_service.builder.writers.options import parse_block_size, parse_compression
 
     parse_compression(spec.squash_compression)
     parse_block_size(spec.squash_block_size)

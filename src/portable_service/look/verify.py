@@ -16,12 +16,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from portable_service import elfcheck
-from portable_service.closure.elf import Files as ElfFiles
-from portable_service.closure.elf import parse_shebang
-from portable_service.closure.scripts import env_program, shell_commands
+from portable_service.builder.closure.elf import Files as ElfFiles
+from portable_service.builder.closure.elf import parse_shebang
+from portable_service.builder.closure.scripts import env_program, shell_commands
+from portable_service.builder.units import (
+    Unit,
+    exec_commands,
+    exec_programs,
+    mount_points,
+    parse_unit_text,
+)
 from portable_service.errors import ImageError, VerifyError
-from portable_service.imagefs import ImageFS, IndexedFS, Stat, exists, read_text, resolve
+from portable_service.fs.views import ImageFS, IndexedFS, Stat, exists, read_text, resolve
+from portable_service.look import elfcheck
 from portable_service.rules import PROFILES, VERSIONS, data_version, directives, profiles
 from portable_service.rules.portabled import (
     BOUND_FILES,
@@ -34,16 +41,9 @@ from portable_service.rules.portabled import (
     is_portable_unit,
     prefix_matches,
 )
-from portable_service.units import (
-    Unit,
-    exec_commands,
-    exec_programs,
-    mount_points,
-    parse_unit_text,
-)
 
 if TYPE_CHECKING:
-    from portable_service.tree import ImageTree
+    from portable_service.fs.tree import ImageTree
 
 ERROR, WARNING = "error", "warning"
 # an image without a closure record declares the units where our builds put them
@@ -116,7 +116,7 @@ def check_name(image_name: str) -> Iterator[Problem]:
 
 def find_os_release(fs: ImageFS) -> tuple[str | None, dict[str, str]]:
     """Where portabled finds os-release (the first of the two paths), and its fields."""
-    from portable_service.image import parse_os_release
+    from portable_service.builder.layout import parse_os_release
 
     for path in OS_RELEASE_PATHS:
         text = read_text(fs, path)
@@ -787,7 +787,7 @@ def check_ignored_drop_ins(fs: ImageFS, units: Iterable[UnitFile]) -> Iterator[P
 
 def declared_units(fs: ImageFS) -> set[str] | None:
     """The units our build was given (closure record), or None for other images."""
-    from portable_service.inspect import closure_record  # inspect imports this module
+    from portable_service.look.inspect import closure_record  # inspect imports this module
 
     record = closure_record(fs)  # validated: the record is untrusted input
     if record is None or "units" not in record:
@@ -954,7 +954,7 @@ def check_written(path: Path, image_name: str, tree: ImageTree | None,
     ``allow_missing`` (the spec's allow-missing) a missing program, interpreter or
     library is a warning, and not printed again: the closure already said so.
     """
-    from portable_service.imagefs import TreeFS, open_image
+    from portable_service.fs.views import TreeFS, open_image
 
     fs: ImageFS
     if importlib.util.find_spec("portable_service.squashfs.reader") is not None or tree is None:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from portable_service.builder.writers.options import PackOptions
 from portable_service.errors import ToolError
+from portable_service.fs.tree import Entry, ImageTree, Kind
 from portable_service.progress import Reporter
 from portable_service.run import find_tool, interrupts_held, log, tool_message
-from portable_service.tree import Entry, ImageTree, Kind
-from portable_service.writers.options import PackOptions
 
 MIN_VERSION = (4, 5)  # -tar, -root-mode and SOURCE_DATE_EPOCH arrived in 4.5
 

@@ -6,10 +6,10 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from portable_service.imagefs import IndexedFS, Stat, read_text
+from portable_service.fs.views import IndexedFS, Stat, read_text
+from portable_service.look.verify import attached_units, find_os_release
 from portable_service.progress import human
 from portable_service.rules.portabled import image_prefix
-from portable_service.verify import attached_units, find_os_release
 
 CHUNK = 1 << 20
 

@@ -54,9 +54,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from portable_service.closure import Context, Node, present
+from portable_service.builder.closure import Context, Node, present
+from portable_service.builder.spec import Spec
 from portable_service.errors import ClosureError
-from portable_service.spec import Spec
 
 ADMIN_DIR = Path("/var/lib/dpkg")
 DEFAULT_SKIP: tuple[str, ...] = (

@@ -13,8 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from portable_service.imagefs import ImageFS, Stat
-from portable_service.inspect import closure_record
+from portable_service.fs.views import ImageFS, Stat
+from portable_service.look.inspect import closure_record
 from portable_service.progress import human
 
 BAR_WIDTH = 30

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from portable_service.builder.spec import Spec, UnitSource
 from portable_service.errors import UnitError
 from portable_service.rules.portabled import UNIT_TYPES
-from portable_service.spec import Spec, UnitSource
-from portable_service.unitfile import (
+from portable_service.rules.unitfile import (
     BYTE_ORDER_MARK,
     UNIT_SECTIONS,
     Finding,
@@ -69,7 +69,7 @@ def parse_unit_text(text: str) -> dict[str, list[tuple[str, str]]]:
     """Sections of a unit file as (key, value) lists, read as systemd reads them.
 
     Every section is kept (the caller may not know the unit's type); see
-    :func:`portable_service.unitfile.read_unit_text` for the rules.
+    :func:`portable_service.rules.unitfile.read_unit_text` for the rules.
     """
     return read_unit_text(text).sections
 

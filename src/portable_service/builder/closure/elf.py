@@ -1,7 +1,7 @@
 """The loader, stated once: glibc's ld.so finding an object's libraries, over any file system.
 
 The build (over the host, :class:`ElfResolver`) and ``verify`` (over the image,
-``elfcheck``) both use :class:`Loader`. The search for a library NAME needed by
+:mod:`portable_service.look.elfcheck`) both use :class:`Loader`. The search for a library NAME needed by
 object O follows elf/dl-load.c ``_dl_map_object``:
 
 0. a NAME that an object already loaded answers to (the name it was loaded by,
@@ -48,9 +48,9 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE
 from elftools.elf.segments import InterpSegment
 
-from portable_service.closure import Context, Node, in_nix_store, ldcache
+from portable_service.builder.closure import Context, Node, in_nix_store, ldcache
 from portable_service.errors import PortableServiceError, ToolError
-from portable_service.imagefs import HostFS, ImageFS, open_file, read_bytes, resolve
+from portable_service.fs.views import HostFS, ImageFS, open_file, read_bytes, resolve
 from portable_service.run import run
 
 ELF_MAGIC = b"\x7fELF"
@@ -338,7 +338,7 @@ class Files:
     resolves paths exactly as the image's loader will, so paths go to ``os``
     directly: that is what keeps the build's closure several times faster than
     ``ldd``. Anywhere else symlinks are followed inside the image
-    (:func:`imagefs.resolve`), absolute ones against its root.
+    (:func:`portable_service.fs.views.resolve`), absolute ones against its root.
     """
 
     def __init__(self, fs: ImageFS, warn: Callable[[str], None] | None = None) -> None:

@@ -23,10 +23,10 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
-from portable_service.closure import Context, Node, Resolver, follows_executed, in_nix_store
-from portable_service.closure.elf import SHEBANG_MAX, parse_shebang
+from portable_service.builder.closure import Context, Node, Resolver, follows_executed, in_nix_store
+from portable_service.builder.closure.elf import SHEBANG_MAX, parse_shebang
+from portable_service.builder.units import Unit, exec_commands
 from portable_service.rules.portabled import SYSTEMD_PATH
-from portable_service.units import Unit, exec_commands
 
 
 def read_shebang(path: Path) -> tuple[str, str | None] | None:

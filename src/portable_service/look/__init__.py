@@ -1,0 +1,1 @@
+"""Looking inside images: inspect, ls, cat, verify, diff, size (registered by :mod:`.verbs`)."""
