@@ -152,6 +152,13 @@ def _pkcs11_flags(openssl: Path) -> list[str]:
                     "--sign-command")
 
 
+def check_pkcs11(certificate: Path) -> None:
+    """Before a build signs with a pkcs11: key: the certificate reads and openssl can reach
+    PKCS#11 (the token itself is asked only when signing)."""
+    load_certificate(certificate)
+    _pkcs11_flags(find_tool("openssl", reason="to sign with a PKCS#11 key"))
+
+
 def _sign_pkcs11(data: bytes, uri: str, certificate: Path) -> bytes:
     openssl = find_tool("openssl", reason="to sign with a PKCS#11 key")
     load_certificate(certificate)  # a wrong certificate path is reported before the token is asked
