@@ -11,7 +11,9 @@ import pytest
 from conftest import require_tool
 from portable_service.disk import signing
 from portable_service.errors import SpecError, ToolError, VerityError
-from tests.disk.conftest import KeyPair
+from tests.disk.keys import KeyPair, key_pairs
+
+keys = pytest.fixture(scope="session")(key_pairs)
 
 ROOT = "a3dd6baa076eac71f879fd4d8f0fd83db61b7faab186fb091ee768ca9c8e300f"
 
