@@ -290,6 +290,9 @@ def read_superblock(tree: bytes) -> Superblock:
     if version != FORMAT_VERSION or hash_type != 1 or name != ALGORITHM:
         raise VerityError(f"unsupported verity hash tree: version {version}, hash type {hash_type}, "
                           f"algorithm {name}", "only format 1 with sha256 is supported")
+    if salt_size > len(salt):
+        raise VerityError(f"corrupt verity superblock: a salt of {salt_size} bytes (at most "
+                          f"{len(salt)})", "rebuild the image's .verity file")
     try:
         _check_sizes(dbs, hbs, salt[:salt_size])
     except ValueError as e:
