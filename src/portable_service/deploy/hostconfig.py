@@ -34,6 +34,8 @@ from portable_service.run import find_tool, run
 IMAGES_DIR = "/var/lib/portables"  # where portablectl finds images by name
 SCRIPT_DIR = "/usr/lib/portable-service"
 STATE_DIR = "/var/lib/portable-service"
+# the drop-in portabled writes beside each attached unit: RootImage= names the image
+PORTABLE_DROP_IN = "20-portable.conf"
 _URL = re.compile(r"https?://[^\s/]+(/\S*)?")
 _TIME = re.compile(r"[0-9]+(us|ms|s|sec|m|min|h|hr|d|w)?( ?[0-9]+(us|ms|s|sec|m|min|h|hr|d|w)?)*")
 _PROFILE = re.compile(r"[A-Za-z0-9_-]+")
@@ -135,13 +137,15 @@ die() {{ echo "$*" >&2; exit 1; }}
 
 is_bad() {{ grep -qxF -- "$1" "$state/bad"; }}
 
-# the version of $pname that is attached now, if any
+# the version of $pname that is attached now, if any: the image portabled's drop-in mounts
+# ("portablectl is-attached" says "running" for every image that carries a running unit name)
 current() {{
-    for f in "$images/${{pname}}_"*.raw; do
-        [ -e "$f" ] || continue
-        n=${{f##*/}}; n=${{n%.raw}}
-        if portablectl --quiet is-attached "$n" >/dev/null 2>&1; then
-            echo "${{n#"${{pname}}_"}}"
+    for f in /etc/systemd/system.attached/*.d/{PORTABLE_DROP_IN} \\
+             /run/systemd/system.attached/*.d/{PORTABLE_DROP_IN}; do
+        [ -f "$f" ] || continue
+        v=$(sed -n "s|^RootImage=$images/${{pname}}_\\(.*\\)\\.raw\\$|\\1|p" "$f" | head -n 1)
+        if [ -n "$v" ]; then
+            echo "$v"
             return
         fi
     done

@@ -1,0 +1,287 @@
+"""The fleet story on systemd 257: publish -> a host's systemd-sysupdate -> reattach -> rollback.
+
+A throwaway Debian 13 host (its root: the harness's trixie plus gpg, which systemd-pull runs
+to check SHA256SUMS.gpg; made once in a cache of its own, so the shared roots stay as they
+are) is configured with ``host-config``; a loopback HTTP server serves the folder ``publish``
+keeps. Debian 12 (systemd 252) has no systemd-sysupdate: the update unit says so and fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import require_tool
+from e2e.conftest import LOG_DIR, require_e2e
+from e2e.lib import build_image, tcp_get, unit
+from portable_service.deploy import hostconfig
+from portable_service.deploy.publish import Signer, publish
+from portable_service.harness import nspawn, roots
+from portable_service.progress import Reporter
+from portable_service.rules import sysupdate
+
+pytestmark = pytest.mark.e2e
+
+# trixie as the harness has it, plus gpg (systemd-pull verifies SHA256SUMS.gpg with it)
+FLEET_RELEASE = roots.Release("trixie", "13", 257, extra_packages=("gpg",))
+SETTLE = 3
+
+
+def fleet_cache() -> Path:
+    base = roots.cache_dir()
+    return base.with_name(base.name + "-fleet")
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[nspawn.Container]:
+    require_e2e()
+    root = roots.ensure_root(FLEET_RELEASE, Reporter(quiet=False), cache=fleet_cache())
+    with nspawn.booted(FLEET_RELEASE, root, log_dir=LOG_DIR) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def gpg_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_tool("gpg")
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "",
+                    "--quick-gen-key", "fleet test <fleet@example.org>", "ed25519", "sign",
+                    "never"], check=True, capture_output=True)
+    return home
+
+
+def settings(psdemo: Path, pname: str, port: int, version: str, message: str,
+             broken: bool = False) -> dict[str, object]:
+    start = "/usr/bin/psdemo no-such-mode" if broken else \
+        f"/usr/bin/psdemo serve {port} '{message}'"
+    return {
+        "pname": pname, "version": version,
+        "units": [unit(f"{pname}.service", f"[Unit]\nDescription={pname}\n[Service]\n"
+                       f"ExecStart={start}\n[Install]\nWantedBy=multi-user.target\n")],
+        "contents": [{"source": str(psdemo), "target": "/usr/bin/psdemo"}],
+    }
+
+
+@contextlib.contextmanager
+def http_server(folder: Path, port: int) -> Iterator[str]:
+    """python's http.server on 127.0.0.1 (the container shares the host's network)."""
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                             "127.0.0.1", "--directory", str(folder)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "the HTTP server did not come up"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def install_tree(c: nspawn.Container, tree: Path) -> None:
+    """Copy host-config's tree into the container's / (as configuration management would)."""
+    for path in sorted(tree.rglob("*")):
+        dest = c.root / path.relative_to(tree)
+        if path.is_symlink():
+            dest.unlink(missing_ok=True)
+            os.symlink(os.readlink(path), dest)
+        elif path.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+        else:
+            shutil.copy2(path, dest)
+    c.run("systemctl", "daemon-reload", check=True)
+
+
+class Probe:
+    """Asks the service every 50 ms from the host; remembers when each answer came."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.answers: list[tuple[float, str | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _ask(self) -> str | None:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                return s.recv(4096).decode(errors="replace").strip() or None
+        except OSError:
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.answers.append((time.monotonic(), self._ask()))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def first(self, message: str) -> float | None:
+        return next((t for t, a in self.answers if a == message), None)
+
+    def downtime(self) -> float:
+        """The longest stretch without an answer, between two answered probes."""
+        longest, last_ok = 0.0, None
+        for t, answer in self.answers:
+            if answer is not None:
+                if last_ok is not None:
+                    longest = max(longest, t - last_ok)
+                last_ok = t
+        return longest
+
+
+def update(c: nspawn.Container, pname: str) -> nspawn.Result:
+    return c.run("systemctl", "start", f"{pname}-update.service", timeout=180)
+
+
+def update_log(c: nspawn.Container, pname: str) -> str:
+    return c.journal(f"{pname}-update.service")
+
+
+def attached(c: nspawn.Container, pname: str) -> list[str]:
+    """The images portabled's drop-ins mount (is-attached cannot tell two versions apart)."""
+    found = set()
+    for d in (c.root / "etc/systemd/system.attached").glob(f"{pname}*.d"):
+        for line in (d / hostconfig.PORTABLE_DROP_IN).read_text().splitlines():
+            if line.startswith("RootImage="):
+                found.add(Path(line.split("=", 1)[1]).name.removesuffix(".raw"))
+    return sorted(found)
+
+
+def installed(c: nspawn.Container, pname: str) -> list[str]:
+    return sorted(p.name for p in (c.root / "var/lib/portables").glob(f"*{pname}_*"))
+
+
+def test_publish_update_reattach_rollback(host: nspawn.Container, psdemo: Path, gpg_home: Path,
+                                         tmp_path: Path) -> None:
+    c, pname, port, http_port = host, "fleet", 18471, 18472
+    images = {v: build_image(tmp_path / f"v{v}", settings(psdemo, pname, port, v,
+                                                          f"{pname} v{v}", broken=v == "3"))
+              for v in ("1", "2", "3")}
+    folder = tmp_path / "www"
+    signer = Signer("fleet@example.org", gpg_home)
+    keyring = tmp_path / "fleet.gpg"
+    keyring.write_bytes(subprocess.run(["gpg", "--homedir", str(gpg_home), "--export",
+                                        "fleet@example.org"], check=True,
+                                       capture_output=True).stdout)
+    timings: dict[str, float] = {}
+    with http_server(folder.parent, http_port) as base:
+        folder.mkdir()
+        publish([images["1"]], folder, signer=signer, keep=3)
+        tree = tmp_path / "host"
+        s = hostconfig.settings_for(images["1"], base + "www", keyring=keyring, settle=SETTLE)
+        hostconfig.write_tree(hostconfig.host_files(s), tree)
+        install_tree(c, tree)
+
+        # v1: the first run attaches it
+        result = update(c, pname)
+        assert result.ok, update_log(c, pname)
+        assert tcp_get(port) == f"{pname} v1\n"
+        assert attached(c, pname) == [f"{pname}_1"]
+        assert c.unit_state(f"{pname}.service").active == "active"
+
+        # v2: fetched, verified, reattached; the probe measures the gap
+        with Probe(port) as probe:
+            start = time.monotonic()
+            publish([images["2"]], folder, signer=signer, keep=3)
+            published = time.monotonic()
+            result = update(c, pname)
+            done = time.monotonic()
+            deadline = time.monotonic() + 10
+            while probe.first(f"{pname} v2") is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert result.ok, update_log(c, pname)
+        serving = probe.first(f"{pname} v2")
+        assert serving is not None, update_log(c, pname)
+        timings.update(publish_s=published - start, publish_to_serving_s=serving - start,
+                       update_unit_s=done - published, downtime_s=probe.downtime(),
+                       probes=len(probe.answers))
+        assert tcp_get(port) == f"{pname} v2\n"
+        assert attached(c, pname) == [f"{pname}_2"]
+        assert installed(c, pname) == [f"{pname}_1.raw", f"{pname}_2.raw"]
+        log = update_log(c, pname)
+        assert f"reattaching {pname}: 1 -> 2" in log, log
+
+        # v3 does not start: the host goes back to v2 and keeps serving
+        publish([images["3"]], folder, signer=signer, keep=3)
+        with Probe(port) as probe:
+            result = update(c, pname)
+        assert not result.ok
+        log = update_log(c, pname)
+        assert f"{pname} 3 did not start: rolling back to 2" in log, log
+        assert "rolled back to 2, which is up" in log, log
+        assert tcp_get(port) == f"{pname} v2\n"
+        assert attached(c, pname) == [f"{pname}_2"]
+        assert c.read_file(f"/var/lib/portable-service/{pname}/bad") == "3\n"
+        timings["rollback_downtime_s"] = probe.downtime()
+        # the broken version stays (so that it is not fetched again); the next run keeps v2
+        assert installed(c, pname) == [f"{pname}_2.raw", f"{pname}_3.raw"]
+        result = update(c, pname)
+        assert result.ok, update_log(c, pname)
+        assert "fleet is up to date (2)" in update_log(c, pname)
+        assert attached(c, pname) == [f"{pname}_2"]
+
+        # a corrupted image (its bytes differ from SHA256SUMS): sysupdate refuses it
+        images["4"] = build_image(tmp_path / "v4", settings(psdemo, pname, port, "4",
+                                                            f"{pname} v4"))
+        publish([images["4"]], folder, signer=signer, keep=3)
+        served = folder / f"{pname}_4.raw"
+        data = bytearray(served.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        served.write_bytes(bytes(data))
+        cursor = c.run("journalctl", "-n0", "--show-cursor").stdout.rsplit("cursor: ", 1)[-1]
+        result = update(c, pname)
+        assert not result.ok
+        log = c.run("journalctl", "-o", "cat", f"--after-cursor={cursor.strip()}",
+                    "-u", f"{pname}-update.service").stdout
+        assert "could not install fleet 4" in log, log
+        assert tcp_get(port) == f"{pname} v2\n"
+        assert attached(c, pname) == [f"{pname}_2"]
+        # the bad v3 made room; v4 was not kept; v2 (running) is untouched
+        assert installed(c, pname) == [f"{pname}_2.raw"]
+        assert not [p for p in (c.root / "var/lib/portables").iterdir()
+                    if p.name.startswith(".#")], "a partial download was left"
+        # repair the folder: publish the image again (same bytes as listed) is idempotent
+        shutil.copyfile(images["4"], served)
+
+        # a manifest changed without a new signature: refused before anything is fetched
+        images["5"] = build_image(tmp_path / "v5", settings(psdemo, pname, port, "5",
+                                                            f"{pname} v5"))
+        signature = (folder / sysupdate.SIGNATURE).read_bytes()
+        (folder / sysupdate.SIGNATURE).unlink()
+        publish([images["5"]], folder, keep=3)  # unsigned
+        (folder / sysupdate.SIGNATURE).write_bytes(signature)  # the old manifest's
+        cursor = c.run("journalctl", "-n0", "--show-cursor").stdout.rsplit("cursor: ", 1)[-1]
+        result = update(c, pname)
+        assert not result.ok
+        log = c.run("journalctl", "-o", "cat", f"--after-cursor={cursor.strip()}").stdout
+        assert "could not read the published versions" in log, log
+        assert "BAD signature" in log or "Signature verification failed" in log, log
+        assert tcp_get(port) == f"{pname} v2\n"
+        assert attached(c, pname) == [f"{pname}_2"]
+        assert installed(c, pname) == [f"{pname}_2.raw"]
+
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    (LOG_DIR / "fleet-timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True))
+    print(f"\nfleet timings: {json.dumps(timings, sort_keys=True)}")
