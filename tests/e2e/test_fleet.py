@@ -9,6 +9,7 @@ keeps. Debian 12 (systemd 252) has no systemd-sysupdate: the update unit says so
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -285,3 +286,62 @@ def test_publish_update_reattach_rollback(host: nspawn.Container, psdemo: Path, 
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     (LOG_DIR / "fleet-timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True))
     print(f"\nfleet timings: {json.dumps(timings, sort_keys=True)}")
+
+
+def test_sysupdate_sees_the_versions_publish_accepts(host: nspawn.Container,
+                                                     tmp_path: Path) -> None:
+    """version_problem() against systemd-sysupdate itself: a folder written by hand (publish
+    refuses the bad names) lists six versions; sysupdate sees exactly the ones we accept."""
+    c, http_port = host, 18473
+    folder = tmp_path / "www"
+    folder.mkdir()
+    versions = ["1", "2+git,5", "3~rc1", "4.raw", "5^post", "6_b-1"]
+    lines = []
+    for v in versions:
+        name = f"vt_{v}.raw"
+        (folder / name).write_bytes(v.encode())
+        lines.append(sysupdate.manifest_line(hashlib.sha256(v.encode()).hexdigest(), name))
+    (folder / sysupdate.MANIFEST).write_text("".join(sorted(lines, key=lambda line: line[66:])))
+    accepted = {v for v in versions if sysupdate.version_problem(v, (".raw",)) is None}
+    assert accepted == {"1", "2+git,5", "6_b-1"}
+    with http_server(folder, http_port) as base:
+        s = hostconfig.settings_for(_named(tmp_path, "vt_1.raw"), base, verify=False)
+        definitions = c.root / "run/vt.d"
+        definitions.mkdir()
+        (definitions / "50-vt.transfer").write_bytes(hostconfig.transfer_text(s, ".raw").encode())
+        result = c.run(sysupdate.SYSUPDATE_BINARY, "--definitions=/run/vt.d", "--json=short",
+                       "list")
+    assert result.ok, result.output
+    seen = set(json.loads(result.stdout)["all"])
+    assert seen & set(versions) == accepted, result.output
+    # and worse than unseen: 4.raw is cut at its first ".raw", so vt_4.raw.raw would be
+    # installed as version 4
+    assert seen - set(versions) == {"4"}, result.output
+
+
+def _named(folder: Path, name: str) -> Path:
+    path = folder / "named" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_systemd_252_has_no_sysupdate(tmp_path: Path) -> None:
+    """Debian 12 (systemd 252) builds neither systemd-sysupdate nor importctl: the update unit
+    host-config writes fails there, saying so, and nothing is attached."""
+    require_e2e()
+    release = roots.RELEASES["bookworm"]
+    root = roots.ensure_root(release, Reporter(quiet=False))
+    assert not (root / sysupdate.SYSUPDATE_BINARY.lstrip("/")).exists()
+    assert not (root / "usr/bin/importctl").exists()
+    with nspawn.booted(release, root) as c:
+        s = hostconfig.settings_for(_named(tmp_path, "old_1.raw"), "http://127.0.0.1:9/",
+                                    verify=False)
+        tree = tmp_path / "host"
+        hostconfig.write_tree(hostconfig.host_files(s), tree)
+        install_tree(c, tree)
+        result = update(c, "old")
+        assert not result.ok
+        log = update_log(c, "old")
+        assert "systemd-sysupdate is missing" in log and "systemd 257" in log, log
+        assert attached(c, "old") == []
