@@ -345,3 +345,31 @@ def test_systemd_252_has_no_sysupdate(tmp_path: Path) -> None:
         log = update_log(c, "old")
         assert "systemd-sysupdate is missing" in log and "systemd 257" in log, log
         assert attached(c, "old") == []
+
+
+def test_importctl_pulls_from_the_same_folder(host: nspawn.Container, psdemo: Path,
+                                              gpg_home: Path, tmp_path: Path) -> None:
+    """importctl pull-raw --class=portable (systemd 257) takes a published image, checked
+    against SHA256SUMS and its signature; a corrupted copy is refused."""
+    c, http_port = host, 18474
+    folder = tmp_path / "www"
+    img = build_image(tmp_path / "v1", settings(psdemo, "imp", 18475, "1", "imp v1"))
+    publish([img], folder, signer=Signer("fleet@example.org", gpg_home))
+    ring = subprocess.run(["gpg", "--homedir", str(gpg_home), "--export"], check=True,
+                          capture_output=True).stdout
+    (c.root / "etc/systemd/import-pubring.gpg").write_bytes(ring)
+    with http_server(folder, http_port) as base:
+        ok = c.run("importctl", "pull-raw", "--class=portable", "--verify=signature",
+                   f"{base}imp_1.raw", timeout=120)
+        assert ok.ok, ok.output
+        pulled = c.root / "var/lib/portables/imp_1.raw"
+        assert pulled.read_bytes() == img.read_bytes()
+        pulled.unlink()
+        data = bytearray((folder / "imp_1.raw").read_bytes())
+        data[100] ^= 0xFF
+        (folder / "imp_1.raw").write_bytes(bytes(data))
+        bad = c.run("importctl", "pull-raw", "--class=portable", "--verify=signature",
+                    f"{base}imp_1.raw", timeout=120)
+    assert not bad.ok
+    assert "Checksum of imp_1.raw file did not check out" in bad.output, bad.output
+    assert not pulled.exists()
