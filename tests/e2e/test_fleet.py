@@ -194,6 +194,11 @@ def test_publish_update_reattach_rollback(host: nspawn.Container, psdemo: Path, 
         s = hostconfig.settings_for(images["1"], base + "www", keyring=keyring, settle=SETTLE)
         hostconfig.write_tree(hostconfig.host_files(s), tree)
         install_tree(c, tree)
+        # the tree's units load cleanly, and the timer is enabled by the tree's link
+        units = [f"/etc/systemd/system/{pname}-update.{t}" for t in ("service", "timer")]
+        check = c.run("systemd-analyze", "verify", *units)
+        assert check.ok and check.output == "", check.output
+        assert c.systemctl("is-enabled", f"{pname}-update.timer").stdout.strip() == "enabled"
 
         # v1: the first run attaches it
         result = update(c, pname)
