@@ -378,3 +378,38 @@ def test_importctl_pulls_from_the_same_folder(host: nspawn.Container, psdemo: Pa
     assert not bad.ok
     assert "Checksum of imp_1.raw file did not check out" in bad.output, bad.output
     assert not pulled.exists()
+
+
+def test_a_socket_activated_service_updates(host: nspawn.Container, psdemo: Path,
+                                            tmp_path: Path) -> None:
+    """A socket and its service: portablectl --now starts both at once, and when the service
+    wins it fails without its socket and the socket refuses to start (seen here 3 runs in 4
+    before the update script stopped on-demand services and restarted their sockets); the
+    update must neither roll back for that nor leave the socket down. The new version answers
+    through socket activation (psdemo sockserve serves only a socket systemd passes)."""
+    c, pname, port, http_port = host, "sock", 18476, 18477
+
+    def sock_settings(version: str) -> dict[str, object]:
+        return {
+            "pname": pname, "version": version,
+            "units": [unit(f"{pname}.service", "[Service]\n"
+                           f"ExecStart=/usr/bin/psdemo sockserve '{pname} v{version}'\n"),
+                      unit(f"{pname}.socket", f"[Socket]\nListenStream=127.0.0.1:{port}\n"
+                           "[Install]\nWantedBy=sockets.target\n")],
+            "contents": [{"source": str(psdemo), "target": "/usr/bin/psdemo"}],
+        }
+
+    folder = tmp_path / "www"
+    with http_server(tmp_path, http_port) as base:
+        for v in ("1", "2"):
+            img = build_image(tmp_path / f"v{v}", sock_settings(v))
+            publish([img], folder)
+            if v == "1":
+                s = hostconfig.settings_for(img, base + "www", verify=False, settle=SETTLE)
+                hostconfig.write_tree(hostconfig.host_files(s), tmp_path / "host")
+                install_tree(c, tmp_path / "host")
+            result = update(c, pname)
+            assert result.ok, c.run("journalctl", "-b", "-o", "short-precise", "-u",
+                                    f"{pname}.*", "-u", f"{pname}-update.service").stdout
+            assert tcp_get(port) == f"{pname} v{v}\n"
+            assert attached(c, pname) == [f"{pname}_{v}"]

@@ -162,6 +162,37 @@ units() {{
     done
 }}
 
+# the units our sockets, timers and paths start (read from their Triggers=: a service whose
+# socket refused to start shows no TriggeredBy=)
+triggered() {{
+    for t in $(units); do
+        case $t in *.socket|*.timer|*.path) systemctl show -P Triggers "$t" | tr ' ' '\\n' ;; esac
+    done
+}}
+
+# portablectl --now restarts a socket (timer, path) and the service it starts at the same
+# time: the service may win, start without its socket and fail, and the socket refuses to
+# start beside it ("Socket service ... already active"). A service something triggers runs
+# on demand: stop it, then restart what triggers it.
+restart_triggers() {{
+    # portablectl only queues the jobs: let them run first (up to 30 s)
+    all=$(units)
+    [ -n "$all" ] || return 0
+    i=0
+    # shellcheck disable=SC2086
+    while [ $i -lt 300 ] && [ -n "$(systemctl list-jobs --no-legend $all)" ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    for u in $(triggered); do
+        systemctl stop "$u"
+        systemctl reset-failed "$u" 2>/dev/null
+    done
+    for t in $all; do
+        case $t in *.socket|*.timer|*.path) systemctl restart "$t" || return 1 ;; esac
+    done
+}}
+
 # up: no unit failed within $settle s, and then every unit nothing else triggers is active
 # (a oneshot service: finished with success)
 healthy() {{
@@ -176,11 +207,14 @@ healthy() {{
         sleep 1
     done
     found=
+    on_demand=$(triggered)
     for u in $(units); do
         found=1
         st=$(systemctl is-active "$u")
         [ "$st" = active ] && continue
-        if [ "$st" != failed ] && [ -n "$(systemctl show -P TriggeredBy "$u")" ]; then continue; fi
+        if [ "$st" != failed ] && printf '%s\\n' "$on_demand" | grep -qxF -- "$u"; then
+            continue
+        fi
         if [ "$(systemctl show -P Type "$u")" = oneshot ] && \\
            [ "$(systemctl show -P Result "$u")" = success ]; then continue; fi
         say "$u is $st after $settle s"
@@ -228,7 +262,7 @@ else
     say "attaching $pname $new"
     portablectl attach --now --enable --profile="$profile" "$image"
 fi
-if [ $? -eq 0 ] && healthy; then
+if [ $? -eq 0 ] && restart_triggers && healthy; then
     say "$pname $new is up (was ${{cur:-nothing}})"
     exit 0
 fi
@@ -241,6 +275,7 @@ fi
 say "$pname $new did not start: rolling back to $cur"
 portablectl reattach --now --enable --profile="$profile" "$images/${{pname}}_$cur.raw" || \\
     die "rolling back to $pname $cur failed"
+restart_triggers
 healthy || die "$pname $cur does not start either after the rollback"
 die "$pname $new did not start; rolled back to $cur, which is up"
 """
