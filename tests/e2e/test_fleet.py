@@ -413,3 +413,33 @@ def test_a_socket_activated_service_updates(host: nspawn.Container, psdemo: Path
                                     f"{pname}.*", "-u", f"{pname}-update.service").stdout
             assert tcp_get(port) == f"{pname} v{v}\n"
             assert attached(c, pname) == [f"{pname}_{v}"]
+
+
+def test_an_interrupted_update_does_not_cost_the_running_version(
+        host: nspawn.Container, psdemo: Path, tmp_path: Path) -> None:
+    """A run fetched v2 and stopped before attaching it; v3 comes: InstancesMax=2 would make
+    room by removing the oldest, the running v1. The script removes the stray v2 first."""
+    c, pname, port, http_port = host, "intr", 18478, 18479
+    folder = tmp_path / "www"
+    images = {v: build_image(tmp_path / f"v{v}", settings(psdemo, pname, port, v,
+                                                          f"{pname} v{v}"))
+              for v in ("1", "2", "3")}
+    with http_server(tmp_path, http_port) as base:
+        publish([images["1"]], folder)
+        s = hostconfig.settings_for(images["1"], base + "www", verify=False, settle=SETTLE)
+        hostconfig.write_tree(hostconfig.host_files(s), tmp_path / "host")
+        install_tree(c, tmp_path / "host")
+        assert update(c, pname).ok, update_log(c, pname)
+        publish([images["2"]], folder)
+        # the interrupted run: sysupdate fetched v2, the script never attached it
+        fetch = c.run(sysupdate.SYSUPDATE_BINARY, f"--component={pname}", "update", "2",
+                      timeout=120)
+        assert fetch.ok, fetch.output
+        (c.root / f"var/lib/portable-service/{pname}/fetched").write_text("2\n")
+        assert installed(c, pname) == [f"{pname}_1.raw", f"{pname}_2.raw"]
+        publish([images["3"]], folder)
+        assert update(c, pname).ok, update_log(c, pname)
+    assert tcp_get(port) == f"{pname} v3\n"
+    assert attached(c, pname) == [f"{pname}_3"]
+    # v1, the version to roll back to, is still there
+    assert installed(c, pname) == [f"{pname}_1.raw", f"{pname}_3.raw"]

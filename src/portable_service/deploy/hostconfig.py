@@ -242,6 +242,12 @@ if [ -n "$new" ]; then
     while read -r v; do
         [ -n "$v" ] && [ "$v" != "$cur" ] && drop "$v"
     done < "$state/bad"
+    # a version an interrupted run fetched but never attached is newer than the running one:
+    # InstancesMax= would remove the running one (the oldest) to make room
+    if [ -s "$state/fetched" ]; then
+        v=$(cat "$state/fetched")
+        [ "$v" != "$cur" ] && [ "$v" != "$new" ] && drop "$v"
+    fi
     "$sysupdate" --component="$pname" update "$new" || \\
         die "systemd-sysupdate could not install $pname $new (see above); ${{cur:-nothing}} stays attached"
     echo "$new" > "$state/fetched"
