@@ -42,6 +42,7 @@ if [[ $want_test == --test ]]; then
   ls /usr/lib/*/libnss_systemd.so.2 >/dev/null 2>&1 || need_pkgs+=(libnss-systemd)
   [[ -e /etc/ssl/certs/ca-certificates.crt ]] || need_pkgs+=(ca-certificates)
   have openssl || need_pkgs+=(openssl)
+  have gpg || need_pkgs+=(gpg)        # publish --gpg-key signs SHA256SUMS (tests/deploy, e2e/test_fleet.py)
   [[ -e /usr/share/zoneinfo/Europe/Berlin ]] || need_pkgs+=(tzdata)
   [[ -x /usr/bin/perl ]] || need_pkgs+=(perl)
   [[ -x /usr/bin/ruby ]] || need_pkgs+=(ruby)

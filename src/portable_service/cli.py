@@ -140,9 +140,16 @@ def _sign_parser(sub: Any) -> None:
     register(sub)
 
 
+def _fleet_verbs(sub: Any) -> None:
+    from portable_service.deploy import hostconfig, publish
+
+    publish.register(sub)
+    hostconfig.register(sub)
+
+
 # Each verb registers itself here: (name -> function adding its parser).
 VERBS: list[Callable[[Any], None]] = [_build_parser, _why_parser, _image_verbs, _try_parser,
-                                      _sign_parser]
+                                      _sign_parser, _fleet_verbs]
 
 
 def make_parser() -> argparse.ArgumentParser:

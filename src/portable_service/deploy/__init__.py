@@ -1,0 +1,1 @@
+"""Deploying images: the download folder hosts update from, and the files a host needs."""
