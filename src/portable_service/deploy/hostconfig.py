@@ -28,7 +28,9 @@ from typing import Any
 
 from portable_service.errors import PortableServiceError
 from portable_service.rules import sysupdate
-from portable_service.rules.portabled import VERITY_SIDECARS, image_prefix, sidecar_names
+from portable_service.rules.portabled import image_prefix
+from portable_service.rules.verity import SIDECAR_SUFFIXES as VERITY_SIDECARS
+from portable_service.rules.verity import sidecar_names
 from portable_service.run import find_tool, run
 
 IMAGES_DIR = "/var/lib/portables"  # where portablectl finds images by name

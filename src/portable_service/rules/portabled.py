@@ -58,12 +58,3 @@ def is_portable_unit(name: str) -> bool:
     """A unit file name portabled would attach (a type it takes, no folder)."""
     return name.endswith(UNIT_TYPES) and "/" not in name
 
-
-# verity sidecars portabled looks for beside a bare image NAME.raw (REFERENCE.md section 6)
-VERITY_SIDECARS = (".verity", ".roothash", ".roothash.p7s")
-
-
-def sidecar_names(image_name: str) -> tuple[str, ...]:
-    """NAME.verity, NAME.roothash, NAME.roothash.p7s for NAME.raw."""
-    stem = image_name.removesuffix(".raw")
-    return tuple(stem + suffix for suffix in VERITY_SIDECARS)

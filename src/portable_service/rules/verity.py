@@ -42,6 +42,11 @@ def sidecar_path(image: Path, suffix: str) -> Path:
     return image.with_name(stem + suffix)
 
 
+def sidecar_names(image_name: str) -> tuple[str, ...]:
+    """NAME.verity, NAME.roothash, NAME.roothash.p7s for NAME.raw."""
+    return tuple(sidecar_path(Path(image_name), suffix).name for suffix in SIDECAR_SUFFIXES)
+
+
 def sidecars(image: Path) -> dict[str, Path]:
     """The three sidecar paths of ``image``, keyed by suffix."""
     return {suffix: sidecar_path(image, suffix) for suffix in SIDECAR_SUFFIXES}
