@@ -74,9 +74,9 @@ def load_spec_from_args(args: argparse.Namespace) -> Any:
         return load_spec(default, overrides)
     if not overrides:
         raise SpecError(f"there is no portable.toml in {Path.cwd()}",
-                        "write one (the README's 'A spec' shows how), name a spec file or "
-                        "folder (portable-service build PATH), or give --pname, --version and "
-                        "--unit")
+                        "start one with 'portable-service init /usr/bin/PROGRAM', name a spec "
+                        "file or folder (portable-service build PATH), or give --pname, "
+                        "--version and --unit")
     return spec_from_flags(overrides)
 
 
@@ -212,6 +212,12 @@ def _image_verbs(sub: Any) -> None:
     register(sub)
 
 
+def _init_parser(sub: Any) -> None:
+    from portable_service.init import register
+
+    register(sub)
+
+
 def _try_parser(sub: Any) -> None:
     from portable_service.harness.trial import register
 
@@ -219,7 +225,8 @@ def _try_parser(sub: Any) -> None:
 
 
 # Each verb registers itself here: (name -> function adding its parser).
-VERBS: list[Callable[[Any], None]] = [_build_parser, _why_parser, _image_verbs, _try_parser]
+VERBS: list[Callable[[Any], None]] = [_init_parser, _build_parser, _why_parser, _image_verbs,
+                                      _try_parser]
 
 
 GLOBAL_HELP = {
@@ -307,7 +314,11 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         signal.signal(signal.SIGINT, _interrupt)
     _escape_streams()
     parser = parser or make_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except BrokenPipeError:  # --help or --print-completion into `| head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     if jsonout.wanted(args) and not getattr(args, "json_verb", False):
         print(f"{PROG}: error: {args.verb} prints no facts to give as JSON; drop --json "
               "(see --help)", file=sys.stderr)

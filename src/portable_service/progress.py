@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TextIO
 
 from rich.console import Console
@@ -81,6 +82,19 @@ class _Bar(BarColumn):
         return super().render(task)  # type: ignore[return-value]
 
 
+ANNOUNCE_AFTER = 0.5  # seconds a step runs before its plain "==> STEP" line is printed
+
+
+@dataclass
+class _Pending:
+    """A running step in plain mode: whether its start line is out, and lines after it."""
+
+    text: str
+    start: float
+    announced: bool = False
+    lines_after: bool = False
+
+
 class Reporter:
     """Say what the build is doing; silent when ``quiet``. Warnings are shown even then."""
 
@@ -90,20 +104,25 @@ class Reporter:
         # soft_wrap: a long line is the terminal's to fold, never cut into two by us
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self.live = live_wanted(sys.stderr) if live is None else live
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._progress: Progress | None = None
         self._tasks = 0  # running steps and bars: the live display stops at 0
         self._bar: TaskID | None = None
         self._bar_total = 0
         self._bar_done = 0
         self._bar_text = ""
-        self._steps = 0  # plain mode: steps started so far
+        self._pending: list[_Pending] = []  # plain mode: the running steps, outermost first
         self._quarters = 0  # plain mode: the quarters of the bar already printed
         self.warnings: list[str] = []  # every warning of the run, for build --json
 
     # -- lines
 
     def _line(self, text: str) -> None:
+        with self._lock:
+            self._announce_locked()  # the steps this line is part of, first
+            self._print(text)
+
+    def _print(self, text: str) -> None:
         if self._progress is not None:  # above the live display
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
@@ -161,15 +180,40 @@ class Reporter:
                 self._stop(task)
             self._line(f"==> {text} ({time.monotonic() - start:.2f} s)")
             return
-        self._line(f"==> {text}")
-        self._steps += 1
-        first = self._steps
+        # plain lines: a step is announced once it has run for ANNOUNCE_AFTER (or when
+        # something is printed inside it), so a quick step is one line, and a mistake
+        # found at once is the error's one line, with nothing before it
+        pending = _Pending(text, start)
+        with self._lock:
+            self._pending.append(pending)
+        timer = threading.Timer(ANNOUNCE_AFTER, self._announce)
+        timer.daemon = True
+        timer.start()
         try:
             yield
         finally:
-            # a step with steps inside it names itself again: its end is lines away
-            inner = f": {text}" if self._steps != first else ""
-        self._line(f"    done in {time.monotonic() - start:.1f} s{inner}")
+            timer.cancel()
+            with self._lock:
+                self._pending.remove(pending)
+        took = time.monotonic() - start
+        if not pending.announced:
+            self._line(f"==> {text} ({took:.2f} s)")
+        else:
+            # a step with lines inside it names itself again: its start is lines away
+            inner = f": {text}" if pending.lines_after else ""
+            self._line(f"    done in {took:.1f} s{inner}")
+
+    def _announce(self) -> None:
+        with self._lock:
+            self._announce_locked()
+
+    def _announce_locked(self) -> None:
+        for p in self._pending:
+            if not p.announced:
+                p.announced = True
+                self._print(f"==> {p.text}")
+            else:
+                p.lines_after = True
 
     @contextmanager
     def bytes_bar(self, text: str, total: int) -> Iterator[None]:
@@ -205,7 +249,8 @@ class Reporter:
                 quarter = self._bar_done * 4 // self._bar_total
                 while self._quarters < quarter:
                     self._quarters += 1
-                    self._line(f"    {self._bar_text}: {self._quarters * 25}% "
+                    self._announce_locked()
+                    self._print(f"    {self._bar_text}: {self._quarters * 25}% "
                                f"({human(self._bar_total * self._quarters // 4)} of "
                                f"{human(self._bar_total)})")
 
