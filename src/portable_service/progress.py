@@ -106,6 +106,7 @@ class Reporter:
         self.live = live_wanted(sys.stderr) if live is None else live
         self._lock = threading.RLock()
         self._progress: Progress | None = None
+        self._live_timer: threading.Timer | None = None
         self._tasks = 0  # running steps and bars: the live display stops at 0
         self._bar: TaskID | None = None
         self._bar_total = 0
@@ -153,7 +154,12 @@ class Reporter:
                 _Bar(bar_width=20), _Amount(table_column=Column(no_wrap=True)),
                 TimeElapsedColumn(),
                 console=self.console, transient=True)
-            self._progress.start()
+            # drawn once a step has run for ANNOUNCE_AFTER: a quick run (or a mistake
+            # found at once) leaves no flicker, and an error is the only line
+            self._live_timer = threading.Timer(ANNOUNCE_AFTER, self._go_live,
+                                               args=(self._progress,))
+            self._live_timer.daemon = True
+            self._live_timer.start()
         self._tasks += 1
         return self._progress.add_task(description, total=total)
 
@@ -162,8 +168,17 @@ class Reporter:
         self._progress.remove_task(task)
         self._tasks -= 1
         if self._tasks == 0:
-            self._progress.stop()
-            self._progress = None
+            with self._lock:
+                if self._live_timer is not None:
+                    self._live_timer.cancel()
+                if self._progress.live.is_started:
+                    self._progress.stop()
+                self._progress = None
+
+    def _go_live(self, progress: Progress) -> None:
+        with self._lock:
+            if self._progress is progress and not progress.live.is_started:
+                progress.start()
 
     @contextmanager
     def step(self, text: str) -> Iterator[None]:
