@@ -76,7 +76,9 @@ def find_program(program: str) -> str:
             raise SpecError(f"program {program!r} is not in PATH",
                             "give its absolute path, e.g. portable-service init /usr/bin/NAME")
         path = Path(found)
-    if not path.is_file() or not os.access(path, os.X_OK):
+    # the mode, not access(): root may run any file with one execute bit, systemd's
+    # dynamic user only one that others may execute
+    if not path.is_file() or not path.stat().st_mode & 0o111:
         raise SpecError(f"{path} is not an executable file on this host",
                         "name the program the service runs (the image takes it from this host)")
     return os.path.normpath(str(path))
