@@ -22,9 +22,9 @@ PROG = "portable-service"
 
 
 def _exit_epilog() -> str:
-    from portable_service.errors import EXIT_CODES
-
     import textwrap
+
+    from portable_service.errors import EXIT_CODES
 
     return "exit codes (every verb):\n" + "\n".join(
         textwrap.fill(text.replace("`", ""), 78, initial_indent=f"  {code}  ",

@@ -110,13 +110,13 @@ def verify_rules() -> dict[str, str]:
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                     and node.func.id in ("Problem", "report") and len(node.args) >= 2):
                 continue
-            rule, severity = node.args[1], node.args[0]
-            if not (isinstance(rule, ast.Constant) and isinstance(rule.value, str)):
+            rule_arg, severity = node.args[1], node.args[0]
+            if not (isinstance(rule_arg, ast.Constant) and isinstance(rule_arg.value, str)):
                 continue
             kind = {"ERROR": "error", "WARNING": "warning"}.get(
                 severity.id if isinstance(severity, ast.Name) else "", "error or warning")
-            found.setdefault(rule.value, set()).add(kind)
-    out = {}
+            found.setdefault(rule_arg.value, set()).add(kind)
+    out: dict[str, str] = {}
     for rule, kinds in sorted(found.items()):
         out[rule] = ("error or warning" if len(kinds) > 1 or "error or warning" in kinds
                      else kinds.pop())
