@@ -1,6 +1,6 @@
-"""``portable-service init [PROGRAM]``: a commented portable.toml and a unit to start from.
+"""``portable-service init [PROGRAM [ARG...]]``: a commented portable.toml and a unit.
 
-``init /usr/bin/foo && portable-service build`` gives a working image: the spec names the
+``init /usr/bin/foo --serve && portable-service build`` gives a working image: the spec names the
 unit, the unit runs the program, and the closure brings what the program needs. Nothing
 is overwritten: an existing portable.toml or unit file stops init before it writes.
 """
@@ -84,13 +84,24 @@ def find_program(program: str) -> str:
     return os.path.normpath(str(path))
 
 
+def exec_word(arg: str) -> str:
+    """One ``ExecStart=`` argument as systemd reads it back: ``%`` and ``$`` doubled (no
+    specifier, no variable), quoted with C escapes when it has blanks, quotes or ``;``."""
+    text = arg.replace("%", "%%").replace("$", "$$")
+    if text and not re.search(r"[\s\"'\\;]", text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") \
+        .replace("\t", "\\t") + '"'
+
+
 def write_new(path: Path, text: str) -> None:
     # "x": never overwrite, even a file that appears after the check
     with open(path, "x", encoding="utf-8") as f:
         f.write(text)
 
 
-def init(folder: Path, program: str | None, pname: str | None, version: str) -> list[Path]:
+def init(folder: Path, program: str | None, pname: str | None, version: str,
+         args: tuple[str, ...] = ()) -> list[Path]:
     """Write portable.toml and PNAME.service in ``folder``; the paths written."""
     exe = find_program(program) if program else None
     name = pname or (pname_for(exe) if exe else pname_for(folder.resolve().name))
@@ -105,7 +116,7 @@ def init(folder: Path, program: str | None, pname: str | None, version: str) -> 
 
     # the names are checked as build checks them, before anything is written
     check_spec(spec_from_mapping({"pname": name, "version": version, "units": [unit]}, folder))
-    exec_start = exe or PLACEHOLDER
+    exec_start = " ".join([exec_word(exe), *map(exec_word, args)]) if exe else PLACEHOLDER
     if exe is None:
         exec_start += "\n# ^ a placeholder: put your program here (an absolute path)"
     write_new(unit_path, UNIT_TEMPLATE.format(description=description, exec_start=exec_start,
@@ -120,7 +131,7 @@ def init(folder: Path, program: str | None, pname: str | None, version: str) -> 
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    written = init(Path.cwd(), args.program, args.pname, args.version)
+    written = init(Path.cwd(), args.program, args.pname, args.version, tuple(args.args))
     for path in written:
         print(path)
     if not args.quiet:
@@ -139,6 +150,10 @@ def register(sub: Any) -> None:
                        "overwritten.")
     p.add_argument("program", nargs="?", metavar="PROGRAM",
                    help="what the service runs (default: a placeholder to replace)")
+    p.add_argument("args", nargs="*", metavar="ARG",
+                   help="its arguments, written into ExecStart= (init /usr/bin/sleep infinity; "
+                   "init's own options go before PROGRAM, and after -- arguments may start "
+                   "with '-': init --pname app /usr/bin/app -- --serve)")
     p.add_argument("--pname", metavar="NAME",
                    help="the service's name (default: the program's file name)")
     p.add_argument("--version", default="0.1", metavar="VERSION",

@@ -43,6 +43,21 @@ def test_init_without_a_program_builds_a_placeholder(cli, tmp_path: Path) -> Non
     assert (folder / "result/my-service_2.raw").is_file()
 
 
+def test_init_arguments_read_back_as_given(cli, tmp_path: Path) -> None:
+    """The arguments after PROGRAM are ExecStart='s, quoted so systemd reads them back."""
+    from portable_service.rules.unitfile import parse_exec
+
+    args = ["--serve", "two words", "100%", "$HOME", 'a"b', "back\\slash", "x;y"]
+    proc = cli("init", "--pname", "env", "/usr/bin/env", "--", *args)
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in (tmp_path / "env.service").read_text().splitlines()
+                if ln.startswith("ExecStart="))
+    (command,) = parse_exec(line.removeprefix("ExecStart=")).commands
+    # systemd resolves %% and $$ when it loads the unit: they become % and $
+    argv = [a.replace("%%", "%").replace("$$", "$") for a in command.argv]
+    assert argv == ["/usr/bin/env", *args]
+
+
 @pytest.mark.parametrize("existing", ["portable.toml", "sleep.service"])
 def test_init_never_overwrites(cli, tmp_path: Path, existing: str) -> None:
     (tmp_path / existing).write_text("mine\n")
