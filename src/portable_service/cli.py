@@ -266,7 +266,8 @@ def add_completion_flag(parser: argparse.ArgumentParser) -> None:
     import shtab
 
     shtab.add_argument_to(parser, ["--print-completion"], help="print a shell completion "
-                          "script: bash, zsh or fish (docs/completion.md says where it goes)")
+                          "script for bash, zsh or fish (the README's 'Install' says where it "
+                          "goes)")
 
 
 def _version() -> str:
