@@ -124,7 +124,7 @@ class Reporter:
             self._print(text)
 
     def _print(self, text: str) -> None:
-        if self._progress is not None:  # above the live display
+        if self.live:  # through the live display's console: above it while it runs
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
             print(text, file=sys.stderr, flush=True)

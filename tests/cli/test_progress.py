@@ -144,3 +144,22 @@ def test_plain_step_lines(capsys: pytest.CaptureFixture[str]) -> None:
 def test_iec_units() -> None:
     assert [human(n) for n in (512, 1536, 4 << 20, 3 << 30)] == \
         ["512 B", "1.5 KiB", "4.0 MiB", "3.0 GiB"]
+
+
+def test_a_long_step_without_a_count_shows_a_spinner_with_elapsed_time() -> None:
+    """What `try`'s first boot of a release shows while debootstrap creates the root
+    (roots.ensure_root runs it as a step): no count exists, so a spinner and the time."""
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    r = Reporter(console=Console(file=buf, force_terminal=True, width=100), live=True)
+    with r.step("debootstrap bookworm (systemd, dbus)"):
+        time.sleep(2.2)
+    text = buf.getvalue()
+    assert any(ch in text for ch in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
+    assert "0:00:01" in text or "0:00:02" in text  # the elapsed time moved on
+    assert "debootstrap bookworm (systemd, dbus)" in text
+    assert not re.search(r"\d+(\.\d+)?/\d", text)  # no made-up count or bar
+    assert re.search(r"==> debootstrap bookworm \(systemd, dbus\) \(2\.\d\d s\)", text)
