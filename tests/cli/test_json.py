@@ -190,3 +190,18 @@ def test_docs_name_every_verb_schema() -> None:
     for verb in [*SCHEMAS, "try"]:
         assert f"`portable-service/{verb}/1`" in text, verb
         assert f"## `{verb} --json`" in text, verb
+
+
+def test_build_warnings_are_in_the_document(tmp_path: Path) -> None:
+    """What the build warned about on stderr is in the document too, word for word."""
+    (tmp_path / "demo.service").write_text("[Service]\nExecStart=/usr/bin/nonexistent-prog\n")
+    proc = run("build", "--pname", "demo", "--version", "1", "--unit", "demo.service",
+               "--allow-missing", "--writer", "native", "--json=short", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = document(proc, "build")
+    check(doc, SCHEMAS["build"], "build")
+    warning = ("ExecStart= in demo.service runs /usr/bin/nonexistent-prog, which does not exist "
+               "on this host")
+    assert doc["warnings"] == [warning]
+    assert f"portable-service: warning: {warning}" in proc.stderr.splitlines()
+    assert doc["closure"] == {"paths": 0, "bytes": 0, "roots": [], "generated": []}
