@@ -6,6 +6,7 @@ import argparse
 import codecs
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
@@ -36,6 +37,11 @@ EXIT_EPILOG = _exit_epilog()
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        # --json=STYLE is one option per style (jsonout): name them for a style that is not one
+        bad = re.fullmatch(r"argument --json: ignored explicit argument '(.*)'", message)
+        if bad:
+            message = (f"--json={bad[1]} is not a JSON style; use --json, "
+                       + ", ".join(f"--json={s}" for s in jsonout.STYLES))
         # one line, not argparse's usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 

@@ -78,3 +78,14 @@ def test_try_bad_image_is_2_and_not_root_is_3(work: Path) -> None:
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr == ("portable-service: error: booting a throwaway systemd needs root; "
                            "run it as root (e.g. with sudo)\n")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_leaves_only_findings(work: Path, where: str) -> None:
+    argv = ["-q", "verify", "other_1.raw"] if where == "before" else ["verify", "other_1.raw", "-q"]
+    proc = run(*argv, cwd=work)
+    assert proc.returncode == 1
+    assert proc.stderr == ""  # no summary line
+    assert proc.stdout.startswith("ERROR: ")  # the findings themselves
+    loud = run("verify", "other_1.raw", cwd=work)
+    assert "refused or failing: " in loud.stderr

@@ -205,3 +205,10 @@ def test_build_warnings_are_in_the_document(tmp_path: Path) -> None:
     assert doc["warnings"] == [warning]
     assert f"portable-service: warning: {warning}" in proc.stderr.splitlines()
     assert doc["closure"] == {"paths": 0, "bytes": 0, "roots": [], "generated": []}
+
+
+def test_a_json_style_that_is_not_one(built: dict[str, Any], work: Path) -> None:
+    proc = run("inspect", "--json=bogus", built["image"], cwd=work)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == ("portable-service inspect: error: --json=bogus is not a JSON style; "
+                           "use --json, --json=pretty, --json=short, --json=off (see --help)\n")

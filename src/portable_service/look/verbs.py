@@ -84,8 +84,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for p in problems:
             print(p.line())
         verdict = "refused or failing" if errs else "ok"
-        print(f"{args.image}: {verdict}: {len(errs)} error(s), "
-              f"{len(problems) - len(errs)} warning(s)", file=sys.stderr)
+        if not getattr(args, "quiet", False):  # the problems say it all; the exit code too
+            print(f"{args.image}: {verdict}: {len(errs)} error(s), "
+                  f"{len(problems) - len(errs)} warning(s)", file=sys.stderr)
     return 1 if errs else 0
 
 
