@@ -86,6 +86,6 @@ def test_quiet_leaves_only_findings(work: Path, where: str) -> None:
     proc = run(*argv, cwd=work)
     assert proc.returncode == 1
     assert proc.stderr == ""  # no summary line
-    assert proc.stdout.startswith("ERROR: ")  # the findings themselves
+    assert proc.stdout.startswith("error: ")  # the findings themselves
     loud = run("verify", "other_1.raw", cwd=work)
     assert "refused or failing: " in loud.stderr
