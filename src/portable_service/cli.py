@@ -323,7 +323,13 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     parser = parser or make_parser()
     try:
         args = parser.parse_args(argv)
-    except BrokenPipeError:  # --help or --print-completion into `| head`
+    except SystemExit:  # --help, --version, --print-completion: flushed here, into `| head` too
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise
+    except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     if jsonout.wanted(args) and not getattr(args, "json_verb", False):

@@ -97,3 +97,15 @@ def test_exit_code_table_is_what_errors_say() -> None:
     readme = (REPO / "README.md").read_text()
     for code, (text, _verbs) in EXIT_CODES.items():
         assert f"| {code} | {text} |" in readme
+
+
+@pytest.mark.parametrize("flag", ["--print-completion bash", "--help"])
+def test_into_head_quietly(flag: str) -> None:
+    """`portable-service --print-completion bash | head` ends without a word on stderr."""
+    import sys
+
+    proc = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m portable_service "
+                           f"{flag} | head -1"], capture_output=True, text=True, check=False,
+                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    assert proc.stdout.count("\n") == 1
+    assert proc.stderr == ""
