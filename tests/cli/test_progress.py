@@ -163,3 +163,26 @@ def test_a_long_step_without_a_count_shows_a_spinner_with_elapsed_time() -> None
     assert "debootstrap bookworm (systemd, dbus)" in text
     assert not re.search(r"\d+(\.\d+)?/\d", text)  # no made-up count or bar
     assert re.search(r"==> debootstrap bookworm \(systemd, dbus\) \(2\.\d\d s\)", text)
+
+
+def test_no_pseudo_terminal_still_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Where no pty can be had, mksquashfs writes to a pipe: the bar reaches its end at once."""
+    require_tool("mksquashfs")
+    from portable_service.builder.pipeline import build_image
+    from portable_service.builder.spec import spec_from_mapping
+    from portable_service.builder.writers import mksquashfs
+
+    def no_pty() -> tuple[int, int]:
+        raise OSError("out of pseudo-terminals")
+
+    monkeypatch.setattr(mksquashfs.pty, "openpty", no_pty)
+    (tmp_path / "demo.service").write_text(UNIT)
+    (tmp_path / "blob").write_bytes(os.urandom(1 << 20))
+    spec = spec_from_mapping({"pname": "demo", "version": "1", "units": ["demo.service"],
+                              "contents": [{"source": "blob", "target": "/opt/blob"}],
+                              "squash-compression": "gzip", "writer": "mksquashfs"}, tmp_path)
+    out = build_image(spec, tmp_path / "result", Reporter(live=False))
+    assert out.is_file()
+    err = capsys.readouterr().err
+    assert re.search(r"    compressing: 100% \(([\d.]+ MiB) of \1\)", err), err

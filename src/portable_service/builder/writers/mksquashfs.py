@@ -71,9 +71,7 @@ class MksquashfsWriter:
         try:
             # stdout on a pseudo-terminal: mksquashfs' stdio buffers a pipe until it exits,
             # and its progress bar is the only measure of the work it has done
-            master, slave = pty.openpty()
-            # a terminal of 0 columns would give mksquashfs a bar of negative width
-            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+            master, slave = _progress_channel()
             try:
                 with interrupts_held():
                     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=slave,
@@ -117,6 +115,18 @@ class MksquashfsWriter:
                                                captured.get("stderr"))
             raise ToolError(f"mksquashfs failed (exit {rc}): {tool_message(done)}",
                             "fix what it names (often squash-compression), or try --writer native")
+
+
+def _progress_channel() -> tuple[int, int]:
+    """(our end, mksquashfs' stdout): a pseudo-terminal, else a pipe, where no pty can be
+    had (a sandbox without /dev/ptmx): the build works, the bar moves only at the end."""
+    try:
+        master, slave = pty.openpty()
+    except OSError:
+        return os.pipe()
+    # a terminal of 0 columns would give mksquashfs a bar of negative width
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    return master, slave
 
 
 def tar_info(entry: Entry, mtime: int) -> tarfile.TarInfo:
