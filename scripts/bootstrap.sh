@@ -55,6 +55,7 @@ if [[ $want_test == --test ]]; then
     installed "$pkg" || need_pkgs+=("$pkg")
   done
   have node || need_pkgs+=(nodejs)
+  have groff || need_pkgs+=(groff-base)                   # the man page renders without warnings
 fi
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) != 0 ]]; then

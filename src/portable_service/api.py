@@ -7,7 +7,7 @@ from typing import Any
 
 from portable_service.builder.pipeline import build_image
 from portable_service.builder.spec import Spec, spec_from_mapping
-from portable_service.progress import QUIET, Reporter
+from portable_service.progress import Reporter
 
 
 def build(
@@ -31,4 +31,6 @@ def build(
         spec = spec_from_mapping(settings, Path(base_dir or Path.cwd()).resolve())
     elif settings:
         raise TypeError("pass either a Spec or keyword settings, not both")
-    return build_image(spec, Path(output_dir), QUIET if quiet else Reporter(), verify=verify)
+    # a reporter of its own: warnings are collected per build (Reporter.warnings)
+    reporter = Reporter(quiet=True, live=False) if quiet else Reporter()
+    return build_image(spec, Path(output_dir), reporter, verify=verify)

@@ -6,6 +6,7 @@ import argparse
 import codecs
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
@@ -13,15 +14,34 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from portable_service import jsonout
 from portable_service.builder.spec import SETTINGS, load_spec, spec_from_flags
-from portable_service.errors import PortableServiceError, SpecError
+from portable_service.errors import EXIT_USAGE, PortableServiceError, SpecError
 from portable_service.progress import Reporter
 
 PROG = "portable-service"
 
 
+def _exit_epilog() -> str:
+    import textwrap
+
+    from portable_service.errors import EXIT_CODES
+
+    return "exit codes (every verb):\n" + "\n".join(
+        textwrap.fill(text.replace("`", ""), 78, initial_indent=f"  {code}  ",
+                      subsequent_indent="     ") for code, (text, _verbs) in EXIT_CODES.items())
+
+
+EXIT_EPILOG = _exit_epilog()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        # --json=STYLE is one option per style (jsonout): name them for a style that is not one
+        bad = re.fullmatch(r"argument --json: ignored explicit argument '(.*)'", message)
+        if bad:
+            message = (f"--json={bad[1]} is not a JSON style; use --json, "
+                       + ", ".join(f"--json={s}" for s in jsonout.STYLES))
         # one line, not argparse's usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -60,22 +80,28 @@ def load_spec_from_args(args: argparse.Namespace) -> Any:
         return load_spec(default, overrides)
     if not overrides:
         raise SpecError(f"there is no portable.toml in {Path.cwd()}",
-                        "write one (the README's 'A spec' shows how), name a spec file or "
-                        "folder (portable-service build PATH), or give --pname, --version and "
-                        "--unit")
+                        "start one with 'portable-service init /usr/bin/PROGRAM', name a spec "
+                        "file or folder (portable-service build PATH), or give --pname, "
+                        "--version and --unit")
     return spec_from_flags(overrides)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from portable_service.builder.pipeline import build_image
+    from portable_service.builder.pipeline import Plan, build_image
 
+    style = jsonout.wanted(args)
+    if style and args.print_closure:
+        raise SpecError("--print-closure and --json both print on stdout",
+                        "use one; build --json has a closure summary, 'why --json' a chain")
     reporter = Reporter(quiet=args.quiet)
     spec = load_spec_from_args(args)
-    inspect = None
-    if args.print_closure:
-        from portable_service.builder.closure.report import closure_listing
+    plans: list[Plan] = []
 
-        def inspect(plan: Any) -> None:
+    def inspect(plan: Plan) -> None:
+        plans.append(plan)
+        if args.print_closure:
+            from portable_service.builder.closure.report import closure_listing
+
             print("\n".join(closure_listing(plan.closure)))
 
     output = Path(args.output)
@@ -84,16 +110,77 @@ def cmd_build(args: argparse.Namespace) -> int:
                         f"to (the image is named {spec.image_name}, as portabled expects)",
                         f"use -o {output.parent}")
     out = build_image(spec, output, reporter, inspect=inspect, verify=args.verify)
-    print(out)
+    if style:
+        jsonout.emit("build", build_json(out, plans[0], reporter.warnings, args.verify), style)
+    else:
+        print(out)
     return 0
+
+
+def build_json(out: Path, plan: Any, warnings: list[str], verified: bool) -> dict[str, Any]:
+    """``build --json``: the image, what is in it, and what the build warned about."""
+    from portable_service.builder.closure.report import sizes
+
+    rows = sizes(plan.closure)
+    generated = plan.closure.generated
+    spec = plan.spec
+    return {
+        "image": str(out),
+        "bytes": out.stat().st_size,
+        "pname": spec.pname,
+        "version": spec.version,
+        "units": [u.name for u in plan.units],
+        "writer": plan.writer.name,
+        "compression": plan.options.compression.name,
+        "block_size": plan.options.block_size,
+        "entries": len(plan.tree),
+        "closure": {
+            "paths": len(rows) + len(generated),
+            "bytes": sum(r.size for r in rows) + sum(len(d) for d in generated.values()),
+            "roots": [{"path": str(r.node.image), "reason": r.node.reason}
+                      for r in sorted(rows, key=lambda r: str(r.node.image))
+                      if r.node.parent is None],
+            "generated": sorted(str(p) for p in generated),
+        },
+        "verified": verified,
+        "warnings": list(warnings),
+    }
 
 
 def cmd_why(args: argparse.Namespace) -> int:
     from portable_service.builder.closure.report import why_report
 
-    lines, found = why_report(load_spec_from_args(args), args.path)
+    style = jsonout.wanted(args)
+    spec = load_spec_from_args(args)
+    if style:
+        data = why_json(spec, args.path)
+        jsonout.emit("why", data, style)
+        return 0 if data["found"] else 1
+    lines, found = why_report(spec, args.path)
     print("\n".join(lines))
     return 0 if found else 1
+
+
+def why_json(spec: Any, path: str) -> dict[str, Any]:
+    """``why --json``: the chain from a root of the spec to ``path``, root first."""
+    from pathlib import PurePosixPath
+
+    from portable_service.builder.closure import resolve
+    from portable_service.builder.closure.report import find
+    from portable_service.builder.closure.runtime import GENERATED_WHY
+    from portable_service.builder.units import load_units
+
+    if not path.startswith("/"):
+        raise SpecError(f"path {path!r} is not absolute", f"give the image path, e.g. /{path}")
+    closure = resolve(spec, load_units(spec))
+    key = find(closure, PurePosixPath(os.path.normpath(path)))
+    chain: list[dict[str, str]] = []
+    if key is not None and key in closure.generated:
+        what = GENERATED_WHY.get(key, "the loader cache for the libraries the image carries")
+        chain = [{"path": str(key), "reason": f"generated by the build: {what}"}]
+    elif key is not None:
+        chain = [{"path": str(n.image), "reason": n.reason} for n in closure.why(key)]
+    return {"path": path, "pname": spec.pname, "found": bool(chain), "chain": chain}
 
 
 def _why_parser(sub: Any) -> None:
@@ -102,6 +189,7 @@ def _why_parser(sub: Any) -> None:
                                    "(exit 1 when it is not).")
     p.add_argument("spec", nargs="?", help="spec file, or a folder with portable.toml")
     p.add_argument("path", help="absolute path in the image, e.g. /usr/lib/x86_64-linux-gnu/libc.so.6")
+    jsonout.add_json_flag(p)
     _add_spec_flags(p)
     p.set_defaults(func=cmd_why)
 
@@ -113,7 +201,9 @@ def _build_parser(sub: Any) -> None:
                    "(default: ./portable.toml)")
     p.add_argument("-o", "--output", default="result", metavar="DIR",
                    help="output folder (default: ./result)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the image path")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress: print only the image "
+                   "path (warnings are still shown)")
+    jsonout.add_json_flag(p)
     p.add_argument("--print-closure", action="store_true",
                    help="list the closure with sizes, largest first, before the image path")
     p.add_argument("--no-verify", dest="verify", action="store_false",
@@ -124,6 +214,12 @@ def _build_parser(sub: Any) -> None:
 
 def _image_verbs(sub: Any) -> None:
     from portable_service.look.verbs import register
+
+    register(sub)
+
+
+def _init_parser(sub: Any) -> None:
+    from portable_service.init import register
 
     register(sub)
 
@@ -148,25 +244,50 @@ def _fleet_verbs(sub: Any) -> None:
 
 
 # Each verb registers itself here: (name -> function adding its parser).
-VERBS: list[Callable[[Any], None]] = [_build_parser, _why_parser, _image_verbs, _try_parser,
+VERBS: list[Callable[[Any], None]] = [_init_parser, _build_parser, _why_parser, _image_verbs,
+                                      _try_parser,
                                       _sign_parser, _fleet_verbs]
 
 
+GLOBAL_HELP = {
+    "debug": "log every external command; show tracebacks",
+    "quiet": "no progress lines (warnings and findings are still shown)",
+}
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Build and check systemd portable service images.")
-    parser.add_argument("--debug", action="store_true", help="log external commands; "
-                        "show tracebacks")
+    parser = _Parser(prog=PROG, description="Build and check systemd portable service images.",
+                     epilog=EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help=GLOBAL_HELP["debug"])
+    parser.add_argument("-q", "--quiet", action="store_true", help=GLOBAL_HELP["quiet"])
+    jsonout.add_json_flag(parser, default="off")
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    add_completion_flag(parser)
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
     for register in VERBS:
         register(sub)
     for verb in sub.choices.values():
-        # also after the verb, where users put it (`build --debug`); SUPPRESS keeps a
-        # --debug given before the verb
+        # the global flags also after the verb, where users put them (`build --debug`);
+        # SUPPRESS keeps one given before the verb
         verb.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                          help="log every external command; show tracebacks")
+                          help=GLOBAL_HELP["debug"])
+        quiet = verb._option_string_actions.get("--quiet")
+        if quiet is None:
+            verb.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                              help=GLOBAL_HELP["quiet"])
+        else:
+            quiet.default = argparse.SUPPRESS
     return parser
+
+
+def add_completion_flag(parser: argparse.ArgumentParser) -> None:
+    """``--print-completion bash|zsh|fish``: a completion script made from this parser."""
+    import shtab
+
+    shtab.add_argument_to(parser, ["--print-completion"], help="print a shell completion "
+                          "script for bash, zsh or fish (the README's 'Install' says where it "
+                          "goes)")
 
 
 def _version() -> str:
@@ -214,7 +335,21 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         signal.signal(signal.SIGINT, _interrupt)
     _escape_streams()
     parser = parser or make_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # --help, --version, --print-completion: flushed here, into `| head` too
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    if jsonout.wanted(args) and not getattr(args, "json_verb", False):
+        print(f"{PROG}: error: {args.verb} prints no facts to give as JSON; drop --json "
+              "(see --help)", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(message)s", stream=sys.stderr)
     try:
@@ -236,7 +371,7 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
             traceback.print_exc()
         where = f" ({e.filename})" if e.filename else ""
         print(f"{PROG}: error: {one_line(f'{e.strerror or e}{where}')}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE  # a file we were given or told to write: an input error
 
 
 if __name__ == "__main__":

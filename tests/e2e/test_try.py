@@ -131,7 +131,9 @@ def test_every_way_to_fail_is_reported_in_systemds_words(cli, trydemo, tmp_path)
     with poking(DEAF_SOCKET_PORT):  # from the host: the container shares its network
         proc = cli("try", str(image), "--release", "all", "--json", "--host-network")
     assert proc.returncode == 1, proc.stderr
-    report = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)
+    assert doc["format"] == "portable-service/try/1" and doc["ok"] is False
+    report = doc["releases"]
     assert sorted(report) == sorted(RELEASES)
     for suite in RELEASES:
         units = report[suite]["units"]
@@ -187,7 +189,7 @@ def test_stuck_activating_and_a_unit_not_there(cli, trydemo, tmp_path):
     proc = cli("try", str(image), "--release", "all", "--timeout", "4", "--json",
                "--unit", "tryslow.service", "--unit", "tryslow-nope.service")
     assert proc.returncode == 1, proc.stderr
-    report = json.loads(proc.stdout)
+    report = json.loads(proc.stdout)["releases"]
     for suite in RELEASES:
         slow = report[suite]["units"]["tryslow.service"]
         assert (slow["verdict"], slow["state"]) == ("FAILED", "activating"), (suite, slow)

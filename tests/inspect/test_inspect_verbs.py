@@ -42,7 +42,8 @@ def test_inspect_json_matches_the_tree(cli, sample) -> None:
     assert data["compressor"] == "gzip"
     assert data["block_size"] == 64 << 10
     assert data["file_size"] == img.stat().st_size
-    assert data["format"] == "squashfs 4.0"
+    assert data["format"] == "portable-service/inspect/1"
+    assert data["filesystem"] == "squashfs 4.0"
     assert data["os_release"] == {"ID": "debian", "PRETTY_NAME": "Demo"}
     assert data["operating_system"] == "Demo"
     assert [u["name"] for u in data["units"]] == ["demo.service"]
@@ -110,7 +111,9 @@ def test_diff_reports_each_kind_of_change(cli, tmp_path) -> None:
     unit.write_text(unit.read_text() + "Environment=A=1\n")
     old = mksquashfs(old_root, tmp_path / "demo_1.0.raw")
     new = mksquashfs(new_root, tmp_path / "demo_2.0.raw")
-    d = json.loads(cli("diff", "--json", str(old), str(new), check=True).stdout)
+    proc = cli("diff", "--json", str(old), str(new))
+    assert proc.returncode == 1, proc.stderr  # as diff(1): the images differ
+    d = json.loads(proc.stdout)
     assert d["added"] == ["/etc/new.conf", "/etc/systemd/system/demo-extra.socket"]
     assert d["removed"] == ["/etc/gone.conf"]
     changed = {c["path"]: c["change"] for c in d["changed"]}
@@ -122,7 +125,7 @@ def test_diff_reports_each_kind_of_change(cli, tmp_path) -> None:
                           "changed": ["demo.service"]}
     assert d["os_release"] == {"PRETTY_NAME": {"old": "Demo", "new": "Demo 2"}}
     assert d["size"] == {"old": old.stat().st_size, "new": new.stat().st_size}
-    text = cli("diff", str(old), str(new), check=True).stdout
+    text = cli("diff", str(old), str(new)).stdout
     assert "  ~ PRETTY_NAME: Demo -> Demo 2" in text and "  + demo-extra.socket" in text
     same = json.loads(cli("diff", "--json", str(old), str(old), check=True).stdout)
     assert same["same"] is True and same["changed"] == []

@@ -74,8 +74,7 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
         check_no_secrets(closure)
     if not reporter.quiet:
         for note in closure.notes:  # one line each, like warnings: they are about the image
-            reporter.console.print(f"portable-service: {note}", markup=False, highlight=False,
-                                   soft_wrap=True)
+            reporter.note(note)
     for warning in closure.warnings:
         reporter.warn(warning)
     with reporter.step("laying out the image tree"):
@@ -106,8 +105,7 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
         from portable_service.look.verify import check_written
 
         def say(line: str) -> None:  # shown even when quiet, like warnings
-            reporter.console.print(f"portable-service: verify: {line}", markup=False,
-                                   highlight=False, soft_wrap=True)
+            reporter.note(f"verify: {line}")
 
         with reporter.step("verifying the image"):
             check_written(tmp, out.name, p.tree, say, allow_missing=spec.allow_missing)

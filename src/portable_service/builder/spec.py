@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from portable_service.builder import pairs
 from portable_service.errors import SpecError
 
 DEFAULT_COMPRESSION = "xz -Xdict-size 100%"
@@ -222,6 +223,7 @@ def _symlinks(value: Any, base: Path, key: str) -> tuple[Symlink, ...]:
 def _symlink(item: Any, base: Path, key: str) -> Symlink:
     if isinstance(item, Symlink):
         return item
+    spelled = isinstance(item, str)
     if isinstance(item, str) and "=" in item:  # LINK=OBJECT, as the flag takes it
         link, obj = item.split("=", 1)
         item = {"symlink": link, "object": obj}
@@ -230,8 +232,10 @@ def _symlink(item: Any, base: Path, key: str) -> Symlink:
     _check_keys(item, {"object", "symlink"}, f"{key} entry")
     if "object" not in item or "symlink" not in item:
         raise SpecError(f"{key} entry {dict(item)!r} needs both 'object' and 'symlink'")
-    return Symlink(symlink=image_path(item["symlink"], "symlink"),
+    made = Symlink(symlink=image_path(item["symlink"], "symlink"),
                    object=_host_path(item["object"], base, "symlink object"))
+    pairs.check_symlink(made.symlink, made.object, flag=spelled)
+    return made
 
 
 def _contents(value: Any, base: Path, key: str) -> tuple[Content, ...]:
@@ -242,6 +246,7 @@ def _contents(value: Any, base: Path, key: str) -> tuple[Content, ...]:
 def _content(item: Any, base: Path, key: str) -> Content:
     if isinstance(item, Content):
         return item
+    spelled = isinstance(item, str)
     if isinstance(item, str) and "=" in item:  # SOURCE=TARGET, as the flag takes it
         source, target = item.split("=", 1)
         item = {"source": source, "target": target}
@@ -259,7 +264,9 @@ def _content(item: Any, base: Path, key: str) -> Content:
             raise SpecError(f"{key} entry {dict(item)!r} needs 'source'")
         src = _host_path(item["source"], base, "content source")
         target = item.get("target", str(src))
-        return Content(source=src, target=image_path(target, "content target"))
+        content = Content(source=src, target=image_path(target, "content target"))
+        pairs.check_content(content.source, content.target, flag=spelled)
+        return content
     raise SpecError(f"{key} entry {item!r} is neither a path nor a {{ source, target }} table")
 
 

@@ -11,7 +11,6 @@ Exit codes: 0 good, 1 the image failed (TryFailed), 2 bad input, 3 cannot run he
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -25,6 +24,7 @@ from portable_service.harness import judge, nspawn, roots
 from portable_service.harness.judge import Verdict
 from portable_service.harness.nspawn import Container
 from portable_service.harness.roots import Release
+from portable_service.jsonout import add_json_flag, emit, wanted
 from portable_service.progress import Reporter
 from portable_service.rules.portabled import TRIGGER_TYPES
 
@@ -204,7 +204,7 @@ def resolve_releases(names: Sequence[str]) -> list[Release]:
 def try_image(image: Path, *, releases: Sequence[str] = (), profile: str = "default",
               units: Sequence[str] = (), settle: float = DEFAULT_SETTLE,
               timeout: float = DEFAULT_TIMEOUT, reporter: Reporter | None = None,
-              out: TextIO = sys.stdout, as_json: bool = False,
+              out: TextIO = sys.stdout, as_json: bool | str = False,
               host_network: bool = False) -> list[ReleaseRun]:
     """Attach and start ``image`` on each release's systemd and judge its units.
 
@@ -224,8 +224,9 @@ def try_image(image: Path, *, releases: Sequence[str] = (), profile: str = "defa
         if not as_json:
             _print_run(run, out)
     if as_json:
-        print(json.dumps({r.release.suite: r.to_json() for r in runs}, indent=2,
-                         sort_keys=True), file=out)
+        emit("try", {"ok": all(r.ok for r in runs),
+                     "releases": {r.release.suite: r.to_json() for r in runs}},
+             "pretty" if as_json is True else str(as_json), out)
     elif len(runs) > 1:
         _print_table(runs, out)
     failed = [r for r in runs if not r.ok]
@@ -392,7 +393,8 @@ def _hint(image: Path) -> str:
 def cmd_try(args: argparse.Namespace) -> int:
     try_image(Path(args.image), releases=args.release or (), profile=args.profile,
               units=args.unit or (), settle=args.settle, timeout=args.timeout,
-              reporter=Reporter(quiet=args.quiet or args.json), as_json=args.json,
+              reporter=Reporter(quiet=args.quiet or bool(wanted(args))),
+              as_json=wanted(args) or False,
               host_network=args.host_network)
     return 0
 
@@ -425,8 +427,7 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="judge the units after this long even if they still change; a unit "
                         f"still activating then has failed (default: {DEFAULT_TIMEOUT:g})")
-    p.add_argument("--json", action="store_true",
-                   help="print the verdicts as JSON (per release, per unit; keys sorted)")
+    add_json_flag(p)  # the verdicts per release, per unit (docs/json.md)
     p.add_argument("--host-network", action="store_true",
                    help="share the host's network with the container (default: a network of "
                         "its own, loopback only)")

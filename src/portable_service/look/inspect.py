@@ -163,14 +163,16 @@ def _lookup(fs: ImageFS, path: str) -> tuple[str, Stat]:
     return real, fs.stat(real)
 
 
-def ls_lines(fs: ImageFS, path: str, long: bool) -> list[str]:
+def ls_entries(fs: ImageFS, path: str) -> list[tuple[str, Stat]]:
+    """What ``ls`` lists: a folder's entries, or the one entry ``path`` names."""
     real, st = _lookup(fs, path)
     if st.kind != "dir":
-        return [_ls_line(posixpath.basename(real), st, long)]
-    out = []
-    for name in fs.listdir(real):
-        out.append(_ls_line(name, fs.stat(posixpath.join(real, name)), long))
-    return out
+        return [(posixpath.basename(real), st)]
+    return [(name, fs.stat(posixpath.join(real, name))) for name in fs.listdir(real)]
+
+
+def ls_lines(fs: ImageFS, path: str, long: bool) -> list[str]:
+    return [_ls_line(name, st, long) for name, st in ls_entries(fs, path)]
 
 
 def _ls_line(name: str, st: Stat, long: bool) -> str:

@@ -8,36 +8,19 @@ them into one line and exit 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from portable_service.errors import PortableServiceError
-
-JSON_HELP = "print JSON; --json=short prints it on one line (also: --json=pretty, --json=off)"
-
-
-def _json_flag(p: argparse.ArgumentParser) -> None:
-    # literal '--json=STYLE' options, so that a bare '--json' never swallows the image path
-    p.add_argument("--json", dest="json", action="store_const", const="pretty", default="off",
-                   help=JSON_HELP)
-    for style in ("pretty", "short", "off"):
-        p.add_argument(f"--json={style}", dest="json", action="store_const", const=style,
-                       help=argparse.SUPPRESS)
+from portable_service.jsonout import add_json_flag as _json_flag
+from portable_service.jsonout import emit, wanted
 
 
 def _certificate_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--certificate", action="append", type=Path, metavar="CERT",
                    help="check the root hash signature (NAME.roothash.p7s) against this PEM "
                    "certificate (repeatable; default: /etc/verity.d/*.crt, as systemd)")
-
-
-def _dump(data: Any, style: str) -> None:
-    if style == "short":
-        print(json.dumps(data, sort_keys=True, separators=(",", ":")))
-    else:
-        print(json.dumps(data, sort_keys=True, indent=2))
 
 
 def _open(path: str, indexed: bool = True) -> Any:
@@ -61,8 +44,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     state = check_sidecars(Path(args.image), args.certificate)
     data["verity"] = state.to_dict()
-    if args.json != "off":
-        _dump(data, args.json)
+    style = wanted(args)
+    if style:
+        # "format" names the document (jsonout); the image's own format is "filesystem"
+        doc = {k: v for k, v in data.items() if k != "format"}
+        emit("inspect", {**doc, "filesystem": data.get("format")}, style)
     else:
         print(render_inspect(data))
         print("\n".join(render_verity(state)), flush=True)
@@ -70,9 +56,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from portable_service.look.inspect import ls_lines
+    from portable_service.look.inspect import ls_entries, ls_lines
 
-    for line in ls_lines(_open(args.image, indexed=False), args.path, args.long):
+    fs = _open(args.image, indexed=False)
+    style = wanted(args)
+    if style:
+        entries = [{"name": name, "kind": st.kind, "mode": f"{st.mode:04o}", "uid": st.uid,
+                    "gid": st.gid, "size": st.size, "mtime": st.mtime, "target": st.target}
+                   for name, st in ls_entries(fs, args.path)]
+        emit("ls", {"image": args.image, "path": args.path, "entries": entries}, style)
+        return 0
+    for line in ls_lines(fs, args.path, args.long):
         print(line)
     return 0
 
@@ -103,14 +97,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise
         problems = sidecar_problems  # the image does not read because it was modified: say so
     errs = errors(problems)
-    if args.json != "off":
-        _dump(report_json(args.image, problems), args.json)
+    style = wanted(args)
+    if style:
+        emit("verify", report_json(args.image, problems), style)
     else:
         for p in problems:
             print(p.line())
         verdict = "refused or failing" if errs else "ok"
-        print(f"{args.image}: {verdict}: {len(errs)} error(s), "
-              f"{len(problems) - len(errs)} warning(s)", file=sys.stderr)
+        if not getattr(args, "quiet", False):  # the problems say it all; the exit code too
+            print(f"{args.image}: {verdict}: {len(errs)} error(s), "
+                  f"{len(problems) - len(errs)} warning(s)", file=sys.stderr)
     return 1 if errs else 0
 
 
@@ -118,11 +114,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from portable_service.look.diff import diff_images, render_diff
 
     d = diff_images(_open(args.old), Path(args.old).name, _open(args.new), Path(args.new).name)
-    if args.json != "off":
-        _dump(d.to_dict(), args.json)
+    style = wanted(args)
+    if style:
+        emit("diff", d.to_dict(), style)
     else:
         print(render_diff(d))
-    return 0
+    return 0 if d.same else 1  # as diff(1): 1 when the images differ
 
 
 def cmd_size(args: argparse.Namespace) -> int:
@@ -132,8 +129,9 @@ def cmd_size(args: argparse.Namespace) -> int:
 
     fs = _open(args.image)
     report = size_report(fs, fs.entries, top=args.top)
-    if args.json != "off":
-        _dump(report.to_dict(), args.json)
+    style = wanted(args)
+    if style:
+        emit("size", report.to_dict(), style)
     else:
         console = Console(highlight=False)
         if not console.is_terminal:
@@ -163,6 +161,7 @@ def register(sub: Any) -> None:
     p.add_argument("image")
     p.add_argument("path", nargs="?", default="/", help="folder in the image (default: /)")
     p.add_argument("-l", "--long", action="store_true", help="modes, owners, sizes, times")
+    _json_flag(p)
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("cat", help="print a file of an image",
@@ -188,7 +187,8 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("diff", help="what changed between two images",
                        description="Added, removed and changed files and units, os-release and "
-                       "size changes between two images.")
+                       "size changes between two images. Exit 0: the same; 1: they differ "
+                       "(as diff(1)); 2: not a readable image.")
     p.add_argument("old")
     p.add_argument("new")
     _json_flag(p)

@@ -8,10 +8,15 @@ files' own metadata.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
+import pty
+import re
+import struct
 import subprocess
 import tarfile
+import termios
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +50,8 @@ class MksquashfsWriter:
     def command(self, out: Path, options: PackOptions) -> list[str]:
         return [
             str(self.binary), "-", str(out), "-tar",
-            "-noappend", "-quiet", "-no-progress", "-exit-on-error",
+            # -quiet keeps only the progress bar, which drives ours (progress_reader)
+            "-noappend", "-quiet", "-exit-on-error",
             "-all-root", "-root-mode", "755", "-no-hardlinks",
             "-b", str(options.block_size),
             *options.compression.mksquashfs_args(),
@@ -63,18 +69,32 @@ class MksquashfsWriter:
         # an interrupt at any point from here on must not leave mksquashfs running: one
         # held during Popen is delivered inside this try, once proc is known
         try:
-            with interrupts_held():
-                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, env=env)
-            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-            for key, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-                reader = threading.Thread(
-                    target=lambda s=stream, k=key: captured.__setitem__(k, s.read()), daemon=True)
-                reader.start()
-                readers.append(reader)
+            # stdout on a pseudo-terminal: mksquashfs' stdio buffers a pipe until it exits,
+            # and its progress bar is the only measure of the work it has done
+            master, slave = _progress_channel()
             try:
-                with reporter.bytes_bar("packing", tree.total_size()):
-                    write_tar(tree, proc.stdin, options.mtime, reporter)
+                with interrupts_held():
+                    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=slave,
+                                            stderr=subprocess.PIPE, env=env)
+            except BaseException:
+                os.close(master)
+                raise
+            finally:
+                os.close(slave)
+            assert proc.stdin is not None and proc.stderr is not None
+            counter = ProgressReader(tree, options.block_size, reporter)
+            for target in (lambda: captured.__setitem__("stdout", counter.read(master)),
+                           lambda s=proc.stderr: captured.__setitem__("stderr", s.read())):
+                readers.append(threading.Thread(target=target, daemon=True))
+                readers[-1].start()
+            try:
+                with reporter.bytes_bar("compressing", tree.total_size()):
+                    write_tar(tree, proc.stdin, options.mtime)
+                    with contextlib.suppress(BrokenPipeError):
+                        proc.stdin.close()
+                    proc.wait()
+                    for reader in readers:
+                        reader.join()
             except BrokenPipeError:
                 pass  # mksquashfs stopped early: its own message says why
             except OSError as e:  # a source went away or became unreadable since the layout
@@ -95,6 +115,18 @@ class MksquashfsWriter:
                                                captured.get("stderr"))
             raise ToolError(f"mksquashfs failed (exit {rc}): {tool_message(done)}",
                             "fix what it names (often squash-compression), or try --writer native")
+
+
+def _progress_channel() -> tuple[int, int]:
+    """(our end, mksquashfs' stdout): a pseudo-terminal, else a pipe, where no pty can be
+    had (a sandbox without /dev/ptmx): the build works, the bar moves only at the end."""
+    try:
+        master, slave = pty.openpty()
+    except OSError:
+        return os.pipe()
+    # a terminal of 0 columns would give mksquashfs a bar of negative width
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    return master, slave
 
 
 def tar_info(entry: Entry, mtime: int) -> tarfile.TarInfo:
@@ -119,7 +151,7 @@ def tar_info(entry: Entry, mtime: int) -> tarfile.TarInfo:
     return info
 
 
-def write_tar(tree: ImageTree, stream: IO[bytes], mtime: int, reporter: Reporter) -> None:
+def write_tar(tree: ImageTree, stream: IO[bytes], mtime: int) -> None:
     with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for entry in tree:
             if str(entry.path) == "/":
@@ -127,7 +159,7 @@ def write_tar(tree: ImageTree, stream: IO[bytes], mtime: int, reporter: Reporter
             info = tar_info(entry, mtime)
             if entry.kind is Kind.FILE:
                 with entry.open() as f:
-                    tar.addfile(info, _Counted(f, reporter, info.size, entry))
+                    tar.addfile(info, _Checked(f, info.size, entry))
             elif entry.kind is Kind.SYMLINK:
                 # mksquashfs 4.5.1 drops the leading '/' of a PAX linkpath (targets over
                 # 100 bytes or not ASCII); a GNU long-link header keeps it. Links carry
@@ -141,11 +173,11 @@ def write_tar(tree: ImageTree, stream: IO[bytes], mtime: int, reporter: Reporter
                 tar.addfile(info)
 
 
-class _Counted(io.RawIOBase):
-    """Reads a source for tarfile, reports progress, and refuses a file that changed size."""
+class _Checked(io.RawIOBase):
+    """Reads a source for tarfile and refuses a file that changed size."""
 
-    def __init__(self, f: BinaryIO, reporter: Reporter, size: int, entry: Entry) -> None:
-        self.f, self.reporter, self.left, self.entry = f, reporter, size, entry
+    def __init__(self, f: BinaryIO, size: int, entry: Entry) -> None:
+        self.f, self.left, self.entry = f, size, entry
 
     def readable(self) -> bool:
         return True
@@ -156,8 +188,48 @@ class _Counted(io.RawIOBase):
         if (n and not data and self.left > 0) or self.left < 0:
             raise ToolError(f"{self.entry.source} changed size while the image was written",
                             "build again when it is no longer being written to")
-        self.reporter.advance(len(data))
         return data
+
+
+# mksquashfs' bar: "[====-   ] 48/128  37%": blocks written of the blocks it knows of so far
+_BAR = re.compile(rb"\]\s*(\d+)/(\d+)\s+\d+%")
+
+
+class ProgressReader:
+    """Reads mksquashfs' progress bar and moves ours by the blocks it has written.
+
+    mksquashfs counts blocks (one per ``block_size`` of each file, the tail included); the
+    total it shows grows while the tar is still being read, so the share done is taken
+    against the tree's own count, known before the first byte, and shown in bytes.
+    """
+
+    def __init__(self, tree: ImageTree, block_size: int, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.total_bytes = tree.total_size()
+        self.blocks = sum(-(-e.size // block_size) for e in tree if e.kind is Kind.FILE) or 1
+
+    def read(self, fd: int) -> bytes:
+        """Everything mksquashfs wrote (for its error message), moving the bar as it comes."""
+        out = bytearray()
+        try:
+            while True:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the terminal's other end closed, mksquashfs is done
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                self.seen(bytes(out[-256:]))
+        finally:
+            os.close(fd)
+        return bytes(out)
+
+    def seen(self, text: bytes) -> None:
+        found = _BAR.findall(text)
+        if found:
+            done = int(found[-1][0])
+            self.reporter.update(min(done * self.total_bytes // self.blocks, self.total_bytes))
 
 
 def mksquashfs_version(binary: Path) -> tuple[int, ...]:

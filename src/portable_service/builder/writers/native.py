@@ -50,5 +50,5 @@ class NativeWriter:
         opts = WriterOptions(compressor, options.block_size, options.mtime, self.workers)
         nodes = tree_nodes(tree, options.mtime)
         with open(out, "wb", buffering=1 << 20) as f, \
-                reporter.bytes_bar("packing", sum(n.size for n in nodes)):
+                reporter.bytes_bar("compressing", sum(n.size for n in nodes)):
             write_image(nodes, f, opts, reporter.advance)

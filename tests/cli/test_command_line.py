@@ -167,9 +167,9 @@ def test_build_without_a_spec_says_so(cli, tmp_path: Path) -> None:
     proc = cli("build")
     assert proc.returncode == 2
     assert proc.stderr == (f"portable-service: error: there is no portable.toml in {tmp_path}; "
-                           "write one (the README's 'A spec' shows how), name a spec file or "
-                           "folder (portable-service build PATH), or give --pname, --version "
-                           "and --unit\n")
+                           "start one with 'portable-service init /usr/bin/PROGRAM', name a "
+                           "spec file or folder (portable-service build PATH), or give --pname, "
+                           "--version and --unit\n")
 
 
 def test_output_is_a_folder_not_the_image_file(cli, tmp_path: Path) -> None:
