@@ -33,6 +33,10 @@ def select_writer(spec: Spec) -> Writer:
         return MksquashfsWriter.find(spec.squashfs_tools)
     if spec.writer == "native":
         return _native()
+    if spec.writer == "erofs":
+        from portable_service.builder.writers.erofs import ErofsWriter
+
+        return ErofsWriter.find(seed=spec.image_name)
     try:
         return MksquashfsWriter.find(spec.squashfs_tools)
     except ToolError:
