@@ -33,7 +33,8 @@ if [[ $want_test == --test ]]; then
   have patchelf || need_pkgs+=(patchelf)                   # the loader property test sets RPATH/RUNPATH
   have unshare || need_pkgs+=(util-linux)
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)        # closure tests ship Debian's python3
-  have mkfs.ext4 || need_pkgs+=(e2fsprogs)                 # verify names ext4 images
+  have mkfs.ext4 || need_pkgs+=(e2fsprogs)
+  [[ -x /usr/sbin/veritysetup ]] || need_pkgs+=(cryptsetup-bin)  # hash trees are checked against it                 # verify names ext4 images
   [[ -e /usr/include/lzo/lzo1x.h ]] || need_pkgs+=(liblzo2-dev)  # python-lzo builds against it
   # run-time needs (closure/runtime.py): dynamic users, CA certificates, time zones, perl
   ls /usr/lib/*/libnss_systemd.so.2 >/dev/null 2>&1 || need_pkgs+=(libnss-systemd)

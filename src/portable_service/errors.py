@@ -56,3 +56,8 @@ class HostError(ToolError):
     system, the container did not boot."""
 
     exit_code = 3
+
+
+class VerityError(PortableServiceError):
+    """A hash tree, root hash or root-hash signature does not match its image, or is
+    unreadable."""
