@@ -34,10 +34,42 @@ def write_ddi_image(plan: Plan, out: Path, reporter: Reporter) -> None:
                                    dir=out.parent)
     os.close(fd)
     filesystem = Path(fs_name)
+    hash_tree = filesystem.with_name(filesystem.name[:-len(TMP_SUFFIX)] + ".verity" + TMP_SUFFIX)
+    spec = plan.spec
     try:
         plan.writer.write(plan.tree, filesystem, plan.options, reporter)
+        protection = None
+        # the verity keys come with the verity feature (spec keys verity, verity-key,
+        # verity-certificate); a spec without them builds a plain DDI
+        if getattr(spec, "verity", False):
+            protection = protect(filesystem, hash_tree, getattr(spec, "verity_key", None),
+                                 getattr(spec, "verity_certificate", None), reporter)
         with reporter.step("placing the file system in a GPT disk image"):
-            ddi.write_ddi(filesystem, out, seed=seed_of(name))
+            ddi.write_ddi(filesystem, out, seed=seed_of(name), verity=protection)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            filesystem.unlink()
+        for path in (filesystem, hash_tree):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def protect(filesystem: Path, hash_tree: Path, key: Path | str | None,
+            certificate: Path | None, reporter: Reporter) -> ddi.Verity:
+    """The verity partitions' content for ``filesystem``: its hash tree (written to
+    ``hash_tree``) and, with a key and certificate, the signature JSON."""
+    from cryptography.hazmat.primitives import serialization
+
+    from portable_service.disk import signing, verity
+
+    # dm-verity covers whole 4 KiB blocks: the partition's padding is part of the data
+    size = os.path.getsize(filesystem)
+    os.truncate(filesystem, -(-size // verity.BLOCK_SIZE) * verity.BLOCK_SIZE)
+    with reporter.step("computing the dm-verity hash tree"):
+        tree = verity.tree_for_image(filesystem)
+    hash_tree.write_bytes(tree.hash_tree)
+    signature = None
+    if key is not None and certificate is not None:
+        with reporter.step("signing the root hash"):
+            der = signing.sign_root_hash(tree.root_hash.hex(), key, certificate)
+            cert = signing.load_certificate(certificate).public_bytes(serialization.Encoding.DER)
+            signature = ddi.signature_json(tree.root_hash, cert, der)
+    return ddi.Verity(tree.root_hash, hash_tree, signature)
