@@ -34,6 +34,20 @@ PORT = 18131
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture
+def c(container: Container) -> Container:
+    """The container, for the releases whose DDI handling this harness can show.
+
+    systemd 247 (Debian 11) finds the GPT (disks are padded past libblkid 2.36's floppy
+    limit for it) but then waits for udev to initialise the partition devices, which the
+    container's udevd never reports: "Failed to dissect image: Connection timed out".
+    """
+    if container.release.systemd < 252:
+        pytest.skip("systemd 247 waits for udev on partition devices, which never comes "
+                    "in this container (Connection timed out)")
+    return container
+
+
 def settings(psdemo: Path, writer: str, message: str) -> dict[str, Any]:
     return {
         "pname": "ddidemo", "version": "1.0", "format": "ddi", "writer": writer,
@@ -95,11 +109,10 @@ def parse_dissect(text: str) -> tuple[list[str], list[dict[str, str]]]:
 
 
 @pytest.mark.parametrize("writer", ["mksquashfs", "erofs"])
-def test_plain_ddi_attaches_and_serves(container, psdemo, tmp_path, writer):
+def test_plain_ddi_attaches_and_serves(c, psdemo, tmp_path, writer):
     """portabled takes our GPT image: the unit starts from the root partition and serves."""
     if writer == "erofs":
         require_tool("mkfs.erofs")
-    c = container
     message = f"ddi {writer} on {c.release.suite}"
     image = build_ddi(tmp_path, settings(psdemo, writer, message))
     ticked, rows = dissect(c, image)
@@ -120,10 +133,9 @@ def test_plain_ddi_attaches_and_serves(container, psdemo, tmp_path, writer):
     assert detach.ok, detach.output
 
 
-def test_plain_ddi_without_partition_nodes_fails_as_seen_before(container, psdemo, tmp_path):
+def test_plain_ddi_without_partition_nodes_fails_as_seen_before(c, psdemo, tmp_path):
     """The control for the harness' partition links: without them portabled cannot open the
     root partition ("No such file or directory"), which is what a DDI met before."""
-    c = container
     image = build_ddi(tmp_path, settings(psdemo, "mksquashfs", "unlinked"))
     links = sorted((c.root / "dev").glob("loop*p*"))
     assert links, "the harness made no partition links"
@@ -140,10 +152,9 @@ def test_plain_ddi_without_partition_nodes_fails_as_seen_before(container, psdem
         link_partition_nodes(c)
 
 
-def test_signed_ddi_is_dissected_as_signed(container, psdemo, tmp_path):
+def test_signed_ddi_is_dissected_as_signed(c, psdemo, tmp_path):
     """root + root-verity + root-verity-sig, with the UUIDs from the root hash: systemd
     accepts the pairing (it refuses mismatched UUIDs) and reports the verity as signed."""
-    c = container
     keys = make_key_pair(tmp_path / "keys", "ddi")
     image, root_hash = build_signed_ddi(tmp_path / "out", settings(psdemo, "mksquashfs", "signed"),
                                         keys)
@@ -158,9 +169,8 @@ def test_signed_ddi_is_dissected_as_signed(container, psdemo, tmp_path):
     assert uuids["root"] + uuids["root-verity"] == root_hash.hex()
 
 
-def test_repart_make_ddi_is_described_the_same(container, psdemo, tmp_path):
+def test_repart_make_ddi_is_described_the_same(c, psdemo, tmp_path):
     """systemd-repart --make-ddi=portable (257) over the same tree, and our DDI of it."""
-    c = container
     if c.release.systemd < 257:
         pytest.skip("systemd-repart --make-ddi arrives in systemd 255: only Debian 13 has it")
     install = c.run("sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive "

@@ -88,7 +88,7 @@ def write_ddi(filesystem: Path, out: Path, *, seed: bytes, arch: str | None = No
                     sig_uuid = derived_uuid(verity.root_hash, "root-verity-sig")
                     contents.append(_content(rules.VERITY_SIG, arch, sig_uuid,
                                              io.BytesIO(verity.signature), len(verity.signature)))
-            table = gpt.layout(contents, derived_uuid(seed, "disk"))
+            table = gpt.layout(contents, derived_uuid(seed, "disk"), rules.MIN_DISK_SIZE)
             with open(out, "wb", buffering=1 << 20) as f:
                 gpt.write(f, table, contents)
     return table

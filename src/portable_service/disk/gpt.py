@@ -75,8 +75,9 @@ def _align(n: int, to: int = ALIGN) -> int:
     return (n + to - 1) // to * to
 
 
-def layout(contents: Sequence[Content], disk_uuid: uuid.UUID) -> Table:
-    """Place the partitions one after the other on 4 KiB boundaries, after the primary table."""
+def layout(contents: Sequence[Content], disk_uuid: uuid.UUID, min_size: int = 0) -> Table:
+    """Place the partitions one after the other on 4 KiB boundaries, after the primary
+    table; the disk is at least ``min_size`` bytes (zeros after the last partition)."""
     if len(contents) > ENTRIES:
         raise ValueError(f"a GPT holds at most {ENTRIES} partitions")
     pos = _align((2 + ENTRY_SECTORS) * SECTOR)
@@ -89,7 +90,7 @@ def layout(contents: Sequence[Content], disk_uuid: uuid.UUID) -> Table:
                                (pos + size) // SECTOR - 1, c.attributes))
         pos += size
     # the backup entries and header follow; the disk ends on a 4 KiB boundary too
-    disk_size = _align(pos + (ENTRY_SECTORS + 1) * SECTOR)
+    disk_size = _align(max(pos + (ENTRY_SECTORS + 1) * SECTOR, min_size))
     return Table(disk_uuid, tuple(parts), disk_size)
 
 

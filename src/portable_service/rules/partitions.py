@@ -80,6 +80,11 @@ FLAG_READ_ONLY = 1 << 60
 VERITY_SIG_SIZE = 16 * 1024
 VERITY_SIG_MAX = 4 * 1024 * 1024
 
+# libblkid (util-linux 2.36, Debian 11's, which systemd 247 probes with) skips the GPT
+# prober on a device of 1440 KiB or less ("ignore floppies"): a smaller DDI is then "no
+# suitable partition table". Disks are padded to just above that.
+MIN_DISK_SIZE = 1440 * 1024 + 1
+
 # the kinds of partition a portable DDI carries, in the order repart writes them
 ROOT, VERITY, VERITY_SIG = "root", "root-verity", "root-verity-sig"
 KINDS = (ROOT, VERITY, VERITY_SIG)
