@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from disk.conftest import KeyPair, make_key_pair
 
 from conftest import require_tool
-from disk.conftest import KeyPair, make_key_pair
 from e2e.lib import tcp_get, unit
 from portable_service.builder.ddi import protect, seed_of, write_ddi_image
 from portable_service.builder.pipeline import plan as plan_build
