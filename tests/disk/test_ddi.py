@@ -117,7 +117,7 @@ def test_look_verbs_read_the_root_partition(project: Path, cli) -> None:
     cat = cli("cat", str(disk), "/etc/systemd/system/demo.service")
     assert cat.stdout.startswith(SERVICE)
     verify = cli("verify", str(disk))
-    assert verify.returncode == 0 and "ok: 0 error(s)" in verify.stdout, verify.stdout
+    assert verify.returncode == 0 and "ok: 0 error(s)" in verify.stderr, verify.stderr
 
 
 def test_a_gpt_without_root_partition_is_one_line(tmp_path: Path, cli) -> None:
