@@ -118,7 +118,11 @@ def find_root(path: Path) -> Found:
     """Read the GPT of ``path`` and pick the root partition as systemd-dissect would for a
     portable service: the root partition of this machine's architecture, else of any."""
     with open(path, "rb") as f:
-        table = gpt.read(f)
+        try:
+            table = gpt.read(f)
+        except ImageError as e:
+            raise ImageError(f"{path} is a GPT disk image (a Discoverable Disk Image) whose "
+                             f"partition table cannot be read: {e.message}", e.hint) from None
         by_kind: dict[tuple[str, str], gpt.Partition] = {}
         for part in table.partitions:
             ptype = rules.identify(part.type_uuid)

@@ -36,7 +36,9 @@ def select_writer(spec: Spec) -> Writer:
     if spec.writer == "erofs":
         from portable_service.builder.writers.erofs import ErofsWriter
 
-        return ErofsWriter.find(seed=spec.image_name)
+        erofs = ErofsWriter.find(seed=spec.image_name)
+        erofs.compression_for(spec.squash_compression)  # refused before any work is done
+        return erofs
     try:
         return MksquashfsWriter.find(spec.squashfs_tools)
     except ToolError:

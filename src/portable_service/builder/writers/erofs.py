@@ -112,8 +112,13 @@ class ErofsWriter:
         return cls(binary, tuple(c for c in found if c), seed)
 
     def compression(self, options: PackOptions) -> ErofsCompression:
-        text = shlex.join([options.compression.name, *options.compression.options])
-        if text == shlex.join(shlex.split(DEFAULT_COMPRESSION)) and "lzma" not in self.compressors:
+        return self.compression_for(shlex.join([options.compression.name,
+                                                *options.compression.options]))
+
+    def compression_for(self, text: str) -> ErofsCompression:
+        """squash-compression as this mkfs.erofs applies it; one it lacks is refused."""
+        if shlex.split(text) == shlex.split(DEFAULT_COMPRESSION) and \
+                "lzma" not in self.compressors:
             # the spec's default (xz) maps to erofs' lzma; an erofs-utils without it (1.5,
             # Debian 12) gets the strongest it has rather than a refusal of the default
             text = "lz4hc" if "lz4hc" in self.compressors else self.compressors[0]
