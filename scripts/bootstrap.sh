@@ -35,7 +35,9 @@ if [[ $want_test == --test ]]; then
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)        # closure tests ship Debian's python3
   have mkfs.ext4 || need_pkgs+=(e2fsprogs)
   have mkfs.erofs || need_pkgs+=(erofs-utils)  # writer = "erofs"; fsck.erofs reads erofs back
-  [[ -x /usr/sbin/veritysetup ]] || need_pkgs+=(cryptsetup-bin)  # hash trees are checked against it                 # verify names ext4 images
+  [[ -x /usr/sbin/veritysetup ]] || need_pkgs+=(cryptsetup-bin)  # hash trees are checked against it
+  have softhsm2-util || need_pkgs+=(softhsm2)                # a PKCS#11 token for the signing tests
+  installed libengine-pkcs11-openssl || need_pkgs+=(libengine-pkcs11-openssl)  # openssl reaches it                 # verify names ext4 images
   [[ -e /usr/include/lzo/lzo1x.h ]] || need_pkgs+=(liblzo2-dev)  # python-lzo builds against it
   # run-time needs (closure/runtime.py): dynamic users, CA certificates, time zones, perl
   ls /usr/lib/*/libnss_systemd.so.2 >/dev/null 2>&1 || need_pkgs+=(libnss-systemd)

@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
-from disk.conftest import KeyPair
 from portable_service import build
 from portable_service.builder.ddi import protect, seed_of
 from portable_service.disk import ddi, gpt, signing
 from portable_service.errors import ImageError, SpecError
 from portable_service.progress import QUIET
 from portable_service.rules import partitions as rules
+from tests.disk.keys import KeyPair, key_pairs
+
+keys = pytest.fixture(scope="session")(key_pairs)
 
 SERVICE = "[Service]\nExecStart=/usr/bin/env true\n"
 
@@ -140,3 +142,27 @@ def test_a_gpt_without_root_partition_is_one_line(tmp_path: Path, cli) -> None:
 def test_unknown_format_is_refused(project: Path) -> None:
     with pytest.raises(SpecError, match="format 'qcow2' is unknown"):
         make(project, "a", format="qcow2")
+
+
+def test_spec_verity_builds_the_verity_partitions_and_no_sidecars(
+        project: Path, keys: dict[str, KeyPair]) -> None:
+    """verity = true (and a key) with format = "ddi": the partitions carry what the
+    sidecars carry for a bare image; sidecars a bare build left beside it are removed."""
+    good = keys["good"]
+    bare = make(project, "out", verity=True, verity_key=str(good.key),
+                verity_certificate=str(good.cert))
+    sidecars = [bare.with_name(bare.name.removesuffix(".raw") + s)
+                for s in (".verity", ".roothash", ".roothash.p7s")]
+    assert all(p.exists() for p in sidecars)
+    disk = make(project, "out", format="ddi", verity=True, verity_key=str(good.key),
+                verity_certificate=str(good.cert))
+    assert disk == bare and not any(p.exists() for p in sidecars)
+    arch = rules.host_arch()
+    assert [r[3] for r in partx(disk)] == [f"root-{arch}", f"root-{arch}-verity",
+                                           f"root-{arch}-verity-sig"]
+    found = ddi.find_root(disk)
+    assert found.verity is not None and found.signature is not None
+    unsigned = make(project, "unsigned", format="ddi", verity=True)
+    assert [r[3] for r in partx(unsigned)] == [f"root-{arch}", f"root-{arch}-verity"]
+    assert make(project, "unsigned2", format="ddi", verity=True).read_bytes() == \
+        unsigned.read_bytes()

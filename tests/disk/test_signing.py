@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
+from conftest import require, require_tool
 from portable_service.disk import signing
 from portable_service.errors import SpecError, ToolError, VerityError
-from tests.disk.conftest import KeyPair
+from tests.disk.keys import KeyPair, key_pairs
+
+keys = pytest.fixture(scope="session")(key_pairs)
 
 ROOT = "a3dd6baa076eac71f879fd4d8f0fd83db61b7faab186fb091ee768ca9c8e300f"
 
@@ -105,3 +107,40 @@ def test_sign_command(keys: dict[str, KeyPair]) -> None:
         signing.sign_with_command(ROOT, "cat", None)
     with pytest.raises(ToolError, match=r"sign command false failed"):
         signing.sign_with_command(ROOT, "false", None)
+
+
+def test_pkcs11_key_in_softhsm(keys: dict[str, KeyPair], tmp_path: Path, monkeypatch) -> None:
+    """A key held by a PKCS#11 token (SoftHSM, as an HSM would hold it), through openssl's
+    pkcs11 engine or provider: the same signature as the PEM key gives."""
+    softhsm = require_tool("softhsm2-util")
+    openssl = require_tool("openssl")
+    have = [subprocess.run(cmd, capture_output=True, check=False).returncode == 0 for cmd in (
+        [openssl, "list", "-providers", "-provider", "pkcs11"], [openssl, "engine", "-t", "pkcs11"])]
+    require(any(have), "openssl has neither the pkcs11 provider nor the engine "
+            "(apt-get install libengine-pkcs11-openssl)")
+    (tmp_path / "tokens").mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
+    good = keys["good"]
+    pkcs8 = tmp_path / "key.p8"
+    subprocess.run([openssl, "pkcs8", "-topk8", "-nocrypt", "-in", good.key, "-out", pkcs8], check=True)
+    subprocess.run([softhsm, "--init-token", "--free", "--label", "ps", "--pin", "1234", "--so-pin",
+                    "5678"], check=True, capture_output=True)
+    subprocess.run([softhsm, "--import", pkcs8, "--token", "ps", "--label", "verity", "--id", "01",
+                    "--pin", "1234"], check=True, capture_output=True)
+    uri = "pkcs11:token=ps;object=verity;type=private?pin-value=1234"
+    assert signing.sign_root_hash(ROOT, uri, good.cert) == openssl_sign(good, ROOT.encode())
+    with pytest.raises(ToolError, match=r"could not sign with pkcs11:token=ps;object=nokey") as e:
+        signing.sign_root_hash(ROOT, uri.replace("verity", "nokey"), good.cert)
+    assert "1234" not in str(e.value)  # the PIN stays out of messages
+
+
+def test_pkcs11_without_provider_or_engine(keys: dict[str, KeyPair], tmp_path: Path, monkeypatch) -> None:
+    """openssl that can load neither (empty module folders): one line naming what to install."""
+    require_tool("openssl")
+    monkeypatch.setenv("OPENSSL_ENGINES", str(tmp_path))
+    monkeypatch.setenv("OPENSSL_MODULES", str(tmp_path))
+    with pytest.raises(ToolError, match=r"needs openssl's pkcs11 provider or engine") as e:
+        signing.sign_root_hash(ROOT, "pkcs11:token=t;object=k", keys["good"].cert)
+    assert "libengine-pkcs11-openssl" in (e.value.hint or "")

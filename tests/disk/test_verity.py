@@ -55,7 +55,13 @@ def test_sources_agree(tmp_path: Path) -> None:
              for src in (tmp_path / "d", raw, io.BytesIO(raw))]
     with open(tmp_path / "d", "rb") as f:
         trees.append(verity.build_hash_tree(f, salt=SALT, uuid=UUID))
+    # a pipe cannot be mapped: it is streamed, in pieces that need not be whole blocks
+    proc = subprocess.Popen(["cat", tmp_path / "d"], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    trees.append(verity.build_hash_tree(proc.stdout, salt=SALT, uuid=UUID))
+    proc.wait()
     assert len({t.hash_tree for t in trees}) == 1
+    assert len({verity.image_seed(src) for src in (tmp_path / "d", raw, io.BytesIO(raw))}) == 1
 
 
 def test_squashfs_image_padded_to_4k(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from disk.conftest import KeyPair, make_key_pair
 
 from conftest import require_tool
 from e2e.lib import tcp_get, unit
@@ -29,6 +28,7 @@ from portable_service.builder.writers.erofs import stage
 from portable_service.disk import ddi
 from portable_service.harness.nspawn import Container
 from portable_service.progress import QUIET
+from tests.disk.keys import KeyPair, make_key_pair
 
 PORT = 18131
 pytestmark = pytest.mark.e2e

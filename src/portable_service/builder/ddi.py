@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from portable_service.builder.verity import SidecarSet, wants_verity
 from portable_service.disk import ddi
 from portable_service.progress import Reporter
+from portable_service.rules import verity as verity_rules
 
 if TYPE_CHECKING:
     from portable_service.builder.pipeline import Plan
@@ -39,17 +42,21 @@ def write_ddi_image(plan: Plan, out: Path, reporter: Reporter) -> None:
     try:
         plan.writer.write(plan.tree, filesystem, plan.options, reporter)
         protection = None
-        # the verity keys come with the verity feature (spec keys verity, verity-key,
-        # verity-certificate); a spec without them builds a plain DDI
-        if getattr(spec, "verity", False):
-            protection = protect(filesystem, hash_tree, getattr(spec, "verity_key", None),
-                                 getattr(spec, "verity_certificate", None), reporter)
+        if wants_verity(spec):
+            protection = protect(filesystem, hash_tree, spec.verity_key, spec.verity_certificate,
+                                 reporter)
         with reporter.step("placing the file system in a GPT disk image"):
             ddi.write_ddi(filesystem, out, seed=seed_of(name), verity=protection)
     finally:
         for path in (filesystem, hash_tree):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def no_sidecars(out: Path) -> Callable[[Path], SidecarSet]:
+    """For write_atomically: remove NAME.verity, NAME.roothash, NAME.roothash.p7s beside a
+    DDI (systemd would take them for the DDI's root hash)."""
+    return lambda tmp: SidecarSet(dict.fromkeys(verity_rules.sidecars(out).values()))
 
 
 def protect(filesystem: Path, hash_tree: Path, key: Path | str | None,

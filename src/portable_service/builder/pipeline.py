@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from portable_service.builder import closure as closure_mod
 from portable_service.builder import layout
@@ -23,6 +24,9 @@ from portable_service.errors import PortableServiceError, SpecError, ToolError
 from portable_service.fs.tree import ImageTree
 from portable_service.progress import QUIET, Reporter
 from portable_service.run import pid_alive
+
+if TYPE_CHECKING:
+    from portable_service.builder.verity import SidecarSet
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,10 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     """
     if verify:
         _check_verifiable(spec)
+    from portable_service.builder.ddi import no_sidecars
+    from portable_service.builder.verity import check_signing_inputs, sidecar_step
+
+    check_signing_inputs(spec)
     p = plan(spec, reporter)
     if inspect is not None:
         inspect(p)
@@ -122,7 +130,9 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     what = "a GPT disk image" if spec.format == "ddi" else ""
     with reporter.step(f"writing {out}{' as ' + what if what else ''} with {p.writer.name} "
                        f"({len(p.tree)} entries)"):
-        write_atomically(out, write, check if verify else None)
+        # a DDI carries its verity in partitions: sidecars an earlier raw build left go
+        sidecars = sidecar_step(spec, out, reporter) if spec.format != "ddi" else no_sidecars(out)
+        write_atomically(out, write, check if verify else None, sidecars)
     return out
 
 
@@ -151,8 +161,12 @@ def _prepare_dir(output_dir: Path) -> None:
 
 
 def write_atomically(out: Path, write: Callable[[Path], None],
-                     check: Callable[[Path], None] | None = None) -> None:
+                     check: Callable[[Path], None] | None = None,
+                     sidecars: Callable[[Path], SidecarSet] | None = None) -> None:
     """Write to a temporary file beside ``out``, ``check`` it, then rename it over ``out``.
+
+    ``sidecars`` stages the files that go beside the image (verity), renamed into place
+    just before it.
 
     The temporary file is ``.NAME.PID.XXXXXXXX.tmp``, locked (flock) while the build
     runs. A build killed outright (``kill -9``, a power cut) cannot remove it; the next
@@ -162,6 +176,7 @@ def write_atomically(out: Path, write: Callable[[Path], None],
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}.", suffix=TMP_SUFFIX,
                                     dir=out.parent)
     tmp = Path(tmp_name)
+    staged: SidecarSet | None = None
     try:
         # held until the end: another build's cleanup leaves a locked file alone even when
         # it cannot see our pid (a build in another pid namespace writing to the same folder)
@@ -171,8 +186,11 @@ def write_atomically(out: Path, write: Callable[[Path], None],
         os.chmod(tmp, 0o644)
         if check is not None:
             check(tmp)
+        staged = sidecars(tmp) if sidecars is not None else None
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if staged is not None:
+            staged.commit()
         os.replace(tmp, out)
         dir_fd = os.open(out.parent, os.O_RDONLY)
         try:
@@ -183,6 +201,8 @@ def write_atomically(out: Path, write: Callable[[Path], None],
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         os.close(fd)
+        if staged is not None:
+            staged.discard()
 
 
 TMP_SUFFIX = ".tmp"

@@ -73,6 +73,9 @@ class Spec:
     skip_packages: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_SKIP
     package_data: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_DATA
     package_docs: bool = False
+    verity: bool = False
+    verity_key: str | None = None  # a PEM file (absolute) or a pkcs11: URI
+    verity_certificate: Path | None = None
     format: str = "raw"
 
     @property
@@ -156,6 +159,15 @@ def _host_path(value: Any, base: Path, key: str) -> Path:
 
 def _opt_host_path(value: Any, base: Path, key: str) -> Path | None:
     return None if value is None else _host_path(value, base, key)
+
+
+def _key_source(value: Any, base: Path, key: str) -> str | None:
+    """A signing key: a PEM file (resolved like other host paths) or a PKCS#11 URI as given."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.startswith("pkcs11:"):
+        return value
+    return str(_host_path(value, base, key))
 
 
 def image_path(value: Any, key: str) -> PurePosixPath:
@@ -358,6 +370,12 @@ SETTINGS: tuple[Setting, ...] = (
             repeatable=True, metavar="NAME"),
     Setting("package-docs", _bool, "keep the documentation, man pages and locales of packages",
             is_bool=True),
+    Setting("verity", _bool, "also write NAME.verity (dm-verity hash tree) and NAME.roothash "
+            "beside the image", is_bool=True),
+    Setting("verity-key", _key_source, "sign the root hash (NAME.roothash.p7s) with this PEM "
+            "private key or pkcs11: URI; implies verity", metavar="KEY"),
+    Setting("verity-certificate", _opt_host_path, "the signing key's X.509 certificate (PEM)",
+            metavar="CERT"),
 )
 
 _BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS} | {
@@ -536,3 +554,6 @@ def check_spec(spec: Spec) -> None:
     else:
         parse_compression(spec.squash_compression)
     parse_block_size(spec.squash_block_size)
+    from portable_service.builder.verity import check_verity_spec
+
+    check_verity_spec(spec)

@@ -152,6 +152,13 @@ def _pkcs11_flags(openssl: Path) -> list[str]:
                     "--sign-command")
 
 
+def check_pkcs11(certificate: Path) -> None:
+    """Before a build signs with a pkcs11: key: the certificate reads and openssl can reach
+    PKCS#11 (the token itself is asked only when signing)."""
+    load_certificate(certificate)
+    _pkcs11_flags(find_tool("openssl", reason="to sign with a PKCS#11 key"))
+
+
 def _sign_pkcs11(data: bytes, uri: str, certificate: Path) -> bytes:
     openssl = find_tool("openssl", reason="to sign with a PKCS#11 key")
     load_certificate(certificate)  # a wrong certificate path is reported before the token is asked
@@ -160,9 +167,16 @@ def _sign_pkcs11(data: bytes, uri: str, certificate: Path) -> bytes:
                 "-md", "sha256", *flags, "-inkey", uri, "-signer", certificate], input=data,
                check=False)
     if proc.returncode != 0 or not proc.stdout:
-        raise ToolError(f"openssl could not sign with {uri}: {tool_message(proc)}",
-                        "check the URI (p11tool --list-privkeys --login) and the PIN (?pin-value=)")
+        raise ToolError(f"openssl could not sign with {redact_pin(uri)}: {tool_message(proc)}",
+                        "check the URI's token= and object= and its PIN (?pin-value=)")
     return proc.stdout
+
+
+def redact_pin(uri: str) -> str:
+    """A PKCS#11 URI fit for an error message: its PIN left out (RFC 7512 pin-value)."""
+    path, sep, query = uri.partition("?")
+    kept = [a for a in query.split("&") if a and not a.startswith("pin-value=")]
+    return path + (sep + "&".join(kept) if kept else "")
 
 
 def verify_signature(root_hash_hex: str, p7s: bytes, certificates: list[Path]) -> str:

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from portable_service.errors import PortableServiceError
+
 JSON_HELP = "print JSON; --json=short prints it on one line (also: --json=pretty, --json=off)"
 
 
@@ -23,6 +25,12 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
     for style in ("pretty", "short", "off"):
         p.add_argument(f"--json={style}", dest="json", action="store_const", const=style,
                        help=argparse.SUPPRESS)
+
+
+def _certificate_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--certificate", action="append", type=Path, metavar="CERT",
+                   help="check the root hash signature (NAME.roothash.p7s) against this PEM "
+                   "certificate (repeatable; default: /etc/verity.d/*.crt, as systemd)")
 
 
 def _dump(data: Any, style: str) -> None:
@@ -49,10 +57,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         sys.stdout.write(render_cat(fs, args.image))
         return 0
     data = inspect_image(fs, args.image, fs.info)
+    from portable_service.look.verity_check import check_sidecars, render_verity
+
+    state = check_sidecars(Path(args.image), args.certificate)
+    data["verity"] = state.to_dict()
     if args.json != "off":
         _dump(data, args.json)
     else:
         print(render_inspect(data))
+        print("\n".join(render_verity(state)), flush=True)
     return 0
 
 
@@ -80,7 +93,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from portable_service.look.verify import Target, errors, report_json, verify
 
     target = Target(profile=args.profile, systemd=args.systemd)
-    problems = verify(_open(args.image), Path(args.image).name, target)
+    from portable_service.look.verity_check import check_sidecars, tampered
+
+    sidecar_problems = list(check_sidecars(Path(args.image), args.certificate).problems)
+    try:
+        problems = verify(_open(args.image), Path(args.image).name, target) + sidecar_problems
+    except PortableServiceError:
+        if not tampered(sidecar_problems):
+            raise
+        problems = sidecar_problems  # the image does not read because it was modified: say so
     errs = errors(problems)
     if args.json != "off":
         _dump(report_json(args.image, problems), args.json)
@@ -133,6 +154,7 @@ def register(sub: Any) -> None:
                        description="Show what portablectl inspect shows, without root.")
     p.add_argument("image", help="a portable image file (.raw)")
     p.add_argument("--cat", action="store_true", help="print os-release and the unit files")
+    _certificate_flag(p)
     _json_flag(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -160,6 +182,7 @@ def register(sub: Any) -> None:
     p.add_argument("--systemd", type=_systemd_version, default=None, metavar="VERSION",
                    help="the host's systemd version, e.g. 247, 252, 257 (default: check every "
                    "tested version and name the lowest that breaks)")
+    _certificate_flag(p)
     _json_flag(p)
     p.set_defaults(func=cmd_verify)
 

@@ -1,4 +1,4 @@
-"""Fixtures for the verity and signature tests: key pairs made by openssl, as users make them."""
+"""Key pairs for the verity and signature tests, made by openssl as users make them."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def make_key_pair(folder: Path, name: str, kind: str = "rsa") -> KeyPair:
     return KeyPair(key, cert)
 
 
-@pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
+def key_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
+    """"good" and "other" (RSA), "ec" (P-256): for a module's session fixture."""
     folder = tmp_path_factory.mktemp("keys")
     return {"good": make_key_pair(folder, "good"), "other": make_key_pair(folder, "other"),
             "ec": make_key_pair(folder, "ec", "ec")}
