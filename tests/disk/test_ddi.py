@@ -166,3 +166,51 @@ def test_spec_verity_builds_the_verity_partitions_and_no_sidecars(
     assert [r[3] for r in partx(unsigned)] == [f"root-{arch}", f"root-{arch}-verity"]
     assert make(project, "unsigned2", format="ddi", verity=True).read_bytes() == \
         unsigned.read_bytes()
+
+
+def test_verify_checks_the_verity_partitions_offline(project: Path, keys: dict[str, KeyPair],
+                                                     cli) -> None:
+    """The hash partition against the root partition, the root hash (partition UUIDs)
+    against the signature's, the signature against a certificate: one line each."""
+    good = keys["good"]
+    disk = make(project, "out", format="ddi", verity=True, verity_key=str(good.key),
+                verity_certificate=str(good.cert))
+    ok = cli("verify", str(disk), "--certificate", str(good.cert))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    inspect = cli("inspect", str(disk), "--certificate", str(good.cert), "--json")
+    state = json.loads(inspect.stdout)["verity"]
+    with open(disk, "rb") as f:
+        table = gpt.read(f)
+    root, tree, sig = table.partitions
+    assert state["root_hash"] == (root.uuid.bytes + tree.uuid.bytes).hex()
+    assert state["signer"] == "CN=good" and state["problems"] == []
+
+    wrong = cli("verify", str(disk), "--certificate", str(keys["other"].cert))
+    assert wrong.returncode == 1
+    assert [ln for ln in wrong.stdout.splitlines() if ln.startswith("error")] == [
+        f"error: root-{rules.host_arch()}-verity-sig: the root hash was signed by a key none of "
+        f"the trusted certificates holds (checked {keys['other'].cert}); fix: give the signer's "
+        "certificate with --certificate, or put it in /etc/verity.d/"]
+
+    data = bytearray(disk.read_bytes())
+    data[root.offset + 5 * 4096 + 7] ^= 0x01  # one bit of data block 5
+    tampered = project / "tampered" / disk.name
+    tampered.parent.mkdir()
+    tampered.write_bytes(bytes(data))
+    bad = cli("verify", str(tampered), "--certificate", str(good.cert))
+    assert bad.returncode == 1
+    assert "data block 5 (bytes 20480-24575) does not match its hash" in bad.stdout, bad.stdout
+
+    data = bytearray(disk.read_bytes())
+    doc = json.loads(bytes(data[sig.offset:sig.offset + sig.size]).rstrip(b"\0"))
+    doc["rootHash"] = "0" * 64
+    text = json.dumps(doc).encode().ljust(sig.size, b"\0")
+    data[sig.offset:sig.offset + sig.size] = text
+    # the GPT is untouched (its CRCs cover the table, not the partitions)
+    other = project / "other-hash" / disk.name
+    other.parent.mkdir()
+    other.write_bytes(bytes(data))
+    mism = cli("verify", str(other), "--certificate", str(good.cert))
+    assert mism.returncode == 1
+    assert f"the signature is for root hash {'0' * 64}, the partition UUIDs say " \
+        f"{state['root_hash']}" in mism.stdout, mism.stdout
