@@ -5,7 +5,10 @@
 - the plain DDI (squashfs or erofs root) attaches, starts and serves (the harness links
   the loop device's partition nodes into the container);
 - on systemd 257, ``systemd-repart --make-ddi=portable`` over the same tree gives a DDI
-  that systemd-dissect describes the same way (designators, labels, file systems, verity).
+  that systemd-dissect describes the same way (designators, labels, file systems, verity);
+- on 252 and 257 a signed DDI's signature partition is accepted in userspace for the
+  signer's certificate in /etc/verity.d (then only device-mapper fails) and refused for
+  another.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 
 from conftest import require_tool
 from e2e.lib import tcp_get, unit
+from e2e.test_verity import after, ran, vcontainer  # noqa: F401 (vcontainer: a fixture)
 from portable_service.builder.ddi import protect, seed_of, write_ddi_image
 from portable_service.builder.pipeline import plan as plan_build
 from portable_service.builder.pipeline import write_atomically
@@ -28,6 +32,7 @@ from portable_service.builder.writers.erofs import stage
 from portable_service.disk import ddi
 from portable_service.harness.nspawn import Container
 from portable_service.progress import QUIET
+from portable_service.rules import verity as verity_rules
 from tests.disk.keys import KeyPair, make_key_pair
 
 PORT = 18131
@@ -209,3 +214,55 @@ def test_repart_make_ddi_is_described_the_same(c, psdemo, tmp_path):
 
     assert ticked_ours == ticked_theirs and "portable service" in ticked_ours
     assert described(rows_ours) == described(rows_theirs), (rows_ours, rows_theirs)
+
+
+# -- a signed DDI on systemd 252 and 257: the signature partition is checked in userspace,
+# then only device-mapper (absent from these kernels) is missing. The container is the
+# verity tests' (Debian 13's root there adds libcryptsetup12, which 257 needs for verity).
+
+SIGNED_UNIT = "[Service]\nType=oneshot\nExecStart=/usr/bin/psdemo say verity-demo-ran\n"
+
+
+def signed_ddi_settings(psdemo: Path, keys: KeyPair) -> dict[str, Any]:
+    return {"pname": "vddi", "version": "1", "format": "ddi", "squash-compression": "gzip",
+            "units": [unit("vddi.service", SIGNED_UNIT)],
+            "contents": [{"source": str(psdemo), "target": "/usr/bin/psdemo"}],
+            "verity-key": str(keys.key), "verity-certificate": str(keys.cert)}
+
+
+def start_signed(c: Container, image: Path, cert: Path | None) -> tuple[str, str]:
+    trusted = c.root / "etc/verity.d"
+    shutil.rmtree(trusted, ignore_errors=True)
+    if cert is not None:
+        trusted.mkdir(parents=True)
+        shutil.copyfile(cert, trusted / "test.crt")
+    attach = c.attach(image, runtime=True)
+    assert attach.ok, attach.output
+    try:
+        cursor = c._cursor()
+        c.systemctl("start", "vddi.service")
+        journal = c._journal_since(cursor)
+        status = c.unit_state("vddi.service").exit_status
+    finally:
+        c.detach("vddi_1", runtime=True)
+    return journal, status
+
+
+@pytest.mark.parametrize("trusted", ["signer", "other"])
+def test_signed_ddi_signature_checked_by_systemd(vcontainer, psdemo, tmp_path, trusted):  # noqa: F811
+    """Our root-<arch>-verity-sig partition: accepted for the signer's certificate in
+    /etc/verity.d (then only device-mapper fails), refused for another certificate."""
+    good = make_key_pair(tmp_path / "keys", "good")
+    other = make_key_pair(tmp_path / "keys", "other")
+    image = build_ddi(tmp_path / "out", signed_ddi_settings(psdemo, good))
+    journal, status = start_signed(vcontainer, image,
+                                   good.cert if trusted == "signer" else other.cert)
+    if trusted == "signer":
+        assert verity_rules.USERSPACE_OK in journal, journal[-3000:]
+        rest = after(journal, verity_rules.USERSPACE_OK)
+        failures = [ln for ln in rest if "fail" in ln.lower() or "cannot" in ln.lower()]
+        assert failures and verity_rules.NO_DEVICE_MAPPER in failures[0], failures
+    else:
+        assert verity_rules.USERSPACE_FAILED in journal, journal[-3000:]
+        assert verity_rules.USERSPACE_OK not in journal
+    assert status == "226" and not ran(journal)
