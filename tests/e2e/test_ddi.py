@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from portable_service.builder.pipeline import plan as plan_build
 from portable_service.builder.pipeline import write_atomically
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.builder.writers.erofs import stage
-from portable_service.disk import ddi
+from portable_service.disk import ddi, gpt
 from portable_service.harness.nspawn import Container
 from portable_service.progress import QUIET
 from portable_service.rules import verity as verity_rules
@@ -214,6 +215,24 @@ def test_repart_make_ddi_is_described_the_same(c, psdemo, tmp_path):
 
     assert ticked_ours == ticked_theirs and "portable service" in ticked_ours
     assert described(rows_ours) == described(rows_theirs), (rows_ours, rows_theirs)
+
+    # and in the tables themselves: types, labels, flags, the signature partition's size,
+    # the root/verity UUIDs as the two halves of each image's root hash
+    def table(image: Path) -> list[tuple[str, str, int]]:
+        with open(image, "rb") as f:
+            parts = gpt.read(f).partitions
+        root, tree, sig = parts
+        signed = json.loads(_partition(image, sig).rstrip(b"\0"))["rootHash"]
+        assert (root.uuid.bytes + tree.uuid.bytes).hex() == signed, image
+        return [(str(p.type_uuid), p.name, p.attributes) for p in parts] + [("sig", "", sig.size)]
+
+    assert table(ours) == table(theirs)
+
+
+def _partition(image: Path, part: gpt.Partition) -> bytes:
+    with open(image, "rb") as f:
+        f.seek(part.offset)
+        return f.read(part.size)
 
 
 # -- a signed DDI on systemd 252 and 257: the signature partition is checked in userspace,

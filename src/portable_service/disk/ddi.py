@@ -96,7 +96,7 @@ def write_ddi(filesystem: Path, out: Path, *, seed: bytes, arch: str | None = No
 
 def _content(kind: str, arch: str, part_uuid: uuid.UUID, source: BinaryIO, size: int) -> gpt.Content:
     ptype = rules.partition_type(arch, kind)
-    return gpt.Content(ptype.uuid, part_uuid, ptype.name, source, size, rules.FLAG_READ_ONLY)
+    return gpt.Content(ptype.uuid, part_uuid, ptype.name, source, size, rules.FLAGS[kind])
 
 
 # -- reading

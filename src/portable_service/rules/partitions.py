@@ -13,7 +13,7 @@ systemd's dissect-image.c / repart.c:
 - the signature partition holds a JSON object ``{"rootHash", "certificateFingerprint",
   "signature"}`` padded with NUL bytes;
 - systemd-repart names partitions after their type (``root-x86-64``) unless told
-  otherwise, and marks partitions of read-only file systems and verity data read-only.
+  otherwise, and marks the root and verity partitions read-only.
 """
 
 from __future__ import annotations
@@ -71,9 +71,11 @@ MACHINE_ARCH = {
     "mips": "mips-le", "mips64": "mips64-le",
 }
 
-# GPT attribute bit 60: read-only (systemd mounts the partition read-only); repart sets
-# it on verity data, hash and signature partitions and on read-only file systems
+# GPT attribute bit 60: read-only (systemd mounts the partition read-only). systemd-repart
+# 257's --make-ddi=portable sets it on the root (verity data) and root-verity partitions, not
+# on root-verity-sig (seen with sfdisk -d on its output)
 FLAG_READ_ONLY = 1 << 60
+FLAGS = {"root": FLAG_READ_ONLY, "root-verity": FLAG_READ_ONLY, "root-verity-sig": 0}
 
 # repart.c: the signature partition it writes is this large, the JSON padded with NULs;
 # dissect-image.c refuses a signature partition larger than 4 MiB
