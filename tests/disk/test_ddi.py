@@ -214,3 +214,36 @@ def test_verify_checks_the_verity_partitions_offline(project: Path, keys: dict[s
     assert mism.returncode == 1
     assert f"the signature is for root hash {'0' * 64}, the partition UUIDs say " \
         f"{state['root_hash']}" in mism.stdout, mism.stdout
+
+
+def test_deferred_signing_gives_the_build_time_signed_bytes(project: Path,
+                                                           keys: dict[str, KeyPair],
+                                                           cli) -> None:
+    """`sign` on a DDI built without a key (with or without verity) adds the signature
+    partition: the result is byte for byte the DDI signed at build time (RSA signatures are
+    deterministic). A modified root partition is never signed."""
+    good = keys["good"]
+    signed = make(project, "signed", format="ddi", verity=True, verity_key=str(good.key),
+                  verity_certificate=str(good.cert))
+    for folder, extra in (("plain", {}), ("verity", {"verity": True})):
+        disk = make(project, folder, format="ddi", **extra)
+        proc = cli("sign", str(disk), "--key", str(good.key), "--certificate", str(good.cert))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == str(disk)
+        assert disk.read_bytes() == signed.read_bytes(), folder
+        assert sorted(p.name for p in disk.parent.iterdir()) == [disk.name]  # no leftovers
+
+    disk = make(project, "tampered", format="ddi", verity=True)
+    with open(disk, "rb") as f:
+        root = gpt.read(f).partitions[0]
+    data = bytearray(disk.read_bytes())
+    data[root.offset + 3 * 4096] ^= 0x80
+    disk.write_bytes(bytes(data))
+    proc = cli("sign", str(disk), "--key", str(good.key), "--certificate", str(good.cert))
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data block 3 (bytes 12288-16383) does not match" in lines[0], lines
+    assert disk.read_bytes() == bytes(data)
+
+    proc = cli("sign", str(disk), "--sign-command", "false")
+    assert proc.returncode == 2 and "needs --certificate" in proc.stderr

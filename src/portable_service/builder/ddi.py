@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from portable_service.builder.verity import SidecarSet, wants_verity
 from portable_service.disk import ddi
@@ -80,3 +80,65 @@ def protect(filesystem: Path, hash_tree: Path, key: Path | str | None,
             cert = signing.load_certificate(certificate).public_bytes(serialization.Encoding.DER)
             signature = ddi.signature_json(tree.root_hash, cert, der)
     return ddi.Verity(tree.root_hash, hash_tree, signature)
+
+
+def sign_ddi(image: Path, sign: Callable[[str], bytes], certificate: Path) -> Path:
+    """Deferred signing of a DDI: add (or replace) its root-<arch>-verity-sig partition.
+
+    ``sign`` turns the hex root hash into a DER PKCS#7 signature (a PEM key, a PKCS#11 URI
+    or a command: disk/signing.py). A DDI built with verity keeps its partitions, and its
+    hash tree is checked against the root partition first: a modified image is never
+    signed. A DDI built without verity gets the hash tree the build would have made (and
+    the root and verity partition UUIDs from its root hash). The image is replaced
+    atomically; the partitions before the signature stay where they were.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    from portable_service.builder.pipeline import TMP_SUFFIX, write_atomically
+    from portable_service.disk import signing, verity
+
+    found = ddi.find_root(image)
+    with contextlib.ExitStack() as stack:
+        def temporary() -> Path:
+            # named like the build's temporaries: a killed run's leftovers are cleaned alike
+            fd, name = tempfile.mkstemp(prefix=f".{image.name}.{os.getpid()}.",
+                                        suffix=TMP_SUFFIX, dir=image.parent)
+            os.close(fd)
+            path = Path(name)
+            stack.callback(lambda: path.unlink(missing_ok=True))
+            return path
+
+        data, tree_file = temporary(), temporary()
+        with open(image, "rb") as src:
+            _copy(src, data, found.root.offset, found.root.size)
+            if found.verity is not None:
+                _copy(src, tree_file, found.verity.offset, found.verity.size)
+        if found.verity is not None:
+            root_hash = found.root.uuid.bytes + found.verity.uuid.bytes
+            verity.verify_hash_tree(data, tree_file.read_bytes(), root_hash)
+        else:
+            tree = verity.tree_for_image(data)
+            root_hash = tree.root_hash
+            tree_file.write_bytes(tree.hash_tree)
+        der = sign(root_hash.hex())
+        cert = signing.load_certificate(certificate).public_bytes(serialization.Encoding.DER)
+        protection = ddi.Verity(root_hash, tree_file, ddi.signature_json(root_hash, cert, der))
+
+        def write(tmp: Path) -> None:
+            ddi.write_ddi(data, tmp, seed=seed_of(image.name), arch=found.arch,
+                          verity=protection)
+
+        write_atomically(image, write)
+    return image
+
+
+def _copy(src: BinaryIO, dst: Path, offset: int, size: int) -> None:
+    src.seek(offset)
+    with open(dst, "wb") as out:
+        left = size
+        while left:
+            chunk = src.read(min(1 << 20, left))
+            if not chunk:
+                break
+            out.write(chunk)
+            left -= len(chunk)
