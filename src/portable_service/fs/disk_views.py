@@ -9,7 +9,6 @@ into a private folder that is then read like any folder, and removed on close.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import struct
 import tempfile
@@ -130,6 +129,3 @@ def _erofs_superblock(path: Path, offset: int) -> ErofsSuperblock:
             return ErofsSuperblock(1 << blkszbits, build_time, compressor)
     return ErofsSuperblock()
 
-
-def erofs_tool_available() -> bool:
-    return shutil.which("fsck.erofs") is not None or os.path.exists("/usr/sbin/fsck.erofs")

@@ -10,6 +10,7 @@ from the image's name (``-U``), so the same tree gives the same bytes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shlex
@@ -87,8 +88,6 @@ def as_compression(text: str) -> Compression:
 
 def image_uuid(seed: str) -> uuid.UUID:
     """The file system UUID: fixed per image name, so rebuilds are byte-identical."""
-    import hashlib
-
     return uuid.UUID(bytes=hashlib.sha256(b"erofs\0" + seed.encode()).digest()[:16], version=4)
 
 
