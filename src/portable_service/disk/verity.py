@@ -319,7 +319,7 @@ def verify_hash_tree(data: BinaryIO | Path | bytes, tree: bytes,
         # the data blocks' hashes are the last level: compare them block by block
         leaf_start = len(want.hash_tree) - len(_pad(leaves, sb.hash_block_size))
         stored = tree[leaf_start:leaf_start + len(leaves)]
-        for i in range(count):
+        for i in range(count) if stored != leaves else ():  # one comparison when all match
             a = i * DIGEST_SIZE
             if stored[a:a + DIGEST_SIZE] != leaves[a:a + DIGEST_SIZE]:
                 if len(stored) < a + DIGEST_SIZE:
