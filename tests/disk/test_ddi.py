@@ -247,3 +247,30 @@ def test_deferred_signing_gives_the_build_time_signed_bytes(project: Path,
 
     proc = cli("sign", str(disk), "--sign-command", "false")
     assert proc.returncode == 2 and "needs --certificate" in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["truncated", "junk", "erofs-junk"])
+def test_a_damaged_root_partition_is_one_line(project: Path, cli, case: str) -> None:
+    import io
+    import uuid
+
+    bare = make(project, "raw").read_bytes()
+    data = {"truncated": bare[:len(bare) // 2], "junk": b"\x01" * 8192,
+            "erofs-junk": bytes(1024) + ddi.EROFS_MAGIC + bytes(4000)}[case]
+    if case == "erofs-junk":
+        require_tool("fsck.erofs")
+    root = rules.partition_type(rules.host_arch(), rules.ROOT)
+    content = [gpt.Content(root.uuid, uuid.UUID(int=1), root.name, io.BytesIO(data), len(data))]
+    disk = project / case / "demo_1.0.raw"
+    disk.parent.mkdir()
+    with open(disk, "wb") as f:
+        gpt.write(f, gpt.layout(content, uuid.UUID(int=2), rules.MIN_DISK_SIZE), content)
+    want = {"truncated": f"the squashfs in root partition {root.name} cannot be read: the "
+                         "image is truncated",
+            "junk": "the root partition holds neither squashfs nor erofs",
+            "erofs-junk": "fsck.erofs cannot read this erofs file system"}[case]
+    for verb in ("inspect", "verify", "ls"):
+        proc = cli(verb, str(disk))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and proc.stdout == "" and len(lines) == 1, (verb, lines)
+        assert str(disk) in lines[0] and want in lines[0], lines

@@ -98,3 +98,30 @@ def test_not_a_gpt(tmp_path: Path) -> None:
 def test_names_longer_than_36_characters_are_refused() -> None:
     with pytest.raises(ValueError, match="longer than 36"):
         gpt.layout([gpt.Content(TYPE, uuid.UUID(int=1), "x" * 37, io.BytesIO(b""), 0)], DISK)
+
+
+def test_damaged_tables_are_image_errors_never_crashes(tmp_path: Path) -> None:
+    """Random bytes over the MBR, headers and entries: a table, or one ImageError."""
+    import random
+
+    disk = tmp_path / "disk.raw"
+    write_disk(disk)
+    good = disk.read_bytes()
+    rng = random.Random(11)
+    regions = [(0, 512), (512, 1024), (1024, 1024 + 16384), (len(good) - 512, len(good)),
+               (len(good) - 512 - 16384, len(good) - 512)]
+    outcomes = {"table": 0, "error": 0}
+    for _ in range(400):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 8)):
+            lo, hi = rng.choice(regions)
+            data[rng.randrange(lo, hi)] = rng.randrange(256)
+        try:
+            table = gpt.read(io.BytesIO(bytes(data)))
+        except ImageError:
+            outcomes["error"] += 1
+            continue
+        outcomes["table"] += 1
+        for p in table.partitions:
+            assert p.offset > 0 and p.offset + p.size <= len(data)
+    assert outcomes["table"] and outcomes["error"], outcomes

@@ -32,8 +32,11 @@ def open_disk_or_erofs(path: Path) -> SquashfsFS | HostFS | None:
         if found.verity is not None:
             label += " + verity" + (" + signature" if found.signature is not None else "")
         if found.filesystem == "squashfs":
-            fs = SquashfsFS(path, root.offset, root.size, container=f"{label}: ")
-            return fs
+            try:
+                return SquashfsFS(path, root.offset, root.size, container=f"{label}: ")
+            except ImageError as e:  # the bytes the reader saw are the partition's
+                raise ImageError(f"{path}: the squashfs in root partition {root.name} cannot be "
+                                 f"read: {e.message}", e.hint or "is the image damaged?") from None
         if found.filesystem == "erofs":
             return ErofsFS(path, root.offset, root.size, container=f"{label}: ")
         raise ImageError(f"{path}: the root partition holds neither squashfs nor erofs",
