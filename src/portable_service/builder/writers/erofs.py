@@ -176,6 +176,13 @@ def stage(tree: ImageTree, root: Path, reporter: Reporter) -> None:
                                 "build again when it is in place and readable") from None
             os.chmod(dest, entry.mode)
         for key, value in entry.xattrs:
-            os.setxattr(dest, key, value, follow_symlinks=False)
+            try:
+                os.setxattr(dest, key, value, follow_symlinks=False)
+            except OSError as e:
+                # security.* (file capabilities) needs CAP_SETFCAP on the staging copy
+                raise ToolError(f"cannot give the staging copy of {entry.path} its {key} "
+                                f"attribute: {e.strerror}",
+                                "build as root, or use writer mksquashfs or native (they take "
+                                "attributes from the tree, not from a copy)") from None
     for path, mode in reversed(dirs):
         os.chmod(path, mode)
