@@ -47,7 +47,11 @@ def open_disk_or_erofs(path: Path) -> SquashfsFS | HostFS | None:
 
 
 class ErofsFS(HostFS):
-    """An erofs image unpacked with ``fsck.erofs --extract`` into a private folder."""
+    """An erofs image unpacked with ``fsck.erofs --extract`` into a private folder.
+
+    Owners are what fsck.erofs could restore: the image's when run as root, else the
+    caller's (only ``ls -l`` and ``diff`` show owners; modes, links and bytes are exact).
+    """
 
     def __init__(self, path: Path, offset: int = 0, length: int | None = None,
                  container: str = "") -> None:
