@@ -2,7 +2,7 @@
 # Install what building and testing need on a fresh Debian-like machine (idempotent).
 #   scripts/bootstrap.sh          the package in .venv, plus squashfs-tools
 #   scripts/bootstrap.sh --test   also the test tools: debootstrap, systemd-nspawn, udev,
-#                                 gcc, nix-bin, libnss-systemd, ca-certificates, tzdata, perl,
+#                                 gcc, nix-bin, erofs-utils, libnss-systemd, ca-certificates, tzdata, perl,
 #                                 ruby, python3-venv, the Python test extras, the Debian
 #                                 servers the packaged tests build (lighttpd, nginx,
 #                                 redis-server, dnsmasq, unbound, postgresql), installed
@@ -34,6 +34,7 @@ if [[ $want_test == --test ]]; then
   have unshare || need_pkgs+=(util-linux)
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)        # closure tests ship Debian's python3
   have mkfs.ext4 || need_pkgs+=(e2fsprogs)
+  have mkfs.erofs || need_pkgs+=(erofs-utils)  # writer = "erofs"; fsck.erofs reads erofs back
   [[ -x /usr/sbin/veritysetup ]] || need_pkgs+=(cryptsetup-bin)  # hash trees are checked against it
   have softhsm2-util || need_pkgs+=(softhsm2)                # a PKCS#11 token for the signing tests
   installed libengine-pkcs11-openssl || need_pkgs+=(libengine-pkcs11-openssl)  # openssl reaches it                 # verify names ext4 images

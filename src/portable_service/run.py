@@ -25,6 +25,9 @@ PACKAGE_OF = {
     "systemd-nspawn": "systemd-container",
     "debootstrap": "debootstrap",
     "nix-store": "nix-bin",
+    "mkfs.erofs": "erofs-utils",
+    "fsck.erofs": "erofs-utils",
+    "dump.erofs": "erofs-utils",
 }
 
 

@@ -57,8 +57,14 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     """Check everything and lay out the image tree; nothing is written."""
     check_spec(spec)  # a Spec built in code has not been through the parser's checks
     # options and tools first: a bad setting or a missing tool is reported before any work
+    if spec.writer == "erofs":
+        from portable_service.builder.writers.erofs import as_compression
+
+        compression = as_compression(spec.squash_compression)
+    else:
+        compression = parse_compression(spec.squash_compression)
     options = PackOptions(
-        compression=parse_compression(spec.squash_compression),
+        compression=compression,
         block_size=parse_block_size(spec.squash_block_size),
         mtime=source_date_epoch(),
     )
@@ -92,6 +98,7 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     """
     if verify:
         _check_verifiable(spec)
+    from portable_service.builder.ddi import no_sidecars
     from portable_service.builder.verity import check_signing_inputs, sidecar_step
 
     check_signing_inputs(spec)
@@ -110,9 +117,20 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
         with reporter.step("verifying the image"):
             check_written(tmp, out.name, p.tree, say, allow_missing=spec.allow_missing)
 
-    with reporter.step(f"writing {out} with {p.writer.name} ({len(p.tree)} entries)"):
-        write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, reporter),
-                         check if verify else None, sidecar_step(spec, out, reporter))
+    def write(tmp: Path) -> None:
+        if spec.format != "ddi":
+            p.writer.write(p.tree, tmp, p.options, reporter)
+            return
+        from portable_service.builder.ddi import write_ddi_image
+
+        write_ddi_image(p, tmp, reporter)
+
+    what = "a GPT disk image" if spec.format == "ddi" else ""
+    with reporter.step(f"writing {out}{' as ' + what if what else ''} with {p.writer.name} "
+                       f"({len(p.tree)} entries)"):
+        # a DDI carries its verity in partitions: sidecars an earlier raw build left go
+        sidecars = sidecar_step(spec, out, reporter) if spec.format != "ddi" else no_sidecars(out)
+        write_atomically(out, write, check if verify else None, sidecars)
     return out
 
 
@@ -120,6 +138,8 @@ def _check_verifiable(spec: Spec) -> None:
     """The written image is read back to be verified: its compressor must be readable here."""
     from portable_service.squashfs import compressor
 
+    if spec.writer == "erofs":
+        return  # read back through fsck.erofs, which comes with mkfs.erofs
     name = parse_compression(spec.squash_compression).name
     if not compressor.readable(name):
         raise ToolError(f"{name} images are verified by reading them back, which this "

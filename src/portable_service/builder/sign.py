@@ -37,8 +37,19 @@ def sign_image(image: Path, *, key: str | None = None, certificate: Path | None 
     except OSError as e:
         raise ImageError(f"cannot read image {image}: {e.strerror}", "give a built .raw image") from None
     if head == GPT_SIGNATURE:
-        raise SpecError(f"{image} is a GPT disk image: its signature goes into a partition, "
-                        "not beside it", "sign it while building (verity-key) for now")
+        # a DDI's signature goes into its root-<arch>-verity-sig partition (builder/ddi.py)
+        from portable_service.builder.ddi import sign_ddi
+
+        if certificate is None:
+            raise SpecError("signing a GPT disk image needs --certificate",
+                            "its signature partition names the certificate's fingerprint")
+        if command is not None:
+            cmd = command
+            return sign_ddi(image, lambda h: signing.sign_with_command(h, cmd, certificate),
+                            certificate)
+        assert key is not None
+        pem = key
+        return sign_ddi(image, lambda h: signing.sign_root_hash(h, pem, certificate), certificate)
     paths = rules.sidecars(image)
     tree_path, hash_path = paths[rules.VERITY_SUFFIX], paths[rules.ROOTHASH_SUFFIX]
     files: dict[Path, bytes | None] = {}

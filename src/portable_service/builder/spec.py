@@ -21,7 +21,8 @@ from portable_service.errors import SpecError
 
 DEFAULT_COMPRESSION = "xz -Xdict-size 100%"
 DEFAULT_BLOCK_SIZE = "1M"
-WRITERS = ("auto", "mksquashfs", "native")
+WRITERS = ("auto", "mksquashfs", "native", "erofs")
+FORMATS = ("raw", "ddi")  # a bare file system, or a GPT Discoverable Disk Image
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Spec:
     verity: bool = False
     verity_key: str | None = None  # a PEM file (absolute) or a pkcs11: URI
     verity_certificate: Path | None = None
+    format: str = "raw"
 
     @property
     def image_name(self) -> str:
@@ -304,6 +306,13 @@ def _writer(value: Any, base: Path, key: str) -> str:
     return text
 
 
+def _format(value: Any, base: Path, key: str) -> str:
+    text = _str(value, base, key)
+    if text not in FORMATS:
+        raise SpecError(f"format {text!r} is unknown", f"use one of: {', '.join(FORMATS)}")
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     """One spec key: its TOML name, flag, parser, default and help, in one place."""
@@ -346,8 +355,10 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="SIZE"),
     Setting("os-release", _os_release, "os-release field to set or override",
             repeatable=True, metavar="KEY=VALUE"),
-    Setting("writer", _writer, "squashfs writer: auto (mksquashfs when installed, else native), "
-            "mksquashfs or native", metavar="NAME"),
+    Setting("writer", _writer, "file system writer: auto (mksquashfs when installed, else "
+            "native), mksquashfs, native, or erofs (mkfs.erofs)", metavar="NAME"),
+    Setting("format", _format, "raw (a bare file system, the default) or ddi (a GPT "
+            "Discoverable Disk Image holding it)", metavar="NAME"),
     Setting("packages", _str_list, "installed Debian package to include: all its files but "
             "units and docs, and of its dependencies what the programs load (see package-data)",
             repeatable=True, metavar="NAME", flag_name="package"),
@@ -543,7 +554,12 @@ def check_spec(spec: Spec) -> None:
         raise SpecError("no units given", "name at least one unit file (units = [\"demo.service\"])")
     from portable_service.builder.writers.options import parse_block_size, parse_compression
 
-    parse_compression(spec.squash_compression)
+    if spec.writer == "erofs":
+        from portable_service.builder.writers.erofs import parse_erofs_compression
+
+        parse_erofs_compression(spec.squash_compression)
+    else:
+        parse_compression(spec.squash_compression)
     parse_block_size(spec.squash_block_size)
     from portable_service.builder.verity import check_verity_spec
 

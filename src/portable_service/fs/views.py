@@ -208,20 +208,21 @@ _HOST_KINDS = {stat_mod.S_IFDIR: "dir", stat_mod.S_IFREG: "file", stat_mod.S_IFL
 class SquashfsFS:
     """A squashfs image file read without root or mounting."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, offset: int = 0, length: int | None = None,
+                 container: str = "") -> None:
         try:
             from portable_service.squashfs.reader import SquashfsImage
         except ImportError:
             raise ImageError("this build has no squashfs reader",
                              "install a portable-service release that includes it") from None
         self.path = path
-        self._image = SquashfsImage(path)
+        self._image = SquashfsImage(path, offset, length)
         sb = self._image.superblock
         version = getattr(sb, "version", (4, 0))
         if isinstance(version, tuple):
             version = ".".join(map(str, version))
         self.info = ImageInfo(
-            format=f"squashfs {version}",
+            format=f"{container}squashfs {version}",
             compressor=sb.compressor,
             block_size=sb.block_size,
             file_size=path.stat().st_size,
@@ -259,7 +260,7 @@ def _convert(st: squashfs_reader.Stat) -> Stat:
                 mtime=st.mtime, inode=st.inode, nlink=st.nlink, target=st.target)
 
 
-def open_image(path: str | Path) -> SquashfsFS:
+def open_image(path: str | Path) -> SquashfsFS | HostFS:
     """Open an image file; every way it can fail is one :class:`ImageError` (exit 2)."""
     p = Path(path)
     try:
@@ -274,6 +275,11 @@ def open_image(path: str | Path) -> SquashfsFS:
                          "give a squashfs .raw file (directory images are not read by this tool)")
     if not os.access(p, os.R_OK):
         raise ImageError(f"cannot read {p}: permission denied", "check its permissions")
+    from portable_service.fs import disk_views
+
+    opened = disk_views.open_disk_or_erofs(p)
+    if opened is not None:
+        return opened
     other = _other_format(p)
     if other is not None:
         raise ImageError(f"{p} is {other}; this tool reads bare squashfs images only",

@@ -8,7 +8,9 @@ Works on hosts whose PID 1 is not systemd (containers, CI runners):
 - nspawn gets its own cgroup (both hierarchies on a hybrid host), so every
   process it leaves behind can be found and killed, and the cgroup removed;
 - ``--volatile=overlay``: writes go to a tmpfs layer, the cached root stays clean;
-- the container's /dev has no loop devices: they are created inside.
+- the container's /dev has no loop devices: they are created inside, and the
+  partition nodes of a GPT image (``/dev/loopNpM``, made by the kernel when portabled
+  attaches a disk image) are links into a read-only devtmpfs mounted inside.
 
 Commands run inside with ``nsenter -t <init> -a``. :func:`booted` is the only
 way in: its exit (normal, exception or Ctrl-C) always powers the container
@@ -43,6 +45,8 @@ from portable_service.run import pid_alive
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOOP_DEVICES = 256
+LOOP_PARTITIONS = 8  # partition nodes linked per loop device (a portable DDI uses 1-3)
+HOST_DEV = "/run/harness-dev"  # where the container sees the kernel's devtmpfs
 UDEV_RETRIES = 4
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INSTALL_HINT = "install it: apt-get install systemd-container debootstrap"
@@ -463,6 +467,7 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
                             f"{one_line(failed)}", f"see {log}")
         container.timings["booted"] = time.monotonic() - start
         make_loop_devices(container.root / "dev")
+        link_partition_nodes(container)
         if release.needs_udevd:
             container.run("/lib/systemd/systemd-udevd", "--daemon", check=True)
             # When udev's message about a new loop device does not arrive within 5 s,
@@ -507,6 +512,26 @@ def make_loop_devices(dev: Path, count: int = LOOP_DEVICES) -> None:
         with contextlib.suppress(FileExistsError):
             kind = stat.S_IFCHR if major == 10 else stat.S_IFBLK
             os.mknod(path, 0o660 | kind, os.makedev(major, minor))
+
+
+def link_partition_nodes(container: Container, count: int = LOOP_DEVICES,
+                         partitions: int = LOOP_PARTITIONS) -> None:
+    """Make a disk image's partitions reachable: ``/dev/loopNpM`` links into devtmpfs.
+
+    The kernel creates a loop device's partition nodes (block major 259, minors given
+    out as partitions appear) only in devtmpfs, which nspawn's /dev is not; their
+    numbers cannot be known in advance. systemd opens the name sysfs gives
+    (``/dev/loop0p1``): the link leads it to the kernel's node. devtmpfs is mounted
+    inside the container (the same instance as the host's /dev), then made read-only
+    for this mount only (a bind remount: the host's /dev stays as it is).
+    """
+    container.run("sh", "-c", f"mkdir -p {HOST_DEV} && mount -t devtmpfs devtmpfs {HOST_DEV} "
+                  f"&& mount -o remount,bind,ro {HOST_DEV}", check=True)
+    dev = container.root / "dev"
+    for n in range(count):
+        for m in range(1, partitions + 1):
+            with contextlib.suppress(FileExistsError):
+                os.symlink(f"{HOST_DEV}/loop{n}p{m}", dev / f"loop{n}p{m}")
 
 
 _T = TypeVar("_T")

@@ -54,6 +54,10 @@ def read_root_hash(path: Path) -> str:
 def check_sidecars(image: Path, certificates: list[Path] | None = None) -> VerityState:
     """Check the sidecars beside ``image``; ``certificates`` default to the host's
     ``/etc/verity.d/*.crt`` (and systemd's other verity.d folders)."""
+    from portable_service.look.ddi_check import check_ddi, is_ddi
+
+    if is_ddi(image):  # a DDI carries its verity in partitions
+        return check_ddi(image, certificates)
     paths = rules.sidecars(image)
     present = tuple(s for s, p in paths.items() if p.exists())
     if not present:
@@ -116,7 +120,9 @@ def render_verity(state: VerityState) -> list[str]:
     if state.root_hash:
         lines.append(f"  root hash {state.root_hash}"
                      + (f", {state.data_blocks} data blocks" if state.data_blocks is not None else ""))
-    if rules.SIGNATURE_SUFFIX in state.present:
+    # a DDI names its partitions: root-<arch>-verity-sig holds the signature
+    if rules.SIGNATURE_SUFFIX in state.present or any(p.endswith("-verity-sig")
+                                                       for p in state.present):
         lines.append(f"  signed by {state.signer}" if state.signer else "  signed (signer not verified)")
     lines += [f"  {p.severity.lower()}: {p.message}" for p in state.problems]
     return lines

@@ -110,15 +110,21 @@ class Inode:
 class SquashfsImage:
     """An open squashfs image. Paths are absolute image paths such as ``/etc/os-release``."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], offset: int = 0,
+                 length: int | None = None) -> None:
+        """``offset`` and ``length`` pick a file system inside a larger file (a disk
+        image's partition)."""
         self.path = os.fspath(path)
+        self._offset = offset
         try:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
             raise NotFoundError(f"cannot open image {self.path}: {e.strerror}",
                                 "check the path") from None
         try:
-            self._size = os.fstat(self._fd).st_size
+            self._size = os.fstat(self._fd).st_size - offset
+            if length is not None:
+                self._size = min(self._size, length)
             self._setup()
         except BaseException:
             os.close(self._fd)
@@ -150,7 +156,7 @@ class SquashfsImage:
                                    f"({self._limit} bytes)")
         if self._fd < 0:
             raise UnsupportedError("the image is closed")
-        data = os.pread(self._fd, size, pos)
+        data = os.pread(self._fd, size, self._offset + pos)
         if len(data) != size:
             raise OutOfBoundsError(f"the image is truncated at {pos + len(data)}")
         return data

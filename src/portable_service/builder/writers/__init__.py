@@ -33,6 +33,12 @@ def select_writer(spec: Spec) -> Writer:
         return MksquashfsWriter.find(spec.squashfs_tools)
     if spec.writer == "native":
         return _native()
+    if spec.writer == "erofs":
+        from portable_service.builder.writers.erofs import ErofsWriter
+
+        erofs = ErofsWriter.find(seed=spec.image_name)
+        erofs.compression_for(spec.squash_compression)  # refused before any work is done
+        return erofs
     try:
         return MksquashfsWriter.find(spec.squashfs_tools)
     except ToolError:
