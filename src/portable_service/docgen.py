@@ -33,9 +33,8 @@ RULE_TEXT: dict[str, str] = {
                          "alone, or a tree without its root hash, is refused)",
     "verity-mismatch": "the hash tree, root hash or signature does not match the image: "
                        "systemd refuses to open it (a changed byte, a stale sidecar)",
-    "verity-signature-unchecked": "a signature that no given or `/etc/verity.d` certificate "
-                                  "could check: systemd would refuse it on a host that "
-                                  "requires signed images",
+    "verity-signature-unchecked": "there is no certificate (given, or in `/etc/verity.d`) to "
+                                  "check the root hash signature with",
     "image-name": "portabled derives the unit prefix from the file name up to the first `_` "
                   "and refuses a name that gives none",
     "os-release-missing": "portabled refuses an image without `/etc/os-release` or "
