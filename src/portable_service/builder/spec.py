@@ -72,6 +72,7 @@ class Spec:
     skip_packages: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_SKIP
     package_data: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_DATA
     package_docs: bool = False
+    base: Path | None = None  # set: build a portable extension of this image or spec
 
     @property
     def image_name(self) -> str:
@@ -347,6 +348,8 @@ SETTINGS: tuple[Setting, ...] = (
             repeatable=True, metavar="NAME"),
     Setting("package-docs", _bool, "keep the documentation, man pages and locales of packages",
             is_bool=True),
+    Setting("base", _opt_host_path, "build a portable extension of this image (.raw) or spec: "
+            "only what it lacks, with an extension-release file", metavar="PATH"),
 )
 
 _BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS} | {

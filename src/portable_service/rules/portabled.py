@@ -28,8 +28,11 @@ STATE_ROOTS = ("/var/lib", "/var/cache", "/var/log")
 # paths a service finds made at run time: never dependencies of an image
 RUNTIME_ROOTS = FRESH_MOUNTS + STATE_ROOTS
 
+# where a portable extension's /opt is overlaid: the folder must exist in a read-only base
+# (rules/extensions.py OVERLAID), so that every image can serve as a base
+EXTENSION_MOUNTS = ("/opt",)
 # the scaffold every image carries: the folders and files above, the unit folder, os-release
-SCAFFOLD_DIRS = (BUILD_UNIT_DIR, *FRESH_MOUNTS, *STATE_ROOTS)
+SCAFFOLD_DIRS = (BUILD_UNIT_DIR, *FRESH_MOUNTS, *STATE_ROOTS, *EXTENSION_MOUNTS)
 SCAFFOLD_FILES = (*BOUND_FILES, OS_RELEASE_PATHS[0])
 
 # systemd's PATH for a service's bare program names (merged /usr); hosts without merged
