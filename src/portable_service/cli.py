@@ -134,8 +134,15 @@ def _try_parser(sub: Any) -> None:
     register(sub)
 
 
+def _deploy_verbs(sub: Any) -> None:
+    from portable_service.deploy.attach import register
+
+    register(sub)
+
+
 # Each verb registers itself here: (name -> function adding its parser).
-VERBS: list[Callable[[Any], None]] = [_build_parser, _why_parser, _image_verbs, _try_parser]
+VERBS: list[Callable[[Any], None]] = [_build_parser, _why_parser, _image_verbs, _try_parser,
+                                      _deploy_verbs]
 
 
 def make_parser() -> argparse.ArgumentParser:

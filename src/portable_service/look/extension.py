@@ -183,3 +183,20 @@ def check_written_extension(path: Path, image_name: str, base: Layer,
         raise VerifyError(f"the extension would not work on {base.name}: {first.path}: "
                           f"{first.message}{more}",
                           f"{first.fix}; or build with --no-verify to keep it anyway")
+
+
+def verify_layers(image: str, fs: ImageFS | None, base: str | None, target: Target
+                  ) -> list[Problem] | None:
+    """``verify`` of a deployment descriptor (the whole stack), or of an extension (against
+    ``base`` when given); None for a plain image, which look/verify.py checks."""
+    if image.endswith(".toml"):
+        from portable_service.deploy.attach import verify_descriptor
+        from portable_service.deploy.descriptor import load_descriptor
+
+        return verify_descriptor(load_descriptor(Path(image)), target)
+    layer = Layer(fs, Path(image).name) if fs is not None else open_layer(Path(image))
+    if base is not None:
+        return verify_extension(layer, open_layer(Path(base)), target)
+    if is_extension(layer.fs):
+        return verify_extension(layer, None, target)
+    return None

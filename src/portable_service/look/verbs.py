@@ -80,7 +80,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from portable_service.look.verify import Target, errors, report_json, verify
 
     target = Target(profile=args.profile, systemd=args.systemd)
-    problems = verify(_open(args.image), Path(args.image).name, target)
+    from portable_service.look.extension import verify_layers
+
+    fs = None if args.image.endswith(".toml") else _open(args.image)
+    problems = verify_layers(args.image, fs, args.base, target)  # a descriptor, an extension
+    if problems is None:
+        assert fs is not None  # only a descriptor has no image of its own
+        problems = verify(fs, Path(args.image).name, target)
     errs = errors(problems)
     if args.json != "off":
         _dump(report_json(args.image, problems), args.json)
@@ -96,6 +102,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from portable_service.look.diff import diff_images, render_diff
 
+    if args.old.endswith(".toml") and args.new.endswith(".toml"):  # two deployment descriptors
+        from portable_service.deploy.predict import diff_descriptors
+
+        return diff_descriptors(args.old, args.new, args.json)
     d = diff_images(_open(args.old), Path(args.old).name, _open(args.new), Path(args.new).name)
     if args.json != "off":
         _dump(d.to_dict(), args.json)
@@ -160,6 +170,8 @@ def register(sub: Any) -> None:
     p.add_argument("--systemd", type=_systemd_version, default=None, metavar="VERSION",
                    help="the host's systemd version, e.g. 247, 252, 257 (default: check every "
                    "tested version and name the lowest that breaks)")
+    p.add_argument("--base", metavar="IMAGE", help="for a portable extension: the base image "
+                   "it extends (IMAGE may also be a deployment descriptor, .toml)")
     _json_flag(p)
     p.set_defaults(func=cmd_verify)
 

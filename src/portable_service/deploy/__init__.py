@@ -1,0 +1,1 @@
+"""Deploying stacks of portable images: the descriptor, attach/detach/reattach, predictions."""
