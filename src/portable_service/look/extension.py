@@ -152,7 +152,9 @@ def verify_stack(base: Layer, exts: Sequence[Layer], prefixes: Sequence[str],
         problems.extend(check_release(ext, base_fields))
         problems.extend(check_overlay(ext))
     problems.extend(check_conflicts(exts))
-    problems.extend(check_prefixes(base, exts, prefixes))
+    if all(release_fields(e.fs, e.name) is not None for e in exts):
+        # portabled refuses an extension without its release file before it looks at prefixes
+        problems.extend(check_prefixes(base, exts, prefixes))
     merged = IndexedFS(StackFS(base.fs, [e.fs for e in exts]))
     for prefix in prefixes:
         problems.extend(p for p in verify(merged, f"{prefix}.raw", target)
