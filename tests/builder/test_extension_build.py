@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import unsquashfs_cat, unsquashfs_list
 from layer_projects import write_app, write_runtime
+
+from conftest import unsquashfs_cat, unsquashfs_list
 from portable_service.builder.layout import parse_os_release
 from portable_service.rules import extensions as ext_rules
 
