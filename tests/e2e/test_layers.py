@@ -209,3 +209,24 @@ def test_builder_refuses_what_systemd_refuses(psdemo: Path, images: dict[str, Pa
         build(tmp_path, app_spec(tmp_path, images["runtime"], "app", "7", APP_PORT,
                                  **{"os-release": {"ID": "fedora"}}))
     assert not (tmp_path / "out" / "app_7.raw").exists()
+
+
+def test_try_runs_the_stack_of_a_descriptor(container: Container, images: dict[str, Path],
+                                            tmp_path: Path) -> None:
+    """``try DESCRIPTOR`` attaches the whole stack in a throwaway systemd and judges its
+    units; a stack systemd refuses fails with systemd's words."""
+    from portable_service.errors import TryFailed
+    from portable_service.harness.trial import try_image
+
+    c = container
+    if not needs_extensions(c):
+        return
+    good, _ = descriptors(tmp_path, "try", images["runtime"], [images["app2"], images["tools1"]],
+                          prefixes=["app", "tools"])
+    runs = try_image(good.path, releases=[c.release.suite])
+    assert [sorted(o.unit for o in r.outcomes if not o.failed) for r in runs] == \
+        [["app.service", "tools.service"]]
+    bad, _ = descriptors(tmp_path, "try-bad", images["runtime"], [images["wrongid"]],
+                         prefixes=["app"])
+    with pytest.raises(TryFailed, match="does not match the root's"):
+        try_image(bad.path, releases=[c.release.suite])

@@ -108,3 +108,31 @@ def register(sub: Any) -> None:
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="do not verify the new stack first")
     p.set_defaults(func=cmd_reattach)
+
+
+# -- try: the stack in a throwaway container (harness/trial.py)
+
+CONTAINER_PORTABLES = Path("/var/lib/portables")
+
+
+def in_container(d: Descriptor) -> Descriptor:
+    """The descriptor as the container sees it: its images copied to /var/lib/portables,
+    attached --runtime (the container is thrown away anyway)."""
+    from dataclasses import replace
+
+    return replace(d, base=CONTAINER_PORTABLES / d.base.name, runtime=True,
+                   extensions=tuple(CONTAINER_PORTABLES / e.name for e in d.extensions))
+
+
+def attach_stack(c: Any, d: Descriptor) -> Any:
+    """Copy the layers into container ``c`` and run the descriptor's portablectl attach."""
+    for image in d.images:
+        c.copy_image(image)
+    c.settle()
+    result = c.portablectl(*attach_commands(in_container(d))[0][1:])
+    c.settle()
+    return result
+
+
+def detach_stack(c: Any, d: Descriptor) -> Any:
+    return c.portablectl(*detach_commands(in_container(d))[-1][1:])
