@@ -50,13 +50,13 @@ def loadavg() -> str:
 
 
 def app_settings(work: Path, k: int, version: str, compression: str,
-                 base: Path | None) -> dict[str, object]:
+                 base: Path | None, pname: str = "app") -> dict[str, object]:
     src = work / f"src-app{k}-{version}"
     src.mkdir(parents=True, exist_ok=True)
     (src / "app.py").write_text(APP)
     settings: dict[str, object] = {
-        "pname": f"app{k}", "version": version, "squash-compression": compression,
-        "units": [{"name": f"app{k}.service", "text": "[Service]\nExecStart="
+        "pname": f"{pname}{k}", "version": version, "squash-compression": compression,
+        "units": [{"name": f"{pname}{k}.service", "text": "[Service]\nExecStart="
                    f"{PYTHON} /opt/app{k}/app.py {PORT0 + k} 'app{k} {version}'\n"}],
         "contents": [{"source": str(src), "target": f"/opt/app{k}"}]}
     if base is not None:
@@ -90,10 +90,12 @@ def sizes(work: Path, n: int, compression: str, base: Path) -> tuple[int, int, f
 def upgrade_times(work: Path, release: str, repeat: int, compression: str,
                   base: Path) -> tuple[list[float], list[float]]:
     from e2e.lib import tcp_get
+
     from portable_service.harness import nspawn, roots
 
     rel = roots.RELEASES[release]
-    alone = [build(work, app_settings(work, 1, v, compression, None), "up-alone")
+    # the standalone app is called solo1 (its image must not share app1's file name)
+    alone = [build(work, app_settings(work, 1, v, compression, None, "solo"), "up-alone")
              for v in ("1", "2")]
     ext = [build(work, app_settings(work, 1, v, compression, base), "up-ext") for v in ("1", "2")]
     portables = Path("/var/lib/portables")
