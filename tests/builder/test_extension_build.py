@@ -110,3 +110,8 @@ def test_verify_extension_against_its_base(cli, tmp_path: Path) -> None:
     lines = [ln for ln in bad.stdout.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "extension-release.app_2" in lines[0], bad.stdout
     assert "lacks extension-release data" in lines[0] and "rename the image to app_2.raw" in lines[0]
+    on_extension = cli("verify", str(renamed), "--base", str(ext))
+    assert on_extension.returncode == 1
+    assert on_extension.stdout.startswith("error: app_2.raw: the base app_2.raw is itself an "
+                                          "extension"), on_extension.stdout
+    assert len(on_extension.stdout.strip().splitlines()) == 1

@@ -146,6 +146,13 @@ def verify_stack(base: Layer, exts: Sequence[Layer], prefixes: Sequence[str],
                  target: Target | None = None) -> list[Problem]:
     """Every problem of the stack: each extension against the base, the prefixes, and the
     rules of one image over the merged root, for each prefix."""
+    if is_extension(base.fs):
+        return [Problem(ERROR, "extension-base", base.name,
+                        f"the base {base.name} is itself an extension (an extension-release "
+                        "file, no os-release): portabled refuses it as the root image "
+                        "('lacks os-release data')",
+                        "give the image at the bottom of the stack as the base, and this one "
+                        "as an extension")]
     _, base_fields = find_os_release(base.fs)
     problems: list[Problem] = []
     for ext in exts:
