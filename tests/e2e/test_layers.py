@@ -230,3 +230,35 @@ def test_try_runs_the_stack_of_a_descriptor(container: Container, images: dict[s
                          prefixes=["app"])
     with pytest.raises(TryFailed, match="does not match the root's"):
         try_image(bad.path, releases=[c.release.suite])
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/layers (a Python runtime and two Python apps) built as its README says."""
+    from portable_service.builder.spec import load_spec
+
+    folder = tmp_path_factory.mktemp("example") / "layers"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "examples" / "layers", folder,
+                    ignore=shutil.ignore_patterns("result"))
+    for name in ("runtime", "app", "tools"):
+        build_image(load_spec(folder / name), folder / "result")
+    build_image(load_spec(folder / "app", {"version": "3"}), folder / "result")
+    return folder
+
+
+def test_readme_example_serves_on_systemd(container: Container, example: Path) -> None:
+    """The README's example: the whole stack verifies, and both Python apps run in it."""
+    from portable_service.harness.trial import try_image
+
+    c = container
+    if not needs_extensions(c):
+        return
+    for name in ("deploy.toml", "deploy-2.toml"):
+        d = load_descriptor(example / name)
+        assert errors(verify_stack(open_layer(d.base), [open_layer(e) for e in d.extensions],
+                                   d.prefixes)) == []
+        runs = try_image(d.path, releases=[c.release.suite])
+        assert all(r.ok for r in runs) and sorted(o.unit for o in runs[0].outcomes) == \
+            ["app.service", "tools.service"]
+    p = predict(load_descriptor(example / "deploy.toml"), load_descriptor(example / "deploy-2.toml"))
+    assert [u for u, _ in p.restarted] == ["app.service"] and p.kept == ["tools.service"]
