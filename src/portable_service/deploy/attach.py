@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from portable_service.deploy.descriptor import (
     load_descriptor,
     reattach_command,
 )
-from portable_service.errors import VerifyError
+from portable_service.errors import ToolError, VerifyError
 from portable_service.look.verify import Problem, Target, errors
 
 
@@ -50,9 +51,18 @@ def _run_all(cmds: list[list[str]], dry_run: bool) -> int:
 
     for cmd in cmds:
         find_tool(cmd[0], reason="to attach portable services")
-    for cmd in cmds:
+    for i, cmd in enumerate(cmds):
         print(f"+ {shlex.join(cmd)}", flush=True)
-        run(cmd, capture=False)
+        proc = run(cmd, check=False)
+        out = (proc.stdout + proc.stderr).decode(errors="replace")
+        sys.stdout.write(out)
+        if proc.returncode != 0:
+            # portablectl and systemctl put the reason last ("AttachImage failed: ...")
+            last = next((ln for ln in reversed(out.splitlines()) if ln.strip()), "no message")
+            raise ToolError(f"{shlex.join(cmd[:2])} failed (exit {proc.returncode}): "
+                            f"{last.strip()}", "the commands before it have run: "
+                            "portable-service detach --dry-run shows how to undo them" if i else
+                            "nothing was changed; fix the cause and run it again")
     return 0
 
 
