@@ -5,8 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import require_tool
 from layer_projects import write_runtime
+
+from conftest import require_tool
 
 RELEASE = "ID=debian\nVERSION_ID=12\nSYSEXT_SCOPE=portable\nPORTABLE_PREFIXES={prefix}\n"
 
