@@ -236,6 +236,12 @@ def _sign_parser(sub: Any) -> None:
     register(sub)
 
 
+def _deploy_verbs(sub: Any) -> None:
+    from portable_service.deploy.attach import register
+
+    register(sub)
+
+
 def _fleet_verbs(sub: Any) -> None:
     from portable_service.deploy import hostconfig, publish
 
@@ -246,7 +252,7 @@ def _fleet_verbs(sub: Any) -> None:
 # Each verb registers itself here: (name -> function adding its parser).
 VERBS: list[Callable[[Any], None]] = [_init_parser, _build_parser, _why_parser, _image_verbs,
                                       _try_parser,
-                                      _sign_parser, _fleet_verbs]
+                                      _sign_parser, _fleet_verbs, _deploy_verbs]
 
 
 GLOBAL_HELP = {

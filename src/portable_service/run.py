@@ -23,6 +23,7 @@ PACKAGE_OF = {
     "mksquashfs": "squashfs-tools",
     "unsquashfs": "squashfs-tools",
     "systemd-nspawn": "systemd-container",
+    "portablectl": "systemd-container",
     "debootstrap": "debootstrap",
     "nix-store": "nix-bin",
     "mkfs.erofs": "erofs-utils",

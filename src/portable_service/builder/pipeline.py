@@ -26,6 +26,7 @@ from portable_service.progress import QUIET, Reporter
 from portable_service.run import pid_alive
 
 if TYPE_CHECKING:
+    from portable_service.builder.extension import Base
     from portable_service.builder.verity import SidecarSet
 
 
@@ -39,6 +40,7 @@ class Plan:
     tree: ImageTree
     writer: Writer
     options: PackOptions
+    base: Base | None = None  # an extension's base (spec key base)
 
 
 def source_date_epoch() -> int:
@@ -85,7 +87,16 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
         reporter.warn(warning)
     with reporter.step("laying out the image tree"):
         tree = layout.assemble(spec, units, closure)
-    return Plan(spec, units, closure, tree, writer, options)
+    base = None
+    if spec.base is not None:
+        from portable_service.builder import extension
+
+        base = extension.open_base(spec.base, reporter)
+        with reporter.step(f"keeping what the base {base.name} lacks"):
+            tree, warnings = extension.extension_tree(spec, tree, base)
+        for warning in warnings:
+            reporter.warn(warning)
+    return Plan(spec, units, closure, tree, writer, options, base)
 
 
 def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
@@ -115,7 +126,12 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
             reporter.note(f"verify: {line}")
 
         with reporter.step("verifying the image"):
-            check_written(tmp, out.name, p.tree, say, allow_missing=spec.allow_missing)
+            if p.base is not None:
+                from portable_service.look.extension import Layer, check_written_extension
+
+                check_written_extension(tmp, out.name, Layer(p.base.fs, p.base.name), say)
+            else:
+                check_written(tmp, out.name, p.tree, say, allow_missing=spec.allow_missing)
 
     def write(tmp: Path) -> None:
         if spec.format != "ddi":

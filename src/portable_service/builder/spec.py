@@ -78,6 +78,7 @@ class Spec:
     verity_key: str | None = None  # a PEM file (absolute) or a pkcs11: URI
     verity_certificate: Path | None = None
     format: str = "raw"
+    base: Path | None = None  # set: build a portable extension of this image or spec
 
     @property
     def image_name(self) -> str:
@@ -383,6 +384,8 @@ SETTINGS: tuple[Setting, ...] = (
             "private key or pkcs11: URI; implies verity", metavar="KEY"),
     Setting("verity-certificate", _opt_host_path, "the signing key's X.509 certificate (PEM)",
             metavar="CERT"),
+    Setting("base", _opt_host_path, "build a portable extension of this image (.raw) or spec: "
+            "only what it lacks, with an extension-release file", metavar="PATH"),
 )
 
 _BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS} | {

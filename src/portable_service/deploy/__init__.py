@@ -1,1 +1,2 @@
-"""Deploying images: the download folder hosts update from, and the files a host needs."""
+"""Deploying images: stacks of portable images (the descriptor, attach/detach/reattach, what a
+reattach will change), the download folder hosts update from, and the files a host needs."""

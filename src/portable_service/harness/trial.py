@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from portable_service.deploy.attach import attach_stack, detach_stack
+from portable_service.deploy.descriptor import Descriptor, is_descriptor, load_descriptor
 from portable_service.errors import HostError, ImageError, PortableServiceError, TryFailed
 from portable_service.harness import judge, nspawn, roots
 from portable_service.harness.judge import Verdict
@@ -214,12 +216,20 @@ def try_image(image: Path, *, releases: Sequence[str] = (), profile: str = "defa
     """
     reporter = reporter or Reporter()
     nspawn.check_host()
-    check_image(image)
+    stack = None
+    if is_descriptor(image):  # a base and its extensions, attached together
+        stack = load_descriptor(image)
+        for layer in stack.images:
+            check_image(layer)
+        profile = stack.profile
+    else:
+        check_image(image)
     chosen = resolve_releases(releases)
     runs = []
     for release in chosen:
         run = try_on(image, release, profile=profile, units=units, settle=settle,
-                     timeout=timeout, reporter=reporter, host_network=host_network)
+                     timeout=timeout, reporter=reporter, host_network=host_network,
+                     stack=stack)
         runs.append(run)
         if not as_json:
             _print_run(run, out)
@@ -258,7 +268,7 @@ def _root(release: Release, reporter: Reporter) -> Path:
 def try_on(image: Path, release: Release, *, profile: str = "default",
            units: Sequence[str] = (), settle: float = DEFAULT_SETTLE,
            timeout: float = DEFAULT_TIMEOUT, reporter: Reporter | None = None,
-           host_network: bool = False) -> ReleaseRun:
+           host_network: bool = False, stack: Descriptor | None = None) -> ReleaseRun:
     """Boot ``release``, attach ``image``, start and judge its units; torn down on return.
 
     The container has a network of its own (loopback only) unless ``host_network``: a
@@ -270,7 +280,8 @@ def try_on(image: Path, release: Release, *, profile: str = "default",
     with nspawn.booted(release, root, private_network=not host_network) as c:
         reporter.info(f"booted {label} in {c.timings['ready']:.1f} s")
         with reporter.step(f"portablectl attach --profile={profile} {image.name}"):
-            attach = c.attach(image, profile=profile)
+            attach = c.attach(image, profile=profile) if stack is None else \
+                attach_stack(c, stack)
         if not attach.ok:
             return ReleaseRun(release, attach_error=f"portablectl attach failed: "
                                                     f"{first_cause(attach.output)}")
@@ -284,7 +295,10 @@ def try_on(image: Path, release: Release, *, profile: str = "default",
             raise TryFailed("the image has no unit to start (only templates?)",
                             "name one with --unit NAME@INSTANCE.service")
         run = _start_and_judge(c, release, chosen, settle, timeout, reporter)
-        c.detach(image.name.removesuffix(".raw"))
+        if stack is None:
+            c.detach(image.name.removesuffix(".raw"))
+        else:
+            detach_stack(c, stack)
     return run
 
 
@@ -409,7 +423,8 @@ def register(sub: Any) -> None:
                     "debootstrap; the Debian root is cached in "
                     f"{roots.DEFAULT_CACHE} (or $PORTABLE_SERVICE_ROOTS).",
         epilog=EXIT_CODES)
-    p.add_argument("image", help="the image, e.g. result/demo_1.0.raw")
+    p.add_argument("image", help="the image, e.g. result/demo_1.0.raw, or a deployment "
+                   "descriptor (.toml: a base and its extensions)")
     p.add_argument("--profile", default="default", choices=PROFILES,
                    help="portable profile to attach with (default: default)")
     p.add_argument("--unit", action="append", metavar="UNIT",

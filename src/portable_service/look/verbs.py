@@ -87,15 +87,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from portable_service.look.verify import Target, errors, report_json, verify
 
     target = Target(profile=args.profile, systemd=args.systemd)
+    from portable_service.look.extension import verify_layers
     from portable_service.look.verity_check import check_sidecars, tampered
 
-    sidecar_problems = list(check_sidecars(Path(args.image), args.certificate).problems)
-    try:
-        problems = verify(_open(args.image), Path(args.image).name, target) + sidecar_problems
-    except PortableServiceError:
-        if not tampered(sidecar_problems):
-            raise
-        problems = sidecar_problems  # the image does not read because it was modified: say so
+    fs = None if args.image.endswith(".toml") else _open(args.image)
+    problems = verify_layers(args.image, fs, args.base, target)  # a descriptor, an extension
+    if problems is None:
+        assert fs is not None  # only a descriptor has no image of its own
+        sidecar_problems = list(check_sidecars(Path(args.image), args.certificate).problems)
+        try:
+            problems = verify(fs, Path(args.image).name, target) + sidecar_problems
+        except PortableServiceError:
+            if not tampered(sidecar_problems):
+                raise
+            problems = sidecar_problems  # the image does not read because it was modified
     errs = errors(problems)
     style = wanted(args)
     if style:
@@ -113,6 +118,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from portable_service.look.diff import diff_images, render_diff
 
+    if args.old.endswith(".toml") and args.new.endswith(".toml"):  # two deployment descriptors
+        from portable_service.deploy.predict import diff_descriptors
+
+        return diff_descriptors(args.old, args.new, wanted(args))
     d = diff_images(_open(args.old), Path(args.old).name, _open(args.new), Path(args.new).name)
     style = wanted(args)
     if style:
@@ -182,6 +191,8 @@ def register(sub: Any) -> None:
                    help="the host's systemd version, e.g. 247, 252, 257 (default: check every "
                    "tested version and name the lowest that breaks)")
     _certificate_flag(p)
+    p.add_argument("--base", metavar="IMAGE", help="for a portable extension: the base image "
+                   "it extends (IMAGE may also be a deployment descriptor, .toml)")
     _json_flag(p)
     p.set_defaults(func=cmd_verify)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import posixpath
 
+from portable_service.rules.extensions import OVERLAID
+
 # the unit types portabled attaches; others in an image are ignored
 UNIT_TYPES = (".service", ".socket", ".target", ".timer", ".path")
 # the types that start another unit (a socket, a timer, a path)
@@ -28,8 +30,11 @@ STATE_ROOTS = ("/var/lib", "/var/cache", "/var/log")
 # paths a service finds made at run time: never dependencies of an image
 RUNTIME_ROOTS = FRESH_MOUNTS + STATE_ROOTS
 
+# where portable extensions are overlaid: the folders must exist in a read-only base
+# (rules/extensions.py), so every image carries them and can serve as a base
+EXTENSION_MOUNTS = OVERLAID
 # the scaffold every image carries: the folders and files above, the unit folder, os-release
-SCAFFOLD_DIRS = (BUILD_UNIT_DIR, *FRESH_MOUNTS, *STATE_ROOTS)
+SCAFFOLD_DIRS = (BUILD_UNIT_DIR, *FRESH_MOUNTS, *STATE_ROOTS, *EXTENSION_MOUNTS)
 SCAFFOLD_FILES = (*BOUND_FILES, OS_RELEASE_PATHS[0])
 
 # systemd's PATH for a service's bare program names (merged /usr); hosts without merged
