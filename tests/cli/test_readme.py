@@ -7,7 +7,9 @@ How the README's blocks are read:
   top, so ``portable-service build`` finds a portable.toml); ``portable-service`` is this
   checkout's. Lines after a command, up to the next command, are its expected output:
   each must be a line it printed (stdout or stderr). A command whose expected output has
-  an ``error:`` line must fail (exit 2); every other command must succeed;
+  an ``error:`` line must fail (exit 2); one whose line ends in ``# exit N ...`` must exit N
+  (``diff`` finding changes: 1); every other command must succeed. ``$ cd DIR`` moves the
+  rest of its block to DIR;
 - a console block without ``$`` lines is a synopsis: nothing to run;
 - an HTML comment on the line before a block says why it is not run here:
   ``<!-- doctest: server -->`` (needs a server with systemd-portabled: portablectl,
@@ -110,12 +112,18 @@ def test_readme(scratch: Path) -> None:
             assert proc.returncode == 0, f"{where}: {proc.stderr}"
             ran += 1
             continue
+        cwd = scratch
         for command, expected in commands(block.body):
-            proc = subprocess.run(["bash", "-c", command], cwd=scratch, env=env,
+            if command.startswith("cd "):
+                cwd = (cwd / command[3:].split("#")[0].strip()).resolve()
+                assert cwd.is_dir(), f"{where}: `{command}`: no such folder"
+                continue
+            proc = subprocess.run(["bash", "-c", command], cwd=cwd, env=env,
                                   capture_output=True, text=True, check=False)
             printed = (proc.stdout + proc.stderr).splitlines()
-            fails = any("error:" in line for line in expected)
-            assert (proc.returncode == 2) if fails else (proc.returncode == 0), \
+            code = re.search(r"#\s*exit (\d+)", command)
+            want = int(code[1]) if code else 2 if any("error:" in ln for ln in expected) else 0
+            assert proc.returncode == want, \
                 f"{where}: `{command}` exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
             for line in expected:
                 if line.lstrip().startswith("#"):
