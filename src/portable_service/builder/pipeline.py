@@ -16,6 +16,7 @@ from portable_service.builder import layout
 from portable_service.builder import units as units_mod
 from portable_service.builder.closure import Closure
 from portable_service.builder.closure.secrets import check_no_secrets
+from portable_service.builder.repo import Pinned
 from portable_service.builder.spec import Spec, check_spec
 from portable_service.builder.writers import Writer, select_writer
 from portable_service.builder.writers.options import PackOptions, parse_block_size, parse_compression
@@ -35,6 +36,8 @@ class Plan:
     tree: ImageTree
     writer: Writer
     options: PackOptions
+    pinned: Pinned | None = None  # a build from a repository (builder/repo)
+    sbom: bytes = b""  # the SPDX document, also in the image (builder/sbom.py)
 
 
 def source_date_epoch() -> int:
@@ -49,8 +52,13 @@ def source_date_epoch() -> int:
     return value
 
 
-def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
-    """Check everything and lay out the image tree; nothing is written."""
+def plan(spec: Spec, reporter: Reporter = QUIET, workdir: Path | None = None,
+         update: bool = False) -> Plan:
+    """Check everything and lay out the image tree; nothing is written.
+
+    A pinned spec (``release`` set) unpacks its packages into ``workdir``, which must
+    outlive the plan (the tree reads its files from there).
+    """
     check_spec(spec)  # a Spec built in code has not been through the parser's checks
     # options and tools first: a bad setting or a missing tool is reported before any work
     options = PackOptions(
@@ -65,6 +73,15 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
         if unit.drop_ins:
             reporter.info(f"merged {', '.join(unit.drop_ins)} into {unit.name}: portabled does "
                           "not read drop-ins inside an image")
+    pinned = None
+    built = spec
+    if spec.release is not None:
+        from portable_service.builder import repo
+
+        if workdir is None:
+            raise SpecError("a pinned build needs a work folder", "build it with build_image")
+        pinned = repo.prepare(spec, workdir, update, reporter)
+        spec = pinned.spec
     with reporter.step("resolving the closure"):
         closure = closure_mod.resolve(spec, units)
         check_no_secrets(closure)
@@ -76,11 +93,16 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
         reporter.warn(warning)
     with reporter.step("laying out the image tree"):
         tree = layout.assemble(spec, units, closure)
-    return Plan(spec, units, closure, tree, writer, options)
+    from portable_service.builder import sbom
+
+    with reporter.step("writing the SBOM"):
+        document = sbom.add_to_tree(tree, built, closure, pinned, options.mtime)
+    return Plan(built, units, closure, tree, writer, options, pinned, document)
 
 
 def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
-                inspect: Callable[[Plan], None] | None = None, verify: bool = True) -> Path:
+                inspect: Callable[[Plan], None] | None = None, verify: bool = True,
+                update: bool = False) -> Path:
     """Build ``output_dir/<pname>_<version>.raw``; on any failure the old image stays as it was.
 
     ``inspect`` sees the plan before anything is written (``--print-closure``). With
@@ -89,7 +111,13 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     """
     if verify:
         _check_verifiable(spec)
-    p = plan(spec, reporter)
+    with tempfile.TemporaryDirectory(prefix="portable-service-") as workdir:
+        return _build(spec, output_dir, reporter, inspect, verify, update, Path(workdir))
+
+
+def _build(spec: Spec, output_dir: Path, reporter: Reporter, inspect: Callable[[Plan], None] | None,
+           verify: bool, update: bool, workdir: Path) -> Path:
+    p = plan(spec, reporter, workdir, update)
     if inspect is not None:
         inspect(p)
     out = output_dir / spec.image_name
@@ -108,6 +136,10 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     with reporter.step(f"writing {out} with {p.writer.name} ({len(p.tree)} entries)"):
         write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, reporter),
                          check if verify else None)
+    from portable_service.builder import sbom
+
+    document = out.with_name(sbom.document_name(spec))
+    write_atomically(document, lambda tmp: tmp.write_bytes(p.sbom))
     return out
 
 

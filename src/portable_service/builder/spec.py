@@ -72,6 +72,13 @@ class Spec:
     skip_packages: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_SKIP
     package_data: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_DATA
     package_docs: bool = False
+    # pinned builds (builder/repo): packages come from this repository, not the host
+    distribution: str | None = None
+    release: str | None = None
+    architecture: str | None = None  # None: the build host's
+    mirror: str | None = None  # None: the host's configured Debian mirror
+    keyring: Path | None = None  # None: rules.debian.ARCHIVE_KEYRING
+    lock_file: Path | None = None  # None: portable.lock beside the spec
 
     @property
     def image_name(self) -> str:
@@ -347,6 +354,18 @@ SETTINGS: tuple[Setting, ...] = (
             repeatable=True, metavar="NAME"),
     Setting("package-docs", _bool, "keep the documentation, man pages and locales of packages",
             is_bool=True),
+    Setting("distribution", _opt_str, "take packages from this distribution's repository "
+            "(debian), not from the host", metavar="NAME"),
+    Setting("release", _opt_str, "release of the distribution to take packages from "
+            "(bookworm, trixie, ...)", metavar="NAME"),
+    Setting("architecture", _opt_str, "Debian architecture of a pinned build (amd64, arm64, ...; "
+            "default: the build host's)", metavar="ARCH"),
+    Setting("mirror", _opt_str, "repository URL of a pinned build (default: the host's Debian "
+            "mirror)", metavar="URL"),
+    Setting("keyring", _opt_host_path, "keyring the repository's Release file must be signed "
+            "with (default: debian-archive-keyring's)", metavar="FILE"),
+    Setting("lock-file", _opt_host_path, "lock file of a pinned build (default: portable.lock "
+            "beside the spec)", metavar="FILE"),
 )
 
 _BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS} | {
@@ -412,6 +431,8 @@ def spec_from_mapping(data: Mapping[str, Any], base: Path) -> Spec:
                 raise SpecError(f"spec key '{s.key}' is missing", f"set it in the spec or with {s.flag}")
             continue
         kwargs[s.attr] = s.parse(normalized[s.key], base, s.key)
+    if (kwargs.get("release") or kwargs.get("distribution")) and kwargs.get("lock_file") is None:
+        kwargs["lock_file"] = base / "portable.lock"  # beside the spec (builder/repo/lock.py)
     spec = Spec(**kwargs)
     check_spec(spec)
     return spec
@@ -516,6 +537,10 @@ def check_spec(spec: Spec) -> None:
                             "remove it (a line break, tab or NUL)")
     if not spec.units:
         raise SpecError("no units given", "name at least one unit file (units = [\"demo.service\"])")
+    if spec.distribution is not None or spec.release is not None:
+        from portable_service.builder.repo import check_pinned
+
+        check_pinned(spec)
     from portable_service.builder.writers.options import parse_block_size, parse_compression
 
     parse_compression(spec.squash_compression)
