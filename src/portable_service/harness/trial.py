@@ -118,6 +118,26 @@ def check_image(path: Path) -> None:
     if "_" not in path.stem:
         raise ImageError(f"{path.name} has no '_' between name and version",
                          "name it NAME_VERSION.raw, as the build does")
+    check_architecture(path)
+
+
+def check_architecture(path: Path) -> None:
+    """An image for another CPU cannot run in a container here: say so before booting one."""
+    from portable_service.builder.layout import parse_os_release
+    from portable_service.fs.views import open_image, read_text
+    from portable_service.rules import debian
+
+    fs = open_image(path)
+    try:
+        text = read_text(fs, "/etc/os-release") or read_text(fs, "/usr/lib/os-release") or ""
+    finally:
+        fs.close()
+    arch = parse_os_release(text).get("ARCHITECTURE")
+    here = debian.SYSTEMD_ARCH.get(debian.host_dpkg_arch())
+    if arch and here and arch != here:
+        raise ImageError(f"{path.name} is built for {arch} (os-release ARCHITECTURE=), this "
+                         f"machine is {here}: its programs cannot run here",
+                         f"try it on a {arch} machine, or build it for {debian.host_dpkg_arch()}")
 
 
 @dataclass(frozen=True)
