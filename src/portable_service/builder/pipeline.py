@@ -139,8 +139,12 @@ def _build(spec: Spec, output_dir: Path, reporter: Reporter, inspect: Callable[[
     from portable_service.builder import sbom
 
     document = out.with_name(sbom.document_name(spec))
-    write_atomically(document, lambda tmp: tmp.write_bytes(p.sbom))
+    write_atomically(document, lambda tmp: _write_bytes(tmp, p.sbom))
     return out
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
 
 
 def _check_verifiable(spec: Spec) -> None:

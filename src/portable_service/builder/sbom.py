@@ -18,6 +18,7 @@ the document is byte-identical whenever the image is.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from portable_service.builder.spec import Spec
 from portable_service.fs.tree import ImageTree, Kind
+from portable_service.fs.views import ImageFS
 
 if TYPE_CHECKING:
     from portable_service.builder.closure import Closure
@@ -49,7 +51,8 @@ DEBIAN_TO_SPDX = {
     "lgpl-2.1": "LGPL-2.1-only", "lgpl-2.1+": "LGPL-2.1-or-later", "lgpl-3": "LGPL-3.0-only",
     "lgpl-3+": "LGPL-3.0-or-later", "isc": "ISC", "zlib": "Zlib", "openssl": "OpenSSL",
     "mpl-1.1": "MPL-1.1", "mpl-2.0": "MPL-2.0", "gfdl-1.3+": "GFDL-1.3-or-later",
-    "psf-2": "PSF-2.0", "curl": "curl", "ssleay": "SSLeay", "x11": "X11", "unicode-dfs-2016": "Unicode-DFS-2016",
+    "psf-2": "PSF-2.0", "curl": "curl", "ssleay": "SSLeay", "x11": "X11",
+    "unicode-dfs-2016": "Unicode-DFS-2016",
 }
 
 
@@ -103,7 +106,7 @@ def _host_owners() -> tuple[dict[str, str], dict[str, tuple[str, str, str]]]:
             owners.setdefault(line, pkg)
     try:
         db = Database.load()
-    except Exception:  # noqa: BLE001 - no dpkg database: every file is a host file
+    except Exception:
         return owners, {}
     meta = {name: (pkgs[0].version, pkgs[0].source_name, "") for name, pkgs in db.by_name.items()}
     return owners, meta
@@ -111,22 +114,15 @@ def _host_owners() -> tuple[dict[str, str], dict[str, tuple[str, str, str]]]:
 
 def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned: Pinned | None,
                    mtime: int) -> bytes:
-    from spdx_tools.spdx.model import (
-        Actor,
-        ActorType,
-        Checksum,
-        ChecksumAlgorithm,
-        CreationInfo,
-        Document,
-        ExtractedLicensingInfo,
-        File,
-        Package,
-        PackageVerificationCode,
-        Relationship,
-        RelationshipType,
-        SpdxNoAssertion,
-    )
     from spdx_tools.common.spdx_licensing import spdx_licensing
+    from spdx_tools.spdx.model.actor import Actor, ActorType
+    from spdx_tools.spdx.model.checksum import Checksum, ChecksumAlgorithm
+    from spdx_tools.spdx.model.document import CreationInfo, Document
+    from spdx_tools.spdx.model.extracted_licensing_info import ExtractedLicensingInfo
+    from spdx_tools.spdx.model.file import File
+    from spdx_tools.spdx.model.package import Package, PackageVerificationCode
+    from spdx_tools.spdx.model.relationship import Relationship, RelationshipType
+    from spdx_tools.spdx.model.spdx_no_assertion import SpdxNoAssertion
     from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream
 
     # -- which package each image file came from
@@ -164,10 +160,8 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
                 package_of[entry.path] = owner
         for name in sorted(set(package_of.values())):
             path = Path(f"/usr/share/doc/{name}/copyright")
-            try:
+            with contextlib.suppress(OSError):
                 copyright[name] = path.read_bytes()
-            except OSError:
-                pass
     used = sorted(set(package_of.values()))
 
     # -- the document
@@ -176,12 +170,12 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
     for entry in sorted(tree, key=lambda e: str(e.path)):
         if entry.kind is not Kind.FILE or entry.path == IMAGE_SBOM:
             continue
-        sha1, sha256 = hashlib.sha1(), hashlib.sha256()  # noqa: S324 - SPDX requires SHA-1
+        h1, h256 = hashlib.sha1(), hashlib.sha256()  # SPDX requires SHA-1; SHA-256 is what counts
         with entry.open() as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
-                sha1.update(chunk)
-                sha256.update(chunk)
-        files.append((entry.path, sha1.digest(), sha256.digest()))
+                h1.update(chunk)
+                h256.update(chunk)
+        files.append((entry.path, h1.digest(), h256.digest()))
     digest = hashlib.sha256(b"".join(str(p).encode() + b"\0" + s for p, _, s in files)).hexdigest()
     image_id = _spdx_id("Package", f"image-{spec.pname}")
     info = CreationInfo(
@@ -189,13 +183,15 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
         document_namespace=f"{NAMESPACE}/{spec.pname}-{spec.version}-{digest[:32]}",
         creators=[Actor(ActorType.TOOL, "portable-service")], created=created)
     sha1s: dict[str, list[str]] = {}  # package id -> its files' SHA-1s (verification code)
-    for path, sha1, _ in files:
-        owner = package_of.get(path)
-        sha1s.setdefault(_spdx_id("Package", f"deb-{owner}") if owner else image_id, []).append(sha1.hex())
+    for fpath, fsha1, _ in files:
+        fowner = package_of.get(fpath)
+        sha1s.setdefault(_spdx_id("Package", f"deb-{fowner}") if fowner else image_id,
+                         []).append(fsha1.hex())
 
     def code(pid: str) -> PackageVerificationCode:
         # SPDX 2.3 section 7.9: SHA-1 of the sorted SHA-1s of the package's files
-        return PackageVerificationCode(hashlib.sha1("".join(sorted(sha1s.get(pid, []))).encode()).hexdigest())  # noqa: S324
+        joined = "".join(sorted(sha1s.get(pid, []))).encode()
+        return PackageVerificationCode(hashlib.sha1(joined).hexdigest())
 
     packages = [Package(image_id, spec.pname, SpdxNoAssertion(), version=spec.version,
                         verification_code=code(image_id), homepage=spec.homepage or None,
@@ -222,14 +218,15 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
             copyright_text=SpdxNoAssertion(), supplier=Actor(ActorType.ORGANIZATION, "Debian")))
         relationships.append(Relationship(image_id, RelationshipType.CONTAINS, pid))
     spdx_files = []
-    for n, (path, sha1, sha256) in enumerate(files):
+    for n, (fpath, fsha1, fsha256) in enumerate(files):
         fid = f"SPDXRef-File-{n}"
-        owner = package_of.get(path)
-        entry = tree.get(path)
-        made = entry is not None and entry.source is None
+        owner = package_of.get(fpath)
+        placed = tree.get(fpath)
+        made = placed is not None and placed.source is None
         comment = None if owner else (MADE_FILE if made else HOST_FILE)
-        spdx_files.append(File("." + str(path), fid, [Checksum(ChecksumAlgorithm.SHA1, sha1.hex()),
-                                                Checksum(ChecksumAlgorithm.SHA256, sha256.hex())],
+        spdx_files.append(File("." + str(fpath), fid,
+                               [Checksum(ChecksumAlgorithm.SHA1, fsha1.hex()),
+                                Checksum(ChecksumAlgorithm.SHA256, fsha256.hex())],
                                comment=comment))
         container = _spdx_id("Package", f"deb-{owner}") if owner else image_id
         relationships.append(Relationship(container, RelationshipType.CONTAINS, fid))
@@ -250,3 +247,15 @@ def add_to_tree(tree: ImageTree, spec: Spec, closure: Closure | None, pinned: Pi
     tree.add_file(mirror_host_parents(tree, IMAGE_SBOM, "generated"), data=document,
                   origin=f"generated {IMAGE_SBOM}")
     return document
+
+
+def image_sbom(fs: ImageFS, name: str) -> str:
+    """The SBOM an image carries (``inspect --sbom``)."""
+    from portable_service.errors import ImageError
+    from portable_service.fs.views import read_text
+
+    text = read_text(fs, str(IMAGE_SBOM), 1 << 30)
+    if text is None:
+        raise ImageError(f"{name} carries no SBOM ({IMAGE_SBOM})",
+                         "it was built by another tool or an older portable-service; rebuild it")
+    return text

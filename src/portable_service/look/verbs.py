@@ -44,6 +44,11 @@ def _open(path: str, indexed: bool = True) -> Any:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from portable_service.look.inspect import inspect_image, render_cat, render_inspect
 
+    if args.sbom:
+        from portable_service.builder.sbom import image_sbom
+
+        sys.stdout.write(image_sbom(_open(args.image, indexed=False), args.image))
+        return 0
     fs = _open(args.image, indexed=not args.cat)
     if args.cat:
         sys.stdout.write(render_cat(fs, args.image))
@@ -94,8 +99,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from portable_service.builder.repo.lock import diff_lock_files
     from portable_service.look.diff import diff_images, render_diff
 
+    if (lines := diff_lock_files(Path(args.old), Path(args.new))) is not None:
+        print("\n".join(lines) if lines else "no package changes")  # two portable.lock files
+        return 0
     d = diff_images(_open(args.old), Path(args.old).name, _open(args.new), Path(args.new).name)
     if args.json != "off":
         _dump(d.to_dict(), args.json)
@@ -133,6 +142,7 @@ def register(sub: Any) -> None:
                        description="Show what portablectl inspect shows, without root.")
     p.add_argument("image", help="a portable image file (.raw)")
     p.add_argument("--cat", action="store_true", help="print os-release and the unit files")
+    p.add_argument("--sbom", action="store_true", help="print the image's SPDX SBOM (JSON)")
     _json_flag(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -165,7 +175,8 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("diff", help="what changed between two images",
                        description="Added, removed and changed files and units, os-release and "
-                       "size changes between two images.")
+                       "size changes between two images; for two portable.lock files, the "
+                       "packages added, removed or at another version.")
     p.add_argument("old")
     p.add_argument("new")
     _json_flag(p)

@@ -57,7 +57,7 @@ def _download(url: str, path: Path, pkg: LockedPackage) -> None:
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
             try:
-                with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 (http mirror)
+                with urllib.request.urlopen(url, timeout=60) as resp:
                     for chunk in iter(lambda: resp.read(1 << 20), b""):
                         h.update(chunk)
                         out.write(chunk)

@@ -129,7 +129,25 @@ def lock_changes(old: Lock, new: Lock) -> list[str]:
         elif a[name].sha256 != b[name].sha256:
             lines.append(f"! {name} {a[name].version}: same version, other file (sha256 differs)")
     ra, rb = old.repository, new.repository
-    for what in ("release", "codename", "version", "architecture", "mirror"):
-        if getattr(ra, what) != getattr(rb, what):
-            lines.insert(0, f"~ repository {what}: {getattr(ra, what)} -> {getattr(rb, what)}")
-    return lines
+    repo = [f"~ repository {what}: {getattr(ra, what)} -> {getattr(rb, what)}"
+            for what in ("release", "codename", "version", "architecture", "mirror")
+            if getattr(ra, what) != getattr(rb, what)]
+    return repo + lines
+
+
+def is_lock_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    return head.lstrip().startswith(b"{") and FORMAT.encode() in head + path.read_bytes()[:4096]
+
+
+def diff_lock_files(old: Path, new: Path) -> list[str] | None:
+    """``diff`` of two lock files (None when they are not both lock files: images, then)."""
+    if not (is_lock_file(old) and is_lock_file(new)):
+        return None
+    a, b = read_lock(old), read_lock(new)
+    assert a is not None and b is not None
+    return lock_changes(a, b)
