@@ -206,8 +206,8 @@ def verify_index(inrelease: Path, packages: list[tuple[str, Path]], keyring: Pat
         why = next((ln for ln in proc.stderr.decode("utf-8", "replace").splitlines()
                     if "Can't check" in ln or "BAD" in ln or "no valid" in ln.lower()),
                    "no good signature")
-        raise RepositoryError(f"{inrelease.name} of {source.mirror} {source.release} fails its "
-                              f"signature check with {keyring}: {why.removeprefix('gpgv: ')}",
+        raise RepositoryError(f"the Release file (InRelease) of {source.mirror} {source.release} has "
+                              f"no good signature from {keyring}: {why.removeprefix('gpgv: ')}",
                               "check the mirror; install or update debian-archive-keyring")
     text = proc.stdout.decode("utf-8", "replace")
     fields, hashes = _release_fields(text)
