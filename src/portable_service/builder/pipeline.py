@@ -83,7 +83,7 @@ def plan(spec: Spec, reporter: Reporter = QUIET, workdir: Path | None = None,
         pinned = repo.prepare(spec, workdir, update, reporter)
         spec = pinned.spec
     with reporter.step("resolving the closure"):
-        closure = closure_mod.resolve(spec, units)
+        closure = closure_mod.resolve(spec, units, root=pinned.root if pinned else None)
         check_no_secrets(closure)
     if not reporter.quiet:
         for note in closure.notes:  # one line each, like warnings: they are about the image

@@ -9,10 +9,12 @@ With ``distribution`` and ``release`` set, the build
 2. takes each locked .deb from the cache (``$XDG_CACHE_HOME/portable-service/debs``),
    downloading only what is missing, each checked against its locked sha256 (:mod:`.fetch`);
 3. unpacks them into a private root, without maintainer scripts or root (:mod:`.unpack`);
-4. hands that root to the usual closure as the image's file system: every path of the
-   root is a content placed at the same path, so the ELF loader model, the ``#!``
-   interpreters and the run-time needs are resolved against the root (its libraries,
-   its loader), not against the build host.
+4. runs the usual closure against that root (``closure.resolve(..., root=)``): the
+   package rules read the root's dpkg database (written from the packages' control
+   files), the ELF loader model, ``#!`` interpreters and symlinks resolve in the root
+   (its libraries, its loader), not on the build host. So a pinned image carries what a
+   host build of the same packages would: the named packages whole, of their
+   dependencies what the programs load and run.
 
 The image is then a function of the spec, the lock file and the units: the same on
 any machine (byte for byte, ``tests/e2e/test_pinned.py``).
@@ -21,14 +23,13 @@ any machine (byte for byte, ``tests/e2e/test_pinned.py``).
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from portable_service.builder.closure.deb import DEFAULT_SKIP, effective
 from portable_service.builder.repo import apt, fetch, unpack
 from portable_service.builder.repo.lock import Lock, LockedPackage, Repository, Request, read_lock
-from portable_service.builder.spec import Content, Spec
+from portable_service.builder.spec import Spec
 from portable_service.errors import SpecError
 from portable_service.progress import QUIET, Reporter
 from portable_service.rules import debian
@@ -130,12 +131,7 @@ def prepare(spec: Spec, workdir: Path, update: bool = False, reporter: Reporter 
     root = workdir / "root"
     with reporter.step(f"unpacking {len(debs)} packages into a private root"):
         unpacked = unpack.unpack(debs, root, docs=spec.package_docs)
-    _give_way_to_contents(spec, root)
-    closure_spec = replace(
-        spec, packages=(),
-        # the root first: the spec's own contents were taken out of it, so nothing is claimed twice
-        contents=(Content(root, PurePosixPath("/")), *spec.contents),
-        os_release=(*os_release(lock.repository), *spec.os_release))
+    closure_spec = replace(spec, os_release=(*os_release(lock.repository), *spec.os_release))
     return Pinned(lock, root, unpacked.owners, unpacked.copyright, closure_spec, fetched)
 
 
@@ -150,26 +146,6 @@ def os_release(repo: Repository) -> tuple[tuple[str, str], ...]:
     if major:
         fields.insert(1, ("VERSION_ID", major))
     return tuple(fields)
-
-
-def _give_way_to_contents(spec: Spec, root: Path) -> None:
-    """A file the spec's contents place replaces the package's (as on the host path)."""
-    for c in spec.contents:
-        there = root / str(c.target).lstrip("/")
-        if c.source.is_dir() and not c.source.is_symlink():
-            for folder, _dirs, files in os.walk(c.source):
-                rel = Path(folder).relative_to(c.source)
-                for name in files:
-                    _remove(there / rel / name)
-        else:
-            _remove(there)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -32,6 +32,7 @@ class Unpacked:
     owners: dict[str, str] = field(default_factory=dict)  # image path -> package
     copyright: dict[str, bytes] = field(default_factory=dict)  # package -> copyright file
     left_out: dict[str, int] = field(default_factory=dict)  # what was not unpacked, counted
+    listing: dict[str, list[str]] = field(default_factory=dict)  # package -> its paths (dpkg's .list)
 
 
 def make_root(root: Path) -> None:
@@ -71,9 +72,35 @@ def unpack(debs: dict[str, Path], root: Path, docs: bool = False) -> Unpacked:
         except (tarfile.TarError, ValueError) as e:
             raise RepositoryError(f"{debs[name].name} cannot be unpacked: {e}",
                                   f"delete it from the cache ({debs[name]}) and build again") from None
+    write_dpkg_database(debs, out)
     for path, mode in sorted(dir_modes.items(), reverse=True):
         os.chmod(path, mode)
     return out
+
+
+# the fields of a package's control file the closure's package rules read (closure/deb.py)
+STATUS_FIELDS = ("Package", "Architecture", "Version", "Source", "Installed-Size", "Pre-Depends",
+                 "Depends", "Provides", "Multi-Arch")
+
+
+def write_dpkg_database(debs: dict[str, Path], out: Unpacked) -> None:
+    """The root's /var/lib/dpkg as dpkg would leave it (status, info/NAME.list), so the
+    closure's package rules (closure/deb.py) read the root as they read the host."""
+    admin = out.root / "var/lib/dpkg"
+    (admin / "info").mkdir(parents=True, exist_ok=True)
+    stanzas = []
+    for name in sorted(debs):
+        text = run(["dpkg-deb", "-f", debs[name], *STATUS_FIELDS]).stdout.decode("utf-8", "replace")
+        fields = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition(": ")
+            if sep and key in STATUS_FIELDS:
+                fields[key] = value
+        fields["Status"] = "install ok installed"
+        stanzas.append("".join(f"{k}: {v}\n" for k, v in fields.items()))
+        (admin / "info" / f"{name}.list").write_text(
+            "/.\n" + "".join(f"{p}\n" for p in out.listing.get(name, [])))
+    (admin / "status").write_text("\n".join(stanzas))
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, package: str, out: Unpacked,
@@ -94,6 +121,7 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, package: str, out: U
     _check_inside(out.root, dest.parent)
     mode = stat.S_IMODE(member.mode)
     if member.isdir():
+        out.listing.setdefault(package, []).append(text)
         if dest.is_symlink():
             return  # a merged-/usr link (or a package's own link) stands for the folder
         dest.mkdir(parents=True, exist_ok=True)
@@ -123,6 +151,7 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, package: str, out: U
         out.left_out["device nodes and fifos"] = out.left_out.get("device nodes and fifos", 0) + 1
         return
     out.owners[text] = package
+    out.listing.setdefault(package, []).append(text)
 
 
 def _check_inside(root: Path, folder: Path) -> None:
