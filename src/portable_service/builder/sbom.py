@@ -176,7 +176,7 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
                 h1.update(chunk)
                 h256.update(chunk)
         files.append((entry.path, h1.digest(), h256.digest()))
-    digest = hashlib.sha256(b"".join(str(p).encode() + b"\0" + s for p, _, s in files)).hexdigest()
+    digest = hashlib.sha256(b"".join(os.fsencode(str(p)) + b"\0" + s for p, _, s in files)).hexdigest()
     image_id = _spdx_id("Package", f"image-{spec.pname}")
     info = CreationInfo(
         spdx_version="SPDX-2.3", spdx_id="SPDXRef-DOCUMENT", name=f"{spec.pname}_{spec.version}",
