@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from portable_service.builder.spec import Spec
+from portable_service.errors import ToolError
 from portable_service.fs.tree import ImageTree, Kind
 from portable_service.fs.views import ImageFS
 
@@ -131,14 +132,18 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
     locations: dict[str, str] = {}
     copyright: dict[str, bytes] = {}
     if pinned is not None:
-        root = str(pinned.root)
+        root = os.path.realpath(pinned.root)
         for entry in tree:
-            if entry.kind is Kind.FILE and entry.source is not None and \
-                    str(entry.source).startswith(root + "/"):
-                owner = pinned.owners.get(str(entry.source)[len(root):])
-                if owner is not None:
-                    package_of[entry.path] = owner
-        mirror = (spec.mirror or pinned.lock.repository.mirror).rstrip("/")
+            if entry.kind is Kind.FILE and entry.source is not None:
+                # /lib/x is /usr/lib/x in the merged-/usr root: ask by the real path
+                real = os.path.realpath(entry.source)
+                if real.startswith(root + "/"):
+                    owner = pinned.owners.get(real[len(root):])
+                    if owner is not None:
+                        package_of[entry.path] = owner
+        # the lock's mirror, not this build's: the document (and the image) must not depend
+        # on where this machine happened to download from
+        mirror = pinned.lock.repository.mirror.rstrip("/")
         for p in pinned.lock.packages:
             meta[p.name] = (p.version, f"{p.source} {p.source_version}", p.homepage)
             locations[p.name] = f"{mirror}/{p.filename}"
@@ -233,7 +238,11 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
     doc = Document(info, packages=packages, files=spdx_files, relationships=relationships,
                    extracted_licensing_info=[extracted[k] for k in sorted(extracted)])
     stream = io.StringIO()
-    write_document_to_stream(doc, stream, validate=True)
+    try:
+        write_document_to_stream(doc, stream, validate=True)
+    except ValueError as e:  # spdx-tools' validation: a field this build filled in wrongly
+        raise ToolError(f"the SBOM does not validate as SPDX 2.3: {str(e)[:300]}",
+                        "report it; the image was not written") from None
     # sorted keys, two-space indent: the same bytes for the same image
     return (json.dumps(json.loads(stream.getvalue()), indent=1, sort_keys=True) + "\n").encode()
 

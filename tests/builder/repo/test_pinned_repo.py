@@ -240,3 +240,28 @@ def test_arm64_image_on_amd64_passes_verify_with_aarch64_elf_files(tmp_path, cli
         check_architecture(image)
     lock = read_lock(tmp_path / "portable.lock")
     assert lock is not None and {p.architecture for p in lock.packages} <= {"arm64", "all"}
+
+
+@pytest.mark.network
+def test_a_build_from_lock_and_cache_needs_no_network(tmp_path, cli, work_cache):
+    """With the lock and every .deb cached, the mirror is never asked: an unreachable one
+    builds the same image, and ``why`` explains the pinned closure from the same root."""
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    (spec / "portable.toml").write_text(spec_text())
+    env = {"PORTABLE_SERVICE_CACHE": str(work_cache)}
+    common = ["--squash-compression", "gzip", "-q"]
+    assert cli("build", str(spec), "-o", str(tmp_path / "a"), *common, env=env).returncode == 0
+    offline = cli("build", str(spec), "-o", str(tmp_path / "b"), *common,
+                  "--mirror", "http://127.0.0.1:9/debian", env=env)
+    assert offline.returncode == 0, offline.stderr
+    assert (tmp_path / "a/minihttpd_1.raw").read_bytes() == (tmp_path / "b/minihttpd_1.raw").read_bytes()
+    why = cli("why", str(spec), "/usr/sbin/mini_httpd", env=env)
+    assert why.returncode == 0 and "program of ExecStart=" in why.stdout, why.stderr
+    # the release's libc, not the host's
+    lock = read_lock(spec / "portable.lock")
+    assert lock is not None
+    libc = next(p for p in lock.packages if p.name == "libc6")
+    sbom = json.loads((tmp_path / "a/minihttpd_1.spdx.json").read_text())
+    versions = {p["name"]: p.get("versionInfo") for p in sbom["packages"]}
+    assert versions["libc6"] == libc.version and versions["mini-httpd"]
