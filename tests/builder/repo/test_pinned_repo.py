@@ -145,6 +145,24 @@ def test_unpack_keeps_files_and_owners_leaves_docs_and_units(tmp_path):
     assert out.copyright["demo"] == b"License: GPL-2+\n"
 
 
+def test_unpack_gives_a_package_users_folder_the_modes_a_host_build_gives(tmp_path):
+    """/var/log/lighttpd is 0750 www-data in the package: the image makes it enterable by
+    the service's user, as a host build does (layout.readable_by_others)."""
+    require_tool("dpkg-deb")
+    require(os.geteuid() == 0, "making a package with a www-data folder needs root")
+    tree = tmp_path / "logs"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text("Package: logs\nVersion: 1\nArchitecture: all\n"
+                                          "Maintainer: t <t@example.org>\nDescription: t\n")
+    (tree / "var/log/logs").mkdir(parents=True)
+    os.chmod(tree / "var/log/logs", 0o2750)
+    os.chown(tree / "var/log/logs", 33, 33)
+    subprocess.run(["dpkg-deb", "--build", str(tree), str(tmp_path / "logs.deb")], check=True,
+                   capture_output=True)
+    unpack.unpack({"logs": tmp_path / "logs.deb"}, tmp_path / "root")
+    assert oct(os.stat(tmp_path / "root/var/log/logs").st_mode & 0o7777) == oct(0o755)
+
+
 def test_unpack_refuses_a_symlink_that_leads_out_of_the_root(tmp_path):
     """One package's absolute link, another's file below it: writing it would land on the
     build host (here: a folder beside the root)."""

@@ -119,7 +119,7 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, package: str, out: U
         return
     dest = out.root / text.lstrip("/")
     _check_inside(out.root, dest.parent)
-    mode = stat.S_IMODE(member.mode)
+    mode = owned_mode(stat.S_IMODE(member.mode), member.uid, member.gid)
     if member.isdir():
         out.listing.setdefault(package, []).append(text)
         if dest.is_symlink():
@@ -152,6 +152,19 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, package: str, out: U
         return
     out.owners[text] = package
     out.listing.setdefault(package, []).append(text)
+
+
+def owned_mode(mode: int, uid: int, gid: int) -> int:
+    """The mode the image gives a member owned by a package's user or group (``/var/log/
+    lighttpd`` is ``0750 www-data``): the root's copy is the build user's, so the owner is
+    applied here as :func:`builder.layout.place` applies a host file's owner."""
+    from portable_service.builder.layout import readable_by_others
+
+    if uid != 0:
+        mode &= ~stat.S_ISUID
+    if gid != 0:
+        mode &= ~stat.S_ISGID
+    return mode | readable_by_others(mode, uid, gid)
 
 
 def _check_inside(root: Path, folder: Path) -> None:
