@@ -36,3 +36,5 @@ def host_dpkg_arch() -> str:
 # The package that ships libnss_systemd.so.2 (closure.runtime.NSS_SYSTEMD): a pinned build
 # of a service resolves it with the spec's packages, as the host build takes the host's.
 NSS_PACKAGE = "libnss-systemd"
+# The package that ships C.UTF-8 (/usr/lib/locale/C.utf8, closure.runtime's locale rule).
+LOCALE_PACKAGE = "libc-bin"

@@ -283,3 +283,10 @@ def test_a_build_from_lock_and_cache_needs_no_network(tmp_path, cli, work_cache)
     sbom = json.loads((tmp_path / "a/minihttpd_1.spdx.json").read_text())
     versions = {p["name"]: p.get("versionInfo") for p in sbom["packages"]}
     assert versions["libc6"] == libc.version and versions["mini-httpd"]
+    # run-time needs come from the release too: C.UTF-8 of its libc-bin, nss-systemd
+    by_id = {p["SPDXID"]: p["name"] for p in sbom["packages"]}
+    owner = {r["relatedSpdxElement"]: by_id.get(r["spdxElementId"]) for r in sbom["relationships"]
+             if r["relationshipType"] == "CONTAINS"}
+    files = {f["fileName"]: f["SPDXID"] for f in sbom["files"]}
+    assert owner[files["./usr/lib/locale/C.utf8/LC_CTYPE"]] == "libc-bin"
+    assert owner[files["./usr/lib/x86_64-linux-gnu/libnss_systemd.so.2"]] == "libnss-systemd"

@@ -66,7 +66,9 @@ def source_of(spec: Spec) -> apt.Source:
 
 
 def request_of(spec: Spec) -> Request:
-    return Request(tuple(spec.packages), effective(spec.skip_packages, DEFAULT_SKIP))
+    """What apt resolves: the spec's packages and what the run-time rules need of the release."""
+    return Request((*spec.packages, *_runtime_packages(spec)),
+                   effective(spec.skip_packages, DEFAULT_SKIP))
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,8 @@ def lock_for(spec: Spec, update: bool, state: Path, reporter: Reporter = QUIET) 
                         "apt-get install debian-archive-keyring, or set keyring to the right file")
     with reporter.step(f"resolving {', '.join(request.packages)} in {source.distribution} "
                        f"{source.release} ({source.architecture}) with apt"):
-        repository, packages = apt.resolve(source, (*request.packages, *_runtime_packages(spec)),
-                                           request.skip_packages, state / source.key)
+        repository, packages = apt.resolve(source, request.packages, request.skip_packages,
+                                           state / source.key)
     lock = Lock(repository, request, tuple(packages))
     _write(spec.lock_file, lock.render())
     reporter.info(f"wrote {spec.lock_file} ({len(packages)} packages)")
@@ -109,16 +111,21 @@ def lock_for(spec: Spec, update: bool, state: Path, reporter: Reporter = QUIET) 
 
 def _runtime_packages(spec: Spec) -> tuple[str, ...]:
     """Packages the run-time rules (closure/runtime.py) need from the release: the user
-    database module for services (the dynamic user), unless the spec opts out."""
+    database module for services (the dynamic user), unless the spec opts out, and the
+    C.UTF-8 locale. Only what the rules reach of them is shipped."""
     from portable_service.builder.closure import excluded
     from portable_service.builder.closure.runtime import NSS_SYSTEMD
 
     services = any(u.name.endswith(".service") for u in spec.units)
     opted_out = excluded(PurePosixPath("/usr/lib") / NSS_SYSTEMD, spec.exclude) or any(
         p.endswith(NSS_SYSTEMD) for p in spec.exclude)
+    extra = []
     if services and not opted_out and debian.NSS_PACKAGE not in spec.packages:
-        return (debian.NSS_PACKAGE,)
-    return ()
+        extra.append(debian.NSS_PACKAGE)
+    # C.UTF-8 for every image with glibc: the release's, which a locale of another glibc is not
+    if debian.LOCALE_PACKAGE not in spec.packages:
+        extra.append(debian.LOCALE_PACKAGE)
+    return tuple(extra)
 
 
 def prepare(spec: Spec, workdir: Path, update: bool = False, reporter: Reporter = QUIET) -> Pinned:
