@@ -1,10 +1,9 @@
 """Resolve ``packages`` against a Debian repository with apt itself, unprivileged.
 
 apt runs in a private state folder (its own sources.list, lists, cache and an
-almost empty dpkg status): nothing of the host's apt or dpkg state is read or
-changed, and no root is needed. The status file lists the spec's
-``skip-packages`` as installed, so apt satisfies dependencies on the init and
-packaging machinery without fetching it, as the host closure leaves it out.
+empty dpkg status): nothing of the host's apt or dpkg state is read or
+changed, and no root is needed. apt answers for a fresh root; the closure's own
+package selection then drops what only ``skip-packages`` need (:func:`_prune`).
 
 The chain of trust is checked here too, not only inside apt: the InRelease
 file's signature with the archive keyring (gpgv), the Packages file against
@@ -119,17 +118,10 @@ class AptState:
     def update(self) -> None:
         self.apt("update")
 
-    def write_status(self, installed: list[dict[str, str]]) -> None:
-        """The dpkg status apt resolves against: the skipped packages, as if installed in
-        the repository's own versions (a dependency on ``systemd (= 252.30-1)`` holds)."""
-        keep = ("Package", "Version", "Architecture", "Multi-Arch", "Provides")
-        stanzas = []
-        for st in sorted(installed, key=lambda st: st["Package"]):
-            lines = [f"{k}: {st[k]}" for k in keep if k in st]
-            lines.insert(1, "Status: install ok installed")
-            lines.append(f"Description: {st['Package']}, left out of images (skip-packages)")
-            stanzas.append("\n".join(lines) + "\n")
-        (self.folder / "dpkg/status").write_text("\n".join(stanzas))
+    def empty_status(self) -> None:
+        """An empty dpkg status: apt resolves as for a fresh root; what the spec's
+        ``skip-packages`` pull in is dropped afterwards (:func:`_prune`)."""
+        (self.folder / "dpkg/status").write_text("")
 
     def index_files(self) -> tuple[Path, list[tuple[str, Path]]]:
         """The InRelease file and the Packages files apt fetched: (signed-path, file)."""
@@ -286,7 +278,7 @@ def resolve(source: Source, names: tuple[str, ...], skip: tuple[str, ...],
             state: Path) -> tuple[Repository, list[LockedPackage]]:
     """apt's answer for ``names`` on ``source``, checked against the signed metadata."""
     apt = AptState(source, state)
-    apt.write_status([])
+    apt.empty_status()
     apt.update()
     inrelease, packages = apt.index_files()
     inrelease_sha, fields = verify_index(inrelease, packages, source.keyring, source)

@@ -136,12 +136,14 @@ def lock_changes(old: Lock, new: Lock) -> list[str]:
 
 
 def is_lock_file(path: Path) -> bool:
+    """A JSON file naming our lock format near its start (keys are sorted: "format" comes
+    after a few others), not a squashfs image."""
     try:
         with open(path, "rb") as f:
-            head = f.read(256)
+            head = f.read(4096)
     except OSError:
         return False
-    return head.lstrip().startswith(b"{") and FORMAT.encode() in head + path.read_bytes()[:4096]
+    return head.lstrip().startswith(b"{") and FORMAT.encode() in head
 
 
 def diff_lock_files(old: Path, new: Path) -> list[str] | None:
