@@ -146,7 +146,7 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
         mirror = pinned.lock.repository.mirror.rstrip("/")
         for p in pinned.lock.packages:
             meta[p.name] = (p.version, f"{p.source} {p.source_version}", p.homepage)
-            locations[p.name] = f"{mirror}/{p.filename}"
+            locations[p.name] = f"{(p.archive or mirror).rstrip('/')}/{p.filename}"
         copyright = pinned.copyright
     else:
         owners, meta = _host_owners()

@@ -77,6 +77,7 @@ class Spec:
     release: str | None = None
     architecture: str | None = None  # None: the build host's
     mirror: str | None = None  # None: the host's configured Debian mirror
+    security_mirror: str | None = None  # None: the host's, else deb.debian.org/debian-security
     keyring: Path | None = None  # None: rules.debian.ARCHIVE_KEYRING
     lock_file: Path | None = None  # None: portable.lock beside the spec
 
@@ -362,6 +363,8 @@ SETTINGS: tuple[Setting, ...] = (
             "default: the build host's)", metavar="ARCH"),
     Setting("mirror", _opt_str, "repository URL of a pinned build (default: the host's Debian "
             "mirror)", metavar="URL"),
+    Setting("security-mirror", _opt_str, "security archive URL of a pinned build (default: the "
+            "host's debian-security mirror)", metavar="URL"),
     Setting("keyring", _opt_host_path, "keyring the repository's Release file must be signed "
             "with (default: debian-archive-keyring's)", metavar="FILE"),
     Setting("lock-file", _opt_host_path, "lock file of a pinned build (default: portable.lock "

@@ -5,6 +5,18 @@ from __future__ import annotations
 # The archive's signing keys, as the debian-archive-keyring package installs them.
 ARCHIVE_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+# Releases without -updates and -security suites (everything else has both, since 11)
+NO_UPDATES = ("sid", "unstable", "experimental", "rc-buggy")
+
+
+def suites(release: str, mirror: str, security_mirror: str) -> list[tuple[str, str]]:
+    """(archive URL, suite) a release's packages come from: the release, its stable
+    updates and its security updates (as a Debian system's sources.list has them)."""
+    if release in NO_UPDATES:
+        return [(mirror, release)]
+    return [(mirror, release), (mirror, f"{release}-updates"),
+            (security_mirror, f"{release}-security")]
 COMPONENTS = ("main",)
 
 # Debian 12 and later are merged-/usr (debootstrap's default since 11): these top folders

@@ -96,6 +96,15 @@ def test_a_damaged_lock_is_one_line(tmp_path, cli):
     assert "is not a portable-service lock file" in proc.stderr
 
 
+def test_a_release_reads_its_updates_and_security_suites():
+    from portable_service.rules.debian import suites
+
+    assert suites("trixie", "http://m/debian", "http://m/debian-security") == [
+        ("http://m/debian", "trixie"), ("http://m/debian", "trixie-updates"),
+        ("http://m/debian-security", "trixie-security")]
+    assert suites("sid", "http://m/debian", "http://m/debian-security") == [("http://m/debian", "sid")]
+
+
 def test_member_paths_land_merged_usr_and_never_climb_out():
     assert unpack.image_path("./lib/x86_64-linux-gnu/libc.so.6") == \
         PurePosixPath("/usr/lib/x86_64-linux-gnu/libc.so.6")
@@ -280,6 +289,11 @@ def test_a_build_from_lock_and_cache_needs_no_network(tmp_path, cli, work_cache)
     lock = read_lock(spec / "portable.lock")
     assert lock is not None
     libc = next(p for p in lock.packages if p.name == "libc6")
+    # the release, its updates and its security updates were all read and checked
+    assert [s.split("=")[0] for s in lock.repository.suites.split()] == \
+        ["bookworm", "bookworm-updates", "bookworm-security"]
+    assert {p.archive for p in lock.packages} <= {"http://deb.debian.org/debian",
+                                                  "http://deb.debian.org/debian-security"}
     sbom = json.loads((tmp_path / "a/minihttpd_1.spdx.json").read_text())
     versions = {p["name"]: p.get("versionInfo") for p in sbom["packages"]}
     assert versions["libc6"] == libc.version and versions["mini-httpd"]

@@ -62,7 +62,9 @@ def source_of(spec: Spec) -> apt.Source:
         distribution=spec.distribution, release=spec.release,
         architecture=spec.architecture or debian.host_dpkg_arch(),
         mirror=(spec.mirror or apt.host_mirror()).rstrip("/"),
-        keyring=spec.keyring or Path(debian.ARCHIVE_KEYRING))
+        keyring=spec.keyring or Path(debian.ARCHIVE_KEYRING),
+        security_mirror=(spec.security_mirror
+                         or apt.host_mirror("/debian-security", debian.SECURITY_MIRROR)).rstrip("/"))
 
 
 def request_of(spec: Spec) -> Request:
@@ -132,14 +134,24 @@ def prepare(spec: Spec, workdir: Path, update: bool = False, reporter: Reporter 
     """Lock, fetch and unpack; the root is made in ``workdir`` (the caller removes it)."""
     cache = apt.cache_home()
     lock = lock_for(spec, update, cache / "apt", reporter)
-    mirror = (spec.mirror or lock.repository.mirror).rstrip("/")
     with reporter.step(f"fetching {len(lock.packages)} packages into {cache / 'debs'}"):
-        debs, fetched = fetch.fetch_all(lock.packages, mirror, cache / "debs", reporter.info)
+        debs, fetched = fetch.fetch_all(lock.packages, lambda p: download_url(spec, lock, p),
+                                        cache / "debs", reporter.info)
     root = workdir / "root"
     with reporter.step(f"unpacking {len(debs)} packages into a private root"):
         unpacked = unpack.unpack(debs, root, docs=spec.package_docs)
     closure_spec = replace(spec, os_release=(*os_release(lock.repository), *spec.os_release))
     return Pinned(lock, root, unpacked.owners, unpacked.copyright, closure_spec, fetched)
+
+
+def download_url(spec: Spec, lock: Lock, pkg: LockedPackage) -> str:
+    """Where a locked package is fetched: its archive, or the spec's mirror in its place."""
+    base = pkg.archive or lock.repository.mirror
+    if spec.mirror and base == lock.repository.mirror:
+        base = spec.mirror
+    elif spec.security_mirror and base != lock.repository.mirror:
+        base = spec.security_mirror
+    return f"{base.rstrip('/')}/{pkg.filename}"
 
 
 def os_release(repo: Repository) -> tuple[tuple[str, str], ...]:

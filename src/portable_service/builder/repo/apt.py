@@ -39,11 +39,17 @@ class Source:
     architecture: str
     mirror: str
     keyring: Path
+    security_mirror: str = debian.SECURITY_MIRROR
+
+    @property
+    def suites(self) -> list[tuple[str, str]]:
+        return debian.suites(self.release, self.mirror, self.security_mirror)
 
     @property
     def key(self) -> str:
         slug = re.sub(r"[^A-Za-z0-9.-]+", "_", self.mirror.split("://", 1)[-1]).strip("_")
-        return f"{slug}_{self.release}_{self.architecture}"
+        where = hashlib.sha256(f"{self.mirror} {self.security_mirror}".encode()).hexdigest()[:8]
+        return f"{slug}_{self.release}_{self.architecture}_{where}"
 
 
 def cache_home() -> Path:
@@ -55,8 +61,9 @@ def cache_home() -> Path:
     return Path(xdg) / "portable-service"
 
 
-def host_mirror() -> str:
-    """The first Debian mirror the host's apt sources name, else deb.debian.org."""
+def host_mirror(suffix: str = "/debian", default: str = debian.DEFAULT_MIRROR) -> str:
+    """The first Debian mirror the host's apt sources name, else deb.debian.org
+    (``suffix="/debian-security"``: its security archive)."""
     texts = []
     for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
         try:
@@ -66,9 +73,9 @@ def host_mirror() -> str:
     for text in texts:
         for m in re.finditer(r"(?m)^\s*(?:URIs:|deb(?:\s+\[[^\]]*\])?)\s+(\S+)", text):
             uri = m.group(1).rstrip("/")
-            if uri.startswith(("http://", "https://")) and uri.endswith("/debian"):
+            if uri.startswith(("http://", "https://")) and uri.endswith(suffix):
                 return uri
-    return debian.DEFAULT_MIRROR
+    return default
 
 
 class AptState:
@@ -80,9 +87,9 @@ class AptState:
                     "etc/apt/trusted.gpg.d", "lists/partial", "archives/partial", "dpkg", "log"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         comps = " ".join(debian.COMPONENTS)
-        (folder / "etc/apt/sources.list").write_text(
-            f"deb [arch={source.architecture} signed-by={source.keyring}] "
-            f"{source.mirror} {source.release} {comps}\n")
+        (folder / "etc/apt/sources.list").write_text("".join(
+            f"deb [arch={source.architecture} signed-by={source.keyring}] {archive} {suite} {comps}\n"
+            for archive, suite in source.suites))
 
     def options(self) -> list[str]:
         f, arch = self.folder, self.source.architecture
@@ -123,35 +130,35 @@ class AptState:
         ``skip-packages`` pull in is dropped afterwards (:func:`_prune`)."""
         (self.folder / "dpkg/status").write_text("")
 
-    def index_files(self) -> tuple[Path, list[tuple[str, Path]]]:
-        """The InRelease file and the Packages files apt fetched: (signed-path, file)."""
+    def index_files(self, archive: str, suite: str) -> tuple[Path, list[tuple[str, Path]]]:
+        """A suite's InRelease file and the Packages files apt fetched: (signed-path, file)."""
         lists = self.folder / "lists"
-        inrelease = [p for p in lists.glob(f"*_dists_{self.source.release}_InRelease")]
-        if not inrelease:
-            raise RepositoryError(f"{self.source.mirror} has no signed InRelease file for "
-                                  f"{self.source.release}",
+        prefix = re.sub(r"[^A-Za-z0-9.-]", "_", archive.split("://", 1)[-1].rstrip("/"))
+        inrelease = lists / f"{prefix}_dists_{suite}_InRelease"
+        if not inrelease.exists():
+            raise RepositoryError(f"{archive} has no signed InRelease file for {suite}",
                                   "check release and mirror (a Release.gpg-only mirror is not supported)")
         packages = []
         for comp in debian.COMPONENTS:
             name = f"{comp}/binary-{self.source.architecture}/Packages"
-            for p in lists.glob(f"*_dists_{self.source.release}_{comp}_binary-"
-                                f"{self.source.architecture}_Packages"):
-                packages.append((name, p))
-        if not packages:
-            raise RepositoryError(f"{self.source.mirror} {self.source.release} has no packages for "
+            path = lists / f"{prefix}_dists_{suite}_{comp}_binary-{self.source.architecture}_Packages"
+            if path.exists():
+                packages.append((name, path))
+        if not packages and suite == self.source.release:
+            raise RepositoryError(f"{archive} {suite} has no packages for "
                                   f"{self.source.architecture}", "check architecture and release")
-        return inrelease[0], packages
+        return inrelease, packages
 
     def resolve(self, names: tuple[str, ...]) -> list[tuple[str, str, int]]:
-        """(url, pool file name, size) of every package apt would install, sorted; the
-        hashes are taken from the signed Packages file, not from this output."""
+        """(url, .deb file name, size) of every package apt would install, sorted; the
+        hashes are taken from the signed Packages files, not from this output."""
         out = self.apt("install", "--print-uris", "-qq", "-y", "--no-install-recommends", *names)
         found = []
         for line in out.decode("utf-8", "replace").splitlines():
             m = re.match(r"^'([^']+)' (\S+) (\d+)( \S+)?$", line.strip())
             if m:
-                name = urllib.parse.unquote(m.group(1).rsplit("/", 1)[-1])
-                found.append((m.group(1), name, int(m.group(3))))
+                url = urllib.parse.unquote(m.group(1))
+                found.append((url, url.rsplit("/", 1)[-1], int(m.group(3))))
         return sorted(found, key=lambda t: t[1])
 
 
@@ -191,14 +198,14 @@ def _apt_error(text: str, source: Source) -> PortableServiceError:
 
 
 def verify_index(inrelease: Path, packages: list[tuple[str, Path]], keyring: Path,
-                 source: Source) -> tuple[str, dict[str, str]]:
+                 source: Source, suite: str) -> tuple[str, dict[str, str]]:
     """Check the signature and the Packages hashes ourselves; the Release file's fields."""
     proc = run(["gpgv", "--keyring", keyring, "--output", "-", inrelease], check=False)
     if proc.returncode != 0:
         why = next((ln for ln in proc.stderr.decode("utf-8", "replace").splitlines()
                     if "Can't check" in ln or "BAD" in ln or "no valid" in ln.lower()),
                    "no good signature")
-        raise RepositoryError(f"the Release file (InRelease) of {source.mirror} {source.release} has "
+        raise RepositoryError(f"the Release file (InRelease) of {source.mirror} {suite} has "
                               f"no good signature from {keyring}: {why.removeprefix('gpgv: ')}",
                               "check the mirror; install or update debian-archive-keyring")
     text = proc.stdout.decode("utf-8", "replace")
@@ -206,11 +213,11 @@ def verify_index(inrelease: Path, packages: list[tuple[str, Path]], keyring: Pat
     for name, path in packages:
         want = hashes.get(name)
         if want is None:
-            raise RepositoryError(f"the signed Release file of {source.release} lists no {name}",
+            raise RepositoryError(f"the signed Release file of {suite} lists no {name}",
                                   "check the mirror")
         got = _sha256(path)
         if got != want:
-            raise RepositoryError(f"{name} of {source.mirror} {source.release} does not match the "
+            raise RepositoryError(f"{name} of {source.mirror} {suite} does not match the "
                                   f"signed Release file (sha256 {got[:16]}..., signed {want[:16]}...)",
                                   "the mirror is inconsistent or tampered with; retry later or use another")
     return hashlib.sha256(inrelease.read_bytes()).hexdigest(), fields
@@ -280,23 +287,30 @@ def resolve(source: Source, names: tuple[str, ...], skip: tuple[str, ...],
     apt = AptState(source, state)
     apt.empty_status()
     apt.update()
-    inrelease, packages = apt.index_files()
-    inrelease_sha, fields = verify_index(inrelease, packages, source.keyring, source)
-    index: dict[str, dict[str, str]] = {}  # pool file name -> the fields a lock needs
+    index: dict[str, dict[str, str]] = {}  # URL of a .deb -> the fields a lock needs
     wanted = ("Package", "Version", "Architecture", "SHA256", "Size", "Filename", "Source",
               "Homepage", "Depends", "Pre-Depends", "Provides", "Installed-Size")
-    for _, path in packages:
-        for st in stanzas(path):
-            index[os.path.basename(st.get("Filename", ""))] = {k: st[k] for k in wanted if k in st}
+    signed: dict[str, str] = {}  # suite -> sha256 of its InRelease file
+    fields: dict[str, str] = {}
+    for archive, suite in source.suites:
+        inrelease, packages = apt.index_files(archive, suite)
+        signed[suite], suite_fields = verify_index(inrelease, packages, source.keyring, source, suite)
+        if suite == source.release:
+            fields = suite_fields
+        for _, path in packages:
+            for st in stanzas(path):
+                index[f"{archive.rstrip('/')}/{st.get('Filename', '')}"] = \
+                    {**{k: st[k] for k in wanted if k in st}, "archive": archive.rstrip("/")}
     uris = apt.resolve(names)
-    by_file = {u[1]: u for u in uris}
-    chosen = _prune([index[f] for f in sorted(by_file) if f in index], names, skip,
+    by_url = {u[0]: u for u in uris}
+    chosen = _prune([index[u] for u in sorted(by_url) if u in index], names, skip,
                     source.architecture)
     locked: list[LockedPackage] = []
-    for fname in sorted(by_file):
-        st = index.get(fname, {})
+    for url in sorted(by_url):
+        st = index.get(url, {})
+        fname = os.path.basename(url)
         if st:
-            by_file.pop(fname)
+            by_url.pop(url)
             if st["Package"] not in chosen:
                 continue
             if "SHA256" not in st:
@@ -308,12 +322,13 @@ def resolve(source: Source, names: tuple[str, ...], skip: tuple[str, ...],
                 name=st["Package"], version=st["Version"], architecture=st["Architecture"],
                 sha256=st["SHA256"], size=int(st.get("Size", "0")), filename=st["Filename"],
                 source=src_name, source_version=src_version.strip("()") or st["Version"],
-                homepage=st.get("Homepage", "")))
-    if by_file:
-        raise RepositoryError(f"apt chose {', '.join(sorted(by_file))}, which the signed Packages "
+                homepage=st.get("Homepage", ""), archive=st["archive"]))
+    if by_url:
+        raise RepositoryError(f"apt chose {', '.join(sorted(by_url))}, which the signed Packages "
                               "files do not list", "clear the cache and retry")
     repo = Repository(distribution=source.distribution, mirror=source.mirror,
                       release=source.release, codename=fields.get("Codename", source.release),
                       version=fields.get("Version", ""), architecture=source.architecture,
-                      inrelease_sha256=inrelease_sha)
+                      inrelease_sha256=signed[source.release],
+                      suites=" ".join(f"{s}={signed[s]}" for _, s in source.suites))
     return repo, sorted(locked, key=lambda p: p.name)

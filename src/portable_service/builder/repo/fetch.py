@@ -28,7 +28,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch_all(packages: tuple[LockedPackage, ...] | list[LockedPackage], mirror: str, cache: Path,
+def fetch_all(packages: tuple[LockedPackage, ...] | list[LockedPackage],
+              url_of: Callable[[LockedPackage], str], cache: Path,
               say: Callable[[str], None] = lambda line: None) -> tuple[dict[str, Path], int]:
     """Package name -> its verified .deb in ``cache``; also how many were downloaded."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,7 @@ def fetch_all(packages: tuple[LockedPackage, ...] | list[LockedPackage], mirror:
                     f"{pkg.sha256[:16]}...): the cache was changed",
                     f"delete it (rm {path}); the next build downloads and checks it again")
         else:
-            _download(f"{mirror.rstrip('/')}/{pkg.filename}", path, pkg)
+            _download(url_of(pkg), path, pkg)
             say(f"fetched {pkg.deb_name} ({pkg.size} bytes)")
             fetched += 1
         out[pkg.name] = path

@@ -27,6 +27,7 @@ class Repository:
     version: str  # the Release file's Version (12.8); empty for testing and sid
     architecture: str
     inrelease_sha256: str  # the signed Release file the package hashes were checked against
+    suites: str = ""  # every suite read, with its InRelease sha256: "bookworm=... bookworm-security=..."
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class LockedPackage:
     source: str  # the Debian source package (name)
     source_version: str
     homepage: str = ""
+    archive: str = ""  # the archive's URL the pool path is under ("": the repository's mirror)
 
     @property
     def deb_name(self) -> str:
