@@ -5,8 +5,12 @@ empty dpkg status): nothing of the host's apt or dpkg state is read or
 changed, and no root is needed. apt answers for a fresh root; the closure's own
 package selection then drops what only ``skip-packages`` need (:func:`_prune`).
 
-The chain of trust is checked here too, not only inside apt: the InRelease
-file's signature with the archive keyring (gpgv), the Packages file against
+A release is read with its ``-updates`` and ``-security`` suites
+(:func:`rules.debian.suites`), as a Debian system's sources.list names them, so
+a pinned image carries the security fixes the archive has.
+
+The chain of trust is checked here too, not only inside apt: each suite's
+InRelease signature with the archive keyring (gpgv), its Packages file against
 the signed hashes; the .deb files against the Packages hashes (fetch.py).
 """
 
