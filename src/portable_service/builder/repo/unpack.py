@@ -139,7 +139,9 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, package: str, out: U
         target = image_path(member.linkname)
         if target is None:
             raise ValueError(f"hard link {member.name!r} to the root")
-        os.link(out.root / str(target).lstrip("/"), dest)
+        source = out.root / str(target).lstrip("/")
+        _check_inside(out.root, source.parent)  # a hard link must not bring in a host file
+        os.link(source, dest)
     elif member.isfile():
         f = tar.extractfile(member)
         assert f is not None
