@@ -304,3 +304,20 @@ def test_a_build_from_lock_and_cache_needs_no_network(tmp_path, cli, work_cache)
     files = {f["fileName"]: f["SPDXID"] for f in sbom["files"]}
     assert owner[files["./usr/lib/locale/C.utf8/LC_CTYPE"]] == "libc-bin"
     assert owner[files["./usr/lib/x86_64-linux-gnu/libnss_systemd.so.2"]] == "libnss-systemd"
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ('release = "bookworm"\n', "needs both distribution and release"),
+    ('distribution = "fedora"\nrelease = "40"\n', "distribution 'fedora' is not supported"),
+    ('distribution = "debian"\nrelease = "bookworm"\narchitecture = "z80"\n',
+     "architecture 'z80' is not a Debian architecture"),
+    ('distribution = "debian"\nrelease = "bookworm"\nmirror = "ftp://x/debian"\n',
+     "is not an http(s) or file URL"),
+])
+def test_pinned_spec_mistakes_are_one_line(tmp_path, cli, extra, words):
+    (tmp_path / "portable.toml").write_text(
+        'pname = "p"\nversion = "1"\npackages = ["mini-httpd"]\n' + extra +
+        'units = [{ name = "p.service", text = "[Service]\\nExecStart=/usr/sbin/mini_httpd\\n" }]\n')
+    proc = cli("build", "-q")
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
