@@ -63,6 +63,9 @@ def test_host_build_sbom_names_packages_and_host_files(tmp_path, cli):
     # the same build gives the same document, and the image carries it
     assert cli(*args).returncode == 0
     assert sbom.read_bytes() == first
+    from portable_service.harness.trial import default_releases
+
+    assert default_releases(tmp_path / "out/demo_1.raw") == ()  # a host image: try's default
     shown = cli("inspect", "--sbom", str(tmp_path / "out/demo_1.raw"))
     assert shown.returncode == 0 and shown.stdout.encode() == first
 

@@ -121,18 +121,30 @@ def check_image(path: Path) -> None:
     check_architecture(path)
 
 
-def check_architecture(path: Path) -> None:
-    """An image for another CPU cannot run in a container here: say so before booting one."""
+def image_os_release(path: Path) -> dict[str, str]:
     from portable_service.builder.layout import parse_os_release
     from portable_service.fs.views import open_image, read_text
-    from portable_service.rules import debian
 
     fs = open_image(path)
     try:
         text = read_text(fs, "/etc/os-release") or read_text(fs, "/usr/lib/os-release") or ""
     finally:
         fs.close()
-    arch = parse_os_release(text).get("ARCHITECTURE")
+    return parse_os_release(text)
+
+
+def default_releases(path: Path) -> tuple[str, ...]:
+    """An image built from a release's packages (a pinned build names its VERSION_CODENAME)
+    is tried on that release; any other on the default one."""
+    codename = image_os_release(path).get("VERSION_CODENAME", "")
+    return (codename,) if codename in roots.RELEASES else ()
+
+
+def check_architecture(path: Path) -> None:
+    """An image for another CPU cannot run in a container here: say so before booting one."""
+    from portable_service.rules import debian
+
+    arch = image_os_release(path).get("ARCHITECTURE")
     here = debian.SYSTEMD_ARCH.get(debian.host_dpkg_arch())
     if arch and here and arch != here:
         raise ImageError(f"{path.name} is built for {arch} (os-release ARCHITECTURE=), this "
@@ -235,7 +247,7 @@ def try_image(image: Path, *, releases: Sequence[str] = (), profile: str = "defa
     reporter = reporter or Reporter()
     nspawn.check_host()
     check_image(image)
-    chosen = resolve_releases(releases)
+    chosen = resolve_releases(releases or default_releases(image))
     runs = []
     for release in chosen:
         run = try_on(image, release, profile=profile, units=units, settle=settle,

@@ -283,6 +283,10 @@ def test_a_build_from_lock_and_cache_needs_no_network(tmp_path, cli, work_cache)
                   "--mirror", "http://127.0.0.1:9/debian", env=env)
     assert offline.returncode == 0, offline.stderr
     assert (tmp_path / "a/minihttpd_1.raw").read_bytes() == (tmp_path / "b/minihttpd_1.raw").read_bytes()
+    # try boots the image's own release unless told otherwise
+    from portable_service.harness.trial import default_releases
+
+    assert default_releases(tmp_path / "a/minihttpd_1.raw") == ("bookworm",)
     why = cli("why", str(spec), "/usr/sbin/mini_httpd", env=env)
     assert why.returncode == 0 and "program of ExecStart=" in why.stdout, why.stderr
     # the release's libc, not the host's
