@@ -122,12 +122,18 @@ def check_image(path: Path) -> None:
 
 
 def image_os_release(path: Path) -> dict[str, str]:
+    """The image's os-release; empty when it cannot be read here (portablectl says why later)."""
     from portable_service.builder.layout import parse_os_release
     from portable_service.fs.views import open_image, read_text
 
-    fs = open_image(path)
+    try:
+        fs = open_image(path)
+    except ImageError:
+        return {}
     try:
         text = read_text(fs, "/etc/os-release") or read_text(fs, "/usr/lib/os-release") or ""
+    except (ImageError, OSError):
+        text = ""  # a damaged image: the attach step reports it in systemd's words
     finally:
         fs.close()
     return parse_os_release(text)
