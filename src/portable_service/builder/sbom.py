@@ -263,7 +263,7 @@ def image_sbom(fs: ImageFS, name: str) -> str:
     from portable_service.errors import ImageError
     from portable_service.fs.views import read_text
 
-    text = read_text(fs, str(IMAGE_SBOM), 1 << 30)
+    text = read_text(fs, str(IMAGE_SBOM), 256 << 20)  # bounded: the image is untrusted input
     if text is None:
         raise ImageError(f"{name} carries no SBOM ({IMAGE_SBOM})",
                          "it was built by another tool or an older portable-service; rebuild it")
