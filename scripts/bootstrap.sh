@@ -50,6 +50,9 @@ if [[ $want_test == --test ]]; then
   dpkg -s python3-venv >/dev/null 2>&1 || need_pkgs+=(python3-venv)       # the virtualenv test
   # the end-to-end harness: signed Debian roots, and statically linked test servers
   [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || need_pkgs+=(debian-archive-keyring)
+  # pinned builds (builder/repo): apt resolves, gpgv checks the archive's signature
+  have gpgv || need_pkgs+=(gpgv)
+  have apt-get || need_pkgs+=(apt)
   { have gcc && [[ $(gcc -print-file-name=libc.a) == /* ]]; } || need_pkgs+=(libc6-dev)
   # the corpus (tests/corpus/): real services packaged from Debian, built into images
   for pkg in postgresql-15 caddy; do  # the rest is installed above

@@ -197,7 +197,7 @@ def test_errors_keep_the_old_image(project: Path, extra: dict[str, object], mess
     with pytest.raises(PortableServiceError, match=message):
         make(project, **extra)
     assert good.read_bytes() == before
-    assert sorted(p.name for p in good.parent.iterdir()) == ["demo_1.0.raw"]
+    assert sorted(p.name for p in good.parent.iterdir()) == ["demo_1.0.raw", "demo_1.0.spdx.json"]
 
 
 @pytest.mark.parametrize("writer", ["mksquashfs", "native"])

@@ -109,7 +109,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise SpecError(f"-o {args.output} names a file, but -o takes the folder the image goes "
                         f"to (the image is named {spec.image_name}, as portabled expects)",
                         f"use -o {output.parent}")
-    out = build_image(spec, output, reporter, inspect=inspect, verify=args.verify)
+    out = build_image(spec, output, reporter, inspect=inspect, verify=args.verify,
+                      update=args.update)
     if style:
         jsonout.emit("build", build_json(out, plans[0], reporter.warnings, args.verify), style)
     else:
@@ -208,6 +209,8 @@ def _build_parser(sub: Any) -> None:
                    help="list the closure with sizes, largest first, before the image path")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="do not check the result with 'verify' before it replaces the old image")
+    p.add_argument("--update", action="store_true",
+                   help="pinned builds: resolve packages again and rewrite portable.lock")
     _add_spec_flags(p)
     p.set_defaults(func=cmd_build)
 

@@ -137,7 +137,7 @@ def test_interrupted_build_keeps_the_old_image(cli, tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert err.strip() == "portable-service: interrupted; no image was written or changed"
-    assert sorted(p.name for p in (tmp_path / "result").iterdir()) == ["demo_1.raw"]
+    assert sorted(p.name for p in (tmp_path / "result").iterdir()) == ["demo_1.raw", "demo_1.spdx.json"]
     assert (tmp_path / "result/demo_1.raw").read_bytes() == old
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "result")], capture_output=True)
     assert leftover.returncode == 1, "mksquashfs outlived the interrupted build"

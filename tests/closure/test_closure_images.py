@@ -27,10 +27,11 @@ from closure_helpers import (
 from conftest import REPO, require, require_root
 from portable_service.builder.closure import deb
 from portable_service.builder.layout import CLOSURE_RECORD
+from portable_service.builder.sbom import IMAGE_SBOM
 
 pytestmark = pytest.mark.root
 GENERATED = {"/etc/machine-id", "/etc/resolv.conf", "/etc/os-release", "/etc/ld.so.cache",
-             str(CLOSURE_RECORD)}
+             str(CLOSURE_RECORD), str(IMAGE_SBOM)}
 
 
 def regular_files(root: Path) -> set[str]:

@@ -45,7 +45,7 @@ def test_a_failing_image_never_replaces_the_old_one(cli, tmp_path) -> None:
         in proc.stderr
     assert "--no-verify" in proc.stderr
     assert img.read_bytes() == before
-    assert sorted(p.name for p in (project / "result").iterdir()) == ["demo_1.0.raw"]
+    assert sorted(p.name for p in (project / "result").iterdir()) == ["demo_1.0.raw", "demo_1.0.spdx.json"]
 
     proc = cli("build", "--no-verify", cwd=project)
     assert proc.returncode == 0, proc.stderr

@@ -17,6 +17,7 @@ from portable_service.builder import layout
 from portable_service.builder import units as units_mod
 from portable_service.builder.closure import Closure
 from portable_service.builder.closure.secrets import check_no_secrets
+from portable_service.builder.repo import Pinned
 from portable_service.builder.spec import Spec, check_spec
 from portable_service.builder.writers import Writer, select_writer
 from portable_service.builder.writers.options import PackOptions, parse_block_size, parse_compression
@@ -41,6 +42,8 @@ class Plan:
     writer: Writer
     options: PackOptions
     base: Base | None = None  # an extension's base (spec key base)
+    pinned: Pinned | None = None  # a build from a repository (builder/repo)
+    sbom: bytes = b""  # the SPDX document, also in the image (builder/sbom.py)
 
 
 def source_date_epoch() -> int:
@@ -55,8 +58,13 @@ def source_date_epoch() -> int:
     return value
 
 
-def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
-    """Check everything and lay out the image tree; nothing is written."""
+def plan(spec: Spec, reporter: Reporter = QUIET, workdir: Path | None = None,
+         update: bool = False) -> Plan:
+    """Check everything and lay out the image tree; nothing is written.
+
+    A pinned spec (``release`` set) unpacks its packages into ``workdir``, which must
+    outlive the plan (the tree reads its files from there).
+    """
     check_spec(spec)  # a Spec built in code has not been through the parser's checks
     # options and tools first: a bad setting or a missing tool is reported before any work
     if spec.writer == "erofs":
@@ -77,8 +85,17 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
         if unit.drop_ins:
             reporter.info(f"merged {', '.join(unit.drop_ins)} into {unit.name}: portabled does "
                           "not read drop-ins inside an image")
+    pinned = None
+    built = spec
+    if spec.release is not None:
+        from portable_service.builder import repo
+
+        if workdir is None:
+            raise SpecError("a pinned build needs a work folder", "build it with build_image")
+        pinned = repo.prepare(spec, workdir, update, reporter)
+        spec = pinned.spec
     with reporter.step("resolving the closure"):
-        closure = closure_mod.resolve(spec, units)
+        closure = closure_mod.resolve(spec, units, root=pinned.root if pinned else None)
         check_no_secrets(closure)
     if not reporter.quiet:
         for note in closure.notes:  # one line each, like warnings: they are about the image
@@ -96,11 +113,17 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
             tree, warnings = extension.extension_tree(spec, tree, base)
         for warning in warnings:
             reporter.warn(warning)
-    return Plan(spec, units, closure, tree, writer, options, base)
+    from portable_service.builder import sbom
+
+    with reporter.step("writing the SBOM"):
+        document = sbom.add_to_tree(tree, built, closure, pinned, options.mtime)
+    return Plan(built, units, closure, tree, writer, options, base=base, pinned=pinned,
+                sbom=document)
 
 
 def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
-                inspect: Callable[[Plan], None] | None = None, verify: bool = True) -> Path:
+                inspect: Callable[[Plan], None] | None = None, verify: bool = True,
+                update: bool = False) -> Path:
     """Build ``output_dir/<pname>_<version>.raw``; on any failure the old image stays as it was.
 
     ``inspect`` sees the plan before anything is written (``--print-closure``). With
@@ -109,11 +132,19 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     """
     if verify:
         _check_verifiable(spec)
-    from portable_service.builder.ddi import no_sidecars
-    from portable_service.builder.verity import check_signing_inputs, sidecar_step
+    from portable_service.builder.verity import check_signing_inputs
 
     check_signing_inputs(spec)
-    p = plan(spec, reporter)
+    with tempfile.TemporaryDirectory(prefix="portable-service-") as workdir:
+        return _build(spec, output_dir, reporter, inspect, verify, update, Path(workdir))
+
+
+def _build(spec: Spec, output_dir: Path, reporter: Reporter, inspect: Callable[[Plan], None] | None,
+           verify: bool, update: bool, workdir: Path) -> Path:
+    from portable_service.builder.ddi import no_sidecars
+    from portable_service.builder.verity import sidecar_step
+
+    p = plan(spec, reporter, workdir, update)
     if inspect is not None:
         inspect(p)
     out = output_dir / spec.image_name
@@ -147,7 +178,15 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
         # a DDI carries its verity in partitions: sidecars an earlier raw build left go
         sidecars = sidecar_step(spec, out, reporter) if spec.format != "ddi" else no_sidecars(out)
         write_atomically(out, write, check if verify else None, sidecars)
+    from portable_service.builder import sbom
+
+    document = out.with_name(sbom.document_name(spec))
+    write_atomically(document, lambda tmp: _write_bytes(tmp, p.sbom))
     return out
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
 
 
 def _check_verifiable(spec: Spec) -> None:

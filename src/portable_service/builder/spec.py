@@ -79,6 +79,14 @@ class Spec:
     verity_certificate: Path | None = None
     format: str = "raw"
     base: Path | None = None  # set: build a portable extension of this image or spec
+    # pinned builds (builder/repo): packages come from this repository, not the host
+    distribution: str | None = None
+    release: str | None = None
+    architecture: str | None = None  # None: the build host's
+    mirror: str | None = None  # None: the host's configured Debian mirror
+    security_mirror: str | None = None  # None: the host's, else deb.debian.org/debian-security
+    keyring: Path | None = None  # None: rules.debian.ARCHIVE_KEYRING
+    lock_file: Path | None = None  # None: portable.lock beside the spec
 
     @property
     def image_name(self) -> str:
@@ -386,6 +394,20 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="CERT"),
     Setting("base", _opt_host_path, "build a portable extension of this image (.raw) or spec: "
             "only what it lacks, with an extension-release file", metavar="PATH"),
+    Setting("distribution", _opt_str, "take packages from this distribution's repository "
+            "(debian), not from the host", metavar="NAME"),
+    Setting("release", _opt_str, "release of the distribution to take packages from "
+            "(bookworm, trixie, ...)", metavar="NAME"),
+    Setting("architecture", _opt_str, "Debian architecture of a pinned build (amd64, arm64, ...; "
+            "default: the build host's)", metavar="ARCH"),
+    Setting("mirror", _opt_str, "repository URL of a pinned build (default: the host's Debian "
+            "mirror)", metavar="URL"),
+    Setting("security-mirror", _opt_str, "security archive URL of a pinned build (default: the "
+            "host's debian-security mirror)", metavar="URL"),
+    Setting("keyring", _opt_host_path, "keyring the repository's Release file must be signed "
+            "with (default: debian-archive-keyring's)", metavar="FILE"),
+    Setting("lock-file", _opt_host_path, "lock file of a pinned build (default: portable.lock "
+            "beside the spec)", metavar="FILE"),
 )
 
 _BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS} | {
@@ -451,6 +473,8 @@ def spec_from_mapping(data: Mapping[str, Any], base: Path) -> Spec:
                 raise SpecError(f"spec key '{s.key}' is missing", f"set it in the spec or with {s.flag}")
             continue
         kwargs[s.attr] = s.parse(normalized[s.key], base, s.key)
+    if (kwargs.get("release") or kwargs.get("distribution")) and kwargs.get("lock_file") is None:
+        kwargs["lock_file"] = base / "portable.lock"  # beside the spec (builder/repo/lock.py)
     spec = Spec(**kwargs)
     check_spec(spec)
     return spec
@@ -555,6 +579,10 @@ def check_spec(spec: Spec) -> None:
                             "remove it (a line break, tab or NUL)")
     if not spec.units:
         raise SpecError("no units given", "name at least one unit file (units = [\"demo.service\"])")
+    if spec.distribution is not None or spec.release is not None:
+        from portable_service.builder.repo import check_pinned
+
+        check_pinned(spec)
     from portable_service.builder.writers.options import parse_block_size, parse_compression
 
     if spec.writer == "erofs":

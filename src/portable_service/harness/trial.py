@@ -120,6 +120,44 @@ def check_image(path: Path) -> None:
     if "_" not in path.stem:
         raise ImageError(f"{path.name} has no '_' between name and version",
                          "name it NAME_VERSION.raw, as the build does")
+    check_architecture(path)
+
+
+def image_os_release(path: Path) -> dict[str, str]:
+    """The image's os-release; empty when it cannot be read here (portablectl says why later)."""
+    from portable_service.builder.layout import parse_os_release
+    from portable_service.fs.views import open_image, read_text
+
+    try:
+        fs = open_image(path)
+    except ImageError:
+        return {}
+    try:
+        text = read_text(fs, "/etc/os-release") or read_text(fs, "/usr/lib/os-release") or ""
+    except (ImageError, OSError):
+        text = ""  # a damaged image: the attach step reports it in systemd's words
+    finally:
+        fs.close()
+    return parse_os_release(text)
+
+
+def default_releases(path: Path) -> tuple[str, ...]:
+    """An image built from a release's packages (a pinned build names its VERSION_CODENAME)
+    is tried on that release; any other on the default one."""
+    codename = image_os_release(path).get("VERSION_CODENAME", "")
+    return (codename,) if codename in roots.RELEASES else ()
+
+
+def check_architecture(path: Path) -> None:
+    """An image for another CPU cannot run in a container here: say so before booting one."""
+    from portable_service.rules import debian
+
+    arch = image_os_release(path).get("ARCHITECTURE")
+    here = debian.SYSTEMD_ARCH.get(debian.host_dpkg_arch())
+    if arch and here and arch != here:
+        raise ImageError(f"{path.name} is built for {arch} (os-release ARCHITECTURE=), this "
+                         f"machine is {here}: its programs cannot run here",
+                         f"try it on a {arch} machine, or build it for {debian.host_dpkg_arch()}")
 
 
 @dataclass(frozen=True)
@@ -224,7 +262,7 @@ def try_image(image: Path, *, releases: Sequence[str] = (), profile: str = "defa
         profile = stack.profile
     else:
         check_image(image)
-    chosen = resolve_releases(releases)
+    chosen = resolve_releases(releases or default_releases(stack.images[0] if stack else image))
     runs = []
     for release in chosen:
         run = try_on(image, release, profile=profile, units=units, settle=settle,

@@ -35,6 +35,11 @@ def _open(path: str, indexed: bool = True) -> Any:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from portable_service.look.inspect import inspect_image, render_cat, render_inspect
 
+    if args.sbom:
+        from portable_service.builder.sbom import image_sbom
+
+        sys.stdout.write(image_sbom(_open(args.image, indexed=False), args.image))
+        return 0
     fs = _open(args.image, indexed=not args.cat)
     if args.cat:
         sys.stdout.write(render_cat(fs, args.image))
@@ -116,8 +121,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from portable_service.builder.repo.lock import diff_lock_files
     from portable_service.look.diff import diff_images, render_diff
 
+    if (lines := diff_lock_files(Path(args.old), Path(args.new))) is not None:
+        print("\n".join(lines) if lines else "no package changes")  # two portable.lock files
+        return 1 if lines else 0  # as diff(1): 1 when the packages differ
     if args.old.endswith(".toml") and args.new.endswith(".toml"):  # two deployment descriptors
         from portable_service.deploy.predict import diff_descriptors
 
@@ -162,6 +171,7 @@ def register(sub: Any) -> None:
     p.add_argument("image", help="a portable image file (.raw)")
     p.add_argument("--cat", action="store_true", help="print os-release and the unit files")
     _certificate_flag(p)
+    p.add_argument("--sbom", action="store_true", help="print the image's SPDX SBOM (JSON)")
     _json_flag(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -198,8 +208,10 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("diff", help="what changed between two images",
                        description="Added, removed and changed files and units, os-release and "
-                       "size changes between two images. Exit 0: the same; 1: they differ "
-                       "(as diff(1)); 2: not a readable image.")
+                       "size changes between two images; for two portable.lock files, the "
+                       "packages added, removed or at another version; for two deployment "
+                       "descriptors, what a reattach does to each unit. Exit 0: the same; 1: "
+                       "they differ (as diff(1)); 2: not a readable image.")
     p.add_argument("old")
     p.add_argument("new")
     _json_flag(p)

@@ -118,6 +118,9 @@ class Context:
     # image paths the units run, each in its literal and its host spelling (unit_nodes)
     executed: set[PurePosixPath] = field(default_factory=set)
     _parents: dict[PurePosixPath, PurePosixPath] = field(default_factory=dict, repr=False)
+    # the file system the image's paths are read from when not the host's: the private
+    # root of a pinned build (builder/repo), where image path P is root/P
+    root: Path | None = None
 
     def spelling(self, path: PurePosixPath) -> PurePosixPath:
         """:func:`host_spelling`, with the parent folders' answers remembered."""
@@ -145,12 +148,18 @@ class Context:
         else:
             raise ClosureError(message, hint)
 
+    def in_root(self, image: str) -> str:
+        """Where the image path is read from, contents aside: the host's path, or the root's."""
+        return image if self.root is None else str(self.root) + "/" + image.lstrip("/")
+
     def host_of(self, image: str) -> str:
         """The host file behind an image path: contents moved with { source, target } map back."""
         p = PurePosixPath(image)
         for c in self.spec.contents:
             if c.target == p or c.target in p.parents:
                 return str(c.source / p.relative_to(c.target))
+        if self.root is not None:
+            return str(self.root) + "/" + image.lstrip("/")
         return image
 
 
@@ -245,7 +254,8 @@ def root_nodes(spec: Spec, units: list[Unit], ctx: Context | None = None) -> lis
         from portable_service.builder.closure import deb
 
         # the packages of what the units run are shipped whole (a program's own data)
-        roots.extend(deb.package_nodes(spec, ctx, used=[n.image for n in from_units]))
+        roots.extend(deb.package_nodes(spec, ctx, admin_dir=Path(ctx.host_of(str(deb.ADMIN_DIR))),
+                                       used=[n.image for n in from_units]))
     return roots
 
 
@@ -285,7 +295,7 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
         for word, directive in exec_programs(unit) + env_commands(unit) + in_shell:
             if "%" in word or "$" in word:
                 continue  # specifiers and variables are only known at run time
-            found = word if word.startswith("/") else which(word)
+            found = word if word.startswith("/") else which(word, root=ctx.root)
             if found is None and (word, directive) in in_shell:
                 # a shell may define it as a function or alias: worth a warning only
                 ctx.closure.warnings.append(
@@ -300,11 +310,11 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
             mark_executed(path)
             if not wanted(path):
                 continue
-            if not os.path.lexists(path):
+            if not os.path.lexists(ctx.host_of(str(path))):
                 ctx.missing(f"{directive} runs {path}, which does not exist on this host",
                             "install it, ship it with contents (source, target), or fix the unit")
                 continue
-            yield Node(path, Path(path), f"program of {directive}", executed=True)
+            yield Node(path, Path(ctx.host_of(str(path))), f"program of {directive}", executed=True)
         for file, directive in environment_files(unit, optional=True):
             # systemd reads it on the host, before the unit's root image is mounted
             ctx.closure.warnings.append(
@@ -354,6 +364,14 @@ def relocated_link_resolver(ctx: Context) -> Resolver:
     def resolve(node: Node) -> Iterator[Node]:
         if PurePosixPath(node.host) == node.image or not node.host.is_symlink():
             return
+        if ctx.root is not None and str(node.host) == ctx.host_of(str(node.image)):
+            # a link of the root: its target is an image path, read from the root
+            text = os.readlink(node.host)
+            meant = PurePosixPath(os.path.normpath(os.path.join(node.image.parent, text)))
+            if os.path.lexists(ctx.host_of(str(meant))):
+                yield Node(meant, Path(ctx.host_of(str(meant))), f"symlink target of {node.image}",
+                           node.image, package=node.package, executed=node.executed)
+            return
         moved = relocation(ctx.spec, node)
         if moved is None:
             return
@@ -393,10 +411,15 @@ def resolve(
     spec: Spec,
     units: list[Unit],
     resolvers: Iterable[Resolver] | None = None,
+    root: Path | None = None,
 ) -> Closure:
-    """Follow every reference from the roots, breadth first, each path once."""
+    """Follow every reference from the roots, breadth first, each path once.
+
+    ``root``: read the image's paths below this folder instead of the host's (a pinned
+    build's unpacked packages); contents still come from where the spec says.
+    """
     closure = Closure()
-    ctx = Context(spec, closure)
+    ctx = Context(spec, closure, root=root)
     resolvers = standard_resolvers(ctx) if resolvers is None else tuple(resolvers)
     queue = deque(root_nodes(spec, units, ctx))
     # a path the spec makes a symlink is the spec's: the host's file there is not shipped

@@ -426,39 +426,41 @@ def package_nodes(spec: Spec, ctx: Context, admin_dir: Path = ADMIN_DIR,
             if not spec.package_docs and is_doc(line):
                 continue
             if is_unit(line):
-                if not os.path.isdir(line):
+                if not os.path.isdir(ctx.in_root(line)):
                     units.append(os.path.basename(line))
                 continue
-            if not w.programs and os.path.dirname(line) in PROGRAM_DIRS and not os.path.isdir(line):
+            if not w.programs and os.path.dirname(line) in PROGRAM_DIRS and \
+                    not os.path.isdir(ctx.in_root(line)):
                 if _spelled(line, real_dirs) not in run:
                     not_run.append(os.path.basename(line))
                 continue  # a unit that runs it brings it itself
             diverted = diversions.get(line)
             path = diverted[0] if diverted and diverted[1] != pkg.name else line
-            if not present(path, ctx) or not os.path.exists(path):
+            host = ctx.in_root(path)  # the path itself, but in a pinned build's root
+            if not present(host, ctx) or not os.path.exists(host):
                 # dropped by the host's dpkg path-exclude, removed by hand, unreadable (said
                 # by present), or a link to what no installed package ships (nginx's
                 # modules folder): it would dangle
                 continue
             p = PurePosixPath(path)
             if _provided_by_contents(spec, p):
-                if not os.path.isdir(path):
+                if not os.path.isdir(host):
                     replaced.append(f"{p} ({pkg.name})")
                 continue
-            if line in conffiles and changed_conffile(path, conffiles[line]):
+            if line in conffiles and changed_conffile(host, conffiles[line]):
                 raise ClosureError(
                     f"{path} of package {pkg.name} was changed on this host (dpkg's checksum "
                     "differs): the image would publish this host's edits, secrets included",
                     f"ship the version you mean with contents = [\"{path}\"] (or "
                     "{ source, target }), or exclude it")
-            yield Node(p, Path(path), reason, package=pkg.name)
+            yield Node(p, Path(host), reason, package=pkg.name)
         for made in MADE_BY_SCRIPTS.get(pkg.name, ()):
-            if os.path.isdir(made):
+            if os.path.isdir(ctx.in_root(made)):
                 # not package nodes: the entries' links bring their targets (dpkg lists the
                 # folder itself, and a package's folder does not bring its entries)
                 folder = PurePosixPath(made)
-                for name in sorted(os.listdir(made)):
-                    yield Node(folder / name, Path(made, name),
+                for name in sorted(os.listdir(ctx.in_root(made))):
+                    yield Node(folder / name, Path(ctx.in_root(made), name),
                                f"made by {pkg.name}'s maintainer script", folder)
     notes = ctx.closure.notes
     shipped = {w.selected.package.key for w in whole}

@@ -791,7 +791,8 @@ class ElfResolver:
     def __init__(self, ctx: Context, loader: Loader | None = None) -> None:
         self.ctx = ctx
         if loader is None:
-            mapped = any(PurePosixPath(c.source) != c.target for c in ctx.spec.contents)
+            mapped = ctx.root is not None or any(PurePosixPath(c.source) != c.target
+                                                 for c in ctx.spec.contents)
             fs = HostFS("/", ctx.host_of if mapped else None)
             loader = Loader(Files(fs, ctx.closure.warnings.append))
         self.loader = loader

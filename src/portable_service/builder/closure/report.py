@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from portable_service.builder.closure import Closure, Node, host_spelling
 from portable_service.builder.spec import Spec
@@ -91,7 +91,16 @@ def why_report(spec: Spec, path: str) -> tuple[list[str], bool]:
 
     if not path.startswith("/"):
         raise SpecError(f"path {path!r} is not absolute", f"give the image path, e.g. /{path}")
-    closure = resolve(spec, load_units(spec))
+    if spec.release is not None:  # a pinned build: the closure of its private root
+        import tempfile
+
+        from portable_service.builder import repo
+
+        with tempfile.TemporaryDirectory(prefix="portable-service-") as workdir:
+            pinned = repo.prepare(spec, Path(workdir))
+            closure = resolve(pinned.spec, load_units(spec), root=pinned.root)
+    else:
+        closure = resolve(spec, load_units(spec))
     lines = why_lines(closure, PurePosixPath(os.path.normpath(path)))
     if lines is None:
         return [f"{path} is not in the closure of {spec.pname}"], False

@@ -135,8 +135,8 @@ class RuntimeResolver:
             if self.identity:
                 yield from self._nss(node)
             for folder in (LOCALE_DIR / "C.utf8", LOCALE_DIR / "C.UTF-8"):  # 2.35+, older Debian
-                if os.path.isdir(folder):
-                    yield Node(folder, Path(folder), C_UTF8_REASON)
+                if os.path.isdir(self.ctx.in_root(str(folder))):  # a pinned build's root
+                    yield Node(folder, Path(self.ctx.in_root(str(folder))), C_UTF8_REASON)
                     break
         if TLS_LIBRARY.match(name):
             yield from self._certificates(node)

@@ -140,11 +140,12 @@ def shell_script_programs(script: str) -> list[str]:
     return programs
 
 
-def which(name: str, path: Sequence[str] = SYSTEMD_PATH) -> str | None:
-    """The first executable ``name`` in ``path``, as systemd and env look it up."""
+def which(name: str, path: Sequence[str] = SYSTEMD_PATH, root: os.PathLike[str] | None = None) -> str | None:
+    """The first executable ``name`` in ``path``, as systemd and env look it up (in ``root``)."""
     for folder in path:
         candidate = os.path.join(folder, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        there = candidate if root is None else os.path.join(root, candidate.lstrip("/"))
+        if os.path.isfile(there) and os.access(there, os.X_OK):
             return candidate
     return None
 

@@ -1,0 +1,83 @@
+"""The SBOM every build writes (builder/sbom.py): SPDX 2.3, read back with spdx-tools' own
+parser and validator; packages with versions and licences; each file with its hashes and
+the package it came from; byte-identical for identical builds; ``inspect --sbom``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import require
+from portable_service.builder.sbom import HOST_FILE, MADE_FILE, licences
+
+
+def test_debian_licence_names_map_to_spdx():
+    text = (b"Files: *\nLicense: GPL-2+\n\nFiles: lib/*\nLicense: LGPL-2.1+ or BSD-3-clause\n\n"
+            b"License: Expat\n Permission is hereby granted...\n\nLicense: Custom_Thing\n")
+    assert licences(text) == ["BSD-3-Clause", "GPL-2.0-or-later", "LGPL-2.1-or-later",
+                              "LicenseRef-Custom-Thing", "MIT"]
+    assert licences(b"no fields here") == []
+
+
+def host_owner(path: str) -> str:
+    for spelling in (path, path.removeprefix("/usr")):  # dpkg says /bin/cat on merged-/usr hosts
+        proc = subprocess.run(["dpkg", "-S", spelling], capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            return proc.stdout.split(":", 1)[0]
+    require(False, f"{path} is not from a package on this host")
+    return ""
+
+
+def test_host_build_sbom_names_packages_and_host_files(tmp_path, cli):
+    own = tmp_path / "hello.txt"
+    own.write_text("hello\n")
+    args = ["build", "--pname", "demo", "--version", "1", "--squash-compression", "gzip", "-q",
+            "--unit", "demo.service", "--content", "/usr/bin/cat",
+            "--content", f"{own}=/srv/hello.txt", "-o", str(tmp_path / "out")]
+    (tmp_path / "demo.service").write_text("[Service]\nExecStart=/usr/bin/cat /srv/hello.txt\n")
+    assert cli(*args).returncode == 0
+    sbom = tmp_path / "out/demo_1.spdx.json"
+    first = sbom.read_bytes()
+
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    document = parse_file(str(sbom))
+    assert validate_full_spdx_document(document) == []
+    assert document.creation_info.spdx_version == "SPDX-2.3"
+    data = json.loads(first)
+    files = {f["fileName"]: f for f in data["files"]}
+    sha = {c["algorithm"]: c["checksumValue"] for c in files["./usr/bin/cat"]["checksums"]}
+    assert sha["SHA256"] == hashlib.sha256(Path("/usr/bin/cat").read_bytes()).hexdigest()
+    owner = host_owner("/usr/bin/cat")
+    by_id = {p["SPDXID"]: p for p in data["packages"]}
+    contains = {r["relatedSpdxElement"]: r["spdxElementId"] for r in data["relationships"]
+                if r["relationshipType"] == "CONTAINS"}
+    package = by_id[contains[files["./usr/bin/cat"]["SPDXID"]]]
+    assert package["name"] == owner and package["versionInfo"]
+    assert package["licenseInfoFromFiles"] != ["NOASSERTION"]  # coreutils: GPL-3.0-or-later
+    assert files["./srv/hello.txt"]["comment"] == HOST_FILE
+    assert files["./etc/os-release"]["comment"] == MADE_FILE
+    # the same build gives the same document, and the image carries it
+    assert cli(*args).returncode == 0
+    assert sbom.read_bytes() == first
+    from portable_service.harness.trial import default_releases
+
+    assert default_releases(tmp_path / "out/demo_1.raw") == ()  # a host image: try's default
+    shown = cli("inspect", "--sbom", str(tmp_path / "out/demo_1.raw"))
+    assert shown.returncode == 0 and shown.stdout.encode() == first
+
+
+def test_inspect_sbom_of_an_image_without_one_is_one_line(tmp_path, cli):
+    require(subprocess.run(["which", "mksquashfs"], capture_output=True).returncode == 0,
+            "mksquashfs is not installed")
+    (tmp_path / "root/etc").mkdir(parents=True)
+    (tmp_path / "root/etc/os-release").write_text("ID=debian\n")
+    image = tmp_path / "other_1.raw"
+    subprocess.run(["mksquashfs", str(tmp_path / "root"), str(image), "-quiet", "-noappend"],
+                   check=True, capture_output=True)
+    proc = cli("inspect", "--sbom", str(image))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "carries no SBOM" in proc.stderr

@@ -1,0 +1,90 @@
+"""Pinned builds on real systemd: a server that is NOT installed on the build host
+(mini-httpd; bootstrap never installs it) built from the Debian archive for bookworm and
+for trixie, each tried on its own release (systemd 252 and 257) and answering HTTP.
+
+Network: the first run fetches the archive's indexes and a handful of .deb files into
+/var/cache/portable-service/pinned (the suite's cache); later runs read them from there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from e2e.lib import attached
+from portable_service.builder.pipeline import build_image
+from portable_service.builder.spec import load_spec
+
+pytestmark = [pytest.mark.e2e, pytest.mark.network]
+PORT = 18171
+CACHE = Path("/var/cache/portable-service/pinned")
+
+
+def write_spec(folder: Path, release: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "index.html").write_text(f"<h1>mini-httpd from {release}</h1>\n")
+    (folder / "portable.toml").write_text(f'''
+pname = "minihttpd"
+version = "1"
+distribution = "debian"
+release = "{release}"
+packages = ["mini-httpd"]
+contents = [{{ source = "index.html", target = "/srv/www/index.html" }}]
+units = [{{ name = "minihttpd.service", text = """
+[Service]
+ExecStart=/usr/sbin/mini_httpd -D -h 127.0.0.1 -p {PORT} -d /srv/www
+""" }}]
+''')
+    return folder
+
+
+@pytest.fixture
+def suite_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PORTABLE_SERVICE_CACHE", str(CACHE))
+    return CACHE
+
+
+@pytest.mark.parametrize("container", ["bookworm", "trixie"], indirect=True)
+def test_pinned_server_runs_on_its_release(container, tmp_path, suite_cache):
+    assert not os.path.exists("/usr/sbin/mini_httpd"), "mini-httpd must not come from the host"
+    c = container
+    release = c.release.suite
+    spec = load_spec(write_spec(tmp_path / "spec", release))
+    image = build_image(spec, tmp_path / "out")
+    assert (tmp_path / "spec" / "portable.lock").exists()
+    assert (tmp_path / "out" / "minihttpd_1.spdx.json").exists()
+    with attached(c, image):
+        start = c.start("minihttpd.service")
+        assert start.ok, c.journal("minihttpd.service")
+        body = ""
+        for _ in range(50):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/", timeout=2) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                c.run("sleep", "0.1")
+        assert body == f"<h1>mini-httpd from {release}</h1>\n", c.journal("minihttpd.service")
+        version = c.run("systemctl", "--version").stdout.split()[1]
+        assert version == {"bookworm": "252", "trixie": "257"}[release]
+
+
+def test_rebuild_from_lock_in_fresh_cache_is_byte_identical(tmp_path, suite_cache, monkeypatch):
+    """The lock, not the cache or the machine, decides the image: a second build with an
+    empty cache (every .deb downloaded again) writes the same bytes."""
+    folder = write_spec(tmp_path / "spec", "trixie")
+    first = build_image(load_spec(folder), tmp_path / "a")
+    lock = (folder / "portable.lock").read_bytes()
+    fresh = tmp_path / "fresh-cache"
+    shutil.copytree(suite_cache / "apt", fresh / "apt")  # the indexes only: no .deb file
+    monkeypatch.setenv("PORTABLE_SERVICE_CACHE", str(fresh))
+    second = build_image(load_spec(folder), tmp_path / "b")
+    assert sorted(p.name for p in (fresh / "debs").iterdir()), "nothing was downloaded"
+    assert first.read_bytes() == second.read_bytes()
+    assert (tmp_path / "a" / "minihttpd_1.spdx.json").read_bytes() == \
+        (tmp_path / "b" / "minihttpd_1.spdx.json").read_bytes()
+    assert (folder / "portable.lock").read_bytes() == lock, "a build from the lock rewrote it"
