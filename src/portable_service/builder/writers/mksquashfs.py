@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import subprocess
 import tarfile
 import threading
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from portable_service.builder.writers.options import PackOptions
 from portable_service.errors import ToolError
 from portable_service.fs.tree import Entry, ImageTree, Kind
 from portable_service.progress import Reporter
-from portable_service.run import find_tool, interrupts_held, log, tool_message
+from portable_service.run import PIPE, find_tool, output_message, run, spawn
 
 MIN_VERSION = (4, 5)  # -tar, -root-mode and SOURCE_DATE_EPOCH arrived in 4.5
 
@@ -53,19 +51,13 @@ class MksquashfsWriter:
 
     def write(self, tree: ImageTree, out: Path, options: PackOptions, reporter: Reporter) -> None:
         # SOURCE_DATE_EPOCH fixes the filesystem time; inode times come from the tar.
-        env = {**os.environ, "SOURCE_DATE_EPOCH": str(options.mtime), "LC_ALL": "C.UTF-8"}
-        cmd = self.command(out, options)
-        log.debug("+ %s", " ".join(cmd))
+        env = {"SOURCE_DATE_EPOCH": str(options.mtime)}
         # read mksquashfs' output while we feed it, so a full pipe cannot stall either side
         captured: dict[str, bytes] = {}
         readers: list[threading.Thread] = []
-        proc: subprocess.Popen[bytes] | None = None
-        # an interrupt at any point from here on must not leave mksquashfs running: one
-        # held during Popen is delivered inside this try, once proc is known
-        try:
-            with interrupts_held():
-                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, env=env)
+        # spawn() kills mksquashfs if we leave the block early (an error, an interrupt)
+        with spawn(self.command(out, options), env=env, stdin=PIPE, stdout=PIPE,
+                   stderr=PIPE) as proc:
             assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
             for key, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
                 reader = threading.Thread(
@@ -73,27 +65,27 @@ class MksquashfsWriter:
                 reader.start()
                 readers.append(reader)
             try:
-                with reporter.bytes_bar("packing", tree.total_size()):
-                    write_tar(tree, proc.stdin, options.mtime, reporter)
-            except BrokenPipeError:
-                pass  # mksquashfs stopped early: its own message says why
-            except OSError as e:  # a source went away or became unreadable since the layout
-                raise ToolError(f"cannot read {e.filename}: {e.strerror} (it changed while the "
-                                "image was written?)",
-                                "build again when it is in place and readable") from None
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.close()
-            rc = proc.wait()
-        finally:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for reader in readers:
-                reader.join()
+                try:
+                    with reporter.bytes_bar("packing", tree.total_size()):
+                        write_tar(tree, proc.stdin, options.mtime, reporter)
+                except BrokenPipeError:
+                    pass  # mksquashfs stopped early: its own message says why
+                except OSError as e:  # a source went away or became unreadable since the layout
+                    raise ToolError(f"cannot read {e.filename}: {e.strerror} (it changed while "
+                                    "the image was written?)",
+                                    "build again when it is in place and readable") from None
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+                rc = proc.wait()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()  # before joining: its pipes close only when it is gone
+                    proc.wait()
+                for reader in readers:
+                    reader.join()
         if rc != 0:
-            done = subprocess.CompletedProcess(cmd, rc, captured.get("stdout"),
-                                               captured.get("stderr"))
-            raise ToolError(f"mksquashfs failed (exit {rc}): {tool_message(done)}",
+            raise ToolError(f"mksquashfs failed (exit {rc}): "
+                            f"{output_message(captured.get('stdout'), captured.get('stderr'))}",
                             "fix what it names (often squash-compression), or try --writer native")
 
 
@@ -161,11 +153,7 @@ class _Counted(io.RawIOBase):
 
 
 def mksquashfs_version(binary: Path) -> tuple[int, ...]:
-    try:
-        out = subprocess.run([str(binary), "-version"], capture_output=True, timeout=30,
-                             check=False).stdout.decode(errors="replace")
-    except OSError as e:
-        raise ToolError(f"cannot run {binary}: {e.strerror}", "check that it is executable") from None
+    out = run([binary, "-version"], timeout=30, check=False).stdout.decode(errors="replace")
     for word in out.split():
         parts = word.split(".")
         if len(parts) >= 2 and all(p.isdigit() for p in parts[:2]):
