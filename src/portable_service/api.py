@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from portable_service.builder.pipeline import build_image
+from portable_service.builder import pipeline
 from portable_service.builder.spec import Spec, spec_from_mapping
 from portable_service.progress import QUIET, Reporter
+
+
+def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
+                inspect: Callable[[pipeline.Plan], None] | None = None,
+                verify: bool = True) -> Path:
+    """The build, with ``verify``'s check of the written image (the read side's rules)."""
+    from portable_service.look.verify import check_written  # loaded when a build runs
+
+    return pipeline.build_image(spec, output_dir, reporter, inspect,
+                                check=check_written if verify else None)
 
 
 def build(

@@ -67,7 +67,7 @@ def load_spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from portable_service.builder.pipeline import build_image
+    from portable_service.api import build_image
 
     reporter = Reporter(quiet=args.quiet)
     spec = load_spec_from_args(args)

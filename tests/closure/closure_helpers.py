@@ -9,8 +9,9 @@ from typing import Any
 
 from conftest import require_root, require_tool
 from portable_service import build
-from portable_service.builder.closure import Closure, resolve
+from portable_service.builder.closure import Closure
 from portable_service.builder.closure.elf import elf_kind
+from portable_service.builder.closure.walk import resolve
 from portable_service.builder.spec import Spec, spec_from_mapping
 from portable_service.builder.units import load_units
 

@@ -11,7 +11,8 @@ import pytest
 from closure_helpers import closure_of, make_spec
 
 from conftest import require
-from portable_service.builder.closure import Closure, Context, Node, _check_same_source, deb
+from portable_service.builder.closure import Closure, Context, Node, deb
+from portable_service.builder.closure.walk import _check_same_source
 from portable_service.errors import ClosureError, SpecError, TreeError
 
 STATUS = """\

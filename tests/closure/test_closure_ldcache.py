@@ -10,7 +10,8 @@ import pytest
 from closure_helpers import build_and_unpack, cc, chroot, closure_of, unit
 
 from conftest import require_tool
-from portable_service.builder.closure import IMAGE_LD_CACHE, ldcache
+from portable_service.builder.closure import ldcache
+from portable_service.builder.closure.walk import IMAGE_LD_CACHE
 
 
 def ldconfig_print(cache: Path) -> list[str]:

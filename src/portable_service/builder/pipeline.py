@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from portable_service.builder import closure as closure_mod
 from portable_service.builder import layout
 from portable_service.builder import units as units_mod
 from portable_service.builder.closure import Closure
 from portable_service.builder.closure.secrets import check_no_secrets
+from portable_service.builder.closure.walk import resolve
 from portable_service.builder.spec import Spec, check_spec
 from portable_service.builder.writers import Writer, select_writer
 from portable_service.builder.writers.options import PackOptions, parse_block_size, parse_compression
@@ -66,7 +66,7 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
             reporter.info(f"merged {', '.join(unit.drop_ins)} into {unit.name}: portabled does "
                           "not read drop-ins inside an image")
     with reporter.step("resolving the closure"):
-        closure = closure_mod.resolve(spec, units)
+        closure = resolve(spec, units)
         check_no_secrets(closure)
     if not reporter.quiet:
         for note in closure.notes:  # one line each, like warnings: they are about the image
@@ -79,15 +79,22 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     return Plan(spec, units, closure, tree, writer, options)
 
 
+# reads a written image back before it replaces the old one (look.verify.check_written):
+# (written file, image name, the tree it was written from, warn, allow-missing)
+Checker = Callable[[Path, str, ImageTree, Callable[[str], None], bool], None]
+
+
 def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
-                inspect: Callable[[Plan], None] | None = None, verify: bool = True) -> Path:
+                inspect: Callable[[Plan], None] | None = None, *,
+                check: Checker | None) -> Path:
     """Build ``output_dir/<pname>_<version>.raw``; on any failure the old image stays as it was.
 
-    ``inspect`` sees the plan before anything is written (``--print-closure``). With
-    ``verify`` the written file is checked (portable_service.look.verify) before it replaces the
-    old image, so an image portabled would refuse never lands.
+    ``inspect`` sees the plan before anything is written (``--print-closure``). ``check``
+    (the read side's, given by the caller: the builder sits below it) reads the written
+    file before it replaces the old image, so an image portabled would refuse never lands;
+    None writes unchecked. :func:`portable_service.api.build_image` passes it.
     """
-    if verify:
+    if check is not None:
         _check_verifiable(spec)
     p = plan(spec, reporter)
     if inspect is not None:
@@ -95,19 +102,19 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
     out = output_dir / spec.image_name
     _prepare_dir(output_dir)
 
-    def check(tmp: Path) -> None:
-        from portable_service.look.verify import check_written
+    def check_tmp(tmp: Path) -> None:
+        assert check is not None
 
         def say(line: str) -> None:  # shown even when quiet, like warnings
             reporter.console.print(f"portable-service: verify: {line}", markup=False,
                                    highlight=False, soft_wrap=True)
 
         with reporter.step("verifying the image"):
-            check_written(tmp, out.name, p.tree, say, allow_missing=spec.allow_missing)
+            check(tmp, out.name, p.tree, say, spec.allow_missing)
 
     with reporter.step(f"writing {out} with {p.writer.name} ({len(p.tree)} entries)"):
         write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, reporter),
-                         check if verify else None)
+                         check_tmp if check is not None else None)
     return out
 
 

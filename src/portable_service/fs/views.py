@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from portable_service.errors import ImageError
+from portable_service.fs.errors import NotInImage, squashfs_errors
 from portable_service.fs.tree import Entry, ImageTree, Kind
 
 if TYPE_CHECKING:
@@ -48,10 +49,6 @@ class Stat:
     def mode_string(self) -> str:
         """``ls -l`` style, e.g. ``drwxr-xr-x`` or ``-rwsr-xr-x``."""
         return _TYPE_CHAR.get(self.kind, "?") + stat_mod.filemode(self.mode)[1:]
-
-
-class NotInImage(ImageError, FileNotFoundError):
-    """A path that the image does not hold."""
 
 
 class ImageFS(Protocol):
@@ -215,7 +212,8 @@ class SquashfsFS:
             raise ImageError("this build has no squashfs reader",
                              "install a portable-service release that includes it") from None
         self.path = path
-        self._image = SquashfsImage(path)
+        with squashfs_errors():
+            self._image = SquashfsImage(path)
         sb = self._image.superblock
         version = getattr(sb, "version", (4, 0))
         if isinstance(version, tuple):
@@ -231,24 +229,31 @@ class SquashfsFS:
 
     @property
     def image(self) -> squashfs_reader.SquashfsImage:
-        """The squashfs reader itself (block-level access, for diff)."""
+        """The squashfs reader itself (block-level access, for diff: map its errors with
+        :func:`~portable_service.fs.errors.squashfs_errors`)."""
         return self._image
 
+    # every call into the reader maps its errors to the application's
     def stat(self, path: str) -> Stat:
-        return _convert(self._image.stat(path))
+        with squashfs_errors():
+            return _convert(self._image.stat(path))
 
     def listdir(self, path: str) -> list[str]:
-        return list(self._image.listdir(path))
+        with squashfs_errors():
+            return list(self._image.listdir(path))
 
     def walk(self) -> Iterator[tuple[str, Stat]]:
-        for path, st in self._image.walk():
-            yield path, _convert(st)
+        with squashfs_errors():
+            for path, st in self._image.walk():
+                yield path, _convert(st)
 
     def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
-        return self._image.read(path, offset, size)
+        with squashfs_errors():
+            return self._image.read(path, offset, size)
 
     def readlink(self, path: str) -> str:
-        return self._image.readlink(path)
+        with squashfs_errors():
+            return self._image.readlink(path)
 
     def close(self) -> None:
         self._image.close()

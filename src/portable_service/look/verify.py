@@ -12,7 +12,7 @@ import importlib.util
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,50 +29,33 @@ from portable_service.builder.units import (
 from portable_service.errors import ImageError, VerifyError
 from portable_service.fs.views import ImageFS, IndexedFS, Stat, exists, read_text, resolve
 from portable_service.look import elfcheck
+from portable_service.look.facts import (
+    UnitFile,
+    attached_units,
+    closure_record,
+    find_os_release,
+    unit_candidates,
+)
+from portable_service.look.problems import ERROR, WARNING, Problem
 from portable_service.rules import PROFILES, VERSIONS, data_version, directives, profiles
 from portable_service.rules.portabled import (
     BOUND_FILES,
     BUILD_UNIT_DIR,
     FRESH_MOUNTS,
-    OS_RELEASE_PATHS,
     SPLIT_USR_PATH,
     UNIT_DIRS,
     image_prefix,
-    is_portable_unit,
     prefix_matches,
 )
 
 if TYPE_CHECKING:
     from portable_service.fs.tree import ImageTree
 
-ERROR, WARNING = "error", "warning"
 # an image without a closure record declares the units where our builds put them
 DECLARED_UNIT_DIR = BUILD_UNIT_DIR
 MOUNT_DIRS = FRESH_MOUNTS
 MOUNT_FILES = BOUND_FILES
 EXEC_PATH = SPLIT_USR_PATH
-
-
-@dataclass(frozen=True)
-class Problem:
-    severity: str  # ERROR or WARNING
-    rule: str  # short stable id, e.g. "os-release-missing"
-    path: str  # the image path concerned
-    message: str
-    fix: str
-
-    def line(self) -> str:
-        return f"{self.severity}: {self.path}: {self.message}; fix: {self.fix}"
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class UnitFile:
-    name: str
-    path: str  # where portabled finds it, e.g. /etc/systemd/system/demo.service
-    stat: Stat
 
 
 @dataclass(frozen=True)
@@ -114,17 +97,6 @@ def check_name(image_name: str) -> Iterator[Problem]:
 # -- os-release
 
 
-def find_os_release(fs: ImageFS) -> tuple[str | None, dict[str, str]]:
-    """Where portabled finds os-release (the first of the two paths), and its fields."""
-    from portable_service.builder.layout import parse_os_release
-
-    for path in OS_RELEASE_PATHS:
-        text = read_text(fs, path)
-        if text is not None:
-            return path, parse_os_release(text)
-    return None, {}
-
-
 def check_os_release(fs: ImageFS, prefix: str) -> Iterator[Problem]:
     path, fields = find_os_release(fs)
     if path is None:
@@ -150,31 +122,6 @@ def check_os_release(fs: ImageFS, prefix: str) -> Iterator[Problem]:
 
 
 # -- units
-
-
-def unit_candidates(fs: ImageFS) -> dict[str, UnitFile]:
-    """Every unit file name in portabled's search folders; /etc wins over /usr/lib."""
-    found: dict[str, UnitFile] = {}
-    seen: set[str] = set()
-    for folder in UNIT_DIRS:
-        real = resolve(fs, folder)
-        if real is None or real in seen:  # /lib -> usr/lib: one folder, searched once
-            continue
-        seen.add(real)
-        try:
-            names = fs.listdir(real)
-        except ImageError:  # not a folder: nothing is searched there
-            continue
-        for name in names:
-            if is_portable_unit(name) and name not in found:
-                path = posixpath.join(real, name)
-                found[name] = UnitFile(name, posixpath.join(folder, name), fs.stat(path))
-    return found
-
-
-def attached_units(fs: ImageFS, prefix: str) -> list[UnitFile]:
-    """The units portabled would attach for this prefix, before checking their files."""
-    return [u for n, u in sorted(unit_candidates(fs).items()) if prefix_matches(n, prefix)]
 
 
 def check_units(fs: ImageFS, prefix: str) -> tuple[list[Problem], list[UnitFile]]:
@@ -787,8 +734,6 @@ def check_ignored_drop_ins(fs: ImageFS, units: Iterable[UnitFile]) -> Iterator[P
 
 def declared_units(fs: ImageFS) -> set[str] | None:
     """The units our build was given (closure record), or None for other images."""
-    from portable_service.look.inspect import closure_record  # inspect imports this module
-
     record = closure_record(fs)  # validated: the record is untrusted input
     if record is None or "units" not in record:
         return None

@@ -27,7 +27,7 @@ own words; :mod:`portable_service.builder.units` turns those into build errors.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -531,6 +531,20 @@ def _encode(c: str) -> bytes:
 
 def _decode(b: bytearray) -> str:
     return bytes(b).decode("utf-8", "surrogateescape")
+
+
+def assigned_values(sections: Mapping[str, Sequence[tuple[str, str]]], section: str,
+                    key: str) -> list[str]:
+    """Every value of ``key`` in ``section``; an empty assignment resets the list, as systemd
+    does for list settings."""
+    out: list[str] = []
+    for k, v in sections.get(section, ()):
+        if k == key:
+            if v == "":
+                out.clear()
+            else:
+                out.append(v)
+    return out
 
 
 def exec_sections_of(unit_name: str) -> tuple[str, ...]:
