@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, require
-from e2e.lib import attached
+from tests.conftest import REPO, require
+from tests.e2e.lib import attached
 
 pytestmark = pytest.mark.e2e
 

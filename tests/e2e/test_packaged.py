@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require, unsquashfs_list
-from e2e.lib import attached, build_image, port_closed, unit
+from tests.conftest import REPO, require, unsquashfs_list
+from tests.e2e.lib import attached, build_image, port_closed, unit
 
 pytestmark = pytest.mark.e2e
 HTTP_PORT = 18151

@@ -12,11 +12,11 @@ import pytest
 
 from portable_service.squashfs.errors import NotFoundError, SquashfsError
 from portable_service.squashfs.reader import SquashfsImage
+from tests.conftest import mksquashfs
 from tests.squashfs.conftest import (
     CAP,
     describe_dir,
     describe_image,
-    mksquashfs,
     unsquashfs_lln,
 )
 

@@ -11,7 +11,6 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from conftest import require_root
 from portable_service.builder.writers.native import NativeWriter
 from portable_service.builder.writers.options import Compression, PackOptions
 from portable_service.errors import PortableServiceError
@@ -22,11 +21,11 @@ from portable_service.squashfs.compressor import from_options
 from portable_service.squashfs.errors import InputError, OptionsError
 from portable_service.squashfs.reader import SquashfsImage
 from portable_service.squashfs.writer import Node, WriterOptions, nodes_from_directory, write_image
+from tests.conftest import mksquashfs, require_root
 from tests.squashfs.conftest import (
     CAP,
     describe_dir,
     describe_image,
-    mksquashfs,
     unsquashfs_extract,
     unsquashfs_lln,
     write_dir,
