@@ -26,8 +26,11 @@ def spec(tmp_path: Path, **extra: object) -> Spec:
 
 def test_defaults_are_the_references(tmp_path: Path) -> None:
     s = spec(tmp_path)
-    assert s.squash_compression == "xz -Xdict-size 100%"
-    assert s.squash_block_size == "1M"
+    # parsed once, when the spec is read
+    assert s.squash_compression == parse_compression("xz -Xdict-size 100%")
+    assert str(s.squash_compression) == "xz -Xdict-size 100%"
+    assert s.squash_block_size == 1 << 20
+    assert s.to_dict()["squash-block-size"] == "1M"
     assert s.image_name == "demo_1.0.raw"
     assert s.units[0].path == tmp_path / "demo.service"
 

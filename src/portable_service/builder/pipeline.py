@@ -18,7 +18,7 @@ from portable_service.builder.closure.secrets import check_no_secrets
 from portable_service.builder.closure.walk import resolve
 from portable_service.builder.spec import Spec, check_spec
 from portable_service.builder.writers import Writer, select_writer
-from portable_service.builder.writers.options import PackOptions, parse_block_size, parse_compression
+from portable_service.builder.writers.options import PackOptions
 from portable_service.errors import PortableServiceError, SpecError, ToolError
 from portable_service.fs.tree import ImageTree
 from portable_service.progress import QUIET, Reporter
@@ -54,11 +54,11 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
     check_spec(spec)  # a Spec built in code has not been through the parser's checks
     # options and tools first: a bad setting or a missing tool is reported before any work
     options = PackOptions(
-        compression=parse_compression(spec.squash_compression),
-        block_size=parse_block_size(spec.squash_block_size),
+        compression=spec.squash_compression,
+        block_size=spec.squash_block_size,
         mtime=source_date_epoch(),
     )
-    writer = select_writer(spec)
+    writer = select_writer(spec.writer, spec.squashfs_tools)
     with reporter.step(f"reading {len(spec.units)} unit source(s)"):
         units = units_mod.load_units(spec)
     for unit in units:
@@ -122,7 +122,7 @@ def _check_verifiable(spec: Spec) -> None:
     """The written image is read back to be verified: its compressor must be readable here."""
     from portable_service.squashfs import compressor
 
-    name = parse_compression(spec.squash_compression).name
+    name = spec.squash_compression.name
     if not compressor.readable(name):
         raise ToolError(f"{name} images are verified by reading them back, which this "
                         "installation cannot do",

@@ -16,10 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from portable_service.builder.writers.options import (
+    Compression,
+    block_size_text,
+    parse_block_size,
+    parse_compression,
+)
 from portable_service.errors import SpecError
 
+# the spec's text; the Spec holds them parsed (Compression, bytes)
 DEFAULT_COMPRESSION = "xz -Xdict-size 100%"
 DEFAULT_BLOCK_SIZE = "1M"
+DEFAULT_COMPRESSION_PARSED = parse_compression(DEFAULT_COMPRESSION)
+DEFAULT_BLOCK_BYTES = parse_block_size(DEFAULT_BLOCK_SIZE)
 WRITERS = ("auto", "mksquashfs", "native")
 
 
@@ -62,8 +71,9 @@ class Spec:
     symlinks: tuple[Symlink, ...] = ()
     contents: tuple[Content, ...] = ()
     squashfs_tools: Path | None = None
-    squash_compression: str = DEFAULT_COMPRESSION
-    squash_block_size: str = DEFAULT_BLOCK_SIZE
+    # parsed once, when the spec is read (a str given in code is parsed in __post_init__)
+    squash_compression: Compression = DEFAULT_COMPRESSION_PARSED
+    squash_block_size: int = DEFAULT_BLOCK_BYTES
     os_release: tuple[tuple[str, str], ...] = ()
     writer: str = "auto"
     packages: tuple[str, ...] = ()
@@ -73,6 +83,16 @@ class Spec:
     package_data: tuple[str, ...] | None = None  # None: closure.deb.DEFAULT_DATA
     package_docs: bool = False
 
+    def __post_init__(self) -> None:
+        # a Spec built in code may spell these as in the spec file: parse them here, once
+        if isinstance(self.squash_compression, str):
+            object.__setattr__(self, "squash_compression",
+                               parse_compression(self.squash_compression))
+        if isinstance(self.squash_block_size, str | int) and not isinstance(
+                self.squash_block_size, bool):
+            object.__setattr__(self, "squash_block_size",
+                               parse_block_size(self.squash_block_size))
+
     @property
     def image_name(self) -> str:
         return f"{self.pname}_{self.version}.raw"
@@ -81,10 +101,13 @@ class Spec:
         """A JSON-friendly view, keyed like the TOML spec."""
         out = {s.key: _jsonable(getattr(self, s.attr)) for s in SETTINGS}
         out["os-release"] = dict(self.os_release)
+        out["squash-block-size"] = block_size_text(self.squash_block_size)
         return out
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Compression):
+        return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items() if v is not None}
     if isinstance(value, tuple | list):
@@ -278,6 +301,18 @@ def _os_release(value: Any, base: Path, key: str) -> tuple[tuple[str, str], ...]
     return tuple(sorted(out))
 
 
+def _compression(value: Any, base: Path, key: str) -> Compression:
+    if isinstance(value, Compression):  # a flag's value, parsed before the merge
+        return value
+    return parse_compression(_str(value, base, key))
+
+
+def _block_size(value: Any, base: Path, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return parse_block_size(value)
+    return parse_block_size(_str(value, base, key))
+
+
 def _writer(value: Any, base: Path, key: str) -> str:
     text = _str(value, base, key)
     if text not in WRITERS:
@@ -321,9 +356,9 @@ SETTINGS: tuple[Setting, ...] = (
             "SOURCE=TARGET places it elsewhere", repeatable=True, metavar="PATH", flag_name="content"),
     Setting("squashfs-tools", _opt_host_path, "mksquashfs to use: a file, or a folder with "
             "bin/mksquashfs", aliases=("squashfsTools",), metavar="PATH"),
-    Setting("squash-compression", _str, f"compressor and options (default '{DEFAULT_COMPRESSION}')",
+    Setting("squash-compression", _compression, f"compressor and options (default '{DEFAULT_COMPRESSION}')",
             metavar="STR"),
-    Setting("squash-block-size", _str, f"block size, 4K to 1M (default {DEFAULT_BLOCK_SIZE})",
+    Setting("squash-block-size", _block_size, f"block size, 4K to 1M (default {DEFAULT_BLOCK_SIZE})",
             metavar="SIZE"),
     Setting("os-release", _os_release, "os-release field to set or override",
             repeatable=True, metavar="KEY=VALUE"),
@@ -516,7 +551,3 @@ def check_spec(spec: Spec) -> None:
                             "remove it (a line break, tab or NUL)")
     if not spec.units:
         raise SpecError("no units given", "name at least one unit file (units = [\"demo.service\"])")
-    from portable_service.builder.writers.options import parse_block_size, parse_compression
-
-    parse_compression(spec.squash_compression)
-    parse_block_size(spec.squash_block_size)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from portable_service.builder.spec import Spec
 from portable_service.builder.writers.options import PackOptions
 from portable_service.fs.tree import ImageTree
 from portable_service.progress import Reporter
@@ -24,19 +23,20 @@ class Writer(Protocol):
         """Write the whole image to ``out`` (an existing, empty file)."""
 
 
-def select_writer(spec: Spec) -> Writer:
-    """``auto`` takes mksquashfs when it is installed (or named), else the native writer."""
+def select_writer(writer: str, squashfs_tools: Path | None = None) -> Writer:
+    """The spec's ``writer``: ``auto`` takes mksquashfs when it is installed (or named with
+    ``squashfs_tools``), else the native writer."""
     from portable_service.builder.writers.mksquashfs import MksquashfsWriter
     from portable_service.errors import ToolError
 
-    if spec.writer == "mksquashfs":
-        return MksquashfsWriter.find(spec.squashfs_tools)
-    if spec.writer == "native":
+    if writer == "mksquashfs":
+        return MksquashfsWriter.find(squashfs_tools)
+    if writer == "native":
         return _native()
     try:
-        return MksquashfsWriter.find(spec.squashfs_tools)
+        return MksquashfsWriter.find(squashfs_tools)
     except ToolError:
-        if spec.squashfs_tools is not None:
+        if squashfs_tools is not None:
             raise
         return _native()
 

@@ -22,6 +22,10 @@ class Compression:
     name: str
     options: tuple[str, ...] = ()
 
+    def __str__(self) -> str:
+        """As written in a spec: ``xz -Xdict-size 100%``."""
+        return shlex.join([self.name, *self.options])
+
     def mksquashfs_args(self) -> list[str]:
         return ["-comp", self.name, *self.options]
 
@@ -68,6 +72,11 @@ def parse_compression(text: str) -> Compression:
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KkMm]?)\s*$")
+
+
+def block_size_text(n: int) -> str:
+    """A block size as written in a spec: ``1M``, ``128K``."""
+    return f"{n >> 20}M" if n >= 1 << 20 else f"{n >> 10}K"
 
 
 def parse_block_size(text: str | int) -> int:
