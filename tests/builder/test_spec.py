@@ -165,7 +165,7 @@ def test_bad_block_sizes(text: str) -> None:
 
 def test_compression_strings() -> None:
     c = parse_compression("xz -Xdict-size 100%")
-    assert c.name == "xz" and c.option("-Xdict-size") == "100%"
+    assert c.name == "xz" and c.options == ("-Xdict-size", "100%")
     assert parse_compression("zstd -Xcompression-level 19").mksquashfs_args() == [
         "-comp", "zstd", "-Xcompression-level", "19"]
     with pytest.raises(SpecError, match="unknown compressor"):

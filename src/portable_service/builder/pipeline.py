@@ -80,8 +80,8 @@ def plan(spec: Spec, reporter: Reporter = QUIET) -> Plan:
 
 
 # reads a written image back before it replaces the old one (look.verify.check_written):
-# (written file, image name, the tree it was written from, warn, allow-missing)
-Checker = Callable[[Path, str, ImageTree, Callable[[str], None], bool], None]
+# (written file, image name, warn, allow-missing)
+Checker = Callable[[Path, str, Callable[[str], None], bool], None]
 
 
 def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
@@ -110,7 +110,7 @@ def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
                                    highlight=False, soft_wrap=True)
 
         with reporter.step("verifying the image"):
-            check(tmp, out.name, p.tree, say, spec.allow_missing)
+            check(tmp, out.name, say, spec.allow_missing)
 
     with reporter.step(f"writing {out} with {p.writer.name} ({len(p.tree)} entries)"):
         write_atomically(out, lambda tmp: p.writer.write(p.tree, tmp, p.options, reporter),

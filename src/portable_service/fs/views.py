@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
     from portable_service.squashfs import reader as squashfs_reader
 
-KINDS = ("dir", "file", "symlink", "chardev", "blockdev", "fifo", "socket")
 _TYPE_CHAR = {"dir": "d", "file": "-", "symlink": "l", "chardev": "c", "blockdev": "b",
               "fifo": "p", "socket": "s"}
 MAX_LINKS = 40  # as the kernel and ld.so: a longer chain counts as a loop
@@ -36,7 +35,7 @@ MAX_LINKS = 40  # as the kernel and ld.so: a longer chain counts as a loop
 
 @dataclass(frozen=True)
 class Stat:
-    kind: str  # one of KINDS
+    kind: str  # dir, file, symlink, chardev, blockdev, fifo or socket
     mode: int  # permission bits (0o7777)
     uid: int = 0
     gid: int = 0
@@ -206,11 +205,8 @@ class SquashfsFS:
     """A squashfs image file read without root or mounting."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            from portable_service.squashfs.reader import SquashfsImage
-        except ImportError:
-            raise ImageError("this build has no squashfs reader",
-                             "install a portable-service release that includes it") from None
+        from portable_service.squashfs.reader import SquashfsImage
+
         self.path = path
         with squashfs_errors():
             self._image = SquashfsImage(path)

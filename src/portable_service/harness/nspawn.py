@@ -95,7 +95,6 @@ class Container:
     log: Path
     timings: dict[str, float] = field(default_factory=dict)
     copied: list[str] = field(default_factory=list)
-    udev_retries: int = 0  # how often systemd 247's udev wait had to be retried
 
     @property
     def root(self) -> Path:
@@ -150,7 +149,6 @@ class Container:
             result = self.portablectl(*args, name)
             if result.ok or not self._udev_timeout(self._journal_since(cursor)):
                 break
-            self.udev_retries += 1
         self.settle()
         return result
 
@@ -168,7 +166,6 @@ class Container:
                 self._wait_until_exec(unit)  # a simple service can still fail after this
             if not self._udev_timeout(self._journal_since(cursor)):
                 break
-            self.udev_retries += 1
             self.systemctl("reset-failed", unit)
         return result
 

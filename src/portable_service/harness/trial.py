@@ -26,9 +26,9 @@ from portable_service.harness.judge import Verdict
 from portable_service.harness.nspawn import Container
 from portable_service.harness.roots import Release
 from portable_service.progress import Reporter
+from portable_service.rules import PROFILES
 from portable_service.rules.portabled import TRIGGER_TYPES
 
-PROFILES = ("default", "nonetwork", "strict", "trusted")
 # systemd's summary lines say that a unit failed, not why; the cause comes before them
 _SUMMARY = ("Failed with result", "Failed to start", "Main process exited", "Failed at step",
             "Control process exited", "Job for ", "Scheduled restart job", "Start request "

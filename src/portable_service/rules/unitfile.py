@@ -26,7 +26,6 @@ own words; :mod:`portable_service.builder.units` turns those into build errors.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -547,7 +546,3 @@ def assigned_values(sections: Mapping[str, Sequence[tuple[str, str]]], section: 
     return out
 
 
-def exec_sections_of(unit_name: str) -> tuple[str, ...]:
-    """The sections of a unit type that hold ``Exec*=`` lines."""
-    return tuple(s for s in UNIT_SECTIONS.get(posixpath.splitext(unit_name)[1], ())
-                 if s in ("Service", "Socket", "Mount", "Swap"))

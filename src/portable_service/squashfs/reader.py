@@ -188,7 +188,6 @@ class SquashfsImage:
         self._tables = MetadataReader(self._read_at, self.compressor, fmt.SUPERBLOCK_SIZE,
                                       sb.bytes_used, "lookup tables")
         self._ids = self._read_ids()
-        self._fragments: dict[int, tuple[int, int]] = {}
         self._listings: OrderedDict[int, list[fmt.DirEntry]] = OrderedDict()
         self._cached_entries = 0
         self._frag_cache: OrderedDict[int, bytes] = OrderedDict()

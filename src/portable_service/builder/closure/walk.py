@@ -203,9 +203,6 @@ def relocated_link_resolver(ctx: Context) -> Resolver:
     return resolve
 
 
-DEFAULT_RESOLVERS: tuple[Resolver, ...] = (folder_resolver, symlink_resolver)
-
-
 def standard_resolvers(ctx: Context) -> tuple[Resolver, ...]:
     """Every kind of reference: folders, symlinks, ELF, scripts, Nix store paths."""
     return (folder_resolver, symlink_resolver, relocated_link_resolver(ctx), elf.ElfResolver(ctx),

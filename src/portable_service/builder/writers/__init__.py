@@ -42,11 +42,6 @@ def select_writer(writer: str, squashfs_tools: Path | None = None) -> Writer:
 
 
 def _native() -> Writer:
-    from portable_service.errors import ToolError
+    from portable_service.builder.writers.native import NativeWriter
 
-    try:
-        from portable_service.builder.writers.native import NativeWriter
-    except ImportError:
-        raise ToolError("the native squashfs writer is not part of this installation",
-                        "install mksquashfs: apt-get install squashfs-tools") from None
     return NativeWriter()

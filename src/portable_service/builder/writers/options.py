@@ -29,14 +29,6 @@ class Compression:
     def mksquashfs_args(self) -> list[str]:
         return ["-comp", self.name, *self.options]
 
-    def option(self, flag: str) -> str | None:
-        """The value following ``flag``, or '' for a flag without value, or None if absent."""
-        for i, opt in enumerate(self.options):
-            if opt == flag:
-                nxt = self.options[i + 1] if i + 1 < len(self.options) else ""
-                return "" if nxt.startswith("-X") else nxt
-        return None
-
 
 @dataclass(frozen=True)
 class PackOptions:
