@@ -11,7 +11,6 @@ a debootstrap root (minbase + lighttpd) with the same mksquashfs options.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,12 +18,14 @@ import time
 from collections import deque
 from pathlib import Path, PurePosixPath
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' ldd helper
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from portable_service.builder.closure import Closure, Context, Node
 from portable_service.builder.closure.elf import ElfResolver, Files, Loader, LoaderConfig, elf_kind, read_elf
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.fs.views import HostFS
+from tests.builder.closure.closure_helpers import ldd_libraries
 
 
 def elf_programs(folder: Path) -> list[Path]:
@@ -69,20 +70,7 @@ def ours(programs: list[Path], fresh: bool = False) -> dict[str, set[str]]:
 
 
 def ldd(programs: list[Path]) -> dict[str, set[str]]:
-    result = {}
-    for prog in programs:
-        out = subprocess.run(["ldd", str(prog)], capture_output=True, text=True, check=False).stdout
-        libs = set()
-        for line in out.splitlines():
-            parts = line.split()
-            if "=>" in parts:
-                target = parts[parts.index("=>") + 1]
-                if target.startswith("/"):
-                    libs.add(os.path.realpath(target))
-            elif parts and parts[0].startswith("/"):
-                libs.add(os.path.realpath(parts[0]))
-        result[str(prog)] = libs
-    return result
+    return {str(prog): ldd_libraries(str(prog)) for prog in programs}
 
 
 def timed(fn, *args):  # type: ignore[no-untyped-def]

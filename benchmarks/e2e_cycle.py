@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from portable_service.builder.pipeline import build_image
+from portable_service.api import build_image
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.harness import nspawn, roots
 

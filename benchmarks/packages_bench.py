@@ -31,7 +31,8 @@ SERVICES: dict[str, str] = {
 _CHILD = """
 import json, sys, tempfile
 from pathlib import Path
-from portable_service.builder.pipeline import build_image, plan
+from portable_service.api import build_image
+from portable_service.builder.pipeline import plan
 from portable_service.builder.spec import spec_from_mapping
 name, command = sys.argv[1], sys.argv[2]
 spec = spec_from_mapping({"pname": "bench", "version": "1", "packages": [name],

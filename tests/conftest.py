@@ -75,3 +75,11 @@ def unsquashfs_cat(image: Path, path: str) -> bytes:
     require_tool("unsquashfs")
     return subprocess.run(["unsquashfs", "-cat", str(image), path.lstrip("/")],
                           capture_output=True, check=True).stdout
+
+
+def mksquashfs(src: Path, out: Path, *args: str) -> Path:
+    """The standard tool on a folder, owners flattened to root as our builds do."""
+    binary = require_tool("mksquashfs")
+    subprocess.run([binary, str(src), str(out), "-noappend", "-quiet", "-no-progress",
+                    "-all-root", *args], check=True, capture_output=True)
+    return out

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from portable_service.builder.pipeline import build_image
+from portable_service.builder import pipeline
 from portable_service.builder.spec import Spec, spec_from_mapping
-from portable_service.progress import Reporter
+from portable_service.progress import QUIET, Reporter
+
+
+def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
+                inspect: Callable[[pipeline.Plan], None] | None = None,
+                verify: bool = True, update: bool = False) -> Path:
+    """The build, with ``verify``'s check of the written image (the read side's rules)."""
+    return pipeline.build_image(spec, output_dir, reporter, inspect,
+                                check=check_written_image if verify else None, update=update)
+
+
+def check_written_image(image: Path, name: str, plan: pipeline.Plan,
+                        say: Callable[[str], None]) -> None:
+    """The read side's check of a written image: an extension on its base, any other alone."""
+    if plan.base is not None:
+        from portable_service.look.extension import Layer, check_written_extension
+
+        check_written_extension(image, name, Layer(plan.base.fs, plan.base.name), say)
+    else:
+        from portable_service.look.verify import check_written  # loaded when a build runs
+
+        check_written(image, name, say, plan.spec.allow_missing)
 
 
 def build(

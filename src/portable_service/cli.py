@@ -87,7 +87,8 @@ def load_spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from portable_service.builder.pipeline import Plan, build_image
+    from portable_service.api import build_image
+    from portable_service.builder.pipeline import Plan
 
     style = jsonout.wanted(args)
     if style and args.print_closure:
@@ -166,9 +167,9 @@ def why_json(spec: Any, path: str) -> dict[str, Any]:
     """``why --json``: the chain from a root of the spec to ``path``, root first."""
     from pathlib import PurePosixPath
 
-    from portable_service.builder.closure import resolve
     from portable_service.builder.closure.report import find
     from portable_service.builder.closure.runtime import GENERATED_WHY
+    from portable_service.builder.closure.walk import resolve
     from portable_service.builder.units import load_units
 
     if not path.startswith("/"):

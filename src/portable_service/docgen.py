@@ -145,14 +145,15 @@ def exit_table() -> str:
 
 def profile_table(version: int = 257) -> str:
     from portable_service.rules import PROFILES
-    from portable_service.rules.profiles import profile_unit
+    from portable_service.rules.profiles import profile_sections
+    from portable_service.rules.unitfile import assigned_values
 
     rows = ["| setting | " + " | ".join(f"`{p}`" for p in PROFILES) + " |",
             "| --- |" + " --- |" * len(PROFILES)]
     for key in PROFILE_KEYS:
         cells = []
         for profile in PROFILES:
-            values = profile_unit(version, profile).values("Service", key)
+            values = assigned_values(profile_sections(version, profile), "Service", key)
             value = " ".join(" ".join(v.split()) for v in values) if values else ""
             cells.append(f"`{value}`" if value else "-")
         rows.append(f"| `{key}=` | " + " | ".join(cells) + " |")

@@ -1,4 +1,10 @@
-"""The one seam through which external tools are found and run."""
+"""The one seam through which external tools are found and run.
+
+Every process the tool starts goes through :func:`run` (wait for it) or :func:`spawn`
+(stream to or from it): one environment policy (:func:`environment`), every command
+echoed under ``--debug`` as ``+ cmd``, interrupts held while a child starts, a missing
+or unrunnable program turned into one sentence.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,12 @@ from typing import IO, Any
 from portable_service.errors import ToolError
 
 log = logging.getLogger("portable_service")
+
+# for callers of spawn(), which name the pipes they want without importing subprocess
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
+Process = subprocess.Popen[bytes]  # what spawn() gives, for callers' type hints
 
 # Where a tool is most likely to come from on Debian-like hosts; used in hints.
 PACKAGE_OF = {
@@ -78,10 +90,79 @@ def interrupts_held() -> Iterator[None]:
             signal.raise_signal(caught[0])
 
 
+class TimedOut(ToolError):
+    """A command did not finish within its time; callers that know more say what it was."""
+
+
+def environment(env: Mapping[str, str] | None = None, *, inherit: bool = True) -> dict[str, str]:
+    """The environment of every child: a fixed locale (tools' messages are parsed), then ``env``.
+
+    ``inherit=False`` starts from nothing (``env`` then names PATH and the rest): for
+    commands run inside a container, where the host's variables mean nothing.
+    """
+    base = dict(os.environ) if inherit else {}
+    return {**base, "LC_ALL": "C.UTF-8", **(env or {})}
+
+
+def _argv(cmd: Sequence[str | os.PathLike[str]]) -> list[str]:
+    argv = [os.fspath(c) for c in cmd]
+    log.debug("+ %s", shlex.join(argv))
+    return argv
+
+
+def _not_started(argv: Sequence[str], e: OSError) -> ToolError:
+    if isinstance(e, FileNotFoundError) and e.filename in (argv[0], None):
+        return ToolError(f"{argv[0]} not found", "install it or fix the path")
+    return ToolError(f"cannot run {argv[0]}: {e.strerror}", "check that it is executable")
+
+
+@contextlib.contextmanager
+def spawn(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    inherit_env: bool = True,
+    stdin: IO[bytes] | int | None = subprocess.DEVNULL,
+    stdout: IO[bytes] | int | None = None,
+    stderr: IO[bytes] | int | None = None,
+    **kwargs: Any,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child to stream to or from; it never outlives the block.
+
+    An interrupt that lands while the child starts is held until the caller owns it
+    (see :func:`interrupts_held`); on leaving the block, a child still running is killed
+    and reaped, however the block was left. Callers wait for it themselves.
+    """
+    argv = _argv(cmd)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with interrupts_held():
+            try:
+                proc = subprocess.Popen(argv, env=environment(env, inherit=inherit_env),
+                                        stdin=stdin, stdout=stdout, stderr=stderr, **kwargs)
+            except OSError as e:
+                raise _not_started(argv, e) from None
+        yield proc
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def exited(proc: Process, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``proc``; whether it is gone."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
 def run(
     cmd: Sequence[str | os.PathLike[str]],
     *,
     env: Mapping[str, str] | None = None,
+    inherit_env: bool = True,
     stdin: IO[bytes] | int | None = subprocess.DEVNULL,
     input: bytes | None = None,
     check: bool = True,
@@ -89,14 +170,15 @@ def run(
     timeout: float | None = None,
     **kwargs: Any,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a command with a clean, fixed locale; a failure becomes a ToolError with its stderr."""
-    argv = [os.fspath(c) for c in cmd]
-    log.debug("+ %s", shlex.join(argv))
-    full_env = {**os.environ, "LC_ALL": "C.UTF-8", **(env or {})}
+    """Run a command to its end; a failure becomes a ToolError with its stderr.
+
+    ``check=False`` returns the failed process instead; a timeout is :class:`TimedOut`.
+    """
+    argv = _argv(cmd)
     try:
         proc = subprocess.run(
             argv,
-            env=full_env,
+            env=environment(env, inherit=inherit_env),
             stdin=None if input is not None else stdin,
             input=input,
             stdout=subprocess.PIPE if capture else None,
@@ -105,10 +187,10 @@ def run(
             check=False,
             **kwargs,
         )
-    except FileNotFoundError as e:
-        raise ToolError(f"{argv[0]} not found", "install it or fix the path") from e
+    except OSError as e:
+        raise _not_started(argv, e) from None
     except subprocess.TimeoutExpired as e:
-        raise ToolError(f"{Path(argv[0]).name} did not finish within {timeout:.0f} s") from e
+        raise TimedOut(f"{Path(argv[0]).name} did not finish within {timeout:.0f} s") from e
     if check and proc.returncode != 0:
         raise ToolError(f"{Path(argv[0]).name} failed (exit {proc.returncode}): {tool_message(proc)}")
     return proc
@@ -116,7 +198,12 @@ def run(
 
 def tool_message(proc: subprocess.CompletedProcess[bytes]) -> str:
     """The tool's own error line: the first that says 'error', else the first it printed."""
-    text = (proc.stderr or b"") + b"\n" + (proc.stdout or b"")
+    return output_message(proc.stdout, proc.stderr)
+
+
+def output_message(stdout: bytes | None, stderr: bytes | None) -> str:
+    """:func:`tool_message` for output a caller collected itself (a streamed child)."""
+    text = (stderr or b"") + b"\n" + (stdout or b"")
     lines = [ln.strip() for ln in text.decode(errors="replace").splitlines()]
     # progress bars and blank lines say nothing about the failure
     lines = [ln for ln in lines if ln and not ln.startswith("[")]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_root, require_tool, unsquashfs_cat, unsquashfs_list
 from portable_service import build
 from portable_service.builder.writers.erofs import ErofsWriter, parse_erofs_compression
 from portable_service.disk import ddi
 from portable_service.errors import SpecError
+from tests.conftest import require_root, require_tool, unsquashfs_cat, unsquashfs_list
 
 SERVICE = "[Service]\nExecStart=/usr/bin/env true\n"
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from layer_projects import write_app, write_runtime
-
-from conftest import unsquashfs_cat, unsquashfs_list
 from portable_service.builder.layout import parse_os_release
 from portable_service.rules import extensions as ext_rules
+from tests.conftest import unsquashfs_cat, unsquashfs_list
+from tests.layer_projects import write_app, write_runtime
 
 
 def _build(cli, tmp_path: Path, folder: Path) -> Path:

@@ -9,8 +9,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import require
 from portable_service.builder.sbom import HOST_FILE, MADE_FILE, licences
+from tests.conftest import require
 
 
 def test_debian_licence_names_map_to_spdx():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require_tool, unsquashfs_cat
+from tests.conftest import REPO, require_tool, unsquashfs_cat
 
 UNIT = "[Service]\nExecStart=/usr/bin/env true\n"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require_tool
 from portable_service import docgen
 from portable_service.errors import EXIT_CODES
+from tests.conftest import REPO, require_tool
 
 VERBS = ["init", "build", "why", "inspect", "ls", "cat", "verify", "diff", "size", "try", "sign",
          "publish", "host-config"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require, require_root
+from tests.conftest import REPO, require, require_root
 
 UNIT = "[Service]\nExecStart=/usr/bin/env true\n"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool, unsquashfs_cat
+from tests.conftest import require_tool, unsquashfs_cat
 
 
 def test_init_then_build(cli, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO
+from tests.conftest import REPO
 
 UNIT = "[Service]\nExecStart=/usr/bin/env true\n"
 STR, INT, BOOL, NULL = str, int, bool, type(None)

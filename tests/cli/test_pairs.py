@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool, unsquashfs_list
+from tests.conftest import require_tool, unsquashfs_list
 
 UNIT = "[Service]\nExecStart=/usr/bin/env true\n"
 FLAGS = ["build", "--pname", "demo", "--version", "1", "--unit", "demo.service", "-q",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require_tool
 from portable_service.progress import Reporter, human
+from tests.conftest import REPO, require_tool
 
 UNIT = "[Service]\nExecStart=/usr/bin/env true\n"
 BOX = set("─━│┃╸╺╹╻┏┓┗┛═")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require, require_tool
+from tests.conftest import REPO, require, require_tool
 
 FENCE = re.compile(r"(?:<!-- doctest: (?P<mark>[^>]*?) -->\n)?```(?P<lang>\w+)\n(?P<body>.*?)```",
                    re.S)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(REPO))  # run as a script: the tests package is found from the repo
 
-from corpus.cases import load_cases  # noqa: E402  (the corpus folder, found from here)
+from tests.corpus.cases import load_cases  # noqa: E402
 
 RELEASES = (("bullseye", "247"), ("bookworm", "252"), ("trixie", "257"))
 

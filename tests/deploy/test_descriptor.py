@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from layer_projects import write_app, write_runtime
 
 from portable_service.deploy.descriptor import load_descriptor
 from portable_service.errors import SpecError
 from portable_service.rules import extensions as ext_rules
+from tests.layer_projects import write_app, write_runtime
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
 from portable_service.deploy import hostconfig
 from portable_service.deploy.hostconfig import HostConfigError, settings_for
+from tests.conftest import require_tool
 
 
 def image(folder: Path, name: str) -> Path:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
 from portable_service.deploy.publish import PublishError, Signer, publish
 from portable_service.rules import sysupdate
+from tests.conftest import require_tool
 
 
 def image(folder: Path, name: str, data: bytes | None = None) -> Path:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from layer_projects import write_runtime
-
-from conftest import require_tool
+from tests.conftest import require_tool
+from tests.layer_projects import write_runtime
 
 RELEASE = "ID=debian\nVERSION_ID=12\nSYSEXT_SCOPE=portable\nPORTABLE_PREFIXES={prefix}\n"
 

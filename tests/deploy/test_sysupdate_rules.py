@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
 from portable_service.rules import sysupdate
 from portable_service.rules.sysupdate import strverscmp_improved
+from tests.conftest import require_tool
 
 # test-string-util.c TEST(strverscmp_improved): each one is newer than all before it
 ORDERED = ["~1", "", "ab", "abb", "abc", "0001", "002", "12", "122", "122.9", "123~rc1", "123",

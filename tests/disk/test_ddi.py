@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
 from portable_service import build
 from portable_service.builder.ddi import protect, seed_of
 from portable_service.disk import ddi, gpt, signing
 from portable_service.errors import ImageError, SpecError
 from portable_service.progress import QUIET
 from portable_service.rules import partitions as rules
+from tests.conftest import require_tool
 from tests.disk.keys import KeyPair, key_pairs
 
 keys = pytest.fixture(scope="session")(key_pairs)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
 from portable_service.disk import gpt
 from portable_service.errors import ImageError
+from tests.conftest import require_tool
 
 TYPE = uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709")
 DISK = uuid.UUID("0f38dbe9-17a5-4f28-a38a-2e64bf299bf9")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require, require_tool
 from portable_service.disk import signing
 from portable_service.errors import SpecError, ToolError, VerityError
+from tests.conftest import require, require_tool
 from tests.disk.keys import KeyPair, key_pairs
 
 keys = pytest.fixture(scope="session")(key_pairs)

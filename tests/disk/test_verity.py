@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
 from portable_service.disk import verity
 from portable_service.errors import VerityError
+from tests.conftest import require_tool
 
 SALT = hashlib.sha256(b"test salt").digest()
 UUID = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_root, require_tool
-from e2e.lib import static_program
 from portable_service.harness import nspawn, roots
 from portable_service.progress import Reporter
+from tests.conftest import require_root, require_tool
+from tests.e2e.lib import static_program
 
 HERE = Path(__file__).resolve().parent
 RELEASES = list(roots.RELEASES)

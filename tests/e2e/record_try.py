@@ -1,6 +1,6 @@
-"""Record what ``try`` samples on real systemd, for tests/test_try_judge.py (needs root).
+"""Record what ``try`` samples on real systemd, for tests/harness/test_try_judge.py (needs root).
 
-    cd WORKTREE && PYTHONPATH=src:tests python -m e2e.record_try > tests/try_recorded.json
+    cd WORKTREE && PYTHONPATH=src:. python -m tests.e2e.record_try > tests/harness/try_recorded.json
 
 Builds the good and the bad image of tests/e2e/test_try.py, runs ``try`` on each release
 and writes, per image and release, every unit's properties each time they changed, and
@@ -15,10 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from e2e.lib import build_image, static_program
-from e2e.test_try import DEAF_SOCKET_PORT, GOOD_SOCKET_PORT, HERE, bad_spec, good_spec, poking
 from portable_service.harness import judge, roots
 from portable_service.harness.trial import try_on
+from tests.e2e.lib import build_image, static_program
+from tests.e2e.test_try import DEAF_SOCKET_PORT, GOOD_SOCKET_PORT, HERE, bad_spec, good_spec, poking
 
 
 def compact(history: tuple[judge.Sample, ...]) -> dict[str, object]:

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from corpus.cases import Case, load_cases, probe_network, probe_ok
 
-from conftest import REPO, require, unsquashfs_list
-from e2e.conftest import RELEASES, require_e2e
-from e2e.lib import attached
 from portable_service.harness.nspawn import Container
+from tests.conftest import REPO, require, unsquashfs_list
+from tests.corpus.cases import Case, load_cases, probe_network, probe_ok
+from tests.e2e.conftest import RELEASES, require_e2e
+from tests.e2e.lib import attached
 
 pytestmark = pytest.mark.e2e
 CASES = load_cases()

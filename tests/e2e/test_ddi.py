@@ -22,9 +22,6 @@ from typing import Any
 
 import pytest
 
-from conftest import require_tool
-from e2e.lib import tcp_get, unit
-from e2e.test_verity import after, ran, vcontainer  # noqa: F401 (vcontainer: a fixture)
 from portable_service.builder.ddi import protect, seed_of, write_ddi_image
 from portable_service.builder.pipeline import plan as plan_build
 from portable_service.builder.pipeline import write_atomically
@@ -34,7 +31,10 @@ from portable_service.disk import ddi, gpt
 from portable_service.harness.nspawn import Container
 from portable_service.progress import QUIET
 from portable_service.rules import verity as verity_rules
+from tests.conftest import require_tool
 from tests.disk.keys import KeyPair, make_key_pair
+from tests.e2e.lib import tcp_get, unit
+from tests.e2e.test_verity import after, ran, vcontainer  # noqa: F401 (vcontainer: a fixture)
 
 PORT = 18131
 pytestmark = pytest.mark.e2e

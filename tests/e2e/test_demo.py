@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.lib import build_image, tcp_get, unit
+from tests.e2e.lib import build_image, tcp_get, unit
 
 PORT = 18101
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, require
-from e2e.lib import attached
+from tests.conftest import REPO, require
+from tests.e2e.lib import attached
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 def example_images(tmp_path_factory) -> dict:
     import os
 
-    from portable_service.builder.pipeline import build_image
+    from portable_service.api import build_image
     from portable_service.builder.spec import load_spec
 
     require(os.path.exists("/usr/sbin/lighttpd"), "lighttpd is not installed (apt-get install "

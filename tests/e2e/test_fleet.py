@@ -23,14 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
-from e2e.conftest import LOG_DIR, require_e2e
-from e2e.lib import build_image, tcp_get, unit
 from portable_service.deploy import hostconfig
 from portable_service.deploy.publish import Signer, publish
 from portable_service.harness import nspawn, roots
 from portable_service.progress import Reporter
 from portable_service.rules import sysupdate
+from tests.conftest import require_tool
+from tests.e2e.conftest import LOG_DIR, require_e2e
+from tests.e2e.lib import build_image, tcp_get, unit
 
 pytestmark = pytest.mark.e2e
 

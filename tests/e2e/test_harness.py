@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import LOG_DIR, RELEASES, require_e2e
-from e2e.lib import build_image, unit
 from portable_service.harness import nspawn, roots
+from tests.e2e.conftest import LOG_DIR, RELEASES, require_e2e
+from tests.e2e.lib import build_image, unit
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from e2e.lib import port_closed, tcp_get
 from portable_service.builder.pipeline import build_image
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.deploy.descriptor import (
@@ -27,6 +26,7 @@ from portable_service.harness.nspawn import Container
 from portable_service.look.extension import open_layer, verify_stack
 from portable_service.look.verify import errors
 from portable_service.rules import extensions as ext_rules
+from tests.e2e.lib import port_closed, tcp_get
 
 pytestmark = pytest.mark.e2e
 

@@ -8,11 +8,11 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from conftest import unsquashfs_list
-from e2e.conftest import LOG_DIR
-from e2e.lib import build_image, unit
 from portable_service.builder.pipeline import plan
 from portable_service.builder.spec import spec_from_mapping
+from tests.conftest import unsquashfs_list
+from tests.e2e.conftest import LOG_DIR
+from tests.e2e.lib import build_image, unit
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require, unsquashfs_list
-from e2e.lib import attached, build_image, port_closed, unit
+from tests.conftest import REPO, require, unsquashfs_list
+from tests.e2e.lib import attached, build_image, port_closed, unit
 
 pytestmark = pytest.mark.e2e
 HTTP_PORT = 18151
@@ -104,7 +104,7 @@ PACKAGED = {  # example -> (the program its package installs, the unit the spec 
 @pytest.fixture(scope="module")
 def example_image(tmp_path_factory):
     """Build an example with the CLI's pipeline (verify included), once per module."""
-    from portable_service.builder.pipeline import build_image as build
+    from portable_service.api import build_image as build
     from portable_service.builder.spec import load_spec
 
     built: dict[str, Path] = {}

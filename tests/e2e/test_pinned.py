@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from e2e.lib import attached
 from portable_service.builder.pipeline import build_image
 from portable_service.builder.spec import load_spec
+from tests.e2e.lib import attached
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 PORT = 18171

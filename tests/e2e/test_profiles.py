@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from e2e.lib import attached, build_image, port_closed, tcp_get, unit
+from tests.e2e.lib import attached, build_image, port_closed, tcp_get, unit
 
 pytestmark = pytest.mark.e2e
 PORT = 18121

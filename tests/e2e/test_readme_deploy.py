@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cli.test_readme import blocks, commands
 
-from conftest import REPO
 from portable_service.harness.nspawn import UDEV_RETRIES, Container
+from tests.cli.test_readme import blocks, commands
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 

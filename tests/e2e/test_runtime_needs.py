@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
-from e2e.conftest import HERE, require_e2e
-from e2e.lib import attached, build_image, unit
 from portable_service.fs.views import open_image
 from portable_service.look.verify import verify
+from tests.conftest import require
+from tests.e2e.conftest import HERE, require_e2e
+from tests.e2e.lib import attached, build_image, unit
 
 pytestmark = pytest.mark.e2e
 NO_NSS = ["*/libnss_systemd.so.2"]  # the negative control: the image cannot resolve dynamic users

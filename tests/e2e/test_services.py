@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from e2e.lib import attached, build_image, port_closed, tcp_get, unit
+from tests.e2e.lib import attached, build_image, port_closed, tcp_get, unit
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from e2e.conftest import HERE, RELEASES, require_e2e
-from e2e.lib import build_image, static_program, unit
+from tests.e2e.conftest import HERE, RELEASES, require_e2e
+from tests.e2e.lib import build_image, static_program, unit
 
 pytestmark = pytest.mark.e2e
 PORT = 18131

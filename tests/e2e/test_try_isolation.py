@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import RELEASES
 from portable_service.harness import nspawn, roots
+from tests.e2e.conftest import RELEASES
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +53,7 @@ def test_a_killed_run_takes_its_container_along(release_roots: dict[str, Path]) 
     import sys
     import time
 
-    from conftest import REPO
+    from tests.conftest import REPO
 
     suite = RELEASES[0]
     child = subprocess.Popen([sys.executable, "-c", CHILD, suite, str(release_roots[suite])],

@@ -1,4 +1,4 @@
-"""The unit syntax table (tests/test_unit_syntax.py) read by real systemd 247, 252 and 257.
+"""The unit syntax table (tests/rules/test_unit_syntax.py) read by real systemd 247, 252 and 257.
 
 Every case is written to /run/systemd/system in a booted container; after one
 ``daemon-reload`` systemd's own reading comes back over D-Bus: LoadState, and
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from test_unit_syntax import CASES, ONESHOT, our_reading
 
-from e2e.conftest import LOG_DIR
 from portable_service.builder.units import EXEC_DIRECTIVES, SECTION_EXEC_DIRECTIVES, Unit
 from portable_service.harness.nspawn import Container
 from portable_service.rules.unitfile import UNIT_SECTIONS, Command, read_unit_text, simplify_path
+from tests.e2e.conftest import LOG_DIR
+from tests.rules.test_unit_syntax import CASES, ONESHOT, our_reading
 
 pytestmark = pytest.mark.e2e
 

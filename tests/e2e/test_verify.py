@@ -3,35 +3,21 @@ is one systemd really refuses at attach or fails on at start (systemd 247, 252, 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from e2e.conftest import LOG_DIR
-from e2e.lib import build_image, unit
 from portable_service.fs.views import IndexedFS, open_image
 from portable_service.look.verify import errors, verify
+from tests.e2e.conftest import LOG_DIR
+from tests.e2e.lib import build_image, unit
+from tests.look import imagetrees as trees
 
 pytestmark = pytest.mark.e2e
 
 
-def _imagetrees():  # type: ignore[no-untyped-def]
-    """tests/inspect/imagetrees.py (hand-made trees); not importable by package name."""
-    if "imagetrees" not in sys.modules:
-        path = Path(__file__).resolve().parent.parent / "inspect" / "imagetrees.py"
-        spec = importlib.util.spec_from_file_location("imagetrees", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["imagetrees"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["imagetrees"]
-
-
-trees = _imagetrees()
 # Type=exec: start returns once the program was executed, so exec failures show at start
 UNIT = trees.UNIT.replace("[Service]\n", "[Service]\nType=exec\n")
 

@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from e2e.conftest import LOG_DIR
-from e2e.lib import port_closed, static_program, tcp_get, unit
 from portable_service.builder.pipeline import plan as plan_build
 from portable_service.builder.pipeline import write_atomically
 from portable_service.builder.spec import spec_from_mapping
@@ -23,6 +21,8 @@ from portable_service.harness import nspawn
 from portable_service.harness.nspawn import Container, UnitState
 from portable_service.look.verify import DBUS_CRASH_FIXED, Problem, Target, verify
 from portable_service.progress import QUIET
+from tests.e2e.conftest import LOG_DIR
+from tests.e2e.lib import port_closed, static_program, tcp_get, unit
 
 pytestmark = pytest.mark.e2e
 # the host network is shared: ports no other test uses

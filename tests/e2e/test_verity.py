@@ -21,8 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import LOG_DIR, require_e2e
-from e2e.lib import unit
 from portable_service.builder.pipeline import build_image
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.disk import verity
@@ -31,6 +29,8 @@ from portable_service.look.verity_check import check_sidecars
 from portable_service.progress import Reporter
 from portable_service.rules import verity as rules
 from tests.disk.keys import KeyPair, key_pairs
+from tests.e2e.conftest import LOG_DIR, require_e2e
+from tests.e2e.lib import unit
 
 pytestmark = pytest.mark.e2e
 keys = pytest.fixture(scope="session")(key_pairs)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
 from portable_service import build
 from portable_service.cli import main
+from tests.conftest import require_tool
 
 CASES = 150
 CASE_SECONDS = 20

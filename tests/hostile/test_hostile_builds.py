@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require, require_root, unsquashfs_list
 from portable_service import build
 from portable_service.errors import TreeError
+from tests.conftest import require, require_root, unsquashfs_list
 
 UNIT = "[Service]\nExecStart=/usr/bin/env true\n"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
+from tests.conftest import require_tool
 
 RECORDS = {
     "roots-of-numbers": {"format": "portable-service closure 1", "roots": [1, 2]},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
+from tests.conftest import require_tool
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require, require_root, require_tool, unsquashfs_list
 from portable_service import build
 from portable_service.errors import ClosureError
+from tests.conftest import require, require_root, require_tool, unsquashfs_list
 
 UNIT = "[Service]\nExecStart=/usr/bin/env true\n"
 

@@ -83,7 +83,7 @@ def test_interrupt_at_any_moment_of_start_up_is_quiet(tmp_path: Path) -> None:
     import sys
     import time
 
-    from conftest import REPO
+    from tests.conftest import REPO
 
     (tmp_path / "demo.service").write_text(UNIT)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

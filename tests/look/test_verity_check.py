@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
+from tests.conftest import require_tool
 from tests.disk.keys import KeyPair, key_pairs
 
 keys = pytest.fixture(scope="session")(key_pairs)

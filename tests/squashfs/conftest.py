@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool, unsquashfs_list
 from portable_service.squashfs.reader import SquashfsImage
+from tests.conftest import require_tool, unsquashfs_list
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_bind_service+ep
 
@@ -83,13 +83,6 @@ def describe_image(image: Path) -> dict[str, tuple]:
                 out[path] = ("symlink", st.mode, st.target, None)
             else:
                 out[path] = (st.kind, st.mode, None, None)
-    return out
-
-
-def mksquashfs(src: Path, out: Path, *args: str) -> Path:
-    require_tool("mksquashfs")
-    subprocess.run(["mksquashfs", str(src), str(out), "-noappend", "-quiet", "-no-progress",
-                    "-all-root", *args], check=True, capture_output=True)
     return out
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import REPO, require_tool
 from portable_service.squashfs.reader import SquashfsImage
+from tests.conftest import REPO, require_tool
 from tests.squashfs.conftest import unsquashfs_lln
 
 

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portable_service.squashfs.reader import SquashfsImage
+from tests.conftest import mksquashfs
 from tests.squashfs.conftest import (
     describe_dir,
     describe_image,
-    mksquashfs,
     unsquashfs_extract,
     unsquashfs_lln,
     write_dir,
@@ -138,7 +138,7 @@ def test_generated_trees(tree: dict, many: bool, deep: bool, hardlink: bool, xat
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 @given(tree=st.dictionaries(names, trees, min_size=1, max_size=6))
 def test_kernel_agrees(tree: dict) -> None:
-    from conftest import require_root
+    from tests.conftest import require_root
 
     require_root()
     with tempfile.TemporaryDirectory() as tmp:

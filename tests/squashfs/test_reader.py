@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from portable_service.errors import ImageError
-from portable_service.squashfs.errors import NotFoundError
+from portable_service.squashfs.errors import NotFoundError, SquashfsError
 from portable_service.squashfs.reader import SquashfsImage
+from tests.conftest import mksquashfs
 from tests.squashfs.conftest import (
     CAP,
     describe_dir,
     describe_image,
-    mksquashfs,
     unsquashfs_lln,
 )
 
@@ -82,16 +81,16 @@ def test_api(sample: Path, tmp_path: Path) -> None:
             im.stat("/etc/missing")
         with pytest.raises(FileNotFoundError):
             im.read("/nope")
-        with pytest.raises(ImageError):
+        with pytest.raises(SquashfsError):
             im.read("/etc")
 
 
 def test_not_an_image(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.write_bytes(b"hello" * 100)
-    with pytest.raises(ImageError, match="not a squashfs image"):
+    with pytest.raises(SquashfsError, match="not a squashfs image"):
         SquashfsImage(bad)
-    with pytest.raises(ImageError):
+    with pytest.raises(SquashfsError):
         SquashfsImage(tmp_path / "absent")
 
 
@@ -101,7 +100,7 @@ def test_truncated(sample: Path, tmp_path: Path) -> None:
     for cut in (50, 4096, len(data) // 2, len(data) - 5000):
         short = tmp_path / f"short{cut}"
         short.write_bytes(data[:cut])
-        with pytest.raises(ImageError):
+        with pytest.raises(SquashfsError):
             SquashfsImage(short)
 
 
@@ -132,7 +131,7 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
 
 
 def test_fuzz_sample(tmp_path: Path) -> None:
-    """Mutated images give an ImageError or read fine: never another exception or a hang."""
+    """Mutated images give an SquashfsError or read fine: never another exception or a hang."""
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
     (src / "d/file").write_bytes(b"abc" * 3000)
@@ -149,7 +148,7 @@ def test_fuzz_sample(tmp_path: Path) -> None:
         case.write_bytes(mutate(data, rng))
         try:
             exercise(case)
-        except ImageError:
+        except SquashfsError:
             failures += 1
         except Exception as e:  # pragma: no cover - the failure message is the point
             shutil.copy(case, tmp_path / f"crash{n}")
@@ -187,7 +186,7 @@ def test_directory_cycle_is_reported(tmp_path: Path) -> None:
     data[header + 4: header + 8] = root_block.to_bytes(4, "little")
     bad = tmp_path / "cycle"
     bad.write_bytes(bytes(data))
-    with SquashfsImage(bad) as im, pytest.raises(ImageError, match="cycle"):
+    with SquashfsImage(bad) as im, pytest.raises(SquashfsError, match="cycle"):
         list(im.walk())
 
 
@@ -222,5 +221,5 @@ def test_hostile_sizes_are_bounded(tmp_path: Path) -> None:
     bad.write_bytes(bytes(data))
     with SquashfsImage(bad) as im:
         assert im.stat("/f").size == 0xFFFFFFFF
-        with pytest.raises(ImageError):
+        with pytest.raises(SquashfsError):
             im.read("/f", 0, 100)

@@ -11,22 +11,21 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from conftest import require_root
 from portable_service.builder.writers.native import NativeWriter
 from portable_service.builder.writers.options import Compression, PackOptions
-from portable_service.errors import ImageError, PortableServiceError, SpecError
+from portable_service.errors import PortableServiceError
 from portable_service.fs.tree import ImageTree
 from portable_service.progress import QUIET
 from portable_service.squashfs import format as fmt
 from portable_service.squashfs.compressor import from_options
-from portable_service.squashfs.errors import InputError
+from portable_service.squashfs.errors import InputError, OptionsError
 from portable_service.squashfs.reader import SquashfsImage
 from portable_service.squashfs.writer import Node, WriterOptions, nodes_from_directory, write_image
+from tests.conftest import mksquashfs, require_root
 from tests.squashfs.conftest import (
     CAP,
     describe_dir,
     describe_image,
-    mksquashfs,
     unsquashfs_extract,
     unsquashfs_lln,
     write_dir,
@@ -153,13 +152,13 @@ def test_refuses_special_files(tmp_path: Path) -> None:
 
 
 def test_bad_compressor_options() -> None:
-    with pytest.raises(SpecError, match="dict-size"):
+    with pytest.raises(OptionsError, match="dict-size"):
         from_options("xz", ("-Xdict-size", "3000"), 131072)
-    with pytest.raises(SpecError, match="not supported"):
+    with pytest.raises(OptionsError, match="not supported"):
         from_options("gzip", ("-Xnope",), 131072)
-    with pytest.raises(SpecError, match="cannot write lzma"):
+    with pytest.raises(OptionsError, match="cannot write lzma"):
         from_options("lzma", (), 131072)
-    with pytest.raises(SpecError, match="lzo1x_1_15"):
+    with pytest.raises(OptionsError, match="lzo1x_1_15"):
         from_options("lzo", ("-Xalgorithm", "lzo1x_1_15"), 131072)
 
 
@@ -228,7 +227,7 @@ def test_truncated_source_is_an_error(tmp_path: Path) -> None:
     (src / "f").write_bytes(b"abc")
     nodes = nodes_from_directory(src)
     (src / "f").write_bytes(b"a")
-    with open(tmp_path / "img", "wb") as f, pytest.raises(ImageError, match="shrank"):
+    with open(tmp_path / "img", "wb") as f, pytest.raises(InputError, match="shrank"):
         write_image(nodes, f, WriterOptions(from_options("gzip", (), 4096), 4096, 0))
 
 

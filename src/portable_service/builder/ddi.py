@@ -12,15 +12,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
+from portable_service.builder.atomic import TMP_SUFFIX, write_atomically
+from portable_service.builder.spec import Spec
 from portable_service.builder.verity import SidecarSet, wants_verity
 from portable_service.disk import ddi
 from portable_service.progress import Reporter
 from portable_service.rules import verity as verity_rules
-
-if TYPE_CHECKING:
-    from portable_service.builder.pipeline import Plan
 
 
 def seed_of(image_name: str) -> bytes:
@@ -29,18 +28,17 @@ def seed_of(image_name: str) -> bytes:
     return b"portable-service ddi\0" + image_name.encode()
 
 
-def write_ddi_image(plan: Plan, out: Path, reporter: Reporter) -> None:
-    from portable_service.builder.pipeline import TMP_SUFFIX
-
-    name = plan.spec.image_name
+def write_ddi_image(spec: Spec, write_filesystem: Callable[[Path], None], out: Path,
+                    reporter: Reporter) -> None:
+    """The file system (written by ``write_filesystem``), its verity partitions, in a GPT."""
+    name = spec.image_name
     fd, fs_name = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=TMP_SUFFIX,
                                    dir=out.parent)
     os.close(fd)
     filesystem = Path(fs_name)
     hash_tree = filesystem.with_name(filesystem.name[:-len(TMP_SUFFIX)] + ".verity" + TMP_SUFFIX)
-    spec = plan.spec
     try:
-        plan.writer.write(plan.tree, filesystem, plan.options, reporter)
+        write_filesystem(filesystem)
         protection = None
         if wants_verity(spec):
             protection = protect(filesystem, hash_tree, spec.verity_key, spec.verity_certificate,
@@ -94,7 +92,6 @@ def sign_ddi(image: Path, sign: Callable[[str], bytes], certificate: Path) -> Pa
     """
     from cryptography.hazmat.primitives import serialization
 
-    from portable_service.builder.pipeline import TMP_SUFFIX, write_atomically
     from portable_service.disk import signing, verity
 
     found = ddi.find_root(image)

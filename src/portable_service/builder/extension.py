@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from portable_service.builder.layout import CLOSURE_RECORD, parse_os_release, render_os_release
+from portable_service.builder.layout import CLOSURE_RECORD, render_os_release
 from portable_service.builder.spec import Spec, load_spec
 from portable_service.errors import ImageError, SpecError, TreeError
 from portable_service.fs.tree import ROOT, Entry, ImageTree, Kind
 from portable_service.fs.views import ImageFS, IndexedFS, TreeFS, open_image, read_text, resolve
 from portable_service.progress import QUIET, Reporter
 from portable_service.rules import extensions as ext_rules
+from portable_service.rules.osrelease import parse_os_release
 from portable_service.rules.portabled import OS_RELEASE_PATHS
 
 P = PurePosixPath
@@ -49,9 +50,10 @@ def os_release_of(fs: ImageFS) -> dict[str, str]:
     return {}
 
 
-def open_base(path: Path, reporter: Reporter = QUIET,
-              plan_spec: Callable[[Spec], ImageTree] | None = None) -> Base:
-    """The base named by ``base =``: an image file, or a spec (file or folder) to plan."""
+def open_base(path: Path, plan_spec: Callable[[Spec], ImageTree],
+              reporter: Reporter = QUIET) -> Base:
+    """The base named by ``base =``: an image file, or a spec (file or folder) that
+    ``plan_spec`` lays out (the pipeline's own planning, given by it)."""
     if path.suffix == ".raw" or (path.is_file() and path.suffix != ".toml"):
         if not path.is_file():
             raise SpecError(f"base image {path} does not exist",
@@ -63,12 +65,6 @@ def open_base(path: Path, reporter: Reporter = QUIET,
         if spec.base is not None:
             raise SpecError(f"base {path} is itself an extension (of {spec.base})",
                             "name the image at the bottom of the stack as the base")
-        if plan_spec is None:
-            from portable_service.builder.pipeline import plan
-
-            def plan_spec(s: Spec) -> ImageTree:
-                return plan(s, reporter).tree
-
         with reporter.step(f"planning the base {spec.image_name}"):
             fs = TreeFS(plan_spec(spec))
         name = spec.image_name

@@ -21,7 +21,9 @@ from portable_service.builder.units import Unit, exec_programs, mount_points
 from portable_service.errors import ClosureError, TreeError
 from portable_service.fs import views
 from portable_service.fs.tree import ImageTree, Kind
+from portable_service.rules.osrelease import parse_os_release, quote_os_release
 from portable_service.rules.portabled import (
+    CLOSURE_RECORD_PATH,
     SCAFFOLD_DIRS,
     UNIT_DIRS,
     is_portable_unit,
@@ -41,39 +43,6 @@ def host_os_release(path: Path = Path("/etc/os-release")) -> dict[str, str]:
         except OSError:
             continue
     return {}
-
-
-def parse_os_release(text: str) -> dict[str, str]:
-    """os-release(5): KEY=VALUE lines, values optionally quoted with shell escapes."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            quote, value = value[0], value[1:-1]
-            if quote == '"':
-                value = _unescape(value)
-        out[key.strip()] = value
-    return out
-
-
-def _unescape(value: str) -> str:
-    out, i = [], 0
-    while i < len(value):
-        if value[i] == "\\" and i + 1 < len(value) and value[i + 1] in '"\\$`':
-            i += 1
-        out.append(value[i])
-        i += 1
-    return "".join(out)
-
-
-def quote_os_release(value: str) -> str:
-    if value and all(c.isalnum() or c in "._-" for c in value):
-        return value
-    escaped = "".join("\\" + c if c in '"\\$`' else c for c in value)
-    return f'"{escaped}"'
 
 
 def os_release_fields(spec: Spec, host: dict[str, str] | None = None) -> dict[str, str]:
@@ -298,7 +267,7 @@ def assemble(spec: Spec, units: list[Unit], closure: Closure) -> ImageTree:
 
 # Read by `inspect` and `size`: the roots of the
 # closure and, for every other path, the path that pulled it in, as placed in the image.
-CLOSURE_RECORD = P("/usr/lib/portable-service/closure.json")
+CLOSURE_RECORD = P(CLOSURE_RECORD_PATH)
 
 
 def add_closure_record(tree: ImageTree, closure: Closure, units: Sequence[Unit] = ()) -> None:

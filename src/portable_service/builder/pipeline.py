@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from portable_service.builder import closure as closure_mod
 from portable_service.builder import layout
 from portable_service.builder import units as units_mod
+from portable_service.builder.atomic import write_atomically
 from portable_service.builder.closure import Closure
 from portable_service.builder.closure.secrets import check_no_secrets
+from portable_service.builder.closure.walk import resolve
 from portable_service.builder.repo import Pinned
 from portable_service.builder.spec import Spec, check_spec
 from portable_service.builder.writers import Writer, select_writer
-from portable_service.builder.writers.options import PackOptions, parse_block_size, parse_compression
+from portable_service.builder.writers.options import PackOptions
 from portable_service.errors import PortableServiceError, SpecError, ToolError
 from portable_service.fs.tree import ImageTree
 from portable_service.progress import QUIET, Reporter
-from portable_service.run import pid_alive
 
 if TYPE_CHECKING:
     from portable_service.builder.extension import Base
-    from portable_service.builder.verity import SidecarSet
 
 
 @dataclass(frozen=True)
@@ -58,6 +54,22 @@ def source_date_epoch() -> int:
     return value
 
 
+def check_features(spec: Spec) -> None:
+    """The checks of the settings that bring a feature of their own (each module states its
+    rules): a pinned repository, erofs compression, verity keys."""
+    if spec.distribution is not None or spec.release is not None:
+        from portable_service.builder.repo import check_pinned
+
+        check_pinned(spec)
+    if spec.writer == "erofs":
+        from portable_service.builder.writers.erofs import parse_erofs_compression
+
+        parse_erofs_compression(str(spec.squash_compression))
+    from portable_service.builder.verity import check_verity_spec
+
+    check_verity_spec(spec)
+
+
 def plan(spec: Spec, reporter: Reporter = QUIET, workdir: Path | None = None,
          update: bool = False) -> Plan:
     """Check everything and lay out the image tree; nothing is written.
@@ -66,19 +78,15 @@ def plan(spec: Spec, reporter: Reporter = QUIET, workdir: Path | None = None,
     outlive the plan (the tree reads its files from there).
     """
     check_spec(spec)  # a Spec built in code has not been through the parser's checks
+    check_features(spec)
     # options and tools first: a bad setting or a missing tool is reported before any work
-    if spec.writer == "erofs":
-        from portable_service.builder.writers.erofs import as_compression
-
-        compression = as_compression(spec.squash_compression)
-    else:
-        compression = parse_compression(spec.squash_compression)
     options = PackOptions(
-        compression=compression,
-        block_size=parse_block_size(spec.squash_block_size),
+        compression=spec.squash_compression,  # checked for its writer by check_spec
+        block_size=spec.squash_block_size,
         mtime=source_date_epoch(),
     )
-    writer = select_writer(spec)
+    writer = select_writer(spec.writer, spec.squashfs_tools, seed=spec.image_name,
+                           compression=spec.squash_compression)
     with reporter.step(f"reading {len(spec.units)} unit source(s)"):
         units = units_mod.load_units(spec)
     for unit in units:
@@ -95,7 +103,7 @@ def plan(spec: Spec, reporter: Reporter = QUIET, workdir: Path | None = None,
         pinned = repo.prepare(spec, workdir, update, reporter)
         spec = pinned.spec
     with reporter.step("resolving the closure"):
-        closure = closure_mod.resolve(spec, units, root=pinned.root if pinned else None)
+        closure = resolve(spec, units, root=pinned.root if pinned else None)
         check_no_secrets(closure)
     if not reporter.quiet:
         for note in closure.notes:  # one line each, like warnings: they are about the image
@@ -108,7 +116,7 @@ def plan(spec: Spec, reporter: Reporter = QUIET, workdir: Path | None = None,
     if spec.base is not None:
         from portable_service.builder import extension
 
-        base = extension.open_base(spec.base, reporter)
+        base = extension.open_base(spec.base, lambda s: plan(s, reporter).tree, reporter)
         with reporter.step(f"keeping what the base {base.name} lacks"):
             tree, warnings = extension.extension_tree(spec, tree, base)
         for warning in warnings:
@@ -121,26 +129,33 @@ def plan(spec: Spec, reporter: Reporter = QUIET, workdir: Path | None = None,
                 sbom=document)
 
 
+# reads a written image back before it replaces the old one (look.verify.check_written):
+# (written file, image name, warn, allow-missing)
+# the read side's check of a written image (file, image name, the plan, a line printer)
+Checker = Callable[[Path, str, Plan, Callable[[str], None]], None]
+
+
 def build_image(spec: Spec, output_dir: Path, reporter: Reporter = QUIET,
-                inspect: Callable[[Plan], None] | None = None, verify: bool = True,
-                update: bool = False) -> Path:
+                inspect: Callable[[Plan], None] | None = None, *,
+                check: Checker | None, update: bool = False) -> Path:
     """Build ``output_dir/<pname>_<version>.raw``; on any failure the old image stays as it was.
 
-    ``inspect`` sees the plan before anything is written (``--print-closure``). With
-    ``verify`` the written file is checked (portable_service.look.verify) before it replaces the
-    old image, so an image portabled would refuse never lands.
+    ``inspect`` sees the plan before anything is written (``--print-closure``). ``check``
+    (the read side's, given by the caller: the builder sits below it) reads the written
+    file before it replaces the old image, so an image portabled would refuse never lands;
+    None writes unchecked. :func:`portable_service.api.build_image` passes it.
     """
-    if verify:
+    if check is not None:
         _check_verifiable(spec)
     from portable_service.builder.verity import check_signing_inputs
 
     check_signing_inputs(spec)
     with tempfile.TemporaryDirectory(prefix="portable-service-") as workdir:
-        return _build(spec, output_dir, reporter, inspect, verify, update, Path(workdir))
+        return _build(spec, output_dir, reporter, inspect, check, update, Path(workdir))
 
 
 def _build(spec: Spec, output_dir: Path, reporter: Reporter, inspect: Callable[[Plan], None] | None,
-           verify: bool, update: bool, workdir: Path) -> Path:
+           check: Checker | None, update: bool, workdir: Path) -> Path:
     from portable_service.builder.ddi import no_sidecars
     from portable_service.builder.verity import sidecar_step
 
@@ -150,19 +165,14 @@ def _build(spec: Spec, output_dir: Path, reporter: Reporter, inspect: Callable[[
     out = output_dir / spec.image_name
     _prepare_dir(output_dir)
 
-    def check(tmp: Path) -> None:
-        from portable_service.look.verify import check_written
+    def check_tmp(tmp: Path) -> None:
+        assert check is not None
 
         def say(line: str) -> None:  # shown even when quiet, like warnings
             reporter.note(f"verify: {line}")
 
         with reporter.step("verifying the image"):
-            if p.base is not None:
-                from portable_service.look.extension import Layer, check_written_extension
-
-                check_written_extension(tmp, out.name, Layer(p.base.fs, p.base.name), say)
-            else:
-                check_written(tmp, out.name, p.tree, say, allow_missing=spec.allow_missing)
+            check(tmp, out.name, p, say)
 
     def write(tmp: Path) -> None:
         if spec.format != "ddi":
@@ -170,14 +180,15 @@ def _build(spec: Spec, output_dir: Path, reporter: Reporter, inspect: Callable[[
             return
         from portable_service.builder.ddi import write_ddi_image
 
-        write_ddi_image(p, tmp, reporter)
+        write_ddi_image(spec, lambda fs: p.writer.write(p.tree, fs, p.options, reporter), tmp,
+                        reporter)
 
     what = "a GPT disk image" if spec.format == "ddi" else ""
     with reporter.step(f"writing {out}{' as ' + what if what else ''} with {p.writer.name} "
                        f"({len(p.tree)} entries)"):
         # a DDI carries its verity in partitions: sidecars an earlier raw build left go
         sidecars = sidecar_step(spec, out, reporter) if spec.format != "ddi" else no_sidecars(out)
-        write_atomically(out, write, check if verify else None, sidecars)
+        write_atomically(out, write, check_tmp if check is not None else None, sidecars)
     from portable_service.builder import sbom
 
     document = out.with_name(sbom.document_name(spec))
@@ -195,7 +206,7 @@ def _check_verifiable(spec: Spec) -> None:
 
     if spec.writer == "erofs":
         return  # read back through fsck.erofs, which comes with mkfs.erofs
-    name = parse_compression(spec.squash_compression).name
+    name = spec.squash_compression.name
     if not compressor.readable(name):
         raise ToolError(f"{name} images are verified by reading them back, which this "
                         "installation cannot do",
@@ -213,98 +224,3 @@ def _prepare_dir(output_dir: Path) -> None:
                                    "choose another with -o")
 
 
-def write_atomically(out: Path, write: Callable[[Path], None],
-                     check: Callable[[Path], None] | None = None,
-                     sidecars: Callable[[Path], SidecarSet] | None = None) -> None:
-    """Write to a temporary file beside ``out``, ``check`` it, then rename it over ``out``.
-
-    ``sidecars`` stages the files that go beside the image (verity), renamed into place
-    just before it.
-
-    The temporary file is ``.NAME.PID.XXXXXXXX.tmp``, locked (flock) while the build
-    runs. A build killed outright (``kill -9``, a power cut) cannot remove it; the next
-    build of ``out`` does (:func:`remove_stale_temporaries`).
-    """
-    remove_stale_temporaries(out)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}.", suffix=TMP_SUFFIX,
-                                    dir=out.parent)
-    tmp = Path(tmp_name)
-    staged: SidecarSet | None = None
-    try:
-        # held until the end: another build's cleanup leaves a locked file alone even when
-        # it cannot see our pid (a build in another pid namespace writing to the same folder)
-        with contextlib.suppress(OSError):  # a file system without locks: the pid still says
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        if check is not None:
-            check(tmp)
-        staged = sidecars(tmp) if sidecars is not None else None
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if staged is not None:
-            staged.commit()
-        os.replace(tmp, out)
-        dir_fd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.close(fd)
-        if staged is not None:
-            staged.discard()
-
-
-TMP_SUFFIX = ".tmp"
-
-
-def temporary_pid(out: Path, name: str) -> int | None:
-    """The builder's pid in the name of one of ``out``'s temporary files, else None."""
-    prefix = f".{out.name}."
-    if not (name.startswith(prefix) and name.endswith(TMP_SUFFIX)):
-        return None
-    parts = name[len(prefix):-len(TMP_SUFFIX)].split(".")
-    if len(parts) != 2 or not parts[0].isdigit() or not parts[1]:
-        return None
-    return int(parts[0])
-
-
-def remove_stale_temporaries(out: Path) -> list[Path]:
-    """Remove temporary files left beside ``out`` by builds that were killed; the removed.
-
-    Only files named with a pid that is no longer alive and that no process holds
-    locked are removed: a running build's file is never touched.
-    """
-    try:
-        names = os.listdir(out.parent)
-    except OSError:
-        return []
-    removed: list[Path] = []
-    for name in sorted(names):
-        pid = temporary_pid(out, name)
-        if pid is None or pid == os.getpid() or pid_alive(pid):
-            continue
-        path = out.parent / name
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live build holds it, in a pid namespace we cannot see
-            except OSError:
-                pass  # a file system without locks: the dead pid decides alone
-            st, now = os.fstat(fd), os.lstat(path)
-            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
-                path.unlink()
-                removed.append(path)
-        except OSError:
-            continue  # gone already, or not ours to remove
-        finally:
-            os.close(fd)
-    return removed

@@ -17,7 +17,6 @@ from typing import Any
 from portable_service.builder.verity import SidecarSet
 from portable_service.disk import signing, verity
 from portable_service.errors import ImageError, SpecError, VerityError
-from portable_service.look.verity_check import read_root_hash
 from portable_service.rules import verity as rules
 
 GPT_SIGNATURE_OFFSET, GPT_SIGNATURE = 512, b"EFI PART"
@@ -54,7 +53,7 @@ def sign_image(image: Path, *, key: str | None = None, certificate: Path | None 
     tree_path, hash_path = paths[rules.VERITY_SUFFIX], paths[rules.ROOTHASH_SUFFIX]
     files: dict[Path, bytes | None] = {}
     if tree_path.exists() and hash_path.exists():
-        root_hash = read_root_hash(hash_path)
+        root_hash = signing.read_root_hash(hash_path)
         verity.verify_hash_tree(image, tree_path.read_bytes(), bytes.fromhex(root_hash))
     elif tree_path.exists() or hash_path.exists():
         have, lack = (tree_path, hash_path) if tree_path.exists() else (hash_path, tree_path)

@@ -17,10 +17,21 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from portable_service.builder import pairs
+from portable_service.builder.writers.options import (
+    DEFAULT_COMPRESSION,
+    Compression,
+    block_size_text,
+    check_squashfs_compression,
+    parse_block_size,
+    parse_compression,
+    split_compression,
+)
 from portable_service.errors import SpecError
 
-DEFAULT_COMPRESSION = "xz -Xdict-size 100%"
+# the spec's text; the Spec holds them parsed (Compression, bytes)
 DEFAULT_BLOCK_SIZE = "1M"
+DEFAULT_COMPRESSION_PARSED = parse_compression(DEFAULT_COMPRESSION)
+DEFAULT_BLOCK_BYTES = parse_block_size(DEFAULT_BLOCK_SIZE)
 WRITERS = ("auto", "mksquashfs", "native", "erofs")
 FORMATS = ("raw", "ddi")  # a bare file system, or a GPT Discoverable Disk Image
 
@@ -64,8 +75,9 @@ class Spec:
     symlinks: tuple[Symlink, ...] = ()
     contents: tuple[Content, ...] = ()
     squashfs_tools: Path | None = None
-    squash_compression: str = DEFAULT_COMPRESSION
-    squash_block_size: str = DEFAULT_BLOCK_SIZE
+    # parsed once, when the spec is read (a str given in code is parsed in __post_init__)
+    squash_compression: Compression = DEFAULT_COMPRESSION_PARSED
+    squash_block_size: int = DEFAULT_BLOCK_BYTES
     os_release: tuple[tuple[str, str], ...] = ()
     writer: str = "auto"
     packages: tuple[str, ...] = ()
@@ -88,6 +100,16 @@ class Spec:
     keyring: Path | None = None  # None: rules.debian.ARCHIVE_KEYRING
     lock_file: Path | None = None  # None: portable.lock beside the spec
 
+    def __post_init__(self) -> None:
+        # a Spec built in code may spell these as in the spec file: parse them here, once
+        if isinstance(self.squash_compression, str):
+            object.__setattr__(self, "squash_compression",
+                               split_compression(self.squash_compression))
+        if isinstance(self.squash_block_size, str | int) and not isinstance(
+                self.squash_block_size, bool):
+            object.__setattr__(self, "squash_block_size",
+                               parse_block_size(self.squash_block_size))
+
     @property
     def image_name(self) -> str:
         return f"{self.pname}_{self.version}.raw"
@@ -96,10 +118,13 @@ class Spec:
         """A JSON-friendly view, keyed like the TOML spec."""
         out = {s.key: _jsonable(getattr(self, s.attr)) for s in SETTINGS}
         out["os-release"] = dict(self.os_release)
+        out["squash-block-size"] = block_size_text(self.squash_block_size)
         return out
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Compression):
+        return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items() if v is not None}
     if isinstance(value, tuple | list):
@@ -308,6 +333,19 @@ def _os_release(value: Any, base: Path, key: str) -> tuple[tuple[str, str], ...]
     return tuple(sorted(out))
 
 
+def _compression(value: Any, base: Path, key: str) -> Compression:
+    if isinstance(value, Compression):  # a flag's value, parsed before the merge
+        return value
+    # checked against the writer's compressors by check_spec (squashfs and erofs differ)
+    return split_compression(_str(value, base, key))
+
+
+def _block_size(value: Any, base: Path, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return parse_block_size(value)
+    return parse_block_size(_str(value, base, key))
+
+
 def _writer(value: Any, base: Path, key: str) -> str:
     text = _str(value, base, key)
     if text not in WRITERS:
@@ -358,9 +396,9 @@ SETTINGS: tuple[Setting, ...] = (
             "SOURCE=TARGET places it elsewhere", repeatable=True, metavar="PATH", flag_name="content"),
     Setting("squashfs-tools", _opt_host_path, "mksquashfs to use: a file, or a folder with "
             "bin/mksquashfs", aliases=("squashfsTools",), metavar="PATH"),
-    Setting("squash-compression", _str, f"compressor and options (default '{DEFAULT_COMPRESSION}')",
+    Setting("squash-compression", _compression, f"compressor and options (default '{DEFAULT_COMPRESSION}')",
             metavar="STR"),
-    Setting("squash-block-size", _str, f"block size, 4K to 1M (default {DEFAULT_BLOCK_SIZE})",
+    Setting("squash-block-size", _block_size, f"block size, 4K to 1M (default {DEFAULT_BLOCK_SIZE})",
             metavar="SIZE"),
     Setting("os-release", _os_release, "os-release field to set or override",
             repeatable=True, metavar="KEY=VALUE"),
@@ -579,19 +617,6 @@ def check_spec(spec: Spec) -> None:
                             "remove it (a line break, tab or NUL)")
     if not spec.units:
         raise SpecError("no units given", "name at least one unit file (units = [\"demo.service\"])")
-    if spec.distribution is not None or spec.release is not None:
-        from portable_service.builder.repo import check_pinned
-
-        check_pinned(spec)
-    from portable_service.builder.writers.options import parse_block_size, parse_compression
-
-    if spec.writer == "erofs":
-        from portable_service.builder.writers.erofs import parse_erofs_compression
-
-        parse_erofs_compression(spec.squash_compression)
-    else:
-        parse_compression(spec.squash_compression)
-    parse_block_size(spec.squash_block_size)
-    from portable_service.builder.verity import check_verity_spec
-
-    check_verity_spec(spec)
+    # the compressor's name and options were read once; which ones are valid is the writer's
+    if spec.writer != "erofs":  # erofs: its writer checks them (builder/writers/erofs.py)
+        check_squashfs_compression(spec.squash_compression)

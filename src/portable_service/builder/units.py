@@ -21,6 +21,7 @@ from portable_service.rules.unitfile import (
     UNIT_SECTIONS,
     Finding,
     Severity,
+    assigned_values,
     parse_exec,
     read_unit_text,
 )
@@ -52,14 +53,7 @@ class Unit:
 
     def values(self, section: str, key: str) -> list[str]:
         """Every value of ``key``; an empty assignment resets the list, as systemd does."""
-        out: list[str] = []
-        for k, v in self.sections.get(section, []):
-            if k == key:
-                if v == "":
-                    out.clear()
-                else:
-                    out.append(v)
-        return out
+        return assigned_values(self.sections, section, key)
 
     def exec_sections(self) -> Iterator[str]:
         yield from (s for s in SECTION_EXEC_DIRECTIVES if s in self.sections)

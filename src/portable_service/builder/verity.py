@@ -80,7 +80,7 @@ class SidecarSet:
         self.staged: dict[Path, Path] = {}
 
     def stage(self) -> None:
-        from portable_service.builder.pipeline import TMP_SUFFIX, remove_stale_temporaries
+        from portable_service.builder.atomic import TMP_SUFFIX, remove_stale_temporaries
 
         for path, data in sorted(self.files.items()):
             if data is None:

@@ -21,7 +21,8 @@ from portable_service.deploy.descriptor import (
     reattach_command,
 )
 from portable_service.errors import ToolError, VerifyError
-from portable_service.look.verify import Problem, Target, errors
+from portable_service.look.problems import Problem
+from portable_service.look.verify import Target, errors
 
 
 def verify_descriptor(d: Descriptor, target: Target | None = None) -> list[Problem]:

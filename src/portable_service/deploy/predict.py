@@ -19,7 +19,7 @@ from portable_service.deploy.descriptor import Descriptor
 from portable_service.errors import ImageError
 from portable_service.fs.views import read_bytes
 from portable_service.look.extension import open_layer
-from portable_service.look.verify import unit_candidates
+from portable_service.look.facts import unit_candidates
 from portable_service.rules.portabled import prefix_matches
 
 

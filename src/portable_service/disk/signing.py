@@ -222,3 +222,14 @@ def verify_signer(root_hash_hex: str, p7s: bytes, certificates: list[Path]) -> S
     raise VerityError(f"the root hash was signed by a key none of the trusted certificates holds "
                       f"(checked {names})", "give the signer's certificate with --certificate, or "
                       "put it in /etc/verity.d/")
+
+
+def read_root_hash(path: Path) -> str:
+    """The hex root hash in a .roothash file (one line, as systemd reads it)."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError as e:
+        raise VerityError(f"cannot read {path.name}: {e.strerror}", "make it readable") from None
+    line = text.split("\n", 1)[0].strip()
+    signed_data(line)  # 64 hex digits, else a one-line VerityError
+    return line.lower()

@@ -12,7 +12,8 @@ import posixpath
 from collections.abc import Iterator, Sequence
 
 from portable_service.errors import ImageError
-from portable_service.fs.views import ImageFS, NotInImage, Stat
+from portable_service.fs.errors import NotInImage
+from portable_service.fs.views import ImageFS, Stat
 from portable_service.rules.extensions import OVERLAID
 
 

@@ -10,16 +10,21 @@ host for the build's loader model, or an unpacked root).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
+import shutil
 import stat as stat_mod
+import struct
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from portable_service.errors import ImageError
+from portable_service.errors import ImageError, ToolError
+from portable_service.fs.errors import NotInImage, squashfs_errors
 from portable_service.fs.tree import Entry, ImageTree, Kind
 
 if TYPE_CHECKING:
@@ -27,7 +32,6 @@ if TYPE_CHECKING:
 
     from portable_service.squashfs import reader as squashfs_reader
 
-KINDS = ("dir", "file", "symlink", "chardev", "blockdev", "fifo", "socket")
 _TYPE_CHAR = {"dir": "d", "file": "-", "symlink": "l", "chardev": "c", "blockdev": "b",
               "fifo": "p", "socket": "s"}
 MAX_LINKS = 40  # as the kernel and ld.so: a longer chain counts as a loop
@@ -35,7 +39,7 @@ MAX_LINKS = 40  # as the kernel and ld.so: a longer chain counts as a loop
 
 @dataclass(frozen=True)
 class Stat:
-    kind: str  # one of KINDS
+    kind: str  # dir, file, symlink, chardev, blockdev, fifo or socket
     mode: int  # permission bits (0o7777)
     uid: int = 0
     gid: int = 0
@@ -48,10 +52,6 @@ class Stat:
     def mode_string(self) -> str:
         """``ls -l`` style, e.g. ``drwxr-xr-x`` or ``-rwsr-xr-x``."""
         return _TYPE_CHAR.get(self.kind, "?") + stat_mod.filemode(self.mode)[1:]
-
-
-class NotInImage(ImageError, FileNotFoundError):
-    """A path that the image does not hold."""
 
 
 class ImageFS(Protocol):
@@ -210,13 +210,11 @@ class SquashfsFS:
 
     def __init__(self, path: Path, offset: int = 0, length: int | None = None,
                  container: str = "") -> None:
-        try:
-            from portable_service.squashfs.reader import SquashfsImage
-        except ImportError:
-            raise ImageError("this build has no squashfs reader",
-                             "install a portable-service release that includes it") from None
+        from portable_service.squashfs.reader import SquashfsImage
+
         self.path = path
-        self._image = SquashfsImage(path, offset, length)
+        with squashfs_errors():
+            self._image = SquashfsImage(path, offset, length)
         sb = self._image.superblock
         version = getattr(sb, "version", (4, 0))
         if isinstance(version, tuple):
@@ -232,24 +230,31 @@ class SquashfsFS:
 
     @property
     def image(self) -> squashfs_reader.SquashfsImage:
-        """The squashfs reader itself (block-level access, for diff)."""
+        """The squashfs reader itself (block-level access, for diff: map its errors with
+        :func:`~portable_service.fs.errors.squashfs_errors`)."""
         return self._image
 
+    # every call into the reader maps its errors to the application's
     def stat(self, path: str) -> Stat:
-        return _convert(self._image.stat(path))
+        with squashfs_errors():
+            return _convert(self._image.stat(path))
 
     def listdir(self, path: str) -> list[str]:
-        return list(self._image.listdir(path))
+        with squashfs_errors():
+            return list(self._image.listdir(path))
 
     def walk(self) -> Iterator[tuple[str, Stat]]:
-        for path, st in self._image.walk():
-            yield path, _convert(st)
+        with squashfs_errors():
+            for path, st in self._image.walk():
+                yield path, _convert(st)
 
     def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
-        return self._image.read(path, offset, size)
+        with squashfs_errors():
+            return self._image.read(path, offset, size)
 
     def readlink(self, path: str) -> str:
-        return self._image.readlink(path)
+        with squashfs_errors():
+            return self._image.readlink(path)
 
     def close(self) -> None:
         self._image.close()
@@ -275,9 +280,7 @@ def open_image(path: str | Path) -> SquashfsFS | HostFS:
                          "give a squashfs .raw file (directory images are not read by this tool)")
     if not os.access(p, os.R_OK):
         raise ImageError(f"cannot read {p}: permission denied", "check its permissions")
-    from portable_service.fs import disk_views
-
-    opened = disk_views.open_disk_or_erofs(p)
+    opened = open_disk_or_erofs(p)
     if opened is not None:
         return opened
     other = _other_format(p)
@@ -487,3 +490,124 @@ class IndexedFS:
 
 def _norm(path: str) -> str:
     return posixpath.normpath("/" + path.lstrip("/")) if path not in ("", "/") else "/"
+
+
+# -- images that are not a bare squashfs: a GPT Discoverable Disk Image, an erofs file system
+
+
+def open_disk_or_erofs(path: Path) -> SquashfsFS | HostFS | None:
+    """The file system inside ``path`` when it is a DDI or erofs; None for anything else."""
+    from portable_service.disk import ddi, gpt
+
+    with open(path, "rb") as f:
+        head = f.read(2048)
+    if gpt.is_gpt(head):
+        found = ddi.find_root(path)
+        root = found.root
+        label = f"DDI (GPT), root partition {root.name or found.arch}"
+        if found.verity is not None:
+            label += " + verity" + (" + signature" if found.signature is not None else "")
+        if found.filesystem == "squashfs":
+            try:
+                return SquashfsFS(path, root.offset, root.size, container=f"{label}: ")
+            except ImageError as e:  # the bytes the reader saw are the partition's
+                raise ImageError(f"{path}: the squashfs in root partition {root.name} cannot be "
+                                 f"read: {e.message}", e.hint or "is the image damaged?") from None
+        if found.filesystem == "erofs":
+            return ErofsFS(path, root.offset, root.size, container=f"{label}: ")
+        raise ImageError(f"{path}: the root partition holds neither squashfs nor erofs",
+                         "portable-service reads squashfs and erofs root partitions only")
+    if ddi.filesystem_kind(head) == "erofs":
+        return ErofsFS(path)
+    return None
+
+
+class ErofsFS(HostFS):
+    """An erofs image unpacked with ``fsck.erofs --extract`` into a private folder.
+
+    Owners are what fsck.erofs could restore: the image's when run as root, else the
+    caller's (only ``ls -l`` and ``diff`` show owners; modes, links and bytes are exact).
+    """
+
+    def __init__(self, path: Path, offset: int = 0, length: int | None = None,
+                 container: str = "") -> None:
+        from portable_service.run import find_tool, run
+
+        try:
+            tool = find_tool("fsck.erofs", reason="to read an erofs image")
+        except ToolError as e:
+            raise ImageError(f"{path}: erofs is not readable by portable-service without "
+                             "fsck.erofs", e.hint or "install erofs-utils, or mount it") from None
+        self._work = Path(tempfile.mkdtemp(prefix="portable-service-erofs."))
+        try:
+            image = path
+            if offset or length is not None:
+                image = self._work / "partition"
+                _copy_range(path, image, offset, length)
+            tree = self._work / "root"
+            proc = run([tool, f"--extract={tree}", image], check=False)
+            if proc.returncode != 0:
+                from portable_service.run import tool_message
+
+                raise ImageError(f"{path}: fsck.erofs cannot read this erofs file system: "
+                                 f"{tool_message(proc)}", "is the image damaged?")
+            if image != path:
+                image.unlink()
+        except BaseException:
+            shutil.rmtree(self._work, ignore_errors=True)
+            raise
+        super().__init__(tree)
+        superblock = _erofs_superblock(path, offset)
+        self.info = ImageInfo(format=f"{container}erofs (read by unpacking with fsck.erofs)",
+                              compressor=superblock.compressor,
+                              block_size=superblock.block_size,
+                              file_size=path.stat().st_size,
+                              mkfs_time=superblock.build_time)
+
+    def close(self) -> None:
+        shutil.rmtree(self._work, ignore_errors=True)
+
+
+def _copy_range(src: Path, dst: Path, offset: int, length: int | None) -> None:
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        f.seek(offset)
+        left = length if length is not None else -1
+        while left:
+            chunk = f.read(1 << 20 if left < 0 else min(1 << 20, left))
+            if not chunk:
+                break
+            out.write(chunk)
+            if left > 0:
+                left -= len(chunk)
+
+
+# the erofs on-disk superblock at byte 1024 (linux fs/erofs/erofs_fs.h)
+_ALGORITHMS = {0: "lz4", 1: "lzma", 2: "deflate", 3: "zstd"}
+
+
+@dataclass(frozen=True)
+class ErofsSuperblock:
+    block_size: int | None = None
+    build_time: int | None = None
+    compressor: str | None = None
+
+
+def _erofs_superblock(path: Path, offset: int) -> ErofsSuperblock:
+
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        f.seek(offset + 1024)
+        sb = f.read(128)
+        if len(sb) == 128:
+            blkszbits = sb[12]
+            build_time = struct.unpack_from("<Q", sb, 24)[0]
+            feature_incompat = struct.unpack_from("<I", sb, 80)[0]
+            algs = struct.unpack_from("<H", sb, 84)[0]
+            compressor: str | None = None
+            # bit 0 of feature_incompat: "lz4_0padding"; bit 1: compr_cfgs (available algs)
+            if feature_incompat & 0x2:
+                names = [n for b, n in _ALGORITHMS.items() if algs & (1 << b)]
+                compressor = ",".join(names) or None
+            elif feature_incompat & 0x1:
+                compressor = "lz4"
+            return ErofsSuperblock(1 << blkszbits, build_time, compressor)
+    return ErofsSuperblock()

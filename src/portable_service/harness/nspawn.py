@@ -28,7 +28,6 @@ import re
 import shutil
 import signal
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,15 +39,17 @@ from typing import TypeVar
 from portable_service.errors import HostError, ToolError
 from portable_service.harness.judge import PROPERTIES, UnitProps, parse_show
 from portable_service.harness.roots import Release
-from portable_service.rules.portabled import UNIT_TYPES
-from portable_service.run import pid_alive
+from portable_service.rules.portabled import SPLIT_USR_PATH, UNIT_TYPES
+from portable_service.run import DEVNULL, STDOUT, Process, TimedOut, exited, pid_alive, run, spawn
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOOP_DEVICES = 256
 LOOP_PARTITIONS = 8  # partition nodes linked per loop device (a portable DDI uses 1-3)
 HOST_DEV = "/run/harness-dev"  # where the container sees the kernel's devtmpfs
 UDEV_RETRIES = 4
-_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# what commands in the container see: systemd's PATH and nothing of the host's environment
+CONTAINER_ENV = {"PATH": ":".join(SPLIT_USR_PATH), "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0",
+                 "TERM": "dumb"}
 INSTALL_HINT = "install it: apt-get install systemd-container debootstrap"
 _counter = itertools.count()
 
@@ -93,12 +94,11 @@ class UnitState:
 class Container:
     release: Release
     name: str
-    nspawn: subprocess.Popen[bytes]
+    nspawn: Process
     init_pid: int
     log: Path
     timings: dict[str, float] = field(default_factory=dict)
     copied: list[str] = field(default_factory=list)
-    udev_retries: int = 0  # how often systemd 247's udev wait had to be retried
 
     @property
     def root(self) -> Path:
@@ -109,14 +109,13 @@ class Container:
             input: str | None = None) -> Result:
         cmd = ["nsenter", "-t", str(self.init_pid), "-a", "--", *argv]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                  input=input, env={"LC_ALL": "C.UTF-8", "PATH": _PATH,
-                                                    "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0",
-                                                    "TERM": "dumb"})
-        except subprocess.TimeoutExpired:
+            proc = run(cmd, env=CONTAINER_ENV, inherit_env=False, check=False, timeout=timeout,
+                       input=None if input is None else input.encode())
+        except TimedOut:
             raise ToolError(f"{' '.join(argv)} did not finish within {timeout:.0f} s "
                             f"in the {self.release.suite} container") from None
-        result = Result(list(argv), proc.returncode, proc.stdout, proc.stderr)
+        result = Result(list(argv), proc.returncode, proc.stdout.decode(errors="replace"),
+                        proc.stderr.decode(errors="replace"))
         if check and not result.ok:
             raise ToolError(f"{' '.join(argv)} failed in the {self.release.suite} container "
                             f"(exit {result.returncode}): {one_line(result.output)}")
@@ -154,7 +153,6 @@ class Container:
             result = self.portablectl(*args, name)
             if result.ok or not self._udev_timeout(self._journal_since(cursor)):
                 break
-            self.udev_retries += 1
         self.settle()
         return result
 
@@ -172,7 +170,6 @@ class Container:
                 self._wait_until_exec(unit)  # a simple service can still fail after this
             if not self._udev_timeout(self._journal_since(cursor)):
                 break
-            self.udev_retries += 1
             self.systemctl("reset-failed", unit)
         return result
 
@@ -430,75 +427,82 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
                             "run it as root on a host whose cgroup file system is writable"
                             ) from None
     start = time.monotonic()
-    nspawn: subprocess.Popen[bytes] | None = None
-    reaper: subprocess.Popen[bytes] | None = None
+    nspawn: Process | None = None
     container: Container | None = None
-    try:
-        with open(log, "wb") as log_file:
-            nspawn = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "--",
-                 "sh", "-c", 'mount -t tmpfs tmpfs /run && exec "$@"', "sh",
-                 "systemd-nspawn", "-D", str(root), "--volatile=overlay", "-M", name,
-                 "--register=no", "--keep-unit", "--console=read-only", "-b",
-                 *(["--private-network"] if private_network else [])],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                # own session: a Ctrl-C in the terminal reaches us, not nspawn, and
-                # teardown stays in our hands
-                start_new_session=True, preexec_fn=lambda: _enter_cgroup(dirs, parent),
-                env={"PATH": _PATH, "LC_ALL": "C.UTF-8"})
-        reaper = subprocess.Popen(
-            [sys.executable, "-m", "portable_service.harness.reaper", str(parent),
-             *map(str, dirs)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-        init = _wait(lambda: _find_init(nspawn.pid) if nspawn.poll() is None else -1,
-                     boot_timeout)
-        if not init or init == -1:
-            raise BootError(f"systemd-nspawn did not start {release.suite}'s systemd: "
-                            f"{one_line(_read(log))}", f"see {log}")
-        container = Container(release, name, nspawn, init, log)
-        container.timings["nspawn"] = time.monotonic() - start
-        _wait(lambda: (container.root / "run/systemd/private").exists() or None, boot_timeout)
-        state = container.run("systemctl", "is-system-running", "--wait",
-                              timeout=boot_timeout).stdout.strip()
-        if state not in ("running", "degraded"):
-            failed = container.systemctl("--failed", "--no-legend").stdout
-            raise BootError(f"the {release.suite} container did not boot (state {state!r}): "
-                            f"{one_line(failed)}", f"see {log}")
-        container.timings["booted"] = time.monotonic() - start
-        make_loop_devices(container.root / "dev")
-        link_partition_nodes(container)
-        if release.needs_udevd:
-            container.run("/lib/systemd/systemd-udevd", "--daemon", check=True)
-            # When udev's message about a new loop device does not arrive within 5 s,
-            # systemd 247 re-triggers it by writing "change" to its uevent file; nspawn's
-            # /sys is read-only, so that fails ("Read-only file system"). Give the
-            # container writable block-device folders (and nothing else of /sys).
-            container.run("sh", "-c", "mkdir -p /run/harness-sysfs && "
-                          "mount -t sysfs sysfs /run/harness-sysfs && "
-                          "mount --bind /run/harness-sysfs/devices/virtual/block "
-                          "/sys/devices/virtual/block && umount /run/harness-sysfs", check=True)
-        if release.systemd >= 256:
-            # systemd >= 256 puts the host's os-release at /run/host/os-release in a unit's
-            # root. Under the "trusted" profile (BindPaths=/run) that /run is the
-            # container's, where nspawn already mounted a read-only /run/host with its own
-            # os-release ("Read-only file system", then "File exists"). A real host has no
-            # /run/host; make the container's look like that.
-            container.run("sh", "-c", "while mountpoint -q /run/host; do "
-                          "umount -l /run/host || exit 1; done; rm -f /run/host/os-release",
-                          check=True)
-        container.timings["ready"] = time.monotonic() - start
-        yield container
-    except BootError:
-        keep_log = True
-        raise
-    finally:
-        teardown(nspawn, container, dirs)
-        if reaper is not None:
-            reaper.kill()
-            reaper.wait()
-        if not keep_log:
-            log.unlink(missing_ok=True)
+    # the children (nspawn, the reaper) are killed on leaving, after the teardown below
+    with contextlib.ExitStack() as children:
+        try:
+            with open(log, "wb") as log_file:
+                nspawn = children.enter_context(spawn(
+                    ["unshare", "--mount", "--propagation", "private", "--",
+                     "sh", "-c", 'mount -t tmpfs tmpfs /run && exec "$@"', "sh",
+                     "systemd-nspawn", "-D", str(root), "--volatile=overlay", "-M", name,
+                     "--register=no", "--keep-unit", "--console=read-only", "-b",
+                     *(["--private-network"] if private_network else [])],
+                    stdout=log_file, stderr=STDOUT,
+                    # own session: a Ctrl-C in the terminal reaches us, not nspawn, and
+                    # teardown stays in our hands
+                    start_new_session=True, preexec_fn=lambda: _enter_cgroup(dirs, parent),
+                    env=CONTAINER_ENV, inherit_env=False))
+            children.enter_context(spawn(
+                [sys.executable, "-m", "portable_service.harness.reaper", str(parent),
+                 *map(str, dirs)],
+                stdout=DEVNULL, start_new_session=True,
+                env={"PYTHONPATH": os.pathsep.join(sys.path)}))
+            proc = nspawn
+            init = _wait(lambda: _find_init(proc.pid) if proc.poll() is None else -1,
+                         boot_timeout)
+            if not init or init == -1:
+                raise BootError(f"systemd-nspawn did not start {release.suite}'s systemd: "
+                                f"{one_line(_read(log))}", f"see {log}")
+            container = Container(release, name, nspawn, init, log)
+            container.timings["nspawn"] = time.monotonic() - start
+            booted_container = container
+            _wait(lambda: (booted_container.root / "run/systemd/private").exists() or None,
+                  boot_timeout)
+            prepare(container, boot_timeout, start)
+            container.timings["ready"] = time.monotonic() - start
+            yield container
+        except BootError:
+            keep_log = True
+            raise
+        finally:
+            teardown(nspawn, container, dirs)
+            if not keep_log:
+                log.unlink(missing_ok=True)
+
+
+def prepare(container: Container, boot_timeout: float, start: float) -> None:
+    """Wait for the boot to finish, then make the container fit for portabled."""
+    release, log = container.release, container.log
+    state = container.run("systemctl", "is-system-running", "--wait",
+                          timeout=boot_timeout).stdout.strip()
+    if state not in ("running", "degraded"):
+        failed = container.systemctl("--failed", "--no-legend").stdout
+        raise BootError(f"the {release.suite} container did not boot (state {state!r}): "
+                        f"{one_line(failed)}", f"see {log}")
+    container.timings["booted"] = time.monotonic() - start
+    make_loop_devices(container.root / "dev")
+    link_partition_nodes(container)
+    if release.needs_udevd:
+        container.run("/lib/systemd/systemd-udevd", "--daemon", check=True)
+        # When udev's message about a new loop device does not arrive within 5 s,
+        # systemd 247 re-triggers it by writing "change" to its uevent file; nspawn's
+        # /sys is read-only, so that fails ("Read-only file system"). Give the
+        # container writable block-device folders (and nothing else of /sys).
+        container.run("sh", "-c", "mkdir -p /run/harness-sysfs && "
+                      "mount -t sysfs sysfs /run/harness-sysfs && "
+                      "mount --bind /run/harness-sysfs/devices/virtual/block "
+                      "/sys/devices/virtual/block && umount /run/harness-sysfs", check=True)
+    if release.systemd >= 256:
+        # systemd >= 256 puts the host's os-release at /run/host/os-release in a unit's
+        # root. Under the "trusted" profile (BindPaths=/run) that /run is the
+        # container's, where nspawn already mounted a read-only /run/host with its own
+        # os-release ("Read-only file system", then "File exists"). A real host has no
+        # /run/host; make the container's look like that.
+        container.run("sh", "-c", "while mountpoint -q /run/host; do "
+                      "umount -l /run/host || exit 1; done; rm -f /run/host/os-release",
+                      check=True)
 
 
 def make_loop_devices(dev: Path, count: int = LOOP_DEVICES) -> None:
@@ -555,7 +559,7 @@ def _read(path: Path) -> str:
         return ""
 
 
-def teardown(nspawn: subprocess.Popen[bytes] | None, container: Container | None,
+def teardown(nspawn: Process | None, container: Container | None,
              dirs: Sequence[Path]) -> None:
     """Power off, then kill by PID whatever is left, remove the cgroups, check loop devices.
 
@@ -569,14 +573,11 @@ def teardown(nspawn: subprocess.Popen[bytes] | None, container: Container | None
                     container.run("systemctl", "poweroff", "--no-block", timeout=10)
             else:
                 nspawn.terminate()  # nspawn turns SIGTERM into an orderly shutdown
-            try:
-                nspawn.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+            if not exited(nspawn, 15):
                 nspawn.kill()
         kill_cgroups(dirs)
         if nspawn is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                nspawn.wait(timeout=5)
+            exited(nspawn, 5)
         remove_cgroups(dirs)
         if container is not None:
             release_loops(container.copied)
@@ -604,7 +605,7 @@ def release_loops(image_names: Sequence[str]) -> list[str]:
             path = backing.read_text().strip().removesuffix(" (deleted)")
             if path.startswith("/var/lib/portables/") and Path(path).name in image_names:
                 dev = f"/dev/{backing.parent.parent.name}"
-                subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+                run(["losetup", "-d", dev], check=False)
                 detached.append(dev)
     return detached
 

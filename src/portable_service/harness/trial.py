@@ -28,9 +28,9 @@ from portable_service.harness.nspawn import Container
 from portable_service.harness.roots import Release
 from portable_service.jsonout import add_json_flag, emit, wanted
 from portable_service.progress import Reporter
+from portable_service.rules import PROFILES
 from portable_service.rules.portabled import TRIGGER_TYPES
 
-PROFILES = ("default", "nonetwork", "strict", "trusted")
 # systemd's summary lines say that a unit failed, not why; the cause comes before them
 _SUMMARY = ("Failed with result", "Failed to start", "Main process exited", "Failed at step",
             "Control process exited", "Job for ", "Scheduled restart job", "Start request "
@@ -125,8 +125,8 @@ def check_image(path: Path) -> None:
 
 def image_os_release(path: Path) -> dict[str, str]:
     """The image's os-release; empty when it cannot be read here (portablectl says why later)."""
-    from portable_service.builder.layout import parse_os_release
     from portable_service.fs.views import open_image, read_text
+    from portable_service.rules.osrelease import parse_os_release
 
     try:
         fs = open_image(path)

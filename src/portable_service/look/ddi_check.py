@@ -13,8 +13,8 @@ from pathlib import Path
 
 from portable_service.disk import ddi, signing, verity
 from portable_service.errors import PortableServiceError, VerityError
-from portable_service.look.verify import ERROR, WARNING, Problem
-from portable_service.look.verity_check import VerityState
+from portable_service.look.problems import ERROR, WARNING, Problem
+from portable_service.look.verity_check import VerityState, check_sidecars
 from portable_service.rules import verity as rules
 
 
@@ -86,3 +86,11 @@ def is_ddi(image: Path) -> bool:
         return gpt.is_gpt(_read(image, 0, 1024))
     except OSError:
         return False
+
+
+def check_verity(image: Path, certificates: list[Path] | None = None) -> VerityState:
+    """An image's verity, wherever it is: a DDI's partitions, or the sidecars beside a bare
+    image; ``certificates`` default to the host's ``/etc/verity.d/*.crt``."""
+    if is_ddi(image):  # a DDI carries its verity in partitions
+        return check_ddi(image, certificates)
+    return check_sidecars(image, certificates)

@@ -6,8 +6,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from portable_service.fs.errors import squashfs_errors
 from portable_service.fs.views import IndexedFS, Stat, read_text
-from portable_service.look.verify import attached_units, find_os_release
+from portable_service.look.facts import attached_units, find_os_release
 from portable_service.progress import human
 from portable_service.rules.portabled import image_prefix
 
@@ -71,23 +72,29 @@ def same_content(old: IndexedFS, new: IndexedFS, path: str, size: int) -> bool:
     """
     a, b = _squashfs(old), _squashfs(new)
     if a is not None and b is not None and a.superblock.block_size == b.superblock.block_size:
-        same_codec = a.codec == b.codec
-        for x, y in itertools.zip_longest(a.stored_blocks(path), b.stored_blocks(path)):
-            if x is None or y is None or x.length != y.length:
-                return False
-            if x.raw is None and y.raw is None:
-                continue
-            if same_codec and x.raw == y.raw:
-                continue
-            if x.data() != y.data():
-                return False
-        return True
+        with squashfs_errors():
+            return _same_blocks(a, b, path)
     offset = 0
     while offset < size:
         n = min(CHUNK, size - offset)
         if old.read(path, offset, n) != new.read(path, offset, n):
             return False
         offset += n
+    return True
+
+
+def _same_blocks(a: Any, b: Any, path: str) -> bool:
+    """Two squashfs readers' copies of ``path``, compared as stored (see same_content)."""
+    same_codec = a.codec == b.codec
+    for x, y in itertools.zip_longest(a.stored_blocks(path), b.stored_blocks(path)):
+        if x is None or y is None or x.length != y.length:
+            return False
+        if x.raw is None and y.raw is None:
+            continue
+        if same_codec and x.raw == y.raw:
+            continue
+        if x.data() != y.data():
+            return False
     return True
 
 

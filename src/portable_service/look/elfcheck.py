@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from portable_service.builder.closure.elf import Files, Loader, Lookup, shown
 from portable_service.fs.views import ImageFS, Stat, resolve
-
-if TYPE_CHECKING:
-    from portable_service.look.verify import Problem
+from portable_service.look.problems import ERROR, WARNING, Problem
 
 SKIP_ROOTS = ("/usr/lib/debug",)  # separate debug files carry headers without code
 
@@ -39,8 +36,6 @@ def _candidates(entries: dict[str, Stat], programs: set[str]) -> Iterator[tuple[
 
 def check_elf_files(fs: ImageFS, entries: dict[str, Stat], programs: set[str]) -> list[Problem]:
     """Missing loaders and libraries: errors for what the units run, warnings elsewhere."""
-    from portable_service.look.verify import ERROR, WARNING, Problem
-
     files = Files(fs)
     loader = Loader(files)
     found: list[tuple[str, bool]] = []  # (path, is a program)

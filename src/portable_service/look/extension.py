@@ -13,21 +13,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from portable_service.builder.layout import parse_os_release
 from portable_service.errors import ImageError, VerifyError
 from portable_service.fs.stack import StackFS
 from portable_service.fs.views import ImageFS, IndexedFS, open_image, read_text
-from portable_service.look.verify import (
-    ERROR,
-    WARNING,
-    Problem,
-    Target,
-    _dedupe,
-    errors,
-    find_os_release,
-    verify,
-)
+from portable_service.look.facts import find_os_release
+from portable_service.look.problems import ERROR, WARNING, Problem
+from portable_service.look.verify import Target, _dedupe, errors, verify
 from portable_service.rules import extensions as ext_rules
+from portable_service.rules.osrelease import parse_os_release
 from portable_service.rules.portabled import UNIT_DIRS, image_prefix
 
 # rules of a single image that do not apply to a layer of a stack: the prefixes are the
@@ -196,13 +189,8 @@ def check_written_extension(path: Path, image_name: str, base: Layer,
 
 def verify_layers(image: str, fs: ImageFS | None, base: str | None, target: Target
                   ) -> list[Problem] | None:
-    """``verify`` of a deployment descriptor (the whole stack), or of an extension (against
-    ``base`` when given); None for a plain image, which look/verify.py checks."""
-    if image.endswith(".toml"):
-        from portable_service.deploy.attach import verify_descriptor
-        from portable_service.deploy.descriptor import load_descriptor
-
-        return verify_descriptor(load_descriptor(Path(image)), target)
+    """``verify`` of an extension (against ``base`` when given); None for a plain image,
+    which look/verify.py checks. (A deployment descriptor is deploy.attach's to check.)"""
     layer = Layer(fs, Path(image).name) if fs is not None else open_layer(Path(image))
     if base is not None:
         return verify_extension(layer, open_layer(Path(base)), target)

@@ -7,55 +7,21 @@ container's facts and, for images we built, the roots of the closure.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from portable_service.builder import layout
 from portable_service.errors import ImageError
 from portable_service.fs.views import ImageFS, ImageInfo, Stat, read_text, resolve
-from portable_service.look.verify import attached_units, find_os_release
+from portable_service.look.facts import attached_units, closure_record, find_os_release
 from portable_service.progress import human
 from portable_service.rules.portabled import image_prefix
 
-# Written by our build (layout.assemble): what pulled each path into the image.
-CLOSURE_RECORD = str(layout.CLOSURE_RECORD)
 OS_RELEASE_SHOWN = (
     "ID", "ID_LIKE", "VERSION_ID", "BUILD_ID", "IMAGE_ID", "IMAGE_VERSION", "SYSEXT_LEVEL",
     "PORTABLE_ID", "PORTABLE_PRETTY_NAME", "PORTABLE_PREFIXES", "PRETTY_NAME", "HOME_URL",
 )
-
-
-def closure_record(fs: ImageFS) -> dict[str, Any] | None:
-    """The closure our build recorded, or None (other builders, older images, bad JSON).
-
-    The file is untrusted input like the rest of the image: anything but the shape our
-    build writes (``roots`` of ``{path, reason}`` strings, ``parents`` mapping paths to
-    paths, an optional list of ``units``) counts as no record.
-    """
-    text = read_text(fs, CLOSURE_RECORD, limit=64 << 20)
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("roots"), list):
-        return None
-    roots = data["roots"]
-    parents = data.get("parents") or {}
-    units = data.get("units", [])
-    if not (all(isinstance(r, dict) and isinstance(r.get("path"), str)
-                and isinstance(r.get("reason", ""), str) for r in roots)
-            and isinstance(parents, dict)
-            and all(isinstance(v, str | None) for v in parents.values())
-            and isinstance(units, list) and all(isinstance(u, str) for u in units)):
-        return None
-    return {"format": data.get("format"),
-            "roots": [{"path": r["path"], "reason": r.get("reason", "")} for r in roots],
-            "parents": parents, **({"units": units} if "units" in data else {})}
 
 
 def count_entries(fs: ImageFS) -> dict[str, int]:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from portable_service.fs.views import ImageFS, Stat
-from portable_service.look.inspect import closure_record
+from portable_service.look.facts import closure_record
 from portable_service.progress import human
 
 BAR_WIDTH = 30

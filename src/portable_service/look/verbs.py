@@ -45,9 +45,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         sys.stdout.write(render_cat(fs, args.image))
         return 0
     data = inspect_image(fs, args.image, fs.info)
-    from portable_service.look.verity_check import check_sidecars, render_verity
+    from portable_service.look.ddi_check import check_verity
+    from portable_service.look.verity_check import render_verity
 
-    state = check_sidecars(Path(args.image), args.certificate)
+    state = check_verity(Path(args.image), args.certificate)
     data["verity"] = state.to_dict()
     style = wanted(args)
     if style:
@@ -92,20 +93,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from portable_service.look.verify import Target, errors, report_json, verify
 
     target = Target(profile=args.profile, systemd=args.systemd)
+    from portable_service.look.ddi_check import check_verity
     from portable_service.look.extension import verify_layers
-    from portable_service.look.verity_check import check_sidecars, tampered
+    from portable_service.look.problems import Problem
+    from portable_service.look.verity_check import tampered
 
-    fs = None if args.image.endswith(".toml") else _open(args.image)
-    problems = verify_layers(args.image, fs, args.base, target)  # a descriptor, an extension
-    if problems is None:
-        assert fs is not None  # only a descriptor has no image of its own
-        sidecar_problems = list(check_sidecars(Path(args.image), args.certificate).problems)
-        try:
-            problems = verify(fs, Path(args.image).name, target) + sidecar_problems
-        except PortableServiceError:
-            if not tampered(sidecar_problems):
-                raise
-            problems = sidecar_problems  # the image does not read because it was modified
+    problems: list[Problem] | None
+    if args.image.endswith(".toml"):  # a deployment descriptor: the whole stack
+        from portable_service.deploy.attach import verify_descriptor
+        from portable_service.deploy.descriptor import load_descriptor
+
+        problems = verify_descriptor(load_descriptor(Path(args.image)), target)
+    else:
+        fs = _open(args.image)
+        problems = verify_layers(args.image, fs, args.base, target)  # an extension
+        if problems is None:
+            sidecar_problems = list(check_verity(Path(args.image), args.certificate).problems)
+            try:
+                problems = verify(fs, Path(args.image).name, target) + sidecar_problems
+            except PortableServiceError:
+                if not tampered(sidecar_problems):
+                    raise
+                problems = sidecar_problems  # the image does not read: it was modified
     errs = errors(problems)
     style = wanted(args)
     if style:

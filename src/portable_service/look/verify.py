@@ -8,13 +8,12 @@ The same rules run on a finished image file and on a build's tree.
 
 from __future__ import annotations
 
-import importlib.util
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from portable_service.builder.closure.elf import Files as ElfFiles
 from portable_service.builder.closure.elf import parse_shebang
@@ -27,52 +26,26 @@ from portable_service.builder.units import (
     parse_unit_text,
 )
 from portable_service.errors import ImageError, VerifyError
-from portable_service.fs.views import ImageFS, IndexedFS, Stat, exists, read_text, resolve
+from portable_service.fs.views import ImageFS, IndexedFS, Stat, exists, open_image, read_text, resolve
 from portable_service.look import elfcheck
+from portable_service.look.facts import (
+    UnitFile,
+    attached_units,
+    closure_record,
+    find_os_release,
+    unit_candidates,
+)
+from portable_service.look.problems import ERROR, WARNING, Problem
 from portable_service.rules import PROFILES, VERSIONS, data_version, directives, profiles
 from portable_service.rules.portabled import (
     BOUND_FILES,
     BUILD_UNIT_DIR,
     FRESH_MOUNTS,
-    OS_RELEASE_PATHS,
     SPLIT_USR_PATH,
     UNIT_DIRS,
     image_prefix,
-    is_portable_unit,
     prefix_matches,
 )
-
-if TYPE_CHECKING:
-    from portable_service.fs.tree import ImageTree
-
-ERROR, WARNING = "error", "warning"
-# an image without a closure record declares the units where our builds put them
-DECLARED_UNIT_DIR = BUILD_UNIT_DIR
-MOUNT_DIRS = FRESH_MOUNTS
-MOUNT_FILES = BOUND_FILES
-EXEC_PATH = SPLIT_USR_PATH
-
-
-@dataclass(frozen=True)
-class Problem:
-    severity: str  # ERROR or WARNING
-    rule: str  # short stable id, e.g. "os-release-missing"
-    path: str  # the image path concerned
-    message: str
-    fix: str
-
-    def line(self) -> str:
-        return f"{self.severity}: {self.path}: {self.message}; fix: {self.fix}"
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class UnitFile:
-    name: str
-    path: str  # where portabled finds it, e.g. /etc/systemd/system/demo.service
-    stat: Stat
 
 
 @dataclass(frozen=True)
@@ -114,17 +87,6 @@ def check_name(image_name: str) -> Iterator[Problem]:
 # -- os-release
 
 
-def find_os_release(fs: ImageFS) -> tuple[str | None, dict[str, str]]:
-    """Where portabled finds os-release (the first of the two paths), and its fields."""
-    from portable_service.builder.layout import parse_os_release
-
-    for path in OS_RELEASE_PATHS:
-        text = read_text(fs, path)
-        if text is not None:
-            return path, parse_os_release(text)
-    return None, {}
-
-
 def check_os_release(fs: ImageFS, prefix: str) -> Iterator[Problem]:
     path, fields = find_os_release(fs)
     if path is None:
@@ -150,31 +112,6 @@ def check_os_release(fs: ImageFS, prefix: str) -> Iterator[Problem]:
 
 
 # -- units
-
-
-def unit_candidates(fs: ImageFS) -> dict[str, UnitFile]:
-    """Every unit file name in portabled's search folders; /etc wins over /usr/lib."""
-    found: dict[str, UnitFile] = {}
-    seen: set[str] = set()
-    for folder in UNIT_DIRS:
-        real = resolve(fs, folder)
-        if real is None or real in seen:  # /lib -> usr/lib: one folder, searched once
-            continue
-        seen.add(real)
-        try:
-            names = fs.listdir(real)
-        except ImageError:  # not a folder: nothing is searched there
-            continue
-        for name in names:
-            if is_portable_unit(name) and name not in found:
-                path = posixpath.join(real, name)
-                found[name] = UnitFile(name, posixpath.join(folder, name), fs.stat(path))
-    return found
-
-
-def attached_units(fs: ImageFS, prefix: str) -> list[UnitFile]:
-    """The units portabled would attach for this prefix, before checking their files."""
-    return [u for n, u in sorted(unit_candidates(fs).items()) if prefix_matches(n, prefix)]
 
 
 def check_units(fs: ImageFS, prefix: str) -> tuple[list[Problem], list[UnitFile]]:
@@ -257,7 +194,7 @@ def check_scaffold(fs: ImageFS) -> Iterator[Problem]:
                       f"the image root is mode {root.mode:04o}; services run as a dynamic user "
                       "cannot enter it (status=200/CHDIR)",
                       "make the root mode 0755 (mksquashfs -root-mode 755)")
-    for path in MOUNT_DIRS:
+    for path in FRESH_MOUNTS:
         real = resolve(fs, path)
         kind = fs.stat(real).kind if real is not None else None
         if kind != "dir":
@@ -266,7 +203,7 @@ def check_scaffold(fs: ImageFS) -> Iterator[Problem]:
                           f"{path} is {what}: systemd mounts over it at start and fails "
                           "(226/NAMESPACE) in a read-only image",
                           f"create the empty folder {path} in the image")
-    for path in MOUNT_FILES:
+    for path in BOUND_FILES:
         if not exists(fs, path):
             yield Problem(ERROR, "mount-point", path,
                           f"{path} is missing: systemd binds the host's over it at start",
@@ -335,7 +272,7 @@ def check_environment_files(fs: ImageFS, unit: Unit) -> Iterator[Problem]:
 
 def _find_program(fs: ImageFS, program: str) -> str | None:
     candidates = [program] if program.startswith("/") else [
-        posixpath.join(d, program) for d in EXEC_PATH]
+        posixpath.join(d, program) for d in SPLIT_USR_PATH]
     for candidate in candidates:
         real = resolve(fs, candidate)
         if real is not None:
@@ -347,7 +284,7 @@ def _check_program(fs: ImageFS, program: str, directive: str,
                    programs: set[str]) -> Iterator[Problem]:
     real = _find_program(fs, program)
     if real is None:
-        looked = program if program.startswith("/") else f"{program} (in {':'.join(EXEC_PATH)})"
+        looked = program if program.startswith("/") else f"{program} (in {':'.join(SPLIT_USR_PATH)})"
         yield Problem(ERROR, "exec-missing", program,
                       f"{directive} runs {looked}, which is not in the image (status=203/EXEC)",
                       "add the program to the image (contents or packages) or fix the path")
@@ -787,8 +724,6 @@ def check_ignored_drop_ins(fs: ImageFS, units: Iterable[UnitFile]) -> Iterator[P
 
 def declared_units(fs: ImageFS) -> set[str] | None:
     """The units our build was given (closure record), or None for other images."""
-    from portable_service.look.inspect import closure_record  # inspect imports this module
-
     record = closure_record(fs)  # validated: the record is untrusted input
     if record is None or "units" not in record:
         return None
@@ -803,10 +738,10 @@ def check_undeclared(fs: ImageFS, units: Iterable[UnitFile]) -> Iterator[Problem
             if unit.name in declared:
                 continue
             why = "the build was not given it (it came with a package or contents)"
-        else:
-            if posixpath.dirname(unit.path) == DECLARED_UNIT_DIR:
+        else:  # no closure record: a unit where our builds put units counts as declared
+            if posixpath.dirname(unit.path) == BUILD_UNIT_DIR:
                 continue
-            why = f"it is not in {DECLARED_UNIT_DIR}, where a build puts its units"
+            why = f"it is not in {BUILD_UNIT_DIR}, where a build puts its units"
         yield Problem(WARNING, "undeclared-unit", unit.path,
                       f"portabled attaches {unit.name} too, as it matches the prefix; {why}",
                       f"leave {unit.path} out of the image (exclude it), or declare it in units")
@@ -945,28 +880,19 @@ MISSING_RULES = frozenset({"exec-missing", "interpreter-missing", "shell-command
                            "elf-interpreter", "elf-library"})
 
 
-def check_written(path: Path, image_name: str, tree: ImageTree | None,
-                  warn: Callable[[str], None], allow_missing: bool = False) -> None:
+def check_written(path: Path, image_name: str, warn: Callable[[str], None],
+                  allow_missing: bool = False) -> None:
     """The build's gate: raise :class:`VerifyError` when the written image has errors.
 
-    The file is read back through the squashfs reader; a build without the
-    reader checks the tree it wrote instead (same rules, same paths). With
-    ``allow_missing`` (the spec's allow-missing) a missing program, interpreter or
-    library is a warning, and not printed again: the closure already said so.
+    The file is read back through the squashfs reader. With ``allow_missing`` (the
+    spec's allow-missing) a missing program, interpreter or library is a warning, and
+    not printed again: the closure already said so.
     """
-    from portable_service.fs.views import TreeFS, open_image
-
-    fs: ImageFS
-    if importlib.util.find_spec("portable_service.squashfs.reader") is not None or tree is None:
-        fs = open_image(path)
-    else:
-        fs = TreeFS(tree)
+    fs = open_image(path)
     try:
         problems = verify(fs, image_name)
     finally:
-        close = getattr(fs, "close", None)
-        if close is not None:
-            close()
+        fs.close()
     if allow_missing:
         problems = [p for p in problems if p.rule not in MISSING_RULES]
     for p in problems:

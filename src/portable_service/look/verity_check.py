@@ -14,7 +14,7 @@ from typing import Any
 
 from portable_service.disk import signing, verity
 from portable_service.errors import PortableServiceError, VerityError
-from portable_service.look.verify import ERROR, WARNING, Problem
+from portable_service.look.problems import ERROR, WARNING, Problem
 from portable_service.rules import verity as rules
 
 
@@ -40,24 +40,9 @@ def _problem(path: Path, rule: str, err: PortableServiceError, severity: str = E
     return Problem(severity, rule, path.name, err.message, err.hint or "rebuild the image")
 
 
-def read_root_hash(path: Path) -> str:
-    """The hex root hash in a .roothash file (one line, as systemd reads it)."""
-    try:
-        text = path.read_text(encoding="ascii", errors="replace")
-    except OSError as e:
-        raise VerityError(f"cannot read {path.name}: {e.strerror}", "make it readable") from None
-    line = text.split("\n", 1)[0].strip()
-    signing.signed_data(line)  # 64 hex digits, else a one-line VerityError
-    return line.lower()
-
-
 def check_sidecars(image: Path, certificates: list[Path] | None = None) -> VerityState:
     """Check the sidecars beside ``image``; ``certificates`` default to the host's
     ``/etc/verity.d/*.crt`` (and systemd's other verity.d folders)."""
-    from portable_service.look.ddi_check import check_ddi, is_ddi
-
-    if is_ddi(image):  # a DDI carries its verity in partitions
-        return check_ddi(image, certificates)
     paths = rules.sidecars(image)
     present = tuple(s for s, p in paths.items() if p.exists())
     if not present:
@@ -73,7 +58,7 @@ def check_sidecars(image: Path, certificates: list[Path] | None = None) -> Verit
                                 "rebuild with verity = true, or remove the stray sidecars"))
         return VerityState(present, problems=tuple(problems))
     try:
-        root_hash = read_root_hash(hash_path)
+        root_hash = signing.read_root_hash(hash_path)
     except VerityError as e:
         return VerityState(present, problems=(_problem(hash_path, "verity-root-hash", e),))
     data_blocks = None

@@ -1,7 +1,7 @@
 """Facts about systemd that verify checks units against, stored per systemd version.
 
 The data files beside this module are what systemd itself prints or ships in
-each Debian release the project tests on (tests/inspect/test_verify_data.py
+each Debian release the project tests on (tests/rules/test_verify_data.py
 compares them with the cached roots): ``data/<N>/directives.txt`` is
 ``systemd --dump-configuration-items`` of systemd N, ``data/<N>/profile/<NAME>.conf``
 is ``/usr/lib/systemd/portable/profile/<NAME>/service.conf``.

@@ -19,6 +19,9 @@ UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/sys
 # where our builds put the units (and the drop-ins merged into them)
 BUILD_UNIT_DIR = "/etc/systemd/system"
 OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")
+# not portabled's but our own: where our builds record the closure (what pulled each path
+# in, the units given), read back by inspect, size and verify
+CLOSURE_RECORD_PATH = "/usr/lib/portable-service/closure.json"
 
 # mounted afresh in the unit's root at start (API file systems, MountAPIVFS='s /run, the
 # private /tmp): they must exist in a read-only image, and what is in them does not matter

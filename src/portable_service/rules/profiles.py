@@ -10,25 +10,23 @@ from __future__ import annotations
 
 from functools import cache
 
-from portable_service.builder.units import Unit, parse_unit_text
 from portable_service.rules import PROFILES, data_text
+from portable_service.rules.unitfile import assigned_values, read_unit_text
 
 DEFAULT_PROFILE = "default"
 
 
 @cache
-def profile_unit(version: int, profile: str) -> Unit:
-    """The profile's service.conf as a unit (section [Service]) for systemd ``version``."""
+def profile_sections(version: int, profile: str) -> dict[str, list[tuple[str, str]]]:
+    """The profile's service.conf read as a unit file (section [Service]) for ``version``."""
     if profile not in PROFILES:
         raise ValueError(f"unknown portable profile {profile!r}")
-    text = data_text(version, f"profile/{profile}.conf")
-    return Unit(name=f"{profile}.conf", text=text, origin=f"profile {profile} (systemd {version})",
-                sections=parse_unit_text(text))
+    return read_unit_text(data_text(version, f"profile/{profile}.conf")).sections
 
 
 def setting(version: int, profile: str, key: str) -> str | None:
     """The profile's last value of ``key`` in [Service], or None when it does not set it."""
-    values = profile_unit(version, profile).values("Service", key)
+    values = assigned_values(profile_sections(version, profile), "Service", key)
     return values[-1] if values else None
 
 

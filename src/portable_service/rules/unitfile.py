@@ -26,8 +26,7 @@ own words; :mod:`portable_service.builder.units` turns those into build errors.
 
 from __future__ import annotations
 
-import posixpath
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -533,7 +532,17 @@ def _decode(b: bytearray) -> str:
     return bytes(b).decode("utf-8", "surrogateescape")
 
 
-def exec_sections_of(unit_name: str) -> tuple[str, ...]:
-    """The sections of a unit type that hold ``Exec*=`` lines."""
-    return tuple(s for s in UNIT_SECTIONS.get(posixpath.splitext(unit_name)[1], ())
-                 if s in ("Service", "Socket", "Mount", "Swap"))
+def assigned_values(sections: Mapping[str, Sequence[tuple[str, str]]], section: str,
+                    key: str) -> list[str]:
+    """Every value of ``key`` in ``section``; an empty assignment resets the list, as systemd
+    does for list settings."""
+    out: list[str] = []
+    for k, v in sections.get(section, ()):
+        if k == key:
+            if v == "":
+                out.clear()
+            else:
+                out.append(v)
+    return out
+
+

@@ -14,9 +14,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from portable_service.errors import SpecError
 from portable_service.squashfs import format as fmt
-from portable_service.squashfs.errors import CorruptImageError, UnsupportedError
+from portable_service.squashfs.errors import CorruptImageError, OptionsError, UnsupportedError
 
 GZIP_STRATEGIES = {
     "default": zlib.Z_DEFAULT_STRATEGY, "filtered": zlib.Z_FILTERED,
@@ -94,7 +93,7 @@ class Compressor:
 # -- building one: from mksquashfs option strings (writer) or an image (reader)
 
 def from_options(name: str, options: tuple[str, ...], block_size: int) -> Compressor:
-    """A compressor from mksquashfs-style ``-X`` options; bad options are a SpecError."""
+    """A compressor from mksquashfs-style ``-X`` options; bad options are an OptionsError."""
     opts = _pairs(name, options)
 
     def take(flag: str) -> str | None:
@@ -107,7 +106,7 @@ def from_options(name: str, options: tuple[str, ...], block_size: int) -> Compre
         strategies = tuple(strat.split(",")) if strat else ()
         for s in strategies:
             if s not in GZIP_STRATEGIES:
-                raise SpecError(f"gzip -Xstrategy {s!r} is unknown",
+                raise OptionsError(f"gzip -Xstrategy {s!r} is unknown",
                                 f"use some of {', '.join(GZIP_STRATEGIES)}")
         c = Compressor(name, block_size, level=level, window=window, strategies=strategies)
     elif name == "xz":
@@ -116,7 +115,7 @@ def from_options(name: str, options: tuple[str, ...], block_size: int) -> Compre
         filters = tuple(bcj.split(",")) if bcj else ()
         for f in filters:
             if f not in XZ_FILTERS:
-                raise SpecError(f"xz -Xbcj filter {f!r} is unknown",
+                raise OptionsError(f"xz -Xbcj filter {f!r} is unknown",
                                 f"use some of {', '.join(XZ_FILTERS)}")
         c = Compressor(name, block_size, dict_size=dict_size, filters=filters)
     elif name == "zstd":
@@ -131,17 +130,17 @@ def from_options(name: str, options: tuple[str, ...], block_size: int) -> Compre
         _need(name)
         algorithm = take("-Xalgorithm") or "lzo1x_999"
         if algorithm not in LZO_WRITABLE:
-            raise SpecError(f"lzo -Xalgorithm {algorithm!r} is not offered by the native writer",
+            raise OptionsError(f"lzo -Xalgorithm {algorithm!r} is not offered by the native writer",
                             f"use {' or '.join(LZO_WRITABLE)}, or --writer mksquashfs")
         level = _int_opt(take("-Xcompression-level"), LZO_DEFAULT_LEVEL, 1, 9, name)
         if algorithm == "lzo1x_1":
             level = 0  # squashfs-tools records no level for the lzo1x_1 family
         c = Compressor(name, block_size, level=level, algorithm=algorithm)
     else:
-        raise SpecError(f"the native writer cannot write {name} images",
+        raise OptionsError(f"the native writer cannot write {name} images",
                         "use gzip, xz, zstd, lz4 or lzo, or --writer mksquashfs")
     if opts:
-        raise SpecError(f"{name} option {next(iter(opts))} is not supported by the native writer",
+        raise OptionsError(f"{name} option {next(iter(opts))} is not supported by the native writer",
                         "remove it, or use --writer mksquashfs")
     return c
 
@@ -170,7 +169,7 @@ def _pairs(name: str, options: tuple[str, ...]) -> dict[str, str]:
     while i < len(options):
         flag = options[i]
         if not flag.startswith("-X"):
-            raise SpecError(f"{name} option {flag!r} is not a -X option")
+            raise OptionsError(f"{name} option {flag!r} is not a -X option")
         value = ""
         if i + 1 < len(options) and not options[i + 1].startswith("-X"):
             value = options[i + 1]
@@ -184,7 +183,7 @@ def _int_opt(value: str | None, default: int, lo: int, hi: int, name: str) -> in
     if value is None:
         return default
     if not value.isdigit() or not lo <= int(value) <= hi:
-        raise SpecError(f"{name} option value {value!r} is out of range",
+        raise OptionsError(f"{name} option value {value!r} is out of range",
                         f"use a number from {lo} to {hi}")
     return int(value)
 
@@ -204,13 +203,13 @@ def _dict_size(value: str | None, block_size: int) -> int:
         else:
             n = int(v)
     except ValueError:
-        raise SpecError(f"xz -Xdict-size {value!r} is not a size",
+        raise OptionsError(f"xz -Xdict-size {value!r} is not a size",
                         "use e.g. 100%, 50% or 512K") from None
     # the kernel only takes 2^n or 2^n + 2^(n-1), up to the block size
     top = n.bit_length() - 1
     ok = n > 0 and (n == 1 << top or n == (1 << top) + (1 << (top - 1)))
     if not ok or n < min(8192, block_size) or n > block_size:
-        raise SpecError(f"xz -Xdict-size {value!r} gives {n} bytes",
+        raise OptionsError(f"xz -Xdict-size {value!r} gives {n} bytes",
                         "use a power of two (or 1.5 times one) up to the block size")
     return n
 
@@ -240,7 +239,7 @@ def install_hint(name: str) -> str:
 
 def _need(name: str) -> None:
     if not readable(name):
-        raise SpecError(f"{name} compression needs the Python package {_MODULES[name][1]}",
+        raise OptionsError(f"{name} compression needs the Python package {_MODULES[name][1]}",
                         f"{install_hint(name)}, or choose gzip or xz")
 
 

@@ -72,7 +72,6 @@ class BlockProcessor:
         self.fragment_table: list[tuple[int, int]] = []  # (start, size word) per fragment block
         self.fragment_count = 0  # fragment blocks started; the current one has this index
         self._zero = bytes(block_size)
-        self.bytes_in = 0
 
     # -- one file
 
@@ -113,7 +112,6 @@ class BlockProcessor:
         if src.more(size):
             raise InputError(f"{name} grew while the image was written",
                              "build again when it is no longer being written to")
-        self.bytes_in += size
         return fd
 
     def _submit_block(self, fd: FileData, i: int, block: bytes | None, length: int,

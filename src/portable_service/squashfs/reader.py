@@ -4,7 +4,7 @@ It reads images made by mksquashfs as well as by our writer, and treats
 every image as hostile: offsets are checked against the image and its
 tables, counts and sizes against sane limits, every metadata read moves
 forward, and a directory met twice while walking is reported as a cycle.
-Any problem becomes one :class:`~portable_service.errors.ImageError`.
+Any problem becomes one :class:`~portable_service.squashfs.errors.SquashfsError`.
 """
 
 from __future__ import annotations
@@ -194,7 +194,6 @@ class SquashfsImage:
         self._tables = MetadataReader(self._read_at, self.compressor, fmt.SUPERBLOCK_SIZE,
                                       sb.bytes_used, "lookup tables")
         self._ids = self._read_ids()
-        self._fragments: dict[int, tuple[int, int]] = {}
         self._listings: OrderedDict[int, list[fmt.DirEntry]] = OrderedDict()
         self._cached_entries = 0
         self._frag_cache: OrderedDict[int, bytes] = OrderedDict()

@@ -15,7 +15,6 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from conftest import require, require_tool
 from portable_service.builder.repo import unpack
 from portable_service.builder.repo.apt import RepositoryError
 from portable_service.builder.repo.lock import (
@@ -28,6 +27,7 @@ from portable_service.builder.repo.lock import (
     parse_lock,
     read_lock,
 )
+from tests.conftest import require, require_tool
 
 CACHE = Path("/var/cache/portable-service/pinned")
 REPO_BOOKWORM = Repository("debian", "http://deb.debian.org/debian", "bookworm", "bookworm", "12.8",

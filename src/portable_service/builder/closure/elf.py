@@ -591,7 +591,6 @@ class Lookup:
     name: str
     found: Found | None
     searched: tuple[str, ...]  # the folders tried, for messages
-    new_object: bool = True  # False when the file found was already loaded under another name
 
 
 @dataclass(frozen=True)
@@ -725,7 +724,7 @@ class Loader:
                 first = found.paths[0]
                 key = files.ident(first) or first
                 new = key not in idents
-                lookups.append(Lookup(obj.path, name, found, searched, new))
+                lookups.append(Lookup(obj.path, name, found, searched))
                 if not new:
                     continue  # the same file under another name: loaded once
                 idents.add(key)

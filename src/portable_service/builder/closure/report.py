@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from portable_service.builder.closure import Closure, Node, host_spelling
+from portable_service.builder.closure.walk import resolve
 from portable_service.builder.spec import Spec
+from portable_service.builder.units import load_units
 from portable_service.errors import SpecError
 from portable_service.progress import human
 
@@ -86,9 +88,6 @@ def why_lines(closure: Closure, path: PurePosixPath) -> list[str] | None:
 
 def why_report(spec: Spec, path: str) -> tuple[list[str], bool]:
     """Resolve the spec's closure and explain ``path``: (lines to print, whether it is in it)."""
-    from portable_service.builder.closure import resolve
-    from portable_service.builder.units import load_units
-
     if not path.startswith("/"):
         raise SpecError(f"path {path!r} is not absolute", f"give the image path, e.g. /{path}")
     if spec.release is not None:  # a pinned build: the closure of its private root

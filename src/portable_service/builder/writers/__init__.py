@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from portable_service.builder.spec import Spec
-from portable_service.builder.writers.options import PackOptions
+from portable_service.builder.writers.options import Compression, PackOptions
 from portable_service.fs.tree import ImageTree
 from portable_service.progress import Reporter
 
@@ -24,35 +23,34 @@ class Writer(Protocol):
         """Write the whole image to ``out`` (an existing, empty file)."""
 
 
-def select_writer(spec: Spec) -> Writer:
-    """``auto`` takes mksquashfs when it is installed (or named), else the native writer."""
+def select_writer(writer: str, squashfs_tools: Path | None = None, *, seed: str = "",
+                  compression: Compression | None = None) -> Writer:
+    """The spec's ``writer``: ``auto`` takes mksquashfs when it is installed (or named with
+    ``squashfs_tools``), else the native writer. erofs takes ``seed`` (the image name) for its
+    fixed UUID, and refuses a ``compression`` its mkfs.erofs lacks before any work is done."""
     from portable_service.builder.writers.mksquashfs import MksquashfsWriter
     from portable_service.errors import ToolError
 
-    if spec.writer == "mksquashfs":
-        return MksquashfsWriter.find(spec.squashfs_tools)
-    if spec.writer == "native":
+    if writer == "mksquashfs":
+        return MksquashfsWriter.find(squashfs_tools)
+    if writer == "native":
         return _native()
-    if spec.writer == "erofs":
+    if writer == "erofs":
         from portable_service.builder.writers.erofs import ErofsWriter
 
-        erofs = ErofsWriter.find(seed=spec.image_name)
-        erofs.compression_for(spec.squash_compression)  # refused before any work is done
+        erofs = ErofsWriter.find(seed=seed)
+        if compression is not None:
+            erofs.compression_for(str(compression))
         return erofs
     try:
-        return MksquashfsWriter.find(spec.squashfs_tools)
+        return MksquashfsWriter.find(squashfs_tools)
     except ToolError:
-        if spec.squashfs_tools is not None:
+        if squashfs_tools is not None:
             raise
         return _native()
 
 
 def _native() -> Writer:
-    from portable_service.errors import ToolError
+    from portable_service.builder.writers.native import NativeWriter
 
-    try:
-        from portable_service.builder.writers.native import NativeWriter
-    except ImportError:
-        raise ToolError("the native squashfs writer is not part of this installation",
-                        "install mksquashfs: apt-get install squashfs-tools") from None
     return NativeWriter()

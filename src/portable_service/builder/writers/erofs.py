@@ -21,8 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from portable_service.builder.spec import DEFAULT_COMPRESSION
-from portable_service.builder.writers.options import Compression, PackOptions
+from portable_service.builder.writers.options import DEFAULT_COMPRESSION, Compression, PackOptions
 from portable_service.errors import SpecError, ToolError
 from portable_service.fs.tree import ImageTree, Kind
 from portable_service.progress import Reporter

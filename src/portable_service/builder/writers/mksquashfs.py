@@ -14,7 +14,6 @@ import os
 import pty
 import re
 import struct
-import subprocess
 import tarfile
 import termios
 import threading
@@ -26,7 +25,7 @@ from portable_service.builder.writers.options import PackOptions
 from portable_service.errors import ToolError
 from portable_service.fs.tree import Entry, ImageTree, Kind
 from portable_service.progress import Reporter
-from portable_service.run import find_tool, interrupts_held, log, tool_message
+from portable_service.run import PIPE, find_tool, output_message, run, spawn
 
 MIN_VERSION = (4, 5)  # -tar, -root-mode and SOURCE_DATE_EPOCH arrived in 4.5
 
@@ -59,61 +58,55 @@ class MksquashfsWriter:
 
     def write(self, tree: ImageTree, out: Path, options: PackOptions, reporter: Reporter) -> None:
         # SOURCE_DATE_EPOCH fixes the filesystem time; inode times come from the tar.
-        env = {**os.environ, "SOURCE_DATE_EPOCH": str(options.mtime), "LC_ALL": "C.UTF-8"}
-        cmd = self.command(out, options)
-        log.debug("+ %s", " ".join(cmd))
+        env = {"SOURCE_DATE_EPOCH": str(options.mtime)}
         # read mksquashfs' output while we feed it, so a full pipe cannot stall either side
         captured: dict[str, bytes] = {}
         readers: list[threading.Thread] = []
-        proc: subprocess.Popen[bytes] | None = None
-        # an interrupt at any point from here on must not leave mksquashfs running: one
-        # held during Popen is delivered inside this try, once proc is known
+        # stdout on a pseudo-terminal: mksquashfs' stdio buffers a pipe until it exits, and
+        # its progress bar is the only measure of the work it has done
+        master, slave = _progress_channel()
         try:
-            # stdout on a pseudo-terminal: mksquashfs' stdio buffers a pipe until it exits,
-            # and its progress bar is the only measure of the work it has done
-            master, slave = _progress_channel()
-            try:
-                with interrupts_held():
-                    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=slave,
-                                            stderr=subprocess.PIPE, env=env)
-            except BaseException:
-                os.close(master)
-                raise
-            finally:
+            # spawn() kills mksquashfs if we leave the block early (an error, an interrupt)
+            with spawn(self.command(out, options), env=env, stdin=PIPE, stdout=slave,
+                       stderr=PIPE) as proc:
                 os.close(slave)
-            assert proc.stdin is not None and proc.stderr is not None
-            counter = ProgressReader(tree, options.block_size, reporter)
-            for target in (lambda: captured.__setitem__("stdout", counter.read(master)),
-                           lambda s=proc.stderr: captured.__setitem__("stderr", s.read())):
-                readers.append(threading.Thread(target=target, daemon=True))
-                readers[-1].start()
-            try:
-                with reporter.bytes_bar("compressing", tree.total_size()):
-                    write_tar(tree, proc.stdin, options.mtime)
+                slave = -1
+                assert proc.stdin is not None and proc.stderr is not None
+                counter = ProgressReader(tree, options.block_size, reporter)
+                for target in (lambda: captured.__setitem__("stdout", counter.read(master)),
+                               lambda s=proc.stderr: captured.__setitem__("stderr", s.read())):
+                    readers.append(threading.Thread(target=target, daemon=True))
+                    readers[-1].start()
+                try:
+                    try:
+                        with reporter.bytes_bar("compressing", tree.total_size()):
+                            write_tar(tree, proc.stdin, options.mtime)
+                            with contextlib.suppress(BrokenPipeError):
+                                proc.stdin.close()
+                            proc.wait()
+                            for reader in readers:
+                                reader.join()
+                    except BrokenPipeError:
+                        pass  # mksquashfs stopped early: its own message says why
+                    except OSError as e:  # a source went away or became unreadable since the layout
+                        raise ToolError(f"cannot read {e.filename}: {e.strerror} (it changed "
+                                        "while the image was written?)",
+                                        "build again when it is in place and readable") from None
                     with contextlib.suppress(BrokenPipeError):
                         proc.stdin.close()
-                    proc.wait()
+                    rc = proc.wait()
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()  # before joining: its pipes close only when it is gone
+                        proc.wait()
                     for reader in readers:
                         reader.join()
-            except BrokenPipeError:
-                pass  # mksquashfs stopped early: its own message says why
-            except OSError as e:  # a source went away or became unreadable since the layout
-                raise ToolError(f"cannot read {e.filename}: {e.strerror} (it changed while the "
-                                "image was written?)",
-                                "build again when it is in place and readable") from None
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.close()
-            rc = proc.wait()
         finally:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for reader in readers:
-                reader.join()
+            if slave >= 0:
+                os.close(slave)
         if rc != 0:
-            done = subprocess.CompletedProcess(cmd, rc, captured.get("stdout"),
-                                               captured.get("stderr"))
-            raise ToolError(f"mksquashfs failed (exit {rc}): {tool_message(done)}",
+            raise ToolError(f"mksquashfs failed (exit {rc}): "
+                            f"{output_message(captured.get('stdout'), captured.get('stderr'))}",
                             "fix what it names (often squash-compression), or try --writer native")
 
 
@@ -233,11 +226,7 @@ class ProgressReader:
 
 
 def mksquashfs_version(binary: Path) -> tuple[int, ...]:
-    try:
-        out = subprocess.run([str(binary), "-version"], capture_output=True, timeout=30,
-                             check=False).stdout.decode(errors="replace")
-    except OSError as e:
-        raise ToolError(f"cannot run {binary}: {e.strerror}", "check that it is executable") from None
+    out = run([binary, "-version"], timeout=30, check=False).stdout.decode(errors="replace")
     for word in out.split():
         parts = word.split(".")
         if len(parts) >= 2 and all(p.isdigit() for p in parts[:2]):

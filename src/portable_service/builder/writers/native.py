@@ -11,10 +11,11 @@ import os
 from pathlib import Path
 
 from portable_service.builder.writers.options import PackOptions
+from portable_service.errors import TreeError
+from portable_service.fs.errors import squashfs_errors
 from portable_service.fs.tree import Entry, ImageTree, Kind
 from portable_service.progress import Reporter
 from portable_service.squashfs.compressor import from_options
-from portable_service.squashfs.errors import InputError
 from portable_service.squashfs.writer import Node, WriterOptions, write_image
 
 
@@ -32,7 +33,7 @@ def node_of(entry: Entry, mtime: int) -> Node:
     try:
         size = entry.size
     except OSError as e:
-        raise InputError(f"cannot read {entry.source} for {entry.path}: {e.strerror}",
+        raise TreeError(f"cannot read {entry.source} for {entry.path}: {e.strerror}",
                          "check that it exists and is readable") from None
     return Node(parts, "file", entry.mode, mtime=mtime, size=size, opener=entry.open,
                 xattrs=entry.xattrs)
@@ -45,10 +46,11 @@ class NativeWriter:
         self.workers = workers
 
     def write(self, tree: ImageTree, out: Path, options: PackOptions, reporter: Reporter) -> None:
-        compressor = from_options(options.compression.name, options.compression.options,
-                                  options.block_size)
+        with squashfs_errors():
+            compressor = from_options(options.compression.name, options.compression.options,
+                                      options.block_size)
         opts = WriterOptions(compressor, options.block_size, options.mtime, self.workers)
         nodes = tree_nodes(tree, options.mtime)
-        with open(out, "wb", buffering=1 << 20) as f, \
+        with open(out, "wb", buffering=1 << 20) as f, squashfs_errors(), \
                 reporter.bytes_bar("compressing", sum(n.size for n in nodes)):
             write_image(nodes, f, opts, reporter.advance)

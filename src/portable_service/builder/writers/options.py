@@ -22,16 +22,12 @@ class Compression:
     name: str
     options: tuple[str, ...] = ()
 
+    def __str__(self) -> str:
+        """As written in a spec: ``xz -Xdict-size 100%``."""
+        return shlex.join([self.name, *self.options])
+
     def mksquashfs_args(self) -> list[str]:
         return ["-comp", self.name, *self.options]
-
-    def option(self, flag: str) -> str | None:
-        """The value following ``flag``, or '' for a flag without value, or None if absent."""
-        for i, opt in enumerate(self.options):
-            if opt == flag:
-                nxt = self.options[i + 1] if i + 1 < len(self.options) else ""
-                return "" if nxt.startswith("-X") else nxt
-        return None
 
 
 @dataclass(frozen=True)
@@ -41,7 +37,12 @@ class PackOptions:
     mtime: int  # every inode's time and the filesystem's, from SOURCE_DATE_EPOCH
 
 
-def parse_compression(text: str) -> Compression:
+DEFAULT_COMPRESSION = "xz -Xdict-size 100%"  # the spec's default, as written
+
+
+def split_compression(text: str) -> Compression:
+    """The compressor's name and options as written (``xz -Xdict-size 100%``); which ones are
+    valid depends on the writer (:func:`check_squashfs_compression`, erofs' own check)."""
     try:
         words = shlex.split(text)
     except ValueError as e:
@@ -49,6 +50,12 @@ def parse_compression(text: str) -> Compression:
     if not words:
         raise SpecError("squash-compression is empty", f"use one of: {', '.join(COMPRESSORS)}")
     name, *options = words
+    return Compression(name, tuple(options))
+
+
+def check_squashfs_compression(compression: Compression) -> Compression:
+    """A compressor the kernel's squashfs mounts, with mksquashfs ``-X`` options only."""
+    name = compression.name
     if name in UNMOUNTABLE:
         raise SpecError(f"squash-compression {name}: the kernel's squashfs cannot mount {name} "
                         "images, so portabled would refuse the image ('lacks os-release data')",
@@ -58,16 +65,25 @@ def parse_compression(text: str) -> Compression:
             f"squash-compression: unknown compressor {name!r}",
             f"use one of: {', '.join(COMPRESSORS)}",
         )
-    for opt in options:
+    for opt in compression.options:
         if opt.startswith("-") and not opt.startswith("-X"):
             raise SpecError(
                 f"squash-compression option {opt!r} is not a compressor option",
                 "only -X options belong here, e.g. 'xz -Xdict-size 100%'",
             )
-    return Compression(name, tuple(options))
+    return compression
+
+
+def parse_compression(text: str) -> Compression:
+    return check_squashfs_compression(split_compression(text))
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KkMm]?)\s*$")
+
+
+def block_size_text(n: int) -> str:
+    """A block size as written in a spec: ``1M``, ``128K``."""
+    return f"{n >> 20}M" if n >= 1 << 20 else f"{n >> 10}K"
 
 
 def parse_block_size(text: str | int) -> int:
