@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from portable_service.builder.pipeline import build_image
+from portable_service.api import build_image
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.deploy import hostconfig
 from portable_service.deploy.publish import Signer, publish

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from portable_service.builder.pipeline import build_image
+from portable_service.api import build_image
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.deploy.descriptor import attach_commands, load_descriptor
 from portable_service.deploy.predict import predict, reattach_commands

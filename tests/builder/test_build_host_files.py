@@ -21,12 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from portable_service.builder.pipeline import (
-    plan,
-    remove_stale_temporaries,
-    temporary_pid,
-    write_atomically,
-)
+from portable_service.builder.atomic import remove_stale_temporaries, temporary_pid, write_atomically
+from portable_service.builder.pipeline import plan
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.errors import TreeError
 from portable_service.progress import QUIET

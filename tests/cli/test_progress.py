@@ -169,7 +169,7 @@ def test_no_pseudo_terminal_still_builds(tmp_path: Path, monkeypatch: pytest.Mon
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """Where no pty can be had, mksquashfs writes to a pipe: the bar reaches its end at once."""
     require_tool("mksquashfs")
-    from portable_service.builder.pipeline import build_image
+    from portable_service.api import build_image
     from portable_service.builder.spec import spec_from_mapping
     from portable_service.builder.writers import mksquashfs
 

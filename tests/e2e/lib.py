@@ -10,8 +10,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from portable_service.builder.atomic import write_atomically
 from portable_service.builder.pipeline import plan as plan_build
-from portable_service.builder.pipeline import write_atomically
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.harness.nspawn import Container
 from portable_service.progress import QUIET

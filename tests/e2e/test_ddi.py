@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
+from portable_service.builder.atomic import write_atomically
 from portable_service.builder.ddi import protect, seed_of, write_ddi_image
 from portable_service.builder.pipeline import plan as plan_build
-from portable_service.builder.pipeline import write_atomically
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.builder.writers.erofs import stage
 from portable_service.disk import ddi, gpt
@@ -74,7 +74,8 @@ def build_ddi(out_dir: Path, values: Mapping[str, Any]) -> Path:
     plan = plan_build(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / spec.image_name
-    write_atomically(out, lambda tmp: write_ddi_image(plan, tmp, QUIET))
+    write_atomically(out, lambda tmp: write_ddi_image(
+        spec, lambda fs: plan.writer.write(plan.tree, fs, plan.options, QUIET), tmp, QUIET))
     return out
 
 

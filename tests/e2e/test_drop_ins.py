@@ -7,8 +7,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from portable_service.builder.atomic import write_atomically
 from portable_service.builder.pipeline import plan as plan_build
-from portable_service.builder.pipeline import write_atomically
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.progress import QUIET
 from tests.e2e.lib import attached, build_image, tcp_get

@@ -174,8 +174,8 @@ def test_a_package_unit_in_the_image_would_be_attached(container, tmp_path):
     tree). portabled attaches it next to the spec's unit (prefix "redis")."""
     from pathlib import PurePosixPath
 
+    from portable_service.builder.atomic import write_atomically
     from portable_service.builder.pipeline import plan as plan_build
-    from portable_service.builder.pipeline import write_atomically
     from portable_service.builder.spec import load_spec
     from portable_service.progress import QUIET
 

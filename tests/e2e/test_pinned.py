@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from portable_service.builder.pipeline import build_image
+from portable_service.api import build_image
 from portable_service.builder.spec import load_spec
 from tests.e2e.lib import attached
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from portable_service.builder.atomic import write_atomically
 from portable_service.builder.pipeline import plan as plan_build
-from portable_service.builder.pipeline import write_atomically
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.fs.views import IndexedFS, open_image
 from portable_service.harness import nspawn

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from portable_service.builder.pipeline import build_image
+from portable_service.api import build_image
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.disk import verity
 from portable_service.harness import nspawn, roots

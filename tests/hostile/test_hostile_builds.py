@@ -69,7 +69,8 @@ def test_program_by_another_spelling_is_found(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("writer", ["mksquashfs", "native"])
 def test_a_file_deleted_during_the_build_fails_it(tmp_path: Path, writer: str) -> None:
-    from portable_service.builder.pipeline import plan, write_atomically
+    from portable_service.builder.atomic import write_atomically
+    from portable_service.builder.pipeline import plan
     from portable_service.builder.spec import spec_from_mapping
     from portable_service.errors import PortableServiceError
     from portable_service.progress import QUIET
