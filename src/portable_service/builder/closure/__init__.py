@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import filecmp
 import fnmatch
+import functools
 import os
 import stat
 from collections import deque
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-from portable_service.builder.spec import Spec
+from portable_service.builder.spec import Content, Spec
 from portable_service.builder.units import Unit, environment_files, exec_programs
 from portable_service.errors import ClosureError, TreeError
 from portable_service.rules import portabled
@@ -147,20 +148,50 @@ class Context:
 
     def host_of(self, image: str) -> str:
         """The host file behind an image path: contents moved with { source, target } map back."""
-        p = PurePosixPath(image)
-        for c in self.spec.contents:
-            if c.target == p or c.target in p.parents:
-                return str(c.source / p.relative_to(c.target))
+        p = _plain(image)
+        for source, target in _moves(self.spec.contents):
+            if within(p, target):
+                return rebase(p, target, source)
         return image
+
+
+def within(path: str, root: str) -> bool:
+    """``path`` is ``root`` or lies below it (both plain absolute paths, as str).
+
+    The string form of ``PurePosixPath(root) in PurePosixPath(path).parents``: the
+    closure asks it for every path, where pathlib's objects cost more than the rest.
+    """
+    return path == root or path.startswith(root if root == "/" else root + "/")
+
+
+def rebase(path: str, old: str, new: str) -> str:
+    """``path`` (``old`` or below it) moved from ``old`` to ``new``, as pathlib would spell it."""
+    if path == old:
+        return new
+    rest = path[len(old):] if old != "/" else path
+    return rest if new == "/" else new + rest
+
+
+def _plain(path: str) -> str:
+    """``path`` as ``str(PurePosixPath(path))``, without the object when it is already so."""
+    if "//" in path or "/./" in path or (path.endswith(("/.", "/")) and path != "/"):
+        return str(PurePosixPath(path))
+    return path
+
+
+@functools.lru_cache(maxsize=16)
+def _moves(contents: tuple[Content, ...]) -> tuple[tuple[str, str], ...]:
+    """(source, target) of every content as plain strings, in the spec's order."""
+    return tuple((str(c.source), str(c.target)) for c in contents)
 
 
 def relocation(spec: Spec, node: Node) -> tuple[Path, PurePosixPath] | None:
     """(source, target) of the ``{ source, target }`` content ``node`` was moved with, if any."""
-    if PurePosixPath(node.host) == node.image:
+    host, image = str(node.host), str(node.image)
+    if host == image:
         return None
-    for c in spec.contents:
-        if (c.source == node.host or c.source in node.host.parents) and \
-                node.image == c.target / node.host.relative_to(c.source):
+    for c, (source, target) in zip(spec.contents, _moves(spec.contents), strict=True):
+        if within(host, source) and image == rebase(host, source, target):
             return c.source, c.target
     return None
 
@@ -177,19 +208,19 @@ def image_link(spec: Spec, node: Node) -> str:
     if moved is None:
         return text
     source, target = moved
-    meant = PurePosixPath(os.path.normpath(os.path.join(node.host.parent, text)))
-    sources = {PurePosixPath(source), PurePosixPath(os.path.realpath(source))}
-    inside = next((s for s in sources if meant == s or s in meant.parents), None)
+    meant = os.path.normpath(os.path.join(str(node.host.parent), text))
+    inside = next((s for s in (str(source), os.path.realpath(source)) if within(meant, s)), None)
     if inside is None:
-        return str(meant)
-    there = target / meant.relative_to(inside)
+        return meant
+    there = rebase(meant, inside, str(target))
     if text.startswith("/"):
-        return str(there)
+        return there
     # a relative link that stays within the tree means the same after the move; one that
     # climbs out of it and back in (../src/y) is rewritten to reach the same file
-    if PurePosixPath(os.path.normpath(os.path.join(node.image.parent, text))) == there:
+    image_parent = str(node.image.parent)
+    if os.path.normpath(os.path.join(image_parent, text)) == there:
         return text
-    return os.path.relpath(there, node.image.parent)
+    return os.path.relpath(there, image_parent)
 
 
 def present(path: os.PathLike[str] | str, ctx: Context) -> bool:
@@ -352,7 +383,7 @@ def relocated_link_resolver(ctx: Context) -> Resolver:
 
     @follows_executed
     def resolve(node: Node) -> Iterator[Node]:
-        if PurePosixPath(node.host) == node.image or not node.host.is_symlink():
+        if str(node.host) == str(node.image) or not node.host.is_symlink():
             return
         moved = relocation(ctx.spec, node)
         if moved is None:
