@@ -335,15 +335,15 @@ CLOSURE_RECORD = P("/usr/lib/portable-service/closure.json")
 
 
 def add_closure_record(tree: ImageTree, closure: Closure, units: Sequence[Unit] = ()) -> None:
-    folders: dict[PurePosixPath, str] = {}  # every entry of a folder shares its answer
+    folders: dict[str, str] = {}  # every entry of a folder shares its answer
 
     def placed(path: PurePosixPath) -> str:
-        parent = path.parent
-        real = folders.get(parent)
+        folder, _, name = str(path).rpartition("/")
+        real = folders.get(folder)
         if real is None:
-            found = resolve_in(tree, parent)
-            real = folders[parent] = str(found or parent)
-        return posixpath.join(real, path.name)
+            found = resolve_in(tree, P(folder or "/"))
+            real = folders[folder] = str(found) if found is not None else folder or "/"
+        return posixpath.join(real, name)
 
     roots = [{"path": placed(n.image), "reason": n.reason} for n in closure if n.parent is None]
     parents = {placed(n.image): placed(n.parent) for n in closure if n.parent is not None}

@@ -156,6 +156,9 @@ class ImageTree:
                 del self._entries[p]
 
     def _ensure_parents(self, path: PurePosixPath, origin: str) -> None:
+        old = self._entries.get(path.parent)
+        if old is not None and old.kind is Kind.DIR:
+            return  # the usual case: its own parents came with it
         for parent in reversed(path.parents):
             old = self._entries.get(parent)
             if old is None:

@@ -116,6 +116,11 @@ class BlockProcessor:
         self.bytes_in += size
         return fd
 
+    def add_bytes(self, data: bytes, name: str,
+                  progress: Callable[[int], None] | None = None) -> FileData:
+        """A file whose bytes are already in memory (read whole, see the writer)."""
+        return self.add_file(io.BytesIO(data), len(data), name, progress)
+
     def _submit_block(self, fd: FileData, i: int, block: bytes | None, length: int,
                       first: bool) -> None:
         fd.blocks.append(0)

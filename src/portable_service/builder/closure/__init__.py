@@ -25,13 +25,13 @@ from __future__ import annotations
 import errno
 import filecmp
 import fnmatch
-import functools
 import os
 import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from portable_service.builder.spec import Content, Spec
 from portable_service.builder.units import Unit, environment_files, exec_programs
@@ -129,8 +129,11 @@ class Context:
 
     def runs(self, image: PurePosixPath) -> bool:
         """Whether a unit executes the file at ``image`` (spelled any way the host allows)."""
-        return bool(self.executed) and (image in self.executed
-                                        or self.spelling(image) in self.executed)
+        if not self.executed:
+            return False
+        name = image.name  # a few paths are run: most names match none of them
+        return any(p.name == name for p in self.executed) and (
+            image in self.executed or self.spelling(image) in self.executed)
 
     def excluded(self, image: PurePosixPath) -> bool:
         """``exclude`` matches the path as the image shows it (host folder links resolved,
@@ -179,10 +182,19 @@ def _plain(path: str) -> str:
     return path
 
 
-@functools.lru_cache(maxsize=16)
 def _moves(contents: tuple[Content, ...]) -> tuple[tuple[str, str], ...]:
-    """(source, target) of every content as plain strings, in the spec's order."""
-    return tuple((str(c.source), str(c.target)) for c in contents)
+    """(source, target) of every content as plain strings, in the spec's order.
+
+    Remembered for the last spec's contents, by identity: hashing the contents (every
+    Path in them) would cost more than the answer saves.
+    """
+    if _MOVES[0] is not contents:
+        _MOVES[:] = [contents, tuple((str(c.source), str(c.target)) for c in contents)]
+    moves: tuple[tuple[str, str], ...] = _MOVES[1]
+    return moves
+
+
+_MOVES: list[Any] = [None, ()]
 
 
 def relocation(spec: Spec, node: Node) -> tuple[Path, PurePosixPath] | None:
@@ -205,11 +217,17 @@ def image_link(spec: Spec, node: Node) -> str:
     """
     text = os.readlink(node.host)
     moved = relocation(spec, node)
-    if moved is None:
-        return text
+    return text if moved is None else _moved_link(node, text, moved)
+
+
+def _moved_link(node: Node, text: str, moved: tuple[Path, PurePosixPath]) -> str:
+    """:func:`image_link` of a link that was moved, from its host text."""
     source, target = moved
-    meant = os.path.normpath(os.path.join(str(node.host.parent), text))
-    inside = next((s for s in (str(source), os.path.realpath(source)) if within(meant, s)), None)
+    meant = os.path.normpath(os.path.join(os.path.dirname(node.host), text))
+    inside: str | None = str(source)
+    if not within(meant, str(source)):  # the host's own spelling of source, only when needed
+        real = os.path.realpath(source)
+        inside = real if within(meant, real) else None
     if inside is None:
         return meant
     there = rebase(meant, inside, str(target))
@@ -346,7 +364,7 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
 
 def folder_resolver(node: Node) -> Iterator[Node]:
     """A folder brings every entry in it (symlinks stay links; they are not followed here)."""
-    if node.package is not None or node.host.is_symlink() or not node.host.is_dir():
+    if node.package is not None or not _is_dir(node.host):
         return
     try:
         names = sorted(os.listdir(node.host), key=os.fsencode)
@@ -356,6 +374,14 @@ def folder_resolver(node: Node) -> Iterator[Node]:
         yield Node(node.image / name, node.host / name, "in folder", node.image)
 
 
+def _is_dir(path: Path) -> bool:
+    """A folder itself, not a link to one (``not is_symlink() and is_dir()``, one lstat)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 @follows_executed
 def symlink_resolver(node: Node) -> Iterator[Node]:
     """A symlink at its host path brings its target, so the chain resolves inside the image.
@@ -363,7 +389,7 @@ def symlink_resolver(node: Node) -> Iterator[Node]:
     The target is executed when the link is (a unit running /usr/bin/python3 runs
     python3.11), data otherwise.
     """
-    if node.image != PurePosixPath(node.host) or not node.host.is_symlink():
+    if str(node.image) != str(node.host) or not os.path.islink(node.host):
         return
     target = os.readlink(node.host)
     resolved = PurePosixPath(os.path.normpath(os.path.join(node.host.parent, target)))
@@ -383,27 +409,30 @@ def relocated_link_resolver(ctx: Context) -> Resolver:
 
     @follows_executed
     def resolve(node: Node) -> Iterator[Node]:
-        if str(node.host) == str(node.image) or not node.host.is_symlink():
+        host = str(node.host)
+        if host == str(node.image) or not os.path.islink(host):
             return
         moved = relocation(ctx.spec, node)
         if moved is None:
             return
-        text = os.readlink(node.host)
-        meant = PurePosixPath(os.path.normpath(os.path.join(node.host.parent, text)))
-        in_image = PurePosixPath(os.path.normpath(os.path.join(node.image.parent,
-                                                               image_link(ctx.spec, node))))
-        if not os.path.lexists(ctx.host_of(str(in_image))):
+        # plain strings until a node is made: this runs for every link of a moved tree
+        text = os.readlink(host)
+        meant = os.path.normpath(os.path.join(os.path.dirname(host), text))
+        in_image = os.path.normpath(os.path.join(os.path.dirname(node.image),
+                                                 _moved_link(node, text, moved)))
+        in_image_host = ctx.host_of(in_image)
+        if not os.path.lexists(in_image_host):
             ctx.closure.warnings.append(
                 f"symlink {node.host} (placed at {node.image}) points to {text}, which does "
                 "not exist: it dangles in the image")
             return
-        if in_image == meant and ctx.host_of(str(meant)) == str(meant):
+        if in_image == meant and ctx.host_of(meant) == meant:
             # outside the moved tree: the host path it names must be in the image too
-            yield Node(meant, Path(meant), f"symlink target of {node.image}", node.image,
-                       executed=node.executed)
+            yield Node(PurePosixPath(meant), Path(meant), f"symlink target of {node.image}",
+                       node.image, executed=node.executed)
         elif node.executed:
             # inside the moved tree: already there as a folder entry, but now it is run
-            yield Node(in_image, Path(ctx.host_of(str(in_image))),
+            yield Node(PurePosixPath(in_image), Path(in_image_host),
                        f"symlink target of {node.image}", node.image, executed=True)
 
     return resolve
