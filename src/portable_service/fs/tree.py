@@ -55,7 +55,7 @@ class Entry:
             return len(self.data)
         assert self.source is not None
         try:
-            return self.source.stat().st_size
+            return os.stat(self.source).st_size
         except OSError as e:
             raise TreeError(f"cannot read {self.source} (for {self.path}): {e.strerror}",
                             "run the build as root, make it readable (chmod), or exclude it"

@@ -16,7 +16,6 @@ import os
 import stat as stat_mod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
 from portable_service.squashfs import format as fmt
@@ -401,7 +400,7 @@ def _duplicates(tree: _Tree) -> dict[object, object]:
     return out
 
 
-def _open_binary(path: Path) -> BinaryIO:
+def _open_binary(path: str) -> BinaryIO:
     return open(path, "rb")
 
 
@@ -410,32 +409,32 @@ def nodes_from_directory(root: str | os.PathLike[str], *, mtime: int | None = No
     """The nodes of a host directory, as mksquashfs would take it.
 
     Device nodes, fifos and sockets are refused. Hard links become shared
-    inodes; extended attributes squashfs can store are kept.
+    inodes; extended attributes squashfs can store are kept. Paths are plain
+    strings and each entry costs one lstat (and one listxattr): this walk is per entry.
     """
-    base = Path(root)
     nodes: list[Node] = []
 
-    def node_of(path: Path, parts: Path_) -> Node:
-        st = path.lstat()
-        kind = ("dir" if stat_mod.S_ISDIR(st.st_mode) else "file" if stat_mod.S_ISREG(st.st_mode)
-                else "symlink" if stat_mod.S_ISLNK(st.st_mode) else _odd_kind(st.st_mode))
-        make = functools.partial(
-            Node, parts, kind, stat_mod.S_IMODE(st.st_mode),
-            uid=0 if all_root else st.st_uid, gid=0 if all_root else st.st_gid,
-            mtime=int(st.st_mtime) if mtime is None else mtime, xattrs=_host_xattrs(path))
-        if kind == "dir" and not parts:
-            return make()
+    def node_of(path: str, parts: Path_) -> Node:
+        st = os.lstat(path)
+        mode = st.st_mode
+        kind = ("dir" if stat_mod.S_ISDIR(mode) else "file" if stat_mod.S_ISREG(mode)
+                else "symlink" if stat_mod.S_ISLNK(mode) else _odd_kind(mode))
+        if kind not in ("dir", "file", "symlink"):
+            raise InputError(f"{path} is a {kind}: device nodes, fifos and sockets have no "
+                             "place in a portable image", "remove it from the input directory")
+        uid, gid = (0, 0) if all_root else (st.st_uid, st.st_gid)
+        when = int(st.st_mtime) if mtime is None else mtime
+        xattrs = _host_xattrs(path)
         if kind == "file":
             link = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
-            return make(size=st.st_size, opener=functools.partial(_open_binary, path), link=link)
+            return Node(parts, kind, stat_mod.S_IMODE(mode), uid, gid, when, size=st.st_size,
+                        opener=functools.partial(_open_binary, path), xattrs=xattrs, link=link)
         if kind == "symlink":
-            return make(target=os.fsencode(os.readlink(path)))
-        if kind == "dir":
-            return make()
-        raise InputError(f"{path} is a {kind}: device nodes, fifos and sockets have no place "
-                         "in a portable image", "remove it from the input directory")
+            return Node(parts, kind, stat_mod.S_IMODE(mode), uid, gid, when,
+                        target=os.fsencode(os.readlink(path)), xattrs=xattrs)
+        return Node(parts, kind, stat_mod.S_IMODE(mode), uid, gid, when, xattrs=xattrs)
 
-    stack: list[tuple[Path, Path_]] = [(base, ())]
+    stack: list[tuple[str, Path_]] = [(os.fspath(root), ())]
     while stack:
         path, parts = stack.pop()
         node = node_of(path, parts)
@@ -443,7 +442,7 @@ def nodes_from_directory(root: str | os.PathLike[str], *, mtime: int | None = No
         if node.kind == "dir":
             with os.scandir(path) as it:
                 names = sorted(os.fsencode(e.name) for e in it)
-            stack.extend((path / os.fsdecode(n), (*parts, n)) for n in names)
+            stack.extend((os.path.join(path, os.fsdecode(n)), (*parts, n)) for n in names)
     return nodes
 
 
@@ -459,7 +458,7 @@ def _odd_kind(mode: int) -> str:
     return "file of unknown type"
 
 
-def _host_xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
+def _host_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
