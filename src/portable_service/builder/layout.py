@@ -282,7 +282,7 @@ def _is_symlink(path: str) -> bool:
         return False
 
 
-def _xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
+def _xattrs(path: Path | str) -> tuple[tuple[str, bytes], ...]:
     out = []
     for name in KEPT_XATTRS:
         try:
@@ -297,7 +297,8 @@ def check_not_a_unit(path: PurePosixPath, node: Node, pname: str) -> None:
     portabled would attach any other unit file of the image that matches the prefix."""
     if node.package is not None:
         return  # packages' own units are left out with the package closure
-    folder, name = str(path.parent), path.name
+    folder, _, name = str(path).rpartition("/")  # as str: asked of every entry
+    folder = folder or "/"
     if folder in UNIT_DIRS and is_portable_unit(name) and prefix_matches(name, pname):
         raise TreeError(f"{node.reason} puts the unit file {path} into the image, where "
                         "portabled would attach it unchecked",
