@@ -250,8 +250,8 @@ def main() -> int:
     try:
         for tree in args.tree or TREES:
             bench_tree(tree, args.runs, work)
+        bench_same_tree(work)
         if not args.no_e2e:
-            bench_same_tree(work)
             bench_e2e(work, args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
