@@ -3,6 +3,7 @@
 #   scripts/bootstrap.sh          the package in .venv, plus squashfs-tools
 #   scripts/bootstrap.sh --test   also the test tools: debootstrap, systemd-nspawn, udev,
 #                                 gcc, nix-bin, libnss-systemd, ca-certificates, tzdata, perl,
+#                                 squashfs-tools-ng (gensquashfs, for the benchmarks),
 #                                 ruby, python3-venv, the Python test extras, the Debian
 #                                 servers the packaged tests build (lighttpd, nginx,
 #                                 redis-server, dnsmasq, unbound, postgresql), installed
@@ -31,6 +32,7 @@ if [[ $want_test == --test ]]; then
   have gcc || need_pkgs+=(gcc libc6-dev)
   have nix-store || need_pkgs+=(nix-bin)
   have patchelf || need_pkgs+=(patchelf)                   # the loader property test sets RPATH/RUNPATH
+  have gensquashfs || need_pkgs+=(squashfs-tools-ng)       # benchmarks/squashfs_bench.py compares with it
   have unshare || need_pkgs+=(util-linux)
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)        # closure tests ship Debian's python3
   have mkfs.ext4 || need_pkgs+=(e2fsprogs)                 # verify names ext4 images
