@@ -336,15 +336,12 @@ CLOSURE_RECORD = P("/usr/lib/portable-service/closure.json")
 
 
 def add_closure_record(tree: ImageTree, closure: Closure, units: Sequence[Unit] = ()) -> None:
-    folders: dict[str, str] = {}  # every entry of a folder shares its answer
+    real_folder = _FolderResolver(tree)
 
     def placed(path: PurePosixPath) -> str:
         folder, _, name = str(path).rpartition("/")
-        real = folders.get(folder)
-        if real is None:
-            found = resolve_in(tree, P(folder or "/"))
-            real = folders[folder] = str(found) if found is not None else folder or "/"
-        return posixpath.join(real, name)
+        folder = folder or "/"
+        return posixpath.join(real_folder(folder) or folder, name)
 
     roots = [{"path": placed(n.image), "reason": n.reason} for n in closure if n.parent is None]
     parents = {placed(n.image): placed(n.parent) for n in closure if n.parent is not None}
@@ -355,3 +352,36 @@ def add_closure_record(tree: ImageTree, closure: Closure, units: Sequence[Unit] 
               "units": declared}
     data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
     tree.add_file(CLOSURE_RECORD, data=data, origin="closure record")
+
+
+class _FolderResolver:
+    """Where a folder path leads in the tree (:func:`resolve_in`), one folder at a time.
+
+    Every entry of a folder asks the same, and a folder's answer is its parent's answer
+    plus one step: only a step onto a symlink needs the full resolution. A deep tree
+    (a virtualenv) is then not walked from the root once per folder.
+    """
+
+    def __init__(self, tree: ImageTree) -> None:
+        self.tree = tree
+        self.memo: dict[str, str | None] = {"/": "/"}
+
+    def __call__(self, folder: str) -> str | None:
+        pending = []
+        while folder not in self.memo:  # up to the nearest folder already answered
+            pending.append(folder)
+            folder = folder.rpartition("/")[0] or "/"
+        real = self.memo[folder]
+        for path in reversed(pending):
+            if real is not None:
+                step = ("" if real == "/" else real) + "/" + path.rpartition("/")[2]
+                entry = self.tree.get(P(step))
+                if entry is None:
+                    real = None  # nothing there: resolve_in says so too
+                elif entry.kind is Kind.SYMLINK:
+                    found = resolve_in(self.tree, P(step))
+                    real = None if found is None else str(found)
+                else:
+                    real = step
+            self.memo[path] = real
+        return real
