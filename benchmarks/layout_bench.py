@@ -10,7 +10,10 @@ run, alternating with this one. The writer is the native one; mksquashfs packs
 the written image's tree alongside, for the cost of the writer itself.
 
     PYTHONPATH=src python3 benchmarks/layout_bench.py [--copies 4] [--scales 1,4,16]
-        [--before /tmp/before/src] [--runs 1]
+        [--before /tmp/before/src] [--runs 1] [--tree FOLDER]
+
+With ``--tree`` the contents are that one folder (a virtualenv, a node_modules)
+instead of the zoneinfo copies.
 """
 
 from __future__ import annotations
@@ -74,12 +77,14 @@ def child(spec_dir: str, out_dir: str) -> None:
     print(json.dumps({"entries": len(tree), "times": times, "image": str(out)}))
 
 
-def make_spec(work: Path, copies: int) -> Path:
+def make_spec(work: Path, copies: int, tree: Path | None = None) -> Path:
     spec = work / f"spec-{copies}"
     spec.mkdir()
     (spec / "zb.service").write_text("[Service]\nExecStart=/usr/bin/true\n")
     contents = ", ".join(f'{{ source = "/usr/share/zoneinfo", target = "/srv/z{i}" }}'
                          for i in range(copies))
+    if tree is not None:  # one tree of the user's (a virtualenv, a node_modules)
+        contents = f'{{ source = "{tree}", target = "/opt/app" }}'
     (spec / "portable.toml").write_text(
         'pname = "zb"\nversion = "1"\nunits = ["zb.service"]\nsquash-compression = "lz4"\n'
         f'squash-block-size = "128K"\ncontents = [{contents}]\n')
@@ -122,6 +127,8 @@ def main() -> int:
     ap.add_argument("--scales", default="1,4,16")
     ap.add_argument("--before", type=Path, help="another checkout's src, measured alongside")
     ap.add_argument("--runs", type=int, default=1, help="runs per case (median)")
+    ap.add_argument("--tree", type=Path,
+                    help="one folder as the contents instead of zoneinfo copies (at /opt/app)")
     args = ap.parse_args()
     srcs = {"after": REPO / "src"}
     if args.before:
@@ -133,9 +140,10 @@ def main() -> int:
           flush=True)
     print("|---|---|---|" + "---|" * (len(PHASES) + 3), flush=True)
     try:
-        for scale in (int(x) for x in args.scales.split(",")):
+        scales = [1] if args.tree else [int(x) for x in args.scales.split(",")]
+        for scale in scales:
             copies = args.copies * scale
-            spec = make_spec(work, copies)
+            spec = make_spec(work, copies, args.tree.resolve() if args.tree else None)
             results: dict[str, list[dict[str, object]]] = {k: [] for k in srcs}
             for _ in range(args.runs):
                 for name, src in srcs.items():
@@ -150,7 +158,8 @@ def main() -> int:
                 extra_cpu = sum(cpus[p] for p in PHASES if p != "write")
                 mksq = mksquashfs_seconds(Path(str(runs[-1]["image"])), work)
                 cells = " | ".join(f"{walls[p]:.2f} ({walls[p] / n * 1e6:.0f})" for p in PHASES)
-                print(f"| {scale}x ({copies} copies) | {n:,} | {name} | {cells} | "
+                label = str(args.tree) if args.tree else f"{scale}x ({copies} copies)"
+                print(f"| {label} | {n:,} | {name} | {cells} | "
                       f"{extra / n * 1e6:.0f} | {extra_cpu / n * 1e6:.0f} | {mksq:.2f} |",
                       flush=True)
             shutil.rmtree(work / f"out-after-{copies}", ignore_errors=True)

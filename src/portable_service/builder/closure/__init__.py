@@ -203,7 +203,9 @@ def relocation(spec: Spec, node: Node) -> tuple[Path, PurePosixPath] | None:
     if host == image:
         return None
     for c, (source, target) in zip(spec.contents, _moves(spec.contents), strict=True):
-        if within(host, source) and image == rebase(host, source, target):
+        # the target first: of many contents from one source, one target holds the image
+        if within(image, target) and within(host, source) and \
+                image == rebase(host, source, target):
             return c.source, c.target
     return None
 
