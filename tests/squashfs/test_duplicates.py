@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,7 @@ def make_copies(root: Path, copies: int) -> Path:
     (one / "large").write_bytes(os.urandom(IN_MEMORY + 300_000))  # over IN_MEMORY: the pre-pass
     (one / "link").symlink_to("small-1")
     for i in range(1, copies):
-        subprocess.run(["cp", "-a", str(one), str(root / f"c{i}")], check=True)
+        shutil.copytree(one, root / f"c{i}", symlinks=True)
     return root
 
 
