@@ -1,13 +1,17 @@
-"""The native squashfs writer against mksquashfs, side by side, in one run.
+"""The native squashfs writer against mksquashfs and gensquashfs, side by side, in one run.
 
-For each configuration both writers pack the same tree (all files owned by
-root, fixed times) alternately ``--runs`` times; the script prints the
-median wall time, the image size and the peak memory (max RSS of the
-process) of each, with the ratios native/mksquashfs. mksquashfs uses all
-cores (its default); the native writer uses one compression thread per core.
-Then it builds one spec end to end (closure + image) with each writer.
+For each input tree and configuration the three writers pack the same tree
+(all files owned by root, fixed times) alternately ``--runs`` times; the
+script prints the median wall time, the image size and the peak memory (max
+RSS of the process) of each, with the ratios native/mksquashfs and
+native/gensquashfs, and the load average before and after. mksquashfs uses
+all cores (its default), gensquashfs one job per core (``-j``), the native
+writer one compression thread per core. Then it builds one spec end to end
+(closure + image) with each of our writers, and packs the tree of the
+image it built (unpacked with unsquashfs) with mksquashfs and gensquashfs:
+an image is only comparable with theirs of the same tree.
 
-    PYTHONPATH=src python3 benchmarks/squashfs_bench.py [--tree /usr/lib/python3.11] [--runs 3]
+    PYTHONPATH=src python3 benchmarks/squashfs_bench.py [--tree /usr/lib/python3.11 ...] [--runs 3]
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = [("xz -Xdict-size 100%", "1M"), ("zstd", "128K"), ("gzip", "128K")]
+CONFIGS = [("xz -Xdict-size 100%", "1M"), ("gzip", "128K"), ("zstd", "128K"), ("lz4", "128K")]
+TREES = [Path("/usr/lib/python3.11"), Path("/usr/share/zoneinfo")]
+# gensquashfs' name for each of mksquashfs' compressor options
+GENSQUASHFS_EXTRA = {"-Xdict-size": "dictsize", "-Xcompression-level": "level"}
 MTIME = 1_700_000_000
 E2E_CONTENTS = ["/usr/bin/gdb", "/usr/bin/cmake", "/usr/bin/perf"]
 
@@ -71,47 +78,126 @@ def warm(tree: Path) -> int:
     return total
 
 
+def mksquashfs_cmd(tree: Path, out: Path, compression: str, block: str) -> list[str]:
+    return ["mksquashfs", str(tree), str(out), "-noappend", "-quiet", "-no-progress",
+            "-all-root", "-all-time", str(MTIME), "-mkfs-time", str(MTIME), "-b", block,
+            "-comp", *compression.split()]
+
+
+def gensquashfs_cmd(tree: Path, out: Path, compression: str, block: str) -> list[str]:
+    from portable_service.builder.writers.options import parse_block_size
+
+    name, *opts = compression.split()
+    bs = parse_block_size(block)
+    extra = []
+    for k, v in zip(opts[::2], opts[1::2], strict=True):
+        if v.endswith("%"):  # gensquashfs 1.2 takes no percentage, whatever its help says
+            v = str(bs * int(v[:-1]) // 100)
+        extra.append(f"{GENSQUASHFS_EXTRA[k]}={v}")
+    return ["gensquashfs", "-q", "-f", "--all-root", "-D", str(tree), "-d", f"mtime={MTIME}",
+            "-j", str(os.cpu_count() or 1), "-e", "-c", name, "-b", str(bs),
+            *(["-X", ",".join(extra)] if extra else []), str(out)]
+
+
 def bench_tree(tree: Path, runs: int, work: Path) -> list[str]:
     env = {"PYTHONPATH": str(REPO / "src")}
     rows = []
     size = warm(tree)
     files = sum(len(f) for _, _, f in os.walk(tree))
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"tree {tree}: {size / 1e6:.1f} MB in {files} files; {os.cpu_count()} cores; "
-          f"median of {runs} runs; load average before: {load}", flush=True)
-    header = (f"| {'options':<24} | {'mksquashfs s':>12} | {'native s':>8} | {'time x':>6} | "
-              f"{'mksq CPU s':>10} | {'native CPU s':>12} | "
-              f"{'mksquashfs bytes':>16} | {'native bytes':>12} | {'size x':>6} | "
-              f"{'mksq MB':>7} | {'native MB':>9} |")
+          f"median of {runs} runs; load average before: {loadavg()}", flush=True)
+    cols = [("options", 24), ("mksq s", 7), ("gensq s", 7), ("native s", 8), ("/mksq", 5),
+            ("/gensq", 6), ("native CPU s", 12), ("mksquashfs bytes", 16),
+            ("gensquashfs bytes", 17), ("native bytes", 12), ("size /mksq", 10),
+            ("mksq MB", 7), ("gensq MB", 8), ("native MB", 9)]
+    header = "| " + " | ".join(f"{n:>{w}}" if i else f"{n:<{w}}"
+                               for i, (n, w) in enumerate(cols)) + " |"
     rows.append(header)
-    rows.append("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    rows.append("|" + "|".join("-" * (w + 2) for _, w in cols) + "|")
+    print(header, flush=True)
     for compression, block in CONFIGS:
-        theirs, ours = work / "theirs.img", work / "ours.img"
-        t_m, t_n, m_m, m_n, c_m, c_n = [], [], [], [], [], []
+        imgs = {k: work / f"{k}.img" for k in ("mksq", "gensq", "native")}
+        walls: dict[str, list[float]] = {k: [] for k in imgs}
+        peaks: dict[str, list[float]] = {k: [] for k in imgs}
+        cpus: dict[str, list[float]] = {k: [] for k in imgs}
         for _ in range(runs):
-            for p in (theirs, ours):
+            for p in imgs.values():
                 p.unlink(missing_ok=True)
-            wall, rss, cpu = measure(["mksquashfs", str(tree), str(theirs), "-noappend", "-quiet",
-                                      "-no-progress", "-all-root", "-all-time", str(MTIME),
-                                      "-mkfs-time", str(MTIME), "-b", block, "-comp",
-                                      *compression.split()])
-            t_m.append(wall)
-            m_m.append(rss)
-            c_m.append(cpu)
-            wall, rss, cpu = measure([sys.executable, __file__, "--child", str(tree), str(ours),
-                                      compression, block], env)
-            t_n.append(wall)
-            m_n.append(rss)
-            c_n.append(cpu)
-        s_m, s_n = theirs.stat().st_size, ours.stat().st_size
-        tm, tn = statistics.median(t_m), statistics.median(t_n)
-        rows.append(f"| {compression + ' ' + block:<24} | {tm:>12.2f} | {tn:>8.2f} | "
-                    f"{tn / tm:>6.2f} | {statistics.median(c_m):>10.2f} | "
-                    f"{statistics.median(c_n):>12.2f} | "
-                    f"{s_m:>16,} | {s_n:>12,} | {s_n / s_m:>6.3f} | "
-                    f"{max(m_m):>7.0f} | {max(m_n):>9.0f} |")
+            cmds = {
+                "mksq": (mksquashfs_cmd(tree, imgs["mksq"], compression, block), None),
+                "gensq": (gensquashfs_cmd(tree, imgs["gensq"], compression, block), None),
+                "native": ([sys.executable, __file__, "--child", str(tree), str(imgs["native"]),
+                            compression, block], env),
+            }
+            for k, (cmd, cmd_env) in cmds.items():
+                wall, rss, cpu = measure(cmd, cmd_env)
+                walls[k].append(wall)
+                peaks[k].append(rss)
+                cpus[k].append(cpu)
+        t = {k: statistics.median(v) for k, v in walls.items()}
+        sz = {k: p.stat().st_size for k, p in imgs.items()}
+        cells = [f"{compression + ' ' + block:<24}", f"{t['mksq']:>7.2f}", f"{t['gensq']:>7.2f}",
+                 f"{t['native']:>8.2f}", f"{t['native'] / t['mksq']:>5.2f}",
+                 f"{t['native'] / t['gensq']:>6.2f}",
+                 f"{statistics.median(cpus['native']):>12.2f}",
+                 f"{sz['mksq']:>16,}", f"{sz['gensq']:>17,}", f"{sz['native']:>12,}",
+                 f"{sz['native'] / sz['mksq']:>10.3f}", f"{max(peaks['mksq']):>7.0f}",
+                 f"{max(peaks['gensq']):>8.0f}", f"{max(peaks['native']):>9.0f}"]
+        rows.append("| " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
-    print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    print(f"load average after: {loadavg()}", flush=True)
+    return rows
+
+
+def loadavg() -> str:
+    """The load average as /proc/loadavg has it (1, 5, 15 minutes)."""
+    return ", ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def bench_same_tree(work: Path) -> list[str]:
+    """Our build's image against the C writers packing the very tree it holds.
+
+    A spec of 8 copies of /usr/share/zoneinfo (``{ source, target }``), lz4, 128K: the
+    image also holds what the unit's program needs (libc, the loader, C.UTF-8, the
+    closure record), so the comparison that says something packs the unpacked image.
+    """
+    spec = work / "zspec"
+    spec.mkdir()
+    (spec / "zb.service").write_text("[Service]\nExecStart=/usr/bin/true\n")
+    contents = ", ".join(f'{{ source = "/usr/share/zoneinfo", target = "/srv/z{i}" }}'
+                         for i in range(8))
+    (spec / "portable.toml").write_text(
+        'pname = "zb"\nversion = "1"\nunits = ["zb.service"]\nsquash-compression = "lz4"\n'
+        f'squash-block-size = "128K"\ncontents = [{contents}]\n')
+    env = {"PYTHONPATH": str(REPO / "src"), "SOURCE_DATE_EPOCH": str(MTIME)}
+    rows = ["same tree: 8 copies of /usr/share/zoneinfo, lz4 128K, built end to end, then "
+            "the image's own tree packed by the C writers:"]
+    print(rows[0], flush=True)
+    sizes: dict[str, int] = {}
+    for writer in ("native", "mksquashfs"):
+        out = work / f"z-{writer}"
+        measure([sys.executable, "-m", "portable_service", "build", str(spec), "--writer",
+                 writer, "--no-verify", "-q", "-o", str(out)], env)
+        sizes[writer] = next(out.glob("*.raw")).stat().st_size
+    unpacked = work / "z-tree"
+    measure(["unsquashfs", "-q", "-n", "-d", str(unpacked), str(next(
+        (work / "z-native").glob("*.raw")))])
+    entries = 1 + sum(len(d) + len(f) for _, d, f in os.walk(unpacked))
+    for name, make in (("mksquashfs", mksquashfs_cmd), ("gensquashfs", gensquashfs_cmd)):
+        img = work / f"z-{name}.img"
+        measure(make(unpacked, img, "lz4", "128K"))
+        sizes[f"C {name}"] = img.stat().st_size
+    only = work / "z-only"
+    only.mkdir()
+    for i in range(8):
+        shutil.copytree("/usr/share/zoneinfo", only / f"z{i}", symlinks=True)
+    measure(mksquashfs_cmd(only, work / "z-o.img", "lz4", "128K"))
+    sizes["C mksquashfs, zoneinfo copies only"] = (work / "z-o.img").stat().st_size
+    rows.append(f"  image tree: {entries} entries")
+    for name, value in sizes.items():
+        rows.append(f"  {name:<36} {value:>12,} bytes  "
+                    f"{value / sizes['C mksquashfs']:.3f} of mksquashfs (same tree)")
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -150,16 +236,21 @@ def main() -> int:
         child_native(*sys.argv[2:6])
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tree", type=Path, default=Path("/usr/lib/python3.11"))
+    ap.add_argument("--tree", type=Path, action="append",
+                    help=f"input tree (repeatable; default {', '.join(map(str, TREES))})")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-e2e", action="store_true")
     args = ap.parse_args()
-    if not shutil.which("mksquashfs"):
-        print("mksquashfs is not installed: nothing to compare with", file=sys.stderr)
-        return 2
+    for tool in ("mksquashfs", "gensquashfs", "unsquashfs"):
+        if not shutil.which(tool):
+            print(f"{tool} is not installed: nothing to compare with "
+                  "(apt-get install squashfs-tools squashfs-tools-ng)", file=sys.stderr)
+            return 2
     work = Path(tempfile.mkdtemp(prefix="sqfs-bench-"))
     try:
-        bench_tree(args.tree, args.runs, work)
+        for tree in args.tree or TREES:
+            bench_tree(tree, args.runs, work)
+        bench_same_tree(work)
         if not args.no_e2e:
             bench_e2e(work, args.runs)
     finally:

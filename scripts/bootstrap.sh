@@ -3,6 +3,7 @@
 #   scripts/bootstrap.sh          the package in .venv, plus squashfs-tools
 #   scripts/bootstrap.sh --test   also the test tools: debootstrap, systemd-nspawn, udev,
 #                                 gcc, nix-bin, erofs-utils, libnss-systemd, ca-certificates, tzdata, perl,
+#                                 squashfs-tools-ng (gensquashfs, for the benchmarks),
 #                                 ruby, python3-venv, the Python test extras, the Debian
 #                                 servers the packaged tests build (lighttpd, nginx,
 #                                 redis-server, dnsmasq, unbound, postgresql), installed
@@ -31,13 +32,14 @@ if [[ $want_test == --test ]]; then
   have gcc || need_pkgs+=(gcc libc6-dev)
   have nix-store || need_pkgs+=(nix-bin)
   have patchelf || need_pkgs+=(patchelf)                   # the loader property test sets RPATH/RUNPATH
+  have gensquashfs || need_pkgs+=(squashfs-tools-ng)       # benchmarks/squashfs_bench.py compares with it
   have unshare || need_pkgs+=(util-linux)
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)        # closure tests ship Debian's python3
-  have mkfs.ext4 || need_pkgs+=(e2fsprogs)
+  have mkfs.ext4 || need_pkgs+=(e2fsprogs)                 # verify names ext4 images
   have mkfs.erofs || need_pkgs+=(erofs-utils)  # writer = "erofs"; fsck.erofs reads erofs back
   [[ -x /usr/sbin/veritysetup ]] || need_pkgs+=(cryptsetup-bin)  # hash trees are checked against it
   have softhsm2-util || need_pkgs+=(softhsm2)                # a PKCS#11 token for the signing tests
-  installed libengine-pkcs11-openssl || need_pkgs+=(libengine-pkcs11-openssl)  # openssl reaches it                 # verify names ext4 images
+  installed libengine-pkcs11-openssl || need_pkgs+=(libengine-pkcs11-openssl)  # openssl reaches it
   [[ -e /usr/include/lzo/lzo1x.h ]] || need_pkgs+=(liblzo2-dev)  # python-lzo builds against it
   # run-time needs (closure/runtime.py): dynamic users, CA certificates, time zones, perl
   ls /usr/lib/*/libnss_systemd.so.2 >/dev/null 2>&1 || need_pkgs+=(libnss-systemd)

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import stat
+import weakref
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from portable_service.builder.closure import (
-    SCAFFOLD_FILES,
     UNREADABLE_HINT,
     Closure,
     Node,
     image_link,
     runtime,
+    within,
 )
 from portable_service.builder.spec import Spec
 from portable_service.builder.units import Unit, exec_programs, mount_points
@@ -25,6 +27,7 @@ from portable_service.rules.osrelease import parse_os_release, quote_os_release
 from portable_service.rules.portabled import (
     CLOSURE_RECORD_PATH,
     SCAFFOLD_DIRS,
+    SCAFFOLD_FILES,
     UNIT_DIRS,
     is_portable_unit,
     prefix_matches,
@@ -86,10 +89,14 @@ def scaffold(tree: ImageTree, spec: Spec) -> None:
     tree.add_file(P("/etc/os-release"), data=render_os_release(fields), origin="scaffold")
 
 
+# the image's own paths (portabled binds or reads them) and the kernel's file systems
+_SCAFFOLD_PATHS = frozenset({*SCAFFOLD_FILES, "/etc/systemd/system"})
+_KERNEL_DIRS = ("/proc", "/sys", "/dev")
+
+
 def is_scaffold_path(path: PurePosixPath) -> bool:
-    return path in SCAFFOLD_FILES or path == P("/etc/systemd/system") or any(
-        path == P(d) or P(d) in path.parents for d in ("/proc", "/sys", "/dev")
-    )
+    text = str(path)  # as str: this is asked for every entry of the image
+    return text in _SCAFFOLD_PATHS or any(within(text, d) for d in _KERNEL_DIRS)
 
 
 def check_placement(path: PurePosixPath, what: str) -> None:
@@ -203,22 +210,48 @@ def mirror_host_parents(tree: ImageTree, path: PurePosixPath, why: str) -> PureP
     image gets the same links, so every absolute path that works on the host
     works in the image, whichever spelling pulled a file in.
     """
-    real = P("/")
-    for part in path.parent.parts[1:]:
-        candidate = Path(real / part)
-        hops = 0
-        while candidate.is_symlink():
-            hops += 1
-            if hops > 40:
-                raise ClosureError(f"symlink loop at {candidate}", "fix the host's symlinks")
-            target = os.readlink(candidate)
-            tree.add_symlink(P(candidate), target, origin=f"host folder link (for {why})")
-            candidate = Path(os.path.normpath(candidate.parent / target))
-        real = P(candidate)
-    return real / path.name
+    text = str(path)
+    folder, _, name = text.rpartition("/")
+    real = _host_folder(tree, folder or "/", why)
+    if real == (folder or "/"):
+        return path
+    return P(real) / name
 
 
-def _xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
+# per tree: a folder's path -> where it lands with the host's folder links above it
+# kept. Every entry of a folder asks the same question; the links it adds are in the
+# tree after the first answer, so the rest need not ask the host again.
+_HOST_FOLDERS: weakref.WeakKeyDictionary[ImageTree, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _host_folder(tree: ImageTree, folder: str, why: str) -> str:
+    memo = _HOST_FOLDERS.setdefault(tree, {"/": "/"})
+    real = memo.get(folder)
+    if real is not None:
+        return real
+    parent, _, part = folder.rpartition("/")
+    candidate = posixpath.join(_host_folder(tree, parent or "/", why), part)
+    hops = 0
+    while _is_symlink(candidate):
+        hops += 1
+        if hops > 40:
+            raise ClosureError(f"symlink loop at {candidate}", "fix the host's symlinks")
+        target = os.readlink(candidate)
+        tree.add_symlink(P(candidate), target, origin=f"host folder link (for {why})")
+        candidate = os.path.normpath(posixpath.join(posixpath.dirname(candidate), target))
+    memo[folder] = candidate
+    return candidate
+
+
+def _is_symlink(path: str) -> bool:
+    """``Path.is_symlink``: a path the build cannot look at is no link."""
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _xattrs(path: Path | str) -> tuple[tuple[str, bytes], ...]:
     out = []
     for name in KEPT_XATTRS:
         try:
@@ -233,7 +266,8 @@ def check_not_a_unit(path: PurePosixPath, node: Node, pname: str) -> None:
     portabled would attach any other unit file of the image that matches the prefix."""
     if node.package is not None:
         return  # packages' own units are left out with the package closure
-    folder, name = str(path.parent), path.name
+    folder, _, name = str(path).rpartition("/")  # as str: asked of every entry
+    folder = folder or "/"
     if folder in UNIT_DIRS and is_portable_unit(name) and prefix_matches(name, pname):
         raise TreeError(f"{node.reason} puts the unit file {path} into the image, where "
                         "portabled would attach it unchecked",
@@ -271,9 +305,12 @@ CLOSURE_RECORD = P(CLOSURE_RECORD_PATH)
 
 
 def add_closure_record(tree: ImageTree, closure: Closure, units: Sequence[Unit] = ()) -> None:
+    real_folder = _FolderResolver(tree)
+
     def placed(path: PurePosixPath) -> str:
-        parent = resolve_in(tree, path.parent)
-        return str((parent or path.parent) / path.name)
+        folder, _, name = str(path).rpartition("/")
+        folder = folder or "/"
+        return posixpath.join(real_folder(folder) or folder, name)
 
     roots = [{"path": placed(n.image), "reason": n.reason} for n in closure if n.parent is None]
     parents = {placed(n.image): placed(n.parent) for n in closure if n.parent is not None}
@@ -284,3 +321,36 @@ def add_closure_record(tree: ImageTree, closure: Closure, units: Sequence[Unit] 
               "units": declared}
     data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
     tree.add_file(CLOSURE_RECORD, data=data, origin="closure record")
+
+
+class _FolderResolver:
+    """Where a folder path leads in the tree (:func:`resolve_in`), one folder at a time.
+
+    Every entry of a folder asks the same, and a folder's answer is its parent's answer
+    plus one step: only a step onto a symlink needs the full resolution. A deep tree
+    (a virtualenv) is then not walked from the root once per folder.
+    """
+
+    def __init__(self, tree: ImageTree) -> None:
+        self.tree = tree
+        self.memo: dict[str, str | None] = {"/": "/"}
+
+    def __call__(self, folder: str) -> str | None:
+        pending = []
+        while folder not in self.memo:  # up to the nearest folder already answered
+            pending.append(folder)
+            folder = folder.rpartition("/")[0] or "/"
+        real = self.memo[folder]
+        for path in reversed(pending):
+            if real is not None:
+                step = ("" if real == "/" else real) + "/" + path.rpartition("/")[2]
+                entry = self.tree.get(P(step))
+                if entry is None:
+                    real = None  # nothing there: resolve_in says so too
+                elif entry.kind is Kind.SYMLINK:
+                    found = resolve_in(self.tree, P(step))
+                    real = None if found is None else str(found)
+                else:
+                    real = step
+            self.memo[path] = real
+        return real

@@ -55,7 +55,7 @@ class Entry:
             return len(self.data)
         assert self.source is not None
         try:
-            return self.source.stat().st_size
+            return os.stat(self.source).st_size
         except OSError as e:
             raise TreeError(f"cannot read {self.source} (for {self.path}): {e.strerror}",
                             "run the build as root, make it readable (chmod), or exclude it"
@@ -156,6 +156,9 @@ class ImageTree:
                 del self._entries[p]
 
     def _ensure_parents(self, path: PurePosixPath, origin: str) -> None:
+        old = self._entries.get(path.parent)
+        if old is not None and old.kind is Kind.DIR:
+            return  # the usual case: its own parents came with it
         for parent in reversed(path.parents):
             old = self._entries.get(parent)
             if old is None:

@@ -330,7 +330,7 @@ def resolve(fs: ImageFS, path: str, follow_last: bool = True) -> str | None:
         if part == "..":
             current = posixpath.dirname(current) or "/"
             continue
-        candidate = posixpath.join(current, part)
+        candidate = current + part if current == "/" else current + "/" + part
         try:
             st = fs.stat(candidate)
         except FileNotFoundError:
@@ -460,11 +460,14 @@ class IndexedFS:
         for path, st in fs.walk():
             self.entries[path] = st
             if path != "/":
-                self._children.setdefault(posixpath.dirname(path), []).append(
-                    posixpath.basename(path))
+                folder, _, name = path.rpartition("/")
+                self._children.setdefault(folder or "/", []).append(name)
 
     def stat(self, path: str) -> Stat:
-        st = self.entries.get(_norm(path))
+        # the keys are normal paths: most lookups hit without normalizing
+        st = self.entries.get(path)
+        if st is None:
+            st = self.entries.get(_norm(path))
         if st is None:
             raise NotInImage(f"{path}: no such file in the image", "check the path")
         return st

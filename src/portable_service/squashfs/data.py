@@ -114,6 +114,11 @@ class BlockProcessor:
                              "build again when it is no longer being written to")
         return fd
 
+    def add_bytes(self, data: bytes, name: str,
+                  progress: Callable[[int], None] | None = None) -> FileData:
+        """A file whose bytes are already in memory (read whole, see the writer)."""
+        return self.add_file(io.BytesIO(data), len(data), name, progress)
+
     def _submit_block(self, fd: FileData, i: int, block: bytes | None, length: int,
                       first: bool) -> None:
         fd.blocks.append(0)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import os
 import stat as stat_mod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
 from portable_service.squashfs import format as fmt
@@ -74,8 +74,15 @@ def write_image(nodes: Iterable[Node], out: BinaryIO, options: WriterOptions,
 def _write_data(tree: _Tree, out: BinaryIO, options: WriterOptions,
                 progress: Callable[[int], None] | None
                 ) -> tuple[dict[object, FileData], list[tuple[int, int]]]:
-    """File bytes in path order, duplicates and hard links stored once."""
+    """File bytes in path order, duplicates and hard links stored once.
+
+    A small file (most of a tree: :data:`IN_MEMORY` bytes or less) is read once, whole:
+    its hash finds an earlier copy before anything is written, so duplicates cost one
+    read and no compression. Larger files that share a size with another are hashed in
+    a pass of their own first (:func:`_duplicates`), so memory stays bounded.
+    """
     dups = _duplicates(tree) if options.dedupe else {}
+    seen: dict[tuple[int, bytes], FileData] = {}  # (size, sha256) of small files stored
     data: dict[object, FileData] = {}
     bp = BlockProcessor(out, out.tell(), options.compressor, options.block_size,
                         options.workers, options.fragments)
@@ -90,6 +97,18 @@ def _write_data(tree: _Tree, out: BinaryIO, options: WriterOptions,
                 if progress:
                     progress(node.size)
                 continue
+            if 0 < node.size <= IN_MEMORY:
+                whole = _read_whole(node, tree.name(node))
+                digest = (node.size, hashlib.sha256(whole).digest()) if options.dedupe else None
+                stored = seen.get(digest) if digest is not None else None
+                if stored is None:
+                    stored = bp.add_bytes(whole, tree.name(node), progress)
+                    if digest is not None:
+                        seen[digest] = stored
+                elif progress:
+                    progress(node.size)
+                data[key] = stored
+                continue
             data[key] = _add_file(bp, node, tree.name(node), progress)
         end = bp.finish()
         assert end == out.tell()
@@ -97,6 +116,45 @@ def _write_data(tree: _Tree, out: BinaryIO, options: WriterOptions,
         bp.abort()
         raise
     return data, bp.fragment_table
+
+
+# files up to this size are read whole, once (see _write_data)
+IN_MEMORY = 1 << 20
+
+
+def _read_whole(node: Node, name: str) -> bytes:
+    """All of a small file's bytes, checked against the size it was listed with."""
+    assert node.opener is not None
+    try:
+        with node.opener() as f:
+            data = _read_upto(f, node.size + 1)
+    except OSError as e:
+        raise InputError(f"cannot read {getattr(e, 'filename', None) or name}: "
+                         f"{e.strerror or e}", "check that it exists and is readable") from None
+    if len(data) > node.size:
+        raise InputError(f"{name} grew while the image was written",
+                         "build again when it is no longer being written to")
+    if len(data) < node.size:
+        raise InputError(f"{name} shrank while the image was written",
+                         "build again when it is no longer being written to")
+    return data
+
+
+def _read_upto(f: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes from the start of ``f``: pread on a host file (no buffer copy)."""
+    try:
+        fd = f.fileno()
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        fd = None
+    if fd is None:
+        return f.read(n)
+    data = os.pread(fd, n, 0)
+    while len(data) < n:
+        more = os.pread(fd, n - len(data), len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 class _Metadata:
@@ -219,8 +277,8 @@ def _add_file(bp: BlockProcessor, node: Node, name: str,
 
 
 def _with_type(header: fmt.InodeHeader, inode_type: int) -> bytes:
-    return fmt.InodeHeader(inode_type, header.mode, header.uid_idx, header.gid_idx,
-                           header.mtime, header.inode_number).pack()
+    return fmt.InodeHeader.FMT.pack(inode_type, header.mode, header.uid_idx, header.gid_idx,
+                                    header.mtime, header.inode_number)
 
 
 def _basic(kind: str) -> int:
@@ -292,7 +350,8 @@ def _check(node: Node) -> None:
     if node.kind not in ("dir", "file", "symlink"):
         raise InputError(f"{where} is a {node.kind}: device nodes, fifos and sockets "
                          "have no place in a portable image", "remove it from the input")
-    for part in node.path:
+    # only the last name: every folder above is a node of its own, checked as such
+    for part in node.path[-1:]:
         if not part or len(part) > 255 or b"/" in part or b"\0" in part or part in (b".", b".."):
             raise InputError(f"{where}: {part!r} is not a valid file name",
                              "names are 1 to 255 bytes without '/' or NUL")
@@ -305,16 +364,17 @@ def _check(node: Node) -> None:
 
 
 def _duplicates(tree: _Tree) -> dict[object, object]:
-    """Files whose bytes equal an earlier file's: {key: key of the first such file}.
+    """Large files whose bytes equal an earlier file's: {key: key of the first such file}.
 
-    Only files sharing a size with another are read here (hashed), so the
-    common case of unique sizes costs nothing.
+    Only files over :data:`IN_MEMORY` that share a size with another are read here
+    (hashed), so the common case of unique sizes costs nothing; smaller files are
+    matched as they are written.
     """
     by_size: dict[int, list[Node]] = {}
     seen: set[object] = set()
     for node in tree.preorder():
         key = tree.key(node)
-        if node.kind == "file" and node.size > 0 and key not in seen:
+        if node.kind == "file" and node.size > IN_MEMORY and key not in seen:
             seen.add(key)
             by_size.setdefault(node.size, []).append(node)
     out: dict[object, object] = {}
@@ -340,7 +400,7 @@ def _duplicates(tree: _Tree) -> dict[object, object]:
     return out
 
 
-def _open_binary(path: Path) -> BinaryIO:
+def _open_binary(path: str) -> BinaryIO:
     return open(path, "rb")
 
 
@@ -349,32 +409,32 @@ def nodes_from_directory(root: str | os.PathLike[str], *, mtime: int | None = No
     """The nodes of a host directory, as mksquashfs would take it.
 
     Device nodes, fifos and sockets are refused. Hard links become shared
-    inodes; extended attributes squashfs can store are kept.
+    inodes; extended attributes squashfs can store are kept. Paths are plain
+    strings and each entry costs one lstat (and one listxattr): this walk is per entry.
     """
-    base = Path(root)
     nodes: list[Node] = []
 
-    def node_of(path: Path, parts: Path_) -> Node:
-        st = path.lstat()
-        kind = ("dir" if stat_mod.S_ISDIR(st.st_mode) else "file" if stat_mod.S_ISREG(st.st_mode)
-                else "symlink" if stat_mod.S_ISLNK(st.st_mode) else _odd_kind(st.st_mode))
-        make = functools.partial(
-            Node, parts, kind, stat_mod.S_IMODE(st.st_mode),
-            uid=0 if all_root else st.st_uid, gid=0 if all_root else st.st_gid,
-            mtime=int(st.st_mtime) if mtime is None else mtime, xattrs=_host_xattrs(path))
-        if kind == "dir" and not parts:
-            return make()
+    def node_of(path: str, parts: Path_) -> Node:
+        st = os.lstat(path)
+        mode = st.st_mode
+        kind = ("dir" if stat_mod.S_ISDIR(mode) else "file" if stat_mod.S_ISREG(mode)
+                else "symlink" if stat_mod.S_ISLNK(mode) else _odd_kind(mode))
+        if kind not in ("dir", "file", "symlink"):
+            raise InputError(f"{path} is a {kind}: device nodes, fifos and sockets have no "
+                             "place in a portable image", "remove it from the input directory")
+        uid, gid = (0, 0) if all_root else (st.st_uid, st.st_gid)
+        when = int(st.st_mtime) if mtime is None else mtime
+        xattrs = _host_xattrs(path)
         if kind == "file":
             link = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
-            return make(size=st.st_size, opener=functools.partial(_open_binary, path), link=link)
+            return Node(parts, kind, stat_mod.S_IMODE(mode), uid, gid, when, size=st.st_size,
+                        opener=functools.partial(_open_binary, path), xattrs=xattrs, link=link)
         if kind == "symlink":
-            return make(target=os.fsencode(os.readlink(path)))
-        if kind == "dir":
-            return make()
-        raise InputError(f"{path} is a {kind}: device nodes, fifos and sockets have no place "
-                         "in a portable image", "remove it from the input directory")
+            return Node(parts, kind, stat_mod.S_IMODE(mode), uid, gid, when,
+                        target=os.fsencode(os.readlink(path)), xattrs=xattrs)
+        return Node(parts, kind, stat_mod.S_IMODE(mode), uid, gid, when, xattrs=xattrs)
 
-    stack: list[tuple[Path, Path_]] = [(base, ())]
+    stack: list[tuple[str, Path_]] = [(os.fspath(root), ())]
     while stack:
         path, parts = stack.pop()
         node = node_of(path, parts)
@@ -382,7 +442,7 @@ def nodes_from_directory(root: str | os.PathLike[str], *, mtime: int | None = No
         if node.kind == "dir":
             with os.scandir(path) as it:
                 names = sorted(os.fsencode(e.name) for e in it)
-            stack.extend((path / os.fsdecode(n), (*parts, n)) for n in names)
+            stack.extend((os.path.join(path, os.fsdecode(n)), (*parts, n)) for n in names)
     return nodes
 
 
@@ -398,7 +458,7 @@ def _odd_kind(mode: int) -> str:
     return "file of unknown type"
 
 
-def _host_xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
+def _host_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:

@@ -27,8 +27,9 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from portable_service.builder.spec import Spec
+from portable_service.builder.spec import Content, Spec
 from portable_service.errors import ClosureError
 from portable_service.rules import portabled
 
@@ -125,8 +126,11 @@ class Context:
 
     def runs(self, image: PurePosixPath) -> bool:
         """Whether a unit executes the file at ``image`` (spelled any way the host allows)."""
-        return bool(self.executed) and (image in self.executed
-                                        or self.spelling(image) in self.executed)
+        if not self.executed:
+            return False
+        name = image.name  # a few paths are run: most names match none of them
+        return any(p.name == name for p in self.executed) and (
+            image in self.executed or self.spelling(image) in self.executed)
 
     def excluded(self, image: PurePosixPath) -> bool:
         """``exclude`` matches the path as the image shows it (host folder links resolved,
@@ -148,22 +152,63 @@ class Context:
 
     def host_of(self, image: str) -> str:
         """The host file behind an image path: contents moved with { source, target } map back."""
-        p = PurePosixPath(image)
-        for c in self.spec.contents:
-            if c.target == p or c.target in p.parents:
-                return str(c.source / p.relative_to(c.target))
+        p = _plain(image)
+        for source, target in _moves(self.spec.contents):
+            if within(p, target):
+                return rebase(p, target, source)
         if self.root is not None:
             return str(self.root) + "/" + image.lstrip("/")
         return image
 
 
+def within(path: str, root: str) -> bool:
+    """``path`` is ``root`` or lies below it (both plain absolute paths, as str).
+
+    The string form of ``PurePosixPath(root) in PurePosixPath(path).parents``: the
+    closure asks it for every path, where pathlib's objects cost more than the rest.
+    """
+    return path == root or path.startswith(root if root == "/" else root + "/")
+
+
+def rebase(path: str, old: str, new: str) -> str:
+    """``path`` (``old`` or below it) moved from ``old`` to ``new``, as pathlib would spell it."""
+    if path == old:
+        return new
+    rest = path[len(old):] if old != "/" else path
+    return rest if new == "/" else new + rest
+
+
+def _plain(path: str) -> str:
+    """``path`` as ``str(PurePosixPath(path))``, without the object when it is already so."""
+    if "//" in path or "/./" in path or (path.endswith(("/.", "/")) and path != "/"):
+        return str(PurePosixPath(path))
+    return path
+
+
+def _moves(contents: tuple[Content, ...]) -> tuple[tuple[str, str], ...]:
+    """(source, target) of every content as plain strings, in the spec's order.
+
+    Remembered for the last spec's contents, by identity: hashing the contents (every
+    Path in them) would cost more than the answer saves.
+    """
+    if _MOVES[0] is not contents:
+        _MOVES[:] = [contents, tuple((str(c.source), str(c.target)) for c in contents)]
+    moves: tuple[tuple[str, str], ...] = _MOVES[1]
+    return moves
+
+
+_MOVES: list[Any] = [None, ()]
+
+
 def relocation(spec: Spec, node: Node) -> tuple[Path, PurePosixPath] | None:
     """(source, target) of the ``{ source, target }`` content ``node`` was moved with, if any."""
-    if PurePosixPath(node.host) == node.image:
+    host, image = str(node.host), str(node.image)
+    if host == image:
         return None
-    for c in spec.contents:
-        if (c.source == node.host or c.source in node.host.parents) and \
-                node.image == c.target / node.host.relative_to(c.source):
+    for c, (source, target) in zip(spec.contents, _moves(spec.contents), strict=True):
+        # the target first: of many contents from one source, one target holds the image
+        if within(image, target) and within(host, source) and \
+                image == rebase(host, source, target):
             return c.source, c.target
     return None
 
@@ -177,22 +222,28 @@ def image_link(spec: Spec, node: Node) -> str:
     """
     text = os.readlink(node.host)
     moved = relocation(spec, node)
-    if moved is None:
-        return text
+    return text if moved is None else moved_link(node, text, moved)
+
+
+def moved_link(node: Node, text: str, moved: tuple[Path, PurePosixPath]) -> str:
+    """:func:`image_link` of a link that was moved, from its host text."""
     source, target = moved
-    meant = PurePosixPath(os.path.normpath(os.path.join(node.host.parent, text)))
-    sources = {PurePosixPath(source), PurePosixPath(os.path.realpath(source))}
-    inside = next((s for s in sources if meant == s or s in meant.parents), None)
+    meant = os.path.normpath(os.path.join(os.path.dirname(node.host), text))
+    inside: str | None = str(source)
+    if not within(meant, str(source)):  # the host's own spelling of source, only when needed
+        real = os.path.realpath(source)
+        inside = real if within(meant, real) else None
     if inside is None:
-        return str(meant)
-    there = target / meant.relative_to(inside)
+        return meant
+    there = rebase(meant, inside, str(target))
     if text.startswith("/"):
-        return str(there)
+        return there
     # a relative link that stays within the tree means the same after the move; one that
     # climbs out of it and back in (../src/y) is rewritten to reach the same file
-    if PurePosixPath(os.path.normpath(os.path.join(node.image.parent, text))) == there:
+    image_parent = str(node.image.parent)
+    if os.path.normpath(os.path.join(image_parent, text)) == there:
         return text
-    return os.path.relpath(there, node.image.parent)
+    return os.path.relpath(there, image_parent)
 
 
 def present(path: os.PathLike[str] | str, ctx: Context) -> bool:

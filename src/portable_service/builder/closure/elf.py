@@ -411,8 +411,12 @@ class Files:
                 host = self._os_path(path)
                 if host is None or not os.path.isfile(host):
                     return None
-                with open(host, "rb") as f:
-                    return f.read(limit)
+                # os.open: no buffered file object for a few header bytes, asked of every file
+                fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    return os.read(fd, limit)
+                finally:
+                    os.close(fd)
             return read_bytes(self.fs, path, limit)
         except (OSError, PortableServiceError):
             return None
@@ -805,10 +809,14 @@ class ElfResolver:
         return self.files.ident(str(path)) or str(path)
 
     def __call__(self, node: Node) -> Iterator[Node]:
-        if in_nix_store(node.image) or node.host.is_symlink():
+        if in_nix_store(node.image) or os.path.islink(node.host):
             return  # Nix records store closures itself; a link's target is resolved in its turn
         image = str(node.image)
-        if image in self._loaded or self.realpath(image) in self._loaded:
+        if image in self._loaded:
+            return
+        if self.files.read(image, len(ELF_MAGIC)) != ELF_MAGIC:
+            return  # most of a tree is data: four bytes tell, before any realpath
+        if self.realpath(image) in self._loaded:
             return
         info = self.files.info(image)
         if info is None:

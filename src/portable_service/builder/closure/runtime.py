@@ -141,7 +141,9 @@ class RuntimeResolver:
         if TLS_LIBRARY.match(name):
             yield from self._certificates(node)
         # a package's files are data unless a unit runs them (see scripts.py)
-        if node.package is None and node.image == P(str(node.host)) and _runnable(node.host):
+        interpreter = PYTHON.match(name) or PERL.match(name) or RUBY.match(name)
+        if interpreter and node.package is None and node.image == P(str(node.host)) \
+                and _runnable(node.host):
             if PYTHON.match(name):
                 yield from self._python(node)
             elif PERL.match(name):

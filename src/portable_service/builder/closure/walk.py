@@ -31,8 +31,8 @@ from portable_service.builder.closure import (
     excluded,
     follows_executed,
     host_spelling,
-    image_link,
     ldcache,
+    moved_link,
     nix,
     relocation,
     runtime,
@@ -141,7 +141,7 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
 
 def folder_resolver(node: Node) -> Iterator[Node]:
     """A folder brings every entry in it (symlinks stay links; they are not followed here)."""
-    if node.package is not None or node.host.is_symlink() or not node.host.is_dir():
+    if node.package is not None or not _is_dir(node.host):
         return
     try:
         names = sorted(os.listdir(node.host), key=os.fsencode)
@@ -151,6 +151,14 @@ def folder_resolver(node: Node) -> Iterator[Node]:
         yield Node(node.image / name, node.host / name, "in folder", node.image)
 
 
+def _is_dir(path: Path) -> bool:
+    """A folder itself, not a link to one (``not is_symlink() and is_dir()``, one lstat)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 @follows_executed
 def symlink_resolver(node: Node) -> Iterator[Node]:
     """A symlink at its host path brings its target, so the chain resolves inside the image.
@@ -158,7 +166,7 @@ def symlink_resolver(node: Node) -> Iterator[Node]:
     The target is executed when the link is (a unit running /usr/bin/python3 runs
     python3.11), data otherwise.
     """
-    if node.image != PurePosixPath(node.host) or not node.host.is_symlink():
+    if str(node.image) != str(node.host) or not os.path.islink(node.host):
         return
     target = os.readlink(node.host)
     resolved = PurePosixPath(os.path.normpath(os.path.join(node.host.parent, target)))
@@ -178,35 +186,38 @@ def relocated_link_resolver(ctx: Context) -> Resolver:
 
     @follows_executed
     def resolve(node: Node) -> Iterator[Node]:
-        if PurePosixPath(node.host) == node.image or not node.host.is_symlink():
+        host = str(node.host)
+        if host == str(node.image) or not os.path.islink(host):
             return
         if ctx.root is not None and str(node.host) == ctx.host_of(str(node.image)):
             # a link of the root: its target is an image path, read from the root
             text = os.readlink(node.host)
-            meant = PurePosixPath(os.path.normpath(os.path.join(node.image.parent, text)))
-            if os.path.lexists(ctx.host_of(str(meant))):
-                yield Node(meant, Path(ctx.host_of(str(meant))), f"symlink target of {node.image}",
+            named = PurePosixPath(os.path.normpath(os.path.join(node.image.parent, text)))
+            if os.path.lexists(ctx.host_of(str(named))):
+                yield Node(named, Path(ctx.host_of(str(named))), f"symlink target of {node.image}",
                            node.image, package=node.package, executed=node.executed)
             return
         moved = relocation(ctx.spec, node)
         if moved is None:
             return
-        text = os.readlink(node.host)
-        meant = PurePosixPath(os.path.normpath(os.path.join(node.host.parent, text)))
-        in_image = PurePosixPath(os.path.normpath(os.path.join(node.image.parent,
-                                                               image_link(ctx.spec, node))))
-        if not os.path.lexists(ctx.host_of(str(in_image))):
+        # plain strings until a node is made: this runs for every link of a moved tree
+        text = os.readlink(host)
+        meant = os.path.normpath(os.path.join(os.path.dirname(host), text))
+        in_image = os.path.normpath(os.path.join(os.path.dirname(node.image),
+                                                 moved_link(node, text, moved)))
+        in_image_host = ctx.host_of(in_image)
+        if not os.path.lexists(in_image_host):
             ctx.closure.warnings.append(
                 f"symlink {node.host} (placed at {node.image}) points to {text}, which does "
                 "not exist: it dangles in the image")
             return
-        if in_image == meant and ctx.host_of(str(meant)) == str(meant):
+        if in_image == meant and ctx.host_of(meant) == meant:
             # outside the moved tree: the host path it names must be in the image too
-            yield Node(meant, Path(meant), f"symlink target of {node.image}", node.image,
-                       executed=node.executed)
+            yield Node(PurePosixPath(meant), Path(meant), f"symlink target of {node.image}",
+                       node.image, executed=node.executed)
         elif node.executed:
             # inside the moved tree: already there as a folder entry, but now it is run
-            yield Node(in_image, Path(ctx.host_of(str(in_image))),
+            yield Node(PurePosixPath(in_image), Path(in_image_host),
                        f"symlink target of {node.image}", node.image, executed=True)
 
     return resolve
