@@ -29,6 +29,25 @@ MAN_DATE = "2026-12-01"  # the man page's date: fixed, so the page is reproducib
 # What systemd (or the service, at start) does about each rule's finding. A rule the
 # checks report that is missing here is listed with its id alone, and the doc test fails.
 RULE_TEXT: dict[str, str] = {
+    "extension-release-missing": "an extension without `extension-release.NAME` is refused "
+                                 "(\"lacks extension-release data\")",
+    "extension-release-name": "systemd 252 opens only `extension-release.<image name without "
+                              ".raw>`: a file named for another image is not read",
+    "extension-release-match": "`ID=` must be the base's (or `_any`), `VERSION_ID=`/"
+                               "`SYSEXT_LEVEL=` must match, `SYSEXT_SCOPE=` must include "
+                               "`portable`, or the attach is refused",
+    "extension-prefixes": "every prefix given to attach must be in some layer's "
+                          "`PORTABLE_PREFIXES`, or portabled refuses the match",
+    "extension-base": "the base of a stack must be a full image (with os-release), not "
+                      "itself an extension",
+    "extension-outside-overlay": "systemd overlays only `/usr` and `/opt` of an extension: "
+                                 "anything else in it is never seen",
+    "extension-conflict": "two extensions ship one path differently: which one wins depends "
+                          "on their order",
+    "verity-root-hash": "a DDI's signature must be for the root hash its partition UUIDs "
+                        "carry, or systemd refuses the pair",
+    "verity-signature": "a DDI's signature partition must hold the JSON systemd reads "
+                        "(`rootHash`, `signature`)",
     "verity-incomplete": "systemd needs the hash tree and the root hash together (a signature "
                          "alone, or a tree without its root hash, is refused)",
     "verity-mismatch": "the hash tree, root hash or signature does not match the image: "

@@ -13,7 +13,7 @@ from portable_service.errors import EXIT_CODES
 from tests.conftest import REPO, require_tool
 
 VERBS = ["init", "build", "why", "inspect", "ls", "cat", "verify", "diff", "size", "try", "sign",
-         "publish", "host-config"]
+         "publish", "host-config", "attach", "detach", "reattach"]
 
 
 def completion(cli, shell: str) -> str:
@@ -62,7 +62,8 @@ def test_man_page_is_generated_from_the_parser() -> None:
     assert page == docgen.MAN_PAGE.read_text(), \
         "docs/portable-service.1 is stale: run python -m portable_service.docgen"
     for verb in VERBS:
-        assert f"portable\\-service {verb}" in page or f"\\fI\\,{verb}\\/\\fR" in page, verb
+        man = verb.replace("-", "\\-")  # groff spells a hyphen \-
+        assert f"portable\\-service {man}" in page or f"\\fI\\,{man}\\/\\fR" in page, verb
     assert "\\-\\-json" in page and "exit codes" in page
 
 

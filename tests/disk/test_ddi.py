@@ -231,7 +231,8 @@ def test_deferred_signing_gives_the_build_time_signed_bytes(project: Path,
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == str(disk)
         assert disk.read_bytes() == signed.read_bytes(), folder
-        assert sorted(p.name for p in disk.parent.iterdir()) == [disk.name]  # no leftovers
+        sbom = disk.with_suffix(".spdx.json").name  # the SBOM the build writes beside it
+        assert sorted(p.name for p in disk.parent.iterdir()) == [disk.name, sbom]  # no leftovers
 
     disk = make(project, "tampered", format="ddi", verity=True)
     with open(disk, "rb") as f:

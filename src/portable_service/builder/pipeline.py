@@ -124,7 +124,10 @@ def plan(spec: Spec, reporter: Reporter = QUIET, workdir: Path | None = None,
     from portable_service.builder import sbom
 
     with reporter.step("writing the SBOM"):
-        document = sbom.add_to_tree(tree, built, closure, pinned, options.mtime)
+        if base is None:
+            document = sbom.add_to_tree(tree, built, closure, pinned, options.mtime)
+        else:  # beside the image only: in it, it would hide the base's (one path, overlaid)
+            document = sbom.build_document(tree, built, closure, pinned, options.mtime)
     return Plan(built, units, closure, tree, writer, options, base=base, pinned=pinned,
                 sbom=document)
 

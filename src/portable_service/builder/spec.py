@@ -80,6 +80,7 @@ class Spec:
     squash_block_size: int = DEFAULT_BLOCK_BYTES
     os_release: tuple[tuple[str, str], ...] = ()
     writer: str = "auto"
+    format: str = "raw"
     packages: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     allow_missing: bool = False
@@ -89,7 +90,6 @@ class Spec:
     verity: bool = False
     verity_key: str | None = None  # a PEM file (absolute) or a pkcs11: URI
     verity_certificate: Path | None = None
-    format: str = "raw"
     base: Path | None = None  # set: build a portable extension of this image or spec
     # pinned builds (builder/repo): packages come from this repository, not the host
     distribution: str | None = None

@@ -65,8 +65,10 @@ def test_diff_verb_reads_two_lock_files(tmp_path, cli):
     a.write_bytes(Lock(REPO_BOOKWORM, Request(("x",), ()), (pkg("x", "1"),)).render())
     b.write_bytes(Lock(REPO_BOOKWORM, Request(("x",), ()), (pkg("x", "1.1"),)).render())
     proc = cli("diff", str(a), str(b))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # as diff(1): they differ
     assert proc.stdout == "~ x 1 -> 1.1\n"
+    same = cli("diff", str(a), str(a))
+    assert (same.returncode, same.stdout) == (0, "no package changes\n")
 
 
 def spec_text(release: str = "bookworm", packages: str = '["mini-httpd"]', extra: str = "") -> str:
