@@ -60,11 +60,7 @@ def sign_image(image: Path, *, key: str | None = None, certificate: Path | None 
         raise VerityError(f"{have.name} is beside the image but {lack.name} is not",
                           "rebuild with verity = true, or remove it to have sign make both")
     else:
-        size = image.stat().st_size
-        if size % verity.BLOCK_SIZE:
-            raise VerityError(f"the image is {size} bytes, not a multiple of {verity.BLOCK_SIZE}: "
-                              "its last bytes would not be covered by a hash tree",
-                              "rebuild it with portable-service build")
+        verity.check_whole_blocks(image, "rebuild it with portable-service build")
         tree = verity.tree_for_image(image)
         root_hash = tree.root_hash_hex
         files[tree_path] = tree.hash_tree

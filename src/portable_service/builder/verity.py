@@ -16,7 +16,7 @@ from pathlib import Path
 
 from portable_service.builder.spec import Spec
 from portable_service.disk import signing, verity
-from portable_service.errors import SpecError, VerityError
+from portable_service.errors import SpecError
 from portable_service.progress import QUIET, Reporter
 from portable_service.rules import verity as rules
 
@@ -53,12 +53,7 @@ def sidecar_files(image: Path, out: Path, spec: Spec) -> dict[Path, bytes | None
     names = rules.sidecars(out)
     if not wants_verity(spec):
         return dict.fromkeys(names.values())
-    size = image.stat().st_size
-    if size % verity.BLOCK_SIZE:
-        # cryptsetup covers whole blocks only: a tail would be readable but unprotected
-        raise VerityError(f"the image is {size} bytes, not a multiple of {verity.BLOCK_SIZE}: its "
-                          "last bytes would not be covered by the hash tree",
-                          "build with a writer that pads to 4 KiB (both of ours do)")
+    verity.check_whole_blocks(image, "build with a writer that pads to 4 KiB (all of ours do)")
     tree = verity.tree_for_image(image)
     files: dict[Path, bytes | None] = {
         names[rules.VERITY_SUFFIX]: tree.hash_tree,

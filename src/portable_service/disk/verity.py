@@ -344,3 +344,12 @@ def verify_hash_tree(data: BinaryIO | Path | bytes, tree: bytes,
         raise VerityError(f"the root hash {root_hash.hex()} is not the hash tree's "
                           f"({want.root_hash.hex()})", "use the .roothash built with the image")
     return want
+
+
+def check_whole_blocks(image: Path, hint: str) -> None:
+    """A hash tree covers whole data blocks only (as cryptsetup's): an image whose size is not
+    a multiple of :data:`BLOCK_SIZE` would end in bytes that are read but not protected."""
+    size = image.stat().st_size
+    if size % BLOCK_SIZE:
+        raise VerityError(f"the image is {size} bytes, not a multiple of {BLOCK_SIZE}: its last "
+                          "bytes would not be covered by the hash tree", hint)

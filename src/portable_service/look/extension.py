@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from portable_service.errors import ImageError, VerifyError
+from portable_service.errors import ImageError
 from portable_service.fs.stack import StackFS
 from portable_service.fs.views import ImageFS, IndexedFS, open_image, read_text
 from portable_service.look.facts import find_os_release
 from portable_service.look.problems import ERROR, WARNING, Problem
-from portable_service.look.verify import Target, _dedupe, errors, verify
+from portable_service.look.verify import Target, _dedupe, gate, verify
 from portable_service.rules import extensions as ext_rules
 from portable_service.rules.osrelease import parse_os_release
 from portable_service.rules.portabled import UNIT_DIRS, image_prefix
@@ -176,15 +176,7 @@ def check_written_extension(path: Path, image_name: str, base: Layer,
     """The build's gate for an extension: as check_written, on the stack it makes."""
     problems = verify_stack(base, [Layer(IndexedFS(open_image(path)), image_name)],
                             [image_prefix(image_name)])
-    for p in problems:
-        warn(p.line())
-    errs = errors(problems)
-    if errs:
-        first = errs[0]
-        more = f" (and {len(errs) - 1} more, listed above)" if len(errs) > 1 else ""
-        raise VerifyError(f"the extension would not work on {base.name}: {first.path}: "
-                          f"{first.message}{more}",
-                          f"{first.fix}; or build with --no-verify to keep it anyway")
+    gate(problems, f"the extension would not work on {base.name}", warn)
 
 
 def verify_layers(image: str, fs: ImageFS | None, base: str | None, target: Target

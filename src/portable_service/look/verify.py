@@ -895,13 +895,18 @@ def check_written(path: Path, image_name: str, warn: Callable[[str], None],
         fs.close()
     if allow_missing:
         problems = [p for p in problems if p.rule not in MISSING_RULES]
+    gate(problems, "the image would not work", warn)
+
+
+def gate(problems: list[Problem], verdict: str, warn: Callable[[str], None]) -> None:
+    """The build's gate: every finding is shown, and an error stops the image from landing."""
     for p in problems:
         warn(p.line())
     errs = errors(problems)
     if errs:
         first = errs[0]
         more = f" (and {len(errs) - 1} more, listed above)" if len(errs) > 1 else ""
-        raise VerifyError(f"the image would not work: {first.path}: {first.message}{more}",
+        raise VerifyError(f"{verdict}: {first.path}: {first.message}{more}",
                           f"{first.fix}; or build with --no-verify to keep it anyway")
 
 

@@ -219,7 +219,7 @@ def verify_index(inrelease: Path, packages: list[tuple[str, Path]], keyring: Pat
         if want is None:
             raise RepositoryError(f"the signed Release file of {suite} lists no {name}",
                                   "check the mirror")
-        got = _sha256(path)
+        got = sha256_file(path)
         if got != want:
             raise RepositoryError(f"{name} of {source.mirror} {suite} does not match the "
                                   f"signed Release file (sha256 {got[:16]}..., signed {want[:16]}...)",
@@ -243,12 +243,9 @@ def _release_fields(text: str) -> tuple[dict[str, str], dict[str, str]]:
     return fields, hashes
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def stanzas(path: Path) -> Iterator[dict[str, str]]:

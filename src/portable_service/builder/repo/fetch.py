@@ -16,16 +16,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from portable_service.builder.repo.apt import RepositoryError
+from portable_service.builder.repo.apt import RepositoryError, sha256_file
 from portable_service.builder.repo.lock import LockedPackage
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_all(packages: tuple[LockedPackage, ...] | list[LockedPackage],

@@ -21,7 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from portable_service.builder.writers.options import DEFAULT_COMPRESSION, Compression, PackOptions
+from portable_service.builder.writers.options import (
+    DEFAULT_COMPRESSION,
+    PackOptions,
+    split_compression,
+)
 from portable_service.errors import SpecError, ToolError
 from portable_service.fs.tree import ImageTree, Kind
 from portable_service.progress import Reporter
@@ -52,13 +56,8 @@ class ErofsCompression:
 def parse_erofs_compression(text: str, available: tuple[str, ...] | None = None) -> ErofsCompression:
     """squash-compression for erofs: a squashfs name (mapped) or an erofs one, with
     ``-Xcompression-level N`` (or ``-Xhc``-less levels) as the level."""
-    try:
-        words = shlex.split(text)
-    except ValueError as e:
-        raise SpecError(f"squash-compression {text!r} cannot be parsed: {e}") from None
-    if not words:
-        raise SpecError("squash-compression is empty", f"use one of: {', '.join(EROFS_NAMES)}")
-    given, *opts = words
+    compression = split_compression(text)  # the setting's words, read as for squashfs
+    given, opts = compression.name, compression.options
     name = SQUASHFS_NAMES.get(given, given)
     if name not in EROFS_NAMES:
         raise SpecError(f"squash-compression {given!r} has no erofs equivalent",
@@ -81,13 +80,6 @@ def parse_erofs_compression(text: str, available: tuple[str, ...] | None = None)
                         f"set squash-compression to {available[0]!r} (or 'none'), or install "
                         "a newer erofs-utils")
     return ErofsCompression(name, level)
-
-
-def as_compression(text: str) -> Compression:
-    """squash-compression split into name and options, checked by erofs' rules."""
-    parse_erofs_compression(text)
-    name, *options = shlex.split(text)
-    return Compression(name, tuple(options))
 
 
 def image_uuid(seed: str) -> uuid.UUID:
