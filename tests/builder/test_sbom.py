@@ -21,6 +21,19 @@ def test_debian_licence_names_map_to_spdx():
     assert licences(b"no fields here") == []
 
 
+def test_every_mapped_licence_is_on_the_list_the_sbom_is_validated_against():
+    """A name the SPDX list lacks (postgresql's "SSLeay") fails validation and the build:
+    what is not on the list becomes a LicenseRef; an SPDX id written as such is kept."""
+    from spdx_tools.common.spdx_licensing import spdx_licensing
+
+    from portable_service.builder.sbom import DEBIAN_TO_SPDX, spdx_licence
+
+    for name in DEBIAN_TO_SPDX:
+        assert spdx_licence(name) in spdx_licensing.known_symbols, name
+    assert licences(b"License: SSLeay\n\nLicense: Not-A-Licence\n\nLicense: 0BSD\n") == [
+        "0BSD", "LicenseRef-Not-A-Licence", "SSLeay-standalone"]
+
+
 def host_owner(path: str) -> str:
     for spelling in (path, path.removeprefix("/usr")):  # dpkg says /bin/cat on merged-/usr hosts
         proc = subprocess.run(["dpkg", "-S", spelling], capture_output=True, text=True, check=False)

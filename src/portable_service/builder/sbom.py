@@ -52,7 +52,7 @@ DEBIAN_TO_SPDX = {
     "lgpl-2.1": "LGPL-2.1-only", "lgpl-2.1+": "LGPL-2.1-or-later", "lgpl-3": "LGPL-3.0-only",
     "lgpl-3+": "LGPL-3.0-or-later", "isc": "ISC", "zlib": "Zlib", "openssl": "OpenSSL",
     "mpl-1.1": "MPL-1.1", "mpl-2.0": "MPL-2.0", "gfdl-1.3+": "GFDL-1.3-or-later",
-    "psf-2": "PSF-2.0", "curl": "curl", "ssleay": "SSLeay", "x11": "X11",
+    "psf-2": "PSF-2.0", "curl": "curl", "ssleay": "SSLeay-standalone", "x11": "X11",
     "unicode-dfs-2016": "Unicode-DFS-2016",
 }
 
@@ -75,8 +75,12 @@ def licences(copyright_text: bytes) -> list[str]:
 
 
 def spdx_licence(word: str) -> str:
-    known = DEBIAN_TO_SPDX.get(word.lower())
-    if known:
+    """The SPDX identifier of a Debian licence name; a name not on the SPDX licence list the
+    library validates against (spdx-tools') becomes a ``LicenseRef-``."""
+    from spdx_tools.common.spdx_licensing import spdx_licensing
+
+    known = DEBIAN_TO_SPDX.get(word.lower(), word)
+    if known in spdx_licensing.known_symbols:
         return known
     return "LicenseRef-" + (re.sub(r"[^A-Za-z0-9.-]+", "-", word).strip("-") or "unknown")
 
