@@ -74,7 +74,8 @@ def signed(tmp_path_factory: pytest.TempPathFactory, psdemo: Path,
     }, out)
     image = build_image(spec, out)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [image.name, *(p.name for p in rules.sidecars(image).values())])
+        [image.name, image.with_suffix(".spdx.json").name,  # and the SBOM beside them
+         *(p.name for p in rules.sidecars(image).values())])
     return image
 
 
