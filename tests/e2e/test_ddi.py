@@ -36,7 +36,7 @@ from tests.conftest import require_tool
 from tests.disk.keys import KeyPair, make_key_pair
 from tests.e2e.conftest import RELEASES
 from tests.e2e.lib import tcp_get, unit
-from tests.e2e.test_verity import after, ran, vcontainer  # noqa: F401 (vcontainer: a fixture)
+from tests.e2e.test_verity import after, ran, trust, vcontainer  # noqa: F401 (vcontainer: a fixture)
 
 PORT = 18131
 pytestmark = pytest.mark.e2e
@@ -269,11 +269,7 @@ def signed_ddi_settings(psdemo: Path, keys: KeyPair) -> dict[str, Any]:
 
 
 def start_signed(c: Container, image: Path, cert: Path | None) -> tuple[str, str]:
-    trusted = c.root / "etc/verity.d"
-    shutil.rmtree(trusted, ignore_errors=True)
-    if cert is not None:
-        trusted.mkdir(parents=True)
-        shutil.copyfile(cert, trusted / "test.crt")
+    trust(c, cert)
     attach = c.attach(image, runtime=True)
     assert attach.ok, attach.output
     try:

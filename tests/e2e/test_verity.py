@@ -105,6 +105,15 @@ def variant(signed: Path, folder: Path, change: str) -> Path:
     return image
 
 
+def trust(c: nspawn.Container, cert: Path | None) -> None:
+    """``cert`` as the container's only trusted verity certificate (/etc/verity.d); None: none."""
+    trusted = c.root / "etc/verity.d"
+    shutil.rmtree(trusted, ignore_errors=True)
+    if cert is not None:
+        trusted.mkdir(parents=True)
+        shutil.copyfile(cert, trusted / "test.crt")
+
+
 def start(c: nspawn.Container, image: Path, cert: Path | None, sidecars: bool = True) -> tuple[str, str]:
     """Attach ``image`` with its sidecars and ``cert`` trusted; start the service.
     Returns the journal of the start and the unit's exit status."""
@@ -113,11 +122,7 @@ def start(c: nspawn.Container, image: Path, cert: Path | None, sidecars: bool = 
     if sidecars:
         for p in rules.sidecars(image).values():
             shutil.copyfile(p, portables / p.name)
-    trusted = c.root / "etc/verity.d"
-    shutil.rmtree(trusted, ignore_errors=True)
-    if cert is not None:
-        trusted.mkdir(parents=True)
-        shutil.copyfile(cert, trusted / "test.crt")
+    trust(c, cert)
     attach = c.attach(image, runtime=True)
     assert attach.ok, attach.output  # portabled reads the units without opening verity
     try:
