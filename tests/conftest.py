@@ -83,3 +83,13 @@ def mksquashfs(src: Path, out: Path, *args: str) -> Path:
     subprocess.run([binary, str(src), str(out), "-noappend", "-quiet", "-no-progress",
                     "-all-root", *args], check=True, capture_output=True)
     return out
+
+
+def gpg_key_home(home: Path, uid: str) -> Path:
+    """A gpg home in ``home`` holding one new ed25519 signing key for ``uid``, no passphrase."""
+    require_tool("gpg")
+    home.chmod(0o700)
+    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "",
+                    "--quick-gen-key", uid, "ed25519", "sign", "never"],
+                   check=True, capture_output=True)
+    return home

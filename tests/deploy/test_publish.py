@@ -12,7 +12,7 @@ import pytest
 
 from portable_service.deploy.publish import PublishError, Signer, publish
 from portable_service.rules import sysupdate
-from tests.conftest import require_tool
+from tests.conftest import gpg_key_home, require_tool
 
 
 def image(folder: Path, name: str, data: bytes | None = None) -> Path:
@@ -157,13 +157,7 @@ def test_a_broken_manifest_is_not_overwritten(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def gpg_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_tool("gpg")
-    home = tmp_path_factory.mktemp("gnupg")
-    home.chmod(0o700)
-    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "",
-                    "--quick-gen-key", "publisher <pub@example.org>", "ed25519", "sign", "never"],
-                   check=True, capture_output=True)
-    return home
+    return gpg_key_home(tmp_path_factory.mktemp("gnupg"), "publisher <pub@example.org>")
 
 
 def gpg_verify(home: Path, folder: Path) -> subprocess.CompletedProcess[str]:

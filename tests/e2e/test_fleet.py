@@ -28,7 +28,7 @@ from portable_service.deploy.publish import Signer, publish
 from portable_service.harness import nspawn, roots
 from portable_service.progress import Reporter
 from portable_service.rules import sysupdate
-from tests.conftest import require_tool
+from tests.conftest import gpg_key_home
 from tests.e2e.conftest import LOG_DIR, require_e2e
 from tests.e2e.lib import build_image, tcp_get, unit
 
@@ -54,13 +54,7 @@ def host() -> Iterator[nspawn.Container]:
 
 @pytest.fixture(scope="module")
 def gpg_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_tool("gpg")
-    home = tmp_path_factory.mktemp("gnupg")
-    home.chmod(0o700)
-    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "",
-                    "--quick-gen-key", "fleet test <fleet@example.org>", "ed25519", "sign",
-                    "never"], check=True, capture_output=True)
-    return home
+    return gpg_key_home(tmp_path_factory.mktemp("gnupg"), "fleet test <fleet@example.org>")
 
 
 def settings(psdemo: Path, pname: str, port: int, version: str, message: str,
