@@ -16,21 +16,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' Probe
 
 from portable_service.api import build_image
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.deploy import hostconfig
 from portable_service.deploy.publish import Signer, publish
 from portable_service.harness import nspawn, roots
+from tests.e2e.lib import Probe
 
 HERE = Path(__file__).resolve().parent
 PORT, HTTP_PORT = 18481, 18482
@@ -47,49 +48,6 @@ def make_image(work: Path, prog: Path, version: str) -> Path:
     out = work / f"v{version}"
     out.mkdir()
     return build_image(spec, out)
-
-
-class Probe:
-    def __init__(self) -> None:
-        self.answers: list[tuple[float, str | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with socket.create_connection(("127.0.0.1", PORT), timeout=0.5) as s:
-                    answer: str | None = s.recv(100).decode().strip() or None
-            except OSError:
-                answer = None
-            self.answers.append((time.monotonic(), answer))
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> Probe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def wait_for(self, answer: str, timeout: float = 20) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            hit = next((t for t, a in self.answers if a == answer), None)
-            if hit is not None:
-                return hit
-            time.sleep(0.02)
-        raise RuntimeError(f"the service never answered {answer!r}")
-
-    def downtime(self) -> float:
-        longest, last = 0.0, None
-        for t, a in self.answers:
-            if a is not None:
-                if last is not None:
-                    longest = max(longest, t - last)
-                last = t
-        return longest
 
 
 @contextlib.contextmanager
@@ -155,7 +113,7 @@ def main() -> None:
             queue = versions[1:]
             for _ in range(args.rounds):
                 v = queue.pop(0)
-                with Probe() as probe:
+                with Probe(PORT) as probe:
                     start = time.monotonic()
                     publish([images[v]], www, signer=signer, keep=2)
                     fleet["publish"].append(time.monotonic() - start)
@@ -170,7 +128,7 @@ def main() -> None:
                             ).stdout.strip().removesuffix(".raw")
                 # by hand: copy in, detach --now, attach --now
                 v = queue.pop(0)
-                with Probe() as probe:
+                with Probe(PORT) as probe:
                     shutil.copyfile(images[v], c.root / f"var/lib/portables/bench_{v}.raw")
                     c.portablectl("detach", "--now", "--enable", old, check=True)
                     c.portablectl("attach", "--now", "--enable", f"bench_{v}", check=True)
@@ -178,7 +136,7 @@ def main() -> None:
                 by_hand.append(probe.downtime())
                 # a bare reattach --now (what the update unit runs after sysupdate)
                 w = queue.pop(0)
-                with Probe() as probe:
+                with Probe(PORT) as probe:
                     shutil.copyfile(images[w], c.root / f"var/lib/portables/bench_{w}.raw")
                     c.portablectl("reattach", "--now", "--enable", f"bench_{w}", check=True)
                     probe.wait_for(f"bench {w}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
@@ -87,3 +88,55 @@ def port_closed(port: int) -> bool:
 def failure_text(c: Container, unit_name: str) -> str:
     """systemd's own lines about a failed unit (journal), for assertion messages."""
     return "\n".join(ln for ln in c.journal(unit_name).splitlines() if ln.strip())
+
+
+class Probe:
+    """Asks the service every 50 ms from the host; remembers when each answer came."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.answers: list[tuple[float, str | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _ask(self) -> str | None:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                return s.recv(4096).decode(errors="replace").strip() or None
+        except OSError:
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.answers.append((time.monotonic(), self._ask()))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def first(self, message: str) -> float | None:
+        return next((t for t, a in self.answers if a == message), None)
+
+    def wait_for(self, message: str, timeout: float = 20) -> float:
+        """When ``message`` was first answered, waiting up to ``timeout`` seconds for it."""
+        deadline = time.monotonic() + timeout
+        while (hit := self.first(message)) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the service never answered {message!r}")
+            time.sleep(0.02)
+        return hit
+
+    def downtime(self) -> float:
+        """The longest stretch without an answer, between two answered probes."""
+        longest, last_ok = 0.0, None
+        for t, answer in self.answers:
+            if answer is not None:
+                if last_ok is not None:
+                    longest = max(longest, t - last_ok)
+                last_ok = t
+        return longest

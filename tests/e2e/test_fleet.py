@@ -16,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from portable_service.progress import Reporter
 from portable_service.rules import sysupdate
 from tests.conftest import gpg_key_home
 from tests.e2e.conftest import LOG_DIR, require_e2e
-from tests.e2e.lib import build_image, tcp_get, unit
+from tests.e2e.lib import Probe, build_image, tcp_get, unit
 
 pytestmark = pytest.mark.e2e
 
@@ -101,49 +100,6 @@ def install_tree(c: nspawn.Container, tree: Path) -> None:
         else:
             shutil.copy2(path, dest)
     c.run("systemctl", "daemon-reload", check=True)
-
-
-class Probe:
-    """Asks the service every 50 ms from the host; remembers when each answer came."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.answers: list[tuple[float, str | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _ask(self) -> str | None:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                return s.recv(4096).decode(errors="replace").strip() or None
-        except OSError:
-            return None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.answers.append((time.monotonic(), self._ask()))
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> Probe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def first(self, message: str) -> float | None:
-        return next((t for t, a in self.answers if a == message), None)
-
-    def downtime(self) -> float:
-        """The longest stretch without an answer, between two answered probes."""
-        longest, last_ok = 0.0, None
-        for t, answer in self.answers:
-            if answer is not None:
-                if last_ok is not None:
-                    longest = max(longest, t - last_ok)
-                last_ok = t
-        return longest
 
 
 def update(c: nspawn.Container, pname: str) -> nspawn.Result:
