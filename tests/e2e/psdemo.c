@@ -104,9 +104,13 @@ int main(int argc, char **argv) {
             if (!S_ISDIR(st.st_mode)) {
                 char buf[128] = "";
                 int fd = open(argv[i], O_RDONLY);
-                ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+                if (fd < 0) {  /* a device the cgroup policy refuses: say why */
+                    printf("psdemo: %s: open: %s\n", argv[i], strerror(errno));
+                    continue;
+                }
+                ssize_t n = read(fd, buf, sizeof buf - 1);
                 if (n > 0) buf[strcspn(buf, "\n")] = 0;
-                if (fd >= 0) close(fd);
+                close(fd);
                 printf("psdemo: %s: file: %s\n", argv[i], buf);
                 continue;
             }

@@ -10,7 +10,10 @@ Works on hosts whose PID 1 is not systemd (containers, CI runners):
 - ``--volatile=overlay``: writes go to a tmpfs layer, the cached root stays clean;
 - the container's /dev has no loop devices: they are created inside, and the
   partition nodes of a GPT image (``/dev/loopNpM``, made by the kernel when portabled
-  attaches a disk image) are links into a read-only devtmpfs mounted inside.
+  attaches a disk image) are links into a read-only devtmpfs mounted inside;
+- which of those nodes the container may open is a cgroup v1 ``devices`` policy kept
+  current while it runs (:mod:`portable_service.harness.devices`): no loop device the
+  host or another container bound, no host disk.
 
 Commands run inside with ``nsenter -t <init> -a``. :func:`booted` is the only
 way in: its exit (normal, exception or Ctrl-C) always powers the container
@@ -37,8 +40,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from portable_service.errors import HostError, ToolError
+from portable_service.harness import devices
 from portable_service.harness.judge import PROPERTIES, UnitProps, parse_show
 from portable_service.harness.roots import Release
+from portable_service.progress import Reporter
 from portable_service.rules.portabled import SPLIT_USR_PATH, UNIT_TYPES
 from portable_service.run import DEVNULL, STDOUT, Process, TimedOut, exited, pid_alive, run, spawn
 
@@ -99,6 +104,7 @@ class Container:
     log: Path
     timings: dict[str, float] = field(default_factory=dict)
     copied: list[str] = field(default_factory=list)
+    policy: devices.DevicePolicy | None = None  # None: the host has no v1 devices controller
 
     @property
     def root(self) -> Path:
@@ -108,6 +114,11 @@ class Container:
     def run(self, *argv: str, check: bool = False, timeout: float = 60,
             input: str | None = None) -> Result:
         cmd = ["nsenter", "-t", str(self.init_pid), "-a", "--", *argv]
+        if self.policy is not None:
+            # nsenter leaves a process in its caller's cgroups: join the container's
+            # devices cgroup first, so that its policy holds for commands run here too
+            cmd = ["sh", "-c", 'echo $$ > "$0" && exec "$@"',
+                   str(self.policy.payload / "cgroup.procs"), *cmd]
         try:
             proc = run(cmd, env=CONTAINER_ENV, inherit_env=False, check=False, timeout=timeout,
                        input=None if input is None else input.encode())
@@ -296,10 +307,14 @@ def check_host() -> None:
 # -- cgroups: one per container, in every named hierarchy systemd cares about
 
 def _cgroup_dirs(name: str) -> list[Path]:
+    """The container's cgroups; the last is its devices policy's when the host has one."""
     if (CGROUP_ROOT / "cgroup.controllers").exists():  # pure cgroup v2
         return [CGROUP_ROOT / name]
-    return [CGROUP_ROOT / h / name for h in ("systemd", "unified")
+    dirs = [CGROUP_ROOT / h / name for h in ("systemd", "unified")
             if (CGROUP_ROOT / h / "cgroup.procs").exists()]
+    if devices.available(CGROUP_ROOT / "devices"):
+        dirs.append(CGROUP_ROOT / "devices" / name)
+    return dirs
 
 
 def cgroup_pids(dirs: Sequence[Path]) -> set[int]:
@@ -366,7 +381,7 @@ def remove_stale(root: Path = CGROUP_ROOT) -> list[Path]:
     named ``ps-SUITE-PID-N``: only those whose PID is dead are touched.
     """
     stale: list[Path] = []
-    for top in [root, root / "systemd", root / "unified"]:
+    for top in [root, root / "systemd", root / "unified", root / "devices"]:
         if not top.is_dir():
             continue
         for d in top.iterdir():
@@ -403,11 +418,14 @@ def _find_init(nspawn_pid: int) -> int | None:
 
 @contextlib.contextmanager
 def booted(release: Release, root: Path, *, log_dir: Path | None = None,
-           boot_timeout: float = 60, private_network: bool = False) -> Iterator[Container]:
+           boot_timeout: float = 60, private_network: bool = False,
+           reporter: Reporter | None = None) -> Iterator[Container]:
     """A running container of ``root``; always torn down on exit.
 
     nspawn's console log is kept only when the boot failed (the error names it) or the
     caller chose ``log_dir``. With ``private_network`` the container has only loopback.
+    On a host without a v1 devices controller it boots without a device policy, and
+    ``reporter`` (by default stderr) gets one warning saying what that leaves open.
     """
     check_host()
     name = f"ps-{release.suite}-{os.getpid()}-{next(_counter)}"
@@ -426,6 +444,21 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
             raise HostError(f"cannot create the container's cgroup {d}: {e.strerror}",
                             "run it as root on a host whose cgroup file system is writable"
                             ) from None
+    policy = None
+    enter = list(dirs)
+    if dirs and dirs[-1].parent.name == "devices":
+        policy = devices.DevicePolicy(dirs[-1])
+        try:
+            policy.create()
+        except OSError as e:
+            remove_cgroups(dirs)
+            raise HostError(f"cannot set the container's device policy in {dirs[-1]}: "
+                            f"{e.strerror}", "run it as root on a host whose cgroup file "
+                            "system is writable") from None
+        enter[-1] = policy.payload
+        policy.start()
+    else:
+        (reporter or Reporter(quiet=True)).warn(devices.NOT_ISOLATED)
     start = time.monotonic()
     nspawn: Process | None = None
     container: Container | None = None
@@ -442,7 +475,7 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
                     stdout=log_file, stderr=STDOUT,
                     # own session: a Ctrl-C in the terminal reaches us, not nspawn, and
                     # teardown stays in our hands
-                    start_new_session=True, preexec_fn=lambda: _enter_cgroup(dirs, parent),
+                    start_new_session=True, preexec_fn=lambda: _enter_cgroup(enter, parent),
                     env=CONTAINER_ENV, inherit_env=False))
             children.enter_context(spawn(
                 [sys.executable, "-m", "portable_service.harness.reaper", str(parent),
@@ -455,7 +488,7 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
             if not init or init == -1:
                 raise BootError(f"systemd-nspawn did not start {release.suite}'s systemd: "
                                 f"{one_line(_read(log))}", f"see {log}")
-            container = Container(release, name, nspawn, init, log)
+            container = Container(release, name, nspawn, init, log, policy=policy)
             container.timings["nspawn"] = time.monotonic() - start
             booted_container = container
             _wait(lambda: (booted_container.root / "run/systemd/private").exists() or None,
@@ -467,7 +500,7 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
             keep_log = True
             raise
         finally:
-            teardown(nspawn, container, dirs)
+            teardown(nspawn, container, dirs, policy)
             if not keep_log:
                 log.unlink(missing_ok=True)
 
@@ -560,7 +593,7 @@ def _read(path: Path) -> str:
 
 
 def teardown(nspawn: Process | None, container: Container | None,
-             dirs: Sequence[Path]) -> None:
+             dirs: Sequence[Path], policy: devices.DevicePolicy | None = None) -> None:
     """Power off, then kill by PID whatever is left, remove the cgroups, check loop devices.
 
     Runs with SIGINT held off so that a second Ctrl-C cannot leave a half-torn container.
@@ -578,6 +611,8 @@ def teardown(nspawn: Process | None, container: Container | None,
         kill_cgroups(dirs)
         if nspawn is not None:
             exited(nspawn, 5)
+        if policy is not None:
+            policy.stop()  # before its cgroup goes
         remove_cgroups(dirs)
         if container is not None:
             release_loops(container.copied)

@@ -315,7 +315,8 @@ def try_on(image: Path, release: Release, *, profile: str = "default",
     reporter = reporter or Reporter(quiet=True)
     root = _root(release, reporter)
     label = ReleaseRun(release).label
-    with nspawn.booted(release, root, private_network=not host_network) as c:
+    with nspawn.booted(release, root, private_network=not host_network,
+                       reporter=reporter) as c:
         reporter.info(f"booted {label} in {c.timings['ready']:.1f} s")
         with reporter.step(f"portablectl attach --profile={profile} {image.name}"):
             attach = c.attach(image, profile=profile) if stack is None else \

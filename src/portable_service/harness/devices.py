@@ -1,0 +1,250 @@
+"""Which device nodes a ``try`` container may open: a cgroup v1 ``devices`` policy.
+
+The container's /dev holds nodes for all 256 loop devices and, for disk images, a
+devtmpfs (every host disk) at /run/harness-dev: portabled takes whichever loop device
+``LOOP_CTL_GET_FREE`` names, and a DDI's partition nodes get numbers only when the
+kernel makes them. Without a policy anything in the container (a unit under the
+"trusted" profile too) could read a loop device the host bound, or a host disk.
+
+The policy, in ``devices/ps-NAME`` (the default is deny; the processes live one level
+below, in ``payload/``, so the container's cgroup namespace is rooted there and a
+limit set on ``ps-NAME`` is out of its reach):
+
+- the nodes systemd-nspawn itself gives a container (its own DeviceAllow list in
+  ``nspawn-register.c``: null, zero, full, random, urandom, tty, net/tun rwm;
+  ptmx and the ptys rw) and ``/dev/loop-control``;
+- every loop device (7:0-255) that is **not bound**, because the next allocation in
+  the container may take any of them, plus those the container bound itself;
+- the partitions (block major 259, which NVMe partitions share) of the loop devices
+  the container bound, and no other.
+
+A watcher thread keeps it current: on each block uevent (and twice a second as a
+fallback) it looks which loop devices are bound. A device that turns bound is the
+container's if one of its processes holds it open or mounted at that moment (the
+binder holds it while it configures, and the kernel announces the binding before the
+ioctl returns); otherwise it is denied. So a loop device bound by the host or by
+another container is unreadable from inside from the moment the watcher has seen it
+(:meth:`DevicePolicy.sync` makes that moment now); a device bound before the boot is
+denied from the start.
+
+What this does not stop (v1 checks access when a node is opened, not afterwards): a
+process that opens an unbound loop device and keeps it open until someone else binds
+it keeps reading it; and a device bound while a container process already holds it
+counts as the container's. Without a v1 ``devices`` controller (a pure cgroup v2
+host) a policy needs a BPF program; there is none, and :func:`available` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import stat
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+DEVICES_ROOT = Path("/sys/fs/cgroup/devices")
+PAYLOAD = "payload"  # where the container's processes live, below the policy's cgroup
+LOOP_MAJOR = 7
+BLKEXT_MAJOR = 259  # partitions beyond a driver's own minors: loop and NVMe partitions
+LOOP_COUNT = 256  # loop nodes the container gets (nspawn.LOOP_DEVICES)
+SYS_BLOCK = Path("/sys/block")
+NETLINK_KOBJECT_UEVENT = 15
+RESCAN = 0.5  # seconds between scans when no uevent arrives
+
+# systemd-nspawn's own list (nspawn-register.c, DevicePolicy=closed), and loop-control
+BASE_RULES = (
+    "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",  # null zero full random urandom
+    "c 5:0 rwm",  # tty
+    "c 10:200 rwm",  # net/tun
+    "c 5:2 rw",  # ptmx
+    "c 136:* rw",  # the ptys, /dev/console among them
+    "c 10:237 rw",  # loop-control: LOOP_CTL_GET_FREE
+)
+NOT_ISOLATED = ("no cgroup v1 devices controller on this host: the try container can open "
+                "every loop device and, for disk images, every host disk")
+
+
+def available(root: Path = DEVICES_ROOT) -> bool:
+    """Whether the host has the v1 devices controller (hybrid or legacy cgroups)."""
+    return (root / "devices.allow").exists()
+
+
+@dataclass(frozen=True)
+class Node:
+    kind: str  # "b" or "c"
+    major: int
+    minor: int
+
+    def rule(self) -> str:
+        return f"{self.kind} {self.major}:{self.minor} rw"
+
+
+def bound_loops() -> set[int]:
+    """Loop devices with a backing file: their ``loop/`` folder exists only while bound."""
+    found = set()
+    for entry in SYS_BLOCK.glob("loop*/loop"):
+        with contextlib.suppress(ValueError):
+            found.add(int(entry.parent.name.removeprefix("loop")))
+    return found
+
+
+def partitions(loop: int) -> set[Node]:
+    """The partition nodes the kernel made for ``/dev/loopN`` (major:minor from sysfs)."""
+    nodes = set()
+    for dev in (SYS_BLOCK / f"loop{loop}").glob(f"loop{loop}p*/dev"):
+        with contextlib.suppress(OSError, ValueError):
+            major, minor = dev.read_text().split(":")
+            nodes.add(Node("b", int(major), int(minor)))
+    return nodes
+
+
+def parse_list(text: str) -> set[str]:
+    """``devices.list`` lines as the rules they are (``b 7:3 rw``)."""
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+class DevicePolicy:
+    """The devices cgroup of one container, kept current by :meth:`start`'s thread."""
+
+    def __init__(self, top: Path) -> None:
+        self.top = top
+        self.payload = top / PAYLOAD
+        self._lock = threading.Lock()
+        self._ours: set[int] = set()  # loop devices the container bound
+        self._bound: set[int] = set()
+        self._allowed: set[Node] = set()  # loop and partition nodes allowed now
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def create(self) -> None:
+        """Deny everything, allow the base list and every unbound loop, make ``payload/``.
+
+        ``a`` can be denied only while the cgroup has no children; ``payload/`` copies the
+        exceptions when it is made.
+        """
+        self.top.mkdir(exist_ok=True)
+        (self.top / "devices.deny").write_text("a")
+        for rule in BASE_RULES:
+            (self.top / "devices.allow").write_text(rule)
+        with self._lock:
+            self._bound = bound_loops()
+            want = {Node("b", LOOP_MAJOR, n) for n in range(LOOP_COUNT) if n not in self._bound}
+            self._write(self.top, "devices.allow", want)
+            self._allowed = want
+        self.payload.mkdir(exist_ok=True)
+
+    def start(self) -> None:
+        """Watch loop devices until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._watch, name=f"devices {self.top.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def allowed(self) -> set[str]:
+        """What the container may open now (the kernel's list for ``payload/``)."""
+        try:
+            return parse_list((self.payload / "devices.list").read_text())
+        except OSError:
+            return set()
+
+    def ours(self) -> set[int]:
+        with self._lock:
+            return set(self._ours)
+
+    def sync(self) -> None:
+        """Bring the policy up to date with the loop devices bound right now."""
+        with self._lock:
+            if not self.payload.is_dir():
+                return
+            bound = bound_loops()
+            for n in bound - self._bound:
+                if self._holds(n):
+                    self._ours.add(n)
+            self._ours &= bound  # an unbound device is nobody's
+            self._bound = bound
+            want = {Node("b", LOOP_MAJOR, n) for n in range(LOOP_COUNT)
+                    if n not in bound or n in self._ours}
+            for n in self._ours:
+                want |= partitions(n)
+            # widen parent first (a child is never allowed more than its parent), narrow
+            # the child first
+            add, drop = want - self._allowed, self._allowed - want
+            with contextlib.suppress(FileNotFoundError):
+                self._write(self.top, "devices.allow", add)
+                self._write(self.payload, "devices.allow", add)
+                self._write(self.payload, "devices.deny", drop)
+                self._write(self.top, "devices.deny", drop)
+                self._allowed = want
+
+    @staticmethod
+    def _write(cgroup: Path, knob: str, nodes: Iterable[Node]) -> None:
+        for node in sorted(nodes, key=lambda n: (n.major, n.minor)):
+            (cgroup / knob).write_text(node.rule())
+
+    def _pids(self) -> list[int]:
+        pids: list[int] = []
+        for procs in self.top.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                pids += [int(p) for p in procs.read_text().split()]
+        return pids
+
+    def _holds(self, loop: int) -> bool:
+        """Whether a process of the container has ``/dev/loopN`` (or a partition of it)
+        open or mounted."""
+        rdevs = {os.makedev(LOOP_MAJOR, loop)} | {
+            os.makedev(p.major, p.minor) for p in partitions(loop)}
+        ids = {f"{os.major(d)}:{os.minor(d)}" for d in rdevs}
+        for pid in self._pids():
+            proc = Path(f"/proc/{pid}")
+            with contextlib.suppress(OSError):
+                for fd in (proc / "fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        st = fd.stat()
+                        if stat.S_ISBLK(st.st_mode) and st.st_rdev in rdevs:
+                            return True
+            with contextlib.suppress(OSError):
+                for line in (proc / "mountinfo").read_text().splitlines():
+                    fields = line.split(" ", 3)
+                    if len(fields) > 2 and fields[2] in ids:
+                        return True
+        return False
+
+    def _watch(self) -> None:
+        sock = _uevent_socket()
+        try:
+            while not self._stop.is_set():
+                if sock is None:
+                    self._stop.wait(RESCAN)
+                else:
+                    ready, _, _ = select.select([sock], [], [], RESCAN)
+                    if ready:
+                        _drain(sock)
+                self.sync()
+        finally:
+            if sock is not None:
+                sock.close()
+
+
+def _uevent_socket() -> socket.socket | None:
+    """The kernel's uevents (a loop device bound, freed, its partitions made), or None."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_KOBJECT_UEVENT)
+        sock.bind((0, 1))
+    except OSError:
+        return None  # polling alone still keeps the policy current
+    sock.setblocking(False)
+    return sock
+
+
+def _drain(sock: socket.socket) -> None:
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while sock.recv(65536):
+            pass

@@ -1,0 +1,158 @@
+"""The devices policy of a try container, on the host's real cgroup v1 devices controller.
+
+No container here: a shell placed in the policy's ``payload/`` cgroup stands for a
+process of the container (the kernel checks the cgroup, not the namespaces).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from portable_service.harness import devices, nspawn
+from portable_service.run import run
+from tests.conftest import require, require_root, require_tool
+
+SECRET = b"host secret on a loop device\n"
+
+
+def _host_disk() -> str:
+    """A disk of the host that is no loop device (vda, sda, nvme0n1, zram0, ...)."""
+    disks = sorted(p.name for p in Path("/sys/block").iterdir()
+                   if not p.name.startswith("loop"))
+    require(bool(disks), "the host has no disk but loop devices")
+    return disks[0]
+
+
+@pytest.fixture
+def policy() -> Iterator[devices.DevicePolicy]:
+    require_root()
+    require(devices.available(), "no cgroup v1 devices controller on this host")
+    top = devices.DEVICES_ROOT / f"ps-unittest-{os.getpid()}-0"
+    p = devices.DevicePolicy(top)
+    p.create()
+    try:
+        yield p
+    finally:
+        p.stop()
+        nspawn.kill_cgroups([top])
+        assert nspawn.remove_cgroups([top]) == []
+
+
+@contextlib.contextmanager
+def host_loop(tmp_path: Path) -> Iterator[int]:
+    """A loop device the host binds, read-only, to a file holding a secret."""
+    require_tool("losetup")
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET * 100)
+    dev = run(["losetup", "--find", "--show", "-r", str(secret)]).stdout.decode().strip()
+    try:
+        yield int(dev.removeprefix("/dev/loop"))
+    finally:
+        run(["losetup", "-d", dev], check=False)
+
+
+def read_inside(p: devices.DevicePolicy, node: str) -> tuple[int, str]:
+    """``head -c 40 NODE`` run in the policy's cgroup: its exit code and output."""
+    proc = run(["sh", "-c", 'echo $$ > "$0" && exec head -c 40 "$1"',
+                str(p.payload / "cgroup.procs"), node], check=False)
+    return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace").strip()
+
+
+def test_rules_and_list_parsing() -> None:
+    assert devices.Node("b", 7, 3).rule() == "b 7:3 rw"
+    assert devices.parse_list("c 1:3 rwm\nb 7:0 rw\n\n") == {"c 1:3 rwm", "b 7:0 rw"}
+    assert not devices.available(Path("/nonexistent"))
+
+
+def test_a_loop_bound_before_is_refused_an_unbound_one_allowed(policy, tmp_path) -> None:
+    with host_loop(tmp_path) as n:
+        p = devices.DevicePolicy(policy.top.with_name(policy.top.name + "-b"))
+        p.create()
+        try:
+            allowed = p.allowed()
+            assert f"b 7:{n} rw" not in allowed
+            assert "c 10:237 rw" in allowed and "c 1:3 rwm" in allowed
+            assert not any(rule.startswith("a ") for rule in allowed)
+            code, out = read_inside(p, f"/dev/loop{n}")
+            assert (code, out) == (1, f"head: cannot open '/dev/loop{n}' for reading: "
+                                      "Operation not permitted")
+            # the control: the host itself reads it
+            assert Path(f"/dev/loop{n}").read_bytes()[:len(SECRET)] == SECRET
+            # a device nobody bound stays open to the container (the next attach takes it)
+            free = next(i for i in range(devices.LOOP_COUNT)
+                        if i not in devices.bound_loops())
+            assert f"b 7:{free} rw" in allowed
+        finally:
+            nspawn.kill_cgroups([p.top])
+            nspawn.remove_cgroups([p.top])
+
+
+def test_a_loop_bound_later_is_denied_and_allowed_again_when_freed(policy, tmp_path) -> None:
+    with host_loop(tmp_path) as n:
+        assert f"b 7:{n} rw" in policy.allowed()  # it was free when the policy was made
+        policy.sync()
+        assert f"b 7:{n} rw" not in policy.allowed()
+        assert f"b 7:{n} rw" not in devices.parse_list(
+            (policy.top / "devices.list").read_text())  # the parent too
+        assert read_inside(policy, f"/dev/loop{n}") == (
+            1, f"head: cannot open '/dev/loop{n}' for reading: Operation not permitted")
+        assert n not in policy.ours()
+    policy.sync()
+    assert f"b 7:{n} rw" in policy.allowed()
+
+
+def test_the_watcher_follows_without_being_asked(policy, tmp_path) -> None:
+    import time
+
+    policy.start()
+    with host_loop(tmp_path) as n:
+        deadline = time.monotonic() + 5
+        while f"b 7:{n} rw" in policy.allowed() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert f"b 7:{n} rw" not in policy.allowed()
+
+
+BIND_AND_READ = """
+import fcntl, os, sys, time
+LOOP_SET_FD, LOOP_CLR_FD, LOOP_CTL_GET_FREE = 0x4C00, 0x4C01, 0x4C82
+backing = os.open(sys.argv[1], os.O_RDONLY)
+ctl = os.open("/dev/loop-control", os.O_RDWR)
+n = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+dev = os.open(f"/dev/loop{n}", os.O_RDONLY)  # held while bound, as systemd does
+fcntl.ioctl(dev, LOOP_SET_FD, backing)
+time.sleep(1.5)  # the watcher looks meanwhile
+again = os.open(f"/dev/loop{n}", os.O_RDONLY)  # a second open: the policy must allow it
+print(n, os.read(again, 40).decode().strip())
+fcntl.ioctl(dev, LOOP_CLR_FD)
+"""
+
+
+def test_a_loop_the_container_binds_stays_its_own(policy, tmp_path) -> None:
+    """A process of the container binds a free loop device, holding it as systemd does:
+    the device is the container's, and stays open to it while bound."""
+    import sys
+
+    secret = tmp_path / "own"
+    secret.write_bytes(SECRET * 100)
+    policy.start()
+    proc = run(["sh", "-c", 'echo $$ > "$0" && exec "$1" -c "$2" "$3"',
+                str(policy.payload / "cgroup.procs"), sys.executable, BIND_AND_READ,
+                str(secret)], check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    n, text = proc.stdout.decode().split(" ", 1)
+    assert text.splitlines()[0] == SECRET.decode().strip()
+    policy.sync()
+    assert f"b 7:{n} rw" in policy.allowed()  # freed: open to the next allocation again
+    assert int(n) not in policy.ours()
+
+
+def test_a_host_disk_is_refused(policy) -> None:
+    disk = _host_disk()
+    code, out = read_inside(policy, f"/dev/{disk}")
+    assert (code, out) == (1, f"head: cannot open '/dev/{disk}' for reading: "
+                              "Operation not permitted")
