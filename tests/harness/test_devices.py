@@ -69,6 +69,17 @@ def test_rules_and_list_parsing() -> None:
     assert not devices.available(Path("/nonexistent"))
 
 
+def test_wanted_free_nodes_and_the_containers_own() -> None:
+    """Loop 3 is the container's (with partition minor 0), loop 5 the host's (minor 1),
+    minor 2 a host NVMe partition."""
+    got = devices.wanted({3, 5}, {3}, {0: "loop3", 1: "loop5", 2: "nvme0n1"})
+    loops = {n.minor for n in got if n.major == devices.LOOP_MAJOR}
+    blkext = {n.minor for n in got if n.major == devices.BLKEXT_MAJOR}
+    assert loops == set(range(devices.LOOP_COUNT)) - {5}
+    assert blkext == set(range(devices.BLKEXT_COUNT)) - {1, 2}
+    assert {n.kind for n in got} == {"b"}
+
+
 def test_a_loop_bound_before_is_refused_an_unbound_one_allowed(policy, tmp_path) -> None:
     with host_loop(tmp_path) as n:
         p = devices.DevicePolicy(policy.top.with_name(policy.top.name + "-b"))

@@ -15,8 +15,12 @@ limit set on ``ps-NAME`` is out of its reach):
   ptmx and the ptys rw) and ``/dev/loop-control``;
 - every loop device (7:0-255) that is **not bound**, because the next allocation in
   the container may take any of them, plus those the container bound itself;
-- the partitions (block major 259, which NVMe partitions share) of the loop devices
-  the container bound, and no other.
+- among the minors of block major 259 ("blkext": loop partitions, and NVMe partitions
+  too), every one **no device has** (0-511), because the kernel gives the next partition
+  the lowest free minor and systemd opens it at once (it adds a DDI's partitions itself
+  with BLKPG and opens them in the same breath, faster than any watcher), plus the
+  partitions of the loop devices the container bound. A partition of any other disk
+  (the host's NVMe, another container's or the host's loop device) is refused.
 
 A watcher thread keeps it current: on each block uevent (and twice a second as a
 fallback) it looks which loop devices are bound. A device that turns bound is the
@@ -25,13 +29,14 @@ binder holds it while it configures, and the kernel announces the binding before
 ioctl returns); otherwise it is denied. So a loop device bound by the host or by
 another container is unreadable from inside from the moment the watcher has seen it
 (:meth:`DevicePolicy.sync` makes that moment now); a device bound before the boot is
-denied from the start.
+denied from the start, and so is every partition that exists then.
 
 What this does not stop (v1 checks access when a node is opened, not afterwards): a
-process that opens an unbound loop device and keeps it open until someone else binds
-it keeps reading it; and a device bound while a container process already holds it
-counts as the container's. Without a v1 ``devices`` controller (a pure cgroup v2
-host) a policy needs a BPF program; there is none, and :func:`available` says so.
+process that opens a free loop device (or blkext minor) and keeps it open until someone
+else binds it (or a partition gets that minor) keeps reading it; and a device bound while
+a container process already holds it counts as the container's. Without a v1
+``devices`` controller (a pure cgroup v2 host) a policy needs a BPF program; there is
+none, and :func:`available` says so.
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ PAYLOAD = "payload"  # where the container's processes live, below the policy's 
 LOOP_MAJOR = 7
 BLKEXT_MAJOR = 259  # partitions beyond a driver's own minors: loop and NVMe partitions
 LOOP_COUNT = 256  # loop nodes the container gets (nspawn.LOOP_DEVICES)
+BLKEXT_COUNT = 512  # blkext minors a container's partitions may get (lowest free first)
 SYS_BLOCK = Path("/sys/block")
+SYS_DEV_BLOCK = Path("/sys/dev/block")  # MAJOR:MINOR -> the device's sysfs folder
 NETLINK_KOBJECT_UEVENT = 15
 RESCAN = 0.5  # seconds between scans when no uevent arrives
 
@@ -102,6 +109,24 @@ def partitions(loop: int) -> set[Node]:
     return nodes
 
 
+def blkext_parents() -> dict[int, str]:
+    """The blkext minors in use, each with its disk's name (``loop3``, ``nvme0n1``)."""
+    used = {}
+    for link in SYS_DEV_BLOCK.glob(f"{BLKEXT_MAJOR}:*"):
+        with contextlib.suppress(OSError, ValueError):
+            used[int(link.name.split(":")[1])] = Path(os.readlink(link)).parent.name
+    return used
+
+
+def wanted(bound: set[int], ours: set[int], used: dict[int, str]) -> set[Node]:
+    """The loop and blkext nodes a container may open: free ones and its own."""
+    mine = {f"loop{n}" for n in ours}
+    return ({Node("b", LOOP_MAJOR, n) for n in range(LOOP_COUNT)
+             if n not in bound or n in ours}
+            | {Node("b", BLKEXT_MAJOR, m) for m in range(BLKEXT_COUNT)
+               if m not in used or used[m] in mine})
+
+
 def parse_list(text: str) -> set[str]:
     """``devices.list`` lines as the rules they are (``b 7:3 rw``)."""
     return {line.strip() for line in text.splitlines() if line.strip()}
@@ -132,7 +157,7 @@ class DevicePolicy:
             (self.top / "devices.allow").write_text(rule)
         with self._lock:
             self._bound = bound_loops()
-            want = {Node("b", LOOP_MAJOR, n) for n in range(LOOP_COUNT) if n not in self._bound}
+            want = wanted(self._bound, set(), blkext_parents())
             self._write(self.top, "devices.allow", want)
             self._allowed = want
         self.payload.mkdir(exist_ok=True)
@@ -170,10 +195,7 @@ class DevicePolicy:
                     self._ours.add(n)
             self._ours &= bound  # an unbound device is nobody's
             self._bound = bound
-            want = {Node("b", LOOP_MAJOR, n) for n in range(LOOP_COUNT)
-                    if n not in bound or n in self._ours}
-            for n in self._ours:
-                want |= partitions(n)
+            want = wanted(bound, self._ours, blkext_parents())
             # widen parent first (a child is never allowed more than its parent), narrow
             # the child first
             add, drop = want - self._allowed, self._allowed - want
