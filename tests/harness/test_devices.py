@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 
 from portable_service.harness import devices, nspawn
-from portable_service.run import run
+from portable_service.run import PIPE, run, spawn
 from tests.conftest import require, require_root, require_tool
 
 SECRET = b"host secret on a loop device\n"
-
 
 def _host_disk() -> str:
     """A disk of the host that is no loop device (vda, sda, nvme0n1, zram0, ...)."""
@@ -26,7 +25,6 @@ def _host_disk() -> str:
                    if not p.name.startswith("loop"))
     require(bool(disks), "the host has no disk but loop devices")
     return disks[0]
-
 
 @pytest.fixture
 def policy() -> Iterator[devices.DevicePolicy]:
@@ -42,7 +40,6 @@ def policy() -> Iterator[devices.DevicePolicy]:
         nspawn.kill_cgroups([top])
         assert nspawn.remove_cgroups([top]) == []
 
-
 @contextlib.contextmanager
 def host_loop(tmp_path: Path) -> Iterator[int]:
     """A loop device the host binds, read-only, to a file holding a secret."""
@@ -55,19 +52,16 @@ def host_loop(tmp_path: Path) -> Iterator[int]:
     finally:
         run(["losetup", "-d", dev], check=False)
 
-
 def read_inside(p: devices.DevicePolicy, node: str) -> tuple[int, str]:
     """``head -c 40 NODE`` run in the policy's cgroup: its exit code and output."""
     proc = run(["sh", "-c", 'echo $$ > "$0" && exec head -c 40 "$1"',
                 str(p.payload / "cgroup.procs"), node], check=False)
     return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace").strip()
 
-
 def test_rules_and_list_parsing() -> None:
     assert devices.Node("b", 7, 3).rule() == "b 7:3 rw"
     assert devices.parse_list("c 1:3 rwm\nb 7:0 rw\n\n") == {"c 1:3 rwm", "b 7:0 rw"}
     assert not devices.available(Path("/nonexistent"))
-
 
 def test_wanted_free_nodes_and_the_containers_own() -> None:
     """Loop 3 is the container's (with partition minor 0), loop 5 the host's (minor 1),
@@ -78,7 +72,6 @@ def test_wanted_free_nodes_and_the_containers_own() -> None:
     assert loops == set(range(devices.LOOP_COUNT)) - {5}
     assert blkext == set(range(devices.BLKEXT_COUNT)) - {1, 2}
     assert {n.kind for n in got} == {"b"}
-
 
 def test_a_loop_bound_before_is_refused_an_unbound_one_allowed(policy, tmp_path) -> None:
     with host_loop(tmp_path) as n:
@@ -102,7 +95,6 @@ def test_a_loop_bound_before_is_refused_an_unbound_one_allowed(policy, tmp_path)
             nspawn.kill_cgroups([p.top])
             nspawn.remove_cgroups([p.top])
 
-
 def test_a_loop_bound_later_is_denied_and_allowed_again_when_freed(policy, tmp_path) -> None:
     with host_loop(tmp_path) as n:
         assert f"b 7:{n} rw" in policy.allowed()  # it was free when the policy was made
@@ -116,7 +108,6 @@ def test_a_loop_bound_later_is_denied_and_allowed_again_when_freed(policy, tmp_p
     policy.sync()
     assert f"b 7:{n} rw" in policy.allowed()
 
-
 def test_the_watcher_follows_without_being_asked(policy, tmp_path) -> None:
     import time
 
@@ -126,7 +117,6 @@ def test_the_watcher_follows_without_being_asked(policy, tmp_path) -> None:
         while f"b 7:{n} rw" in policy.allowed() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert f"b 7:{n} rw" not in policy.allowed()
-
 
 BIND_AND_READ = """
 import fcntl, os, sys, time
@@ -142,18 +132,22 @@ print(n, os.read(again, 40).decode().strip())
 fcntl.ioctl(dev, LOOP_CLR_FD)
 """
 
-
 def test_a_loop_the_container_binds_stays_its_own(policy, tmp_path) -> None:
-    """A process of the container binds a free loop device, holding it as systemd does:
-    the device is the container's, and stays open to it while bound."""
+    """A process of the container binds a free loop device to a file on a tmpfs of its
+    own mount namespace (as an image copied into the container's overlay): the device is
+    the container's, and stays open to it while bound."""
     import sys
 
+    require_tool("unshare")
     secret = tmp_path / "own"
     secret.write_bytes(SECRET * 100)
+    (tmp_path / "mnt").mkdir()
     policy.start()
-    proc = run(["sh", "-c", 'echo $$ > "$0" && exec "$1" -c "$2" "$3"',
+    proc = run(["sh", "-c", 'echo $$ > "$0" && exec unshare --mount --propagation private '
+                'sh -c \'mount -t tmpfs tmpfs "$3" && cp "$2" "$3/image" && '
+                'exec "$0" -c "$1" "$3/image"\' "$@"',
                 str(policy.payload / "cgroup.procs"), sys.executable, BIND_AND_READ,
-                str(secret)], check=False)
+                str(secret), str(tmp_path / "mnt")], check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     n, text = proc.stdout.decode().split(" ", 1)
     assert text.splitlines()[0] == SECRET.decode().strip()
@@ -161,6 +155,25 @@ def test_a_loop_the_container_binds_stays_its_own(policy, tmp_path) -> None:
     assert f"b 7:{n} rw" in policy.allowed()  # freed: open to the next allocation again
     assert int(n) not in policy.ours()
 
+def test_holding_a_device_open_does_not_make_it_the_containers(policy, tmp_path) -> None:
+    """systemd-udevd in a systemd 247 container opens each loop device the host binds: the
+    host's device stays the host's, and a new open from the container is refused."""
+    require_tool("losetup")
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET * 100)
+    free = next(i for i in range(devices.LOOP_COUNT) if i not in devices.bound_loops())
+    with contextlib.ExitStack() as stack:
+
+        holder = stack.enter_context(spawn(
+            ["sh", "-c", 'echo $$ > "$0" && exec 3<"$1" && echo open && exec sleep 30',
+             str(policy.payload / "cgroup.procs"), f"/dev/loop{free}"], stdout=PIPE))
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        run(["losetup", "-r", f"/dev/loop{free}", str(secret)])
+        stack.callback(run, ["losetup", "-d", f"/dev/loop{free}"], check=False)
+        policy.sync()
+        assert free not in policy.ours()
+        assert read_inside(policy, f"/dev/loop{free}") == (
+            1, f"head: cannot open '/dev/loop{free}' for reading: Operation not permitted")
 
 def test_a_host_disk_is_refused(policy) -> None:
     disk = _host_disk()

@@ -24,17 +24,20 @@ limit set on ``ps-NAME`` is out of its reach):
 
 A watcher thread keeps it current: on each block uevent (and twice a second as a
 fallback) it looks which loop devices are bound. A device that turns bound is the
-container's if one of its processes holds it open or mounted at that moment (the
-binder holds it while it configures, and the kernel announces the binding before the
-ioctl returns); otherwise it is denied. So a loop device bound by the host or by
-another container is unreadable from inside from the moment the watcher has seen it
+container's if its backing file (``LOOP_GET_STATUS64``: device and inode) lies on a
+file system only the container has mounted (its overlay root with the tmpfs under it,
+its /tmp and /run): images are copied there, and no host file or other container's
+is. Otherwise it is denied. (Who holds it open says nothing: systemd-udevd in a
+systemd 247 container opens every loop device the host binds, to probe it.)
+
+So a loop device bound by the host or by another container is unreadable from inside
+from the moment the watcher has seen it
 (:meth:`DevicePolicy.sync` makes that moment now); a device bound before the boot is
 denied from the start, and so is every partition that exists then.
 
 What this does not stop (v1 checks access when a node is opened, not afterwards): a
 process that opens a free loop device (or blkext minor) and keeps it open until someone
-else binds it (or a partition gets that minor) keeps reading it; and a device bound while
-a container process already holds it counts as the container's. Without a v1
+else binds it (or a partition gets that minor) keeps reading it. Without a v1
 ``devices`` controller (a pure cgroup v2 host) a policy needs a BPF program; there is
 none, and :func:`available` says so.
 """
@@ -42,10 +45,11 @@ none, and :func:`available` says so.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import socket
-import stat
+import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -60,6 +64,8 @@ BLKEXT_COUNT = 512  # blkext minors a container's partitions may get (lowest fre
 SYS_BLOCK = Path("/sys/block")
 SYS_DEV_BLOCK = Path("/sys/dev/block")  # MAJOR:MINOR -> the device's sysfs folder
 NETLINK_KOBJECT_UEVENT = 15
+LOOP_GET_STATUS64 = 0x4C05
+LOOP_INFO64_SIZE = 232  # struct loop_info64; it starts with lo_device, lo_inode (u64 each)
 RESCAN = 0.5  # seconds between scans when no uevent arrives
 
 # systemd-nspawn's own list (nspawn-register.c, DevicePolicy=closed), and loop-control
@@ -116,6 +122,39 @@ def blkext_parents() -> dict[int, str]:
         with contextlib.suppress(OSError, ValueError):
             used[int(link.name.split(":")[1])] = Path(os.readlink(link)).parent.name
     return used
+
+
+def backing_device(loop: int) -> int | None:
+    """The device (st_dev) of the file ``/dev/loopN`` is bound to, or None (not bound)."""
+    try:
+        fd = os.open(f"/dev/loop{loop}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(LOOP_INFO64_SIZE))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    device, _inode = struct.unpack_from("=QQ", info)
+    return int(device)
+
+
+def mounted_devices(pids: Iterable[int | str]) -> set[int]:
+    """The devices (st_dev) of every file system mounted in these processes' namespaces."""
+    found: set[int] = set()
+    seen: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            if ns in seen:
+                continue
+            seen.add(ns)
+            for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+                with contextlib.suppress(IndexError, ValueError):
+                    major, minor = line.split(" ", 3)[2].split(":")
+                    found.add(os.makedev(int(major), int(minor)))
+    return found
 
 
 def wanted(bound: set[int], ours: set[int], used: dict[int, str]) -> set[Node]:
@@ -190,9 +229,11 @@ class DevicePolicy:
             if not self.payload.is_dir():
                 return
             bound = bound_loops()
-            for n in bound - self._bound:
-                if self._holds(n):
-                    self._ours.add(n)
+            if bound - self._bound:
+                private = self._private_devices()
+                for n in bound - self._bound:
+                    if backing_device(n) in private:
+                        self._ours.add(n)
             self._ours &= bound  # an unbound device is nobody's
             self._bound = bound
             want = wanted(bound, self._ours, blkext_parents())
@@ -218,26 +259,9 @@ class DevicePolicy:
                 pids += [int(p) for p in procs.read_text().split()]
         return pids
 
-    def _holds(self, loop: int) -> bool:
-        """Whether a process of the container has ``/dev/loopN`` (or a partition of it)
-        open or mounted."""
-        rdevs = {os.makedev(LOOP_MAJOR, loop)} | {
-            os.makedev(p.major, p.minor) for p in partitions(loop)}
-        ids = {f"{os.major(d)}:{os.minor(d)}" for d in rdevs}
-        for pid in self._pids():
-            proc = Path(f"/proc/{pid}")
-            with contextlib.suppress(OSError):
-                for fd in (proc / "fd").iterdir():
-                    with contextlib.suppress(OSError):
-                        st = fd.stat()
-                        if stat.S_ISBLK(st.st_mode) and st.st_rdev in rdevs:
-                            return True
-            with contextlib.suppress(OSError):
-                for line in (proc / "mountinfo").read_text().splitlines():
-                    fields = line.split(" ", 3)
-                    if len(fields) > 2 and fields[2] in ids:
-                        return True
-        return False
+    def _private_devices(self) -> set[int]:
+        """File systems mounted in the container's namespaces and not in the host's."""
+        return mounted_devices(self._pids()) - mounted_devices(["self"])
 
     def _watch(self) -> None:
         sock = _uevent_socket()
