@@ -163,7 +163,6 @@ def test_holding_a_device_open_does_not_make_it_the_containers(policy, tmp_path)
     secret.write_bytes(SECRET * 100)
     free = next(i for i in range(devices.LOOP_COUNT) if i not in devices.bound_loops())
     with contextlib.ExitStack() as stack:
-
         holder = stack.enter_context(spawn(
             ["sh", "-c", 'echo $$ > "$0" && exec 3<"$1" && echo open && exec sleep 30',
              str(policy.payload / "cgroup.procs"), f"/dev/loop{free}"], stdout=PIPE))

@@ -25,10 +25,12 @@ limit set on ``ps-NAME`` is out of its reach):
 A watcher thread keeps it current: on each block uevent (and twice a second as a
 fallback) it looks which loop devices are bound. A device that turns bound is the
 container's if its backing file (``LOOP_GET_STATUS64``: device and inode) lies on a
-file system only the container has mounted (its overlay root with the tmpfs under it,
-its /tmp and /run): images are copied there, and no host file or other container's
-is. Otherwise it is denied. (Who holds it open says nothing: systemd-udevd in a
-systemd 247 container opens every loop device the host binds, to probe it.)
+file system only the container has: one mounted in its namespaces and not the host's
+(its /tmp and /run), or the tmpfs under its overlay root, which no namespace shows
+mounted (:meth:`DevicePolicy.add_private` names it). Images are copied there, and no
+host file or other container's file is. Otherwise the device is denied. (Who holds it
+open says nothing: systemd-udevd in a systemd 247 container opens every loop device
+the host binds, to probe it.)
 
 So a loop device bound by the host or by another container is unreadable from inside
 from the moment the watcher has seen it
@@ -181,6 +183,7 @@ class DevicePolicy:
         self._ours: set[int] = set()  # loop devices the container bound
         self._bound: set[int] = set()
         self._allowed: set[Node] = set()  # loop and partition nodes allowed now
+        self._private: set[int] = set()  # file systems of the container no mount shows
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -211,6 +214,11 @@ class DevicePolicy:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+
+    def add_private(self, device: int) -> None:
+        """A file system (st_dev) only the container has, though no namespace mounts it."""
+        with self._lock:
+            self._private.add(device)
 
     def allowed(self) -> set[str]:
         """What the container may open now (the kernel's list for ``payload/``)."""
@@ -261,7 +269,7 @@ class DevicePolicy:
 
     def _private_devices(self) -> set[int]:
         """File systems mounted in the container's namespaces and not in the host's."""
-        return mounted_devices(self._pids()) - mounted_devices(["self"])
+        return (mounted_devices(self._pids()) - mounted_devices(["self"])) | self._private
 
     def _watch(self) -> None:
         sock = _uevent_socket()

@@ -515,6 +515,8 @@ def prepare(container: Container, boot_timeout: float, start: float) -> None:
         raise BootError(f"the {release.suite} container did not boot (state {state!r}): "
                         f"{one_line(failed)}", f"see {log}")
     container.timings["booted"] = time.monotonic() - start
+    if container.policy is not None:
+        container.policy.add_private(_upper_device(container.root))
     make_loop_devices(container.root / "dev")
     link_partition_nodes(container)
     if release.needs_udevd:
@@ -536,6 +538,18 @@ def prepare(container: Container, boot_timeout: float, start: float) -> None:
         container.run("sh", "-c", "while mountpoint -q /run/host; do "
                       "umount -l /run/host || exit 1; done; rm -f /run/host/os-release",
                       check=True)
+
+
+def _upper_device(root: Path) -> int:
+    """The tmpfs holding ``--volatile=overlay``'s writes (where copied images land).
+
+    nspawn mounts it in its own namespace only while it builds the overlay; a file
+    written through the overlay reports it as its device (directories report the
+    overlay's own).
+    """
+    folder = root / "var/tmp"
+    with tempfile.NamedTemporaryFile(dir=folder if folder.is_dir() else root) as probe:
+        return os.fstat(probe.fileno()).st_dev
 
 
 def make_loop_devices(dev: Path, count: int = LOOP_DEVICES) -> None:
