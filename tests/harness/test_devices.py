@@ -179,3 +179,26 @@ def test_a_host_disk_is_refused(policy) -> None:
     code, out = read_inside(policy, f"/dev/{disk}")
     assert (code, out) == (1, f"head: cannot open '/dev/{disk}' for reading: "
                               "Operation not permitted")
+
+
+def test_without_a_v1_devices_controller_one_warning_and_no_policy(tmp_path, monkeypatch,
+                                                                   capsys) -> None:
+    """A pure cgroup v2 host (``cgroup.controllers`` at the top): no devices cgroup among
+    the container's, and booting says in one line what is not isolated."""
+    from portable_service.progress import Reporter
+
+    (tmp_path / "cgroup.controllers").write_text("cpu io memory pids\n")
+    monkeypatch.setattr(nspawn, "CGROUP_ROOT", tmp_path)
+    dirs = nspawn._cgroup_dirs("ps-bookworm-1-0")
+    assert dirs == [tmp_path / "ps-bookworm-1-0"]
+    reporter = Reporter(quiet=True)
+    assert nspawn.device_policy(dirs, reporter) is None
+    assert reporter.warnings == [devices.NOT_ISOLATED]
+    err = capsys.readouterr().err
+    assert err == f"portable-service: warning: {devices.NOT_ISOLATED}\n"
+
+
+def test_on_this_host_the_policy_is_made(policy) -> None:
+    """The hybrid host of CI: the container's cgroups end with its devices cgroup."""
+    dirs = nspawn._cgroup_dirs("ps-bookworm-1-0")
+    assert dirs[-1] == devices.DEVICES_ROOT / "ps-bookworm-1-0"

@@ -398,6 +398,24 @@ def remove_stale(root: Path = CGROUP_ROOT) -> list[Path]:
     return stale
 
 
+def device_policy(dirs: Sequence[Path], reporter: Reporter) -> devices.DevicePolicy | None:
+    """The container's device policy, watched from now on, in the devices cgroup among
+    ``dirs`` (made already); without one (pure cgroup v2) a warning and None."""
+    if not dirs or dirs[-1].parent.name != "devices":
+        reporter.warn(devices.NOT_ISOLATED)
+        return None
+    policy = devices.DevicePolicy(dirs[-1])
+    try:
+        policy.create()
+    except OSError as e:
+        remove_cgroups(dirs)
+        raise HostError(f"cannot set the container's device policy in {dirs[-1]}: "
+                        f"{e.strerror}", "run it as root on a host whose cgroup file system "
+                        "is writable") from None
+    policy.start()
+    return policy
+
+
 # -- boot and teardown
 
 def _find_init(nspawn_pid: int) -> int | None:
@@ -444,21 +462,8 @@ def booted(release: Release, root: Path, *, log_dir: Path | None = None,
             raise HostError(f"cannot create the container's cgroup {d}: {e.strerror}",
                             "run it as root on a host whose cgroup file system is writable"
                             ) from None
-    policy = None
-    enter = list(dirs)
-    if dirs and dirs[-1].parent.name == "devices":
-        policy = devices.DevicePolicy(dirs[-1])
-        try:
-            policy.create()
-        except OSError as e:
-            remove_cgroups(dirs)
-            raise HostError(f"cannot set the container's device policy in {dirs[-1]}: "
-                            f"{e.strerror}", "run it as root on a host whose cgroup file "
-                            "system is writable") from None
-        enter[-1] = policy.payload
-        policy.start()
-    else:
-        (reporter or Reporter(quiet=True)).warn(devices.NOT_ISOLATED)
+    policy = device_policy(dirs, reporter or Reporter(quiet=True))
+    enter = [*dirs[:-1], policy.payload] if policy is not None else list(dirs)
     start = time.monotonic()
     nspawn: Process | None = None
     container: Container | None = None
