@@ -37,6 +37,11 @@ from the moment the watcher has seen it
 (:meth:`DevicePolicy.sync` makes that moment now); a device bound before the boot is
 denied from the start, and so is every partition that exists then.
 
+A device freed elsewhere is open to the container again only when the watcher has seen
+it (a few milliseconds): if the container's next allocation takes it sooner, the open
+fails with "Operation not permitted". ``Container.attach`` retries that once; a unit's
+start that lost the same race is judged as it failed.
+
 What this does not stop (v1 checks access when a node is opened, not afterwards): a
 process that opens a free loop device (or blkext minor) and keeps it open until someone
 else binds it (or a partition gets that minor) keeps reading it. Without a v1
@@ -184,6 +189,7 @@ class DevicePolicy:
         self._bound: set[int] = set()
         self._allowed: set[Node] = set()  # loop and partition nodes allowed now
         self._private: set[int] = set()  # file systems of the container no mount shows
+        self.widened = 0  # how often a node was allowed again (freed by its other owner)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -254,6 +260,7 @@ class DevicePolicy:
                 self._write(self.payload, "devices.deny", drop)
                 self._write(self.top, "devices.deny", drop)
                 self._allowed = want
+                self.widened += bool(add)
 
     @staticmethod
     def _write(cgroup: Path, knob: str, nodes: Iterable[Node]) -> None:

@@ -161,8 +161,10 @@ class Container:
         for _ in range(UDEV_RETRIES + 1):
             self.settle()
             cursor = self._cursor()
+            widened = self.policy.widened if self.policy is not None else 0
             result = self.portablectl(*args, name)
-            if result.ok or not self._udev_timeout(self._journal_since(cursor)):
+            if result.ok or not (self._udev_timeout(self._journal_since(cursor))
+                                 or self._lost_device_race(result, widened)):
                 break
         self.settle()
         return result
@@ -207,6 +209,14 @@ class Container:
                 if comm and not comm.startswith("("):
                     return
             time.sleep(0.05)
+
+    def _lost_device_race(self, result: Result, widened: int) -> bool:
+        """Whether the step failed on a loop device freed elsewhere that the device policy
+        allowed again only while the step ran (see :mod:`.devices`)."""
+        if self.policy is None or "Operation not permitted" not in result.output:
+            return False
+        self.policy.sync()
+        return self.policy.widened != widened
 
     def _udev_timeout(self, journal: str) -> bool:
         return self.release.needs_udevd and "Failed to wait for device to be initialized" in journal
