@@ -202,3 +202,47 @@ def test_on_this_host_the_policy_is_made(policy) -> None:
     """The hybrid host of CI: the container's cgroups end with its devices cgroup."""
     dirs = nspawn._cgroup_dirs("ps-bookworm-1-0")
     assert dirs[-1] == devices.DEVICES_ROOT / "ps-bookworm-1-0"
+
+
+BIND_HOLD_FREE = """
+import fcntl, os, sys
+LOOP_SET_FD, LOOP_CLR_FD, LOOP_CTL_GET_FREE = 0x4C00, 0x4C01, 0x4C82
+backing = os.open(sys.argv[1], os.O_RDONLY)
+n = fcntl.ioctl(os.open("/dev/loop-control", os.O_RDWR), LOOP_CTL_GET_FREE)
+dev = os.open(f"/dev/loop{n}", os.O_RDONLY)
+fcntl.ioctl(dev, LOOP_SET_FD, backing)
+print(n, flush=True)
+sys.stdin.readline()
+fcntl.ioctl(dev, LOOP_CLR_FD)
+"""
+
+
+def test_a_device_freed_and_bound_by_the_host_between_two_looks_is_the_hosts(
+        policy, tmp_path) -> None:
+    import sys
+
+    require_tool("unshare")
+    require_tool("losetup")
+    (tmp_path / "own").write_bytes(b"the container's image\n" * 100)
+    (tmp_path / "secret").write_bytes(SECRET * 100)
+    (tmp_path / "mnt").mkdir()
+    with spawn(["sh", "-c", 'echo $$ > "$0" && exec unshare --mount --propagation private '
+                'sh -c \'mount -t tmpfs tmpfs "$3" && cp "$2" "$3/image" && '
+                'exec "$0" -c "$1" "$3/image"\' "$@"',
+                str(policy.payload / "cgroup.procs"), sys.executable, BIND_HOLD_FREE,
+                str(tmp_path / "own"), str(tmp_path / "mnt")], stdin=PIPE, stdout=PIPE) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        n = int(proc.stdout.readline())
+        policy.sync()
+        assert n in policy.ours()
+        proc.stdin.write(b"free\n")
+        proc.stdin.close()
+        assert proc.wait(10) == 0
+    run(["losetup", "-r", f"/dev/loop{n}", str(tmp_path / "secret")])
+    try:
+        policy.sync()  # the first look since: bound as before, to another file
+        assert n not in policy.ours()
+        assert read_inside(policy, f"/dev/loop{n}") == (
+            1, f"head: cannot open '/dev/loop{n}' for reading: Operation not permitted")
+    finally:
+        run(["losetup", "-d", f"/dev/loop{n}"], check=False)

@@ -131,8 +131,8 @@ def blkext_parents() -> dict[int, str]:
     return used
 
 
-def backing_device(loop: int) -> int | None:
-    """The device (st_dev) of the file ``/dev/loopN`` is bound to, or None (not bound)."""
+def backing_file(loop: int) -> tuple[int, int] | None:
+    """The device (st_dev) and inode of the file ``/dev/loopN`` is bound to, or None."""
     try:
         fd = os.open(f"/dev/loop{loop}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -143,8 +143,8 @@ def backing_device(loop: int) -> int | None:
         return None
     finally:
         os.close(fd)
-    device, _inode = struct.unpack_from("=QQ", info)
-    return int(device)
+    device, inode = struct.unpack_from("=QQ", info)
+    return int(device), int(inode)
 
 
 def mounted_devices(pids: Iterable[int | str]) -> set[int]:
@@ -185,7 +185,9 @@ class DevicePolicy:
         self.top = top
         self.payload = top / PAYLOAD
         self._lock = threading.Lock()
-        self._ours: set[int] = set()  # loop devices the container bound
+        self._ours: dict[int, tuple[int, int]] = {}  # loop devices the container bound,
+        # with their backing file: a device freed and bound again between two looks is
+        # the container's only if it still has that file
         self._bound: set[int] = set()
         self._allowed: set[Node] = set()  # loop and partition nodes allowed now
         self._private: set[int] = set()  # file systems of the container no mount shows
@@ -243,14 +245,19 @@ class DevicePolicy:
             if not self.payload.is_dir():
                 return
             bound = bound_loops()
-            if bound - self._bound:
+            # an unbound device is nobody's; one bound to another file meanwhile is looked
+            # at again, as a new one
+            kept = {n: f for n, f in self._ours.items() if n in bound and backing_file(n) == f}
+            fresh = (bound - self._bound) | (set(self._ours) & bound) - set(kept)
+            self._ours = kept
+            if fresh:
                 private = self._private_devices()
-                for n in bound - self._bound:
-                    if backing_device(n) in private:
-                        self._ours.add(n)
-            self._ours &= bound  # an unbound device is nobody's
+                for n in fresh:
+                    backing = backing_file(n)
+                    if backing is not None and backing[0] in private:
+                        self._ours[n] = backing
             self._bound = bound
-            want = wanted(bound, self._ours, blkext_parents())
+            want = wanted(bound, set(self._ours), blkext_parents())
             # widen parent first (a child is never allowed more than its parent), narrow
             # the child first
             add, drop = want - self._allowed, self._allowed - want
