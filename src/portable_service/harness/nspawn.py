@@ -558,9 +558,9 @@ def prepare(container: Container, boot_timeout: float, start: float) -> None:
 def _upper_device(root: Path) -> int:
     """The tmpfs holding ``--volatile=overlay``'s writes (where copied images land).
 
-    nspawn mounts it in its own namespace only while it builds the overlay; a file
-    written through the overlay reports it as its device (directories report the
-    overlay's own).
+    No mount namespace of the container's processes shows it mounted (it is only the
+    overlay's upper layer), so the device policy is told; a file written through the
+    overlay reports it as its device (directories report the overlay's own).
     """
     folder = root / "var/tmp"
     with tempfile.NamedTemporaryFile(dir=folder if folder.is_dir() else root) as probe:
