@@ -24,7 +24,7 @@ from portable_service.run import run
 from tests.conftest import REPO, require, require_tool
 from tests.e2e.conftest import LOG_DIR, RELEASES, require_e2e
 from tests.e2e.lib import attached, build_image, tcp_get, unit
-from tests.e2e.test_ddi import build_ddi, settings
+from tests.e2e.test_ddi import DDI_RELEASES, PORT, build_ddi, settings
 
 pytestmark = pytest.mark.e2e
 SECRET = "TOPSECRET-on-a-host-loop-device"
@@ -144,6 +144,36 @@ def test_two_containers_each_open_only_their_own(release_roots, psdemo, tmp_path
                     1, f"dd: failed to open '/dev/loop{n}': {REFUSED}")
             for n in mine:
                 assert a.run("dd", f"if=/dev/loop{n}", "of=/dev/null", "count=1").ok
+
+
+@pytest.mark.parametrize("suite", DDI_RELEASES)
+def test_a_ddi_gets_its_own_partitions_not_the_hosts(release_roots, psdemo, tmp_path, suite):
+    """The host has a DDI's partitions; the container attaches a DDI of its own and serves
+    from its root partition, which is allowed; the host's partition stays refused."""
+    require_policy()
+    release = roots.RELEASES[suite]
+    host_ddi = build_ddi(tmp_path / "host", settings(psdemo, "mksquashfs", "host"))
+    image = build_ddi(tmp_path / "own", settings(psdemo, "mksquashfs", f"own on {suite}"))
+    with host_loop(host_ddi, partitions=True) as parted, \
+            nspawn.booted(release, release_roots[suite], log_dir=LOG_DIR) as c:
+        assert c.policy is not None
+        host_part = _partition(parted)
+        host_minor = Path(f"/sys/block/{Path(parted).name}/{host_part}/dev").read_text().strip()
+        with attached(c, image):
+            assert c.systemctl("start", "ddidemo.socket").ok
+            assert tcp_get(PORT) == f"own on {suite}\n", c.journal("ddidemo.service")
+            c.policy.sync()
+            own = c.policy.ours()
+            assert own, "the DDI's loop device is not the container's"
+            parts = [dev.read_text().strip() for n in own
+                     for dev in Path(f"/sys/block/loop{n}").glob(f"loop{n}p*/dev")]
+            assert parts, "the container's loop device has no partitions"
+            assert all(f"b {part} rw" in c.policy.allowed() for part in parts), parts
+            assert f"b {host_minor} rw" not in c.policy.allowed()
+            got = c.run("dd", f"if=/dev/{host_part}", "of=/dev/null", "count=1",
+                        "status=none")
+            assert (got.returncode, got.output) == (
+                1, f"dd: failed to open '/dev/{host_part}': {REFUSED}")
 
 
 KILLED = """
