@@ -69,6 +69,10 @@ def _partition(dev: str) -> str:
     return sorted(Path("/sys/block", name).glob(f"{name}p*"))[0].name
 
 
+def _numbers(disk: str) -> str:
+    return Path(f"/sys/block/{disk}/dev").read_text().strip()
+
+
 def require_policy() -> None:
     require_e2e()
     require(devices.available(), "no cgroup v1 devices controller on this host")
@@ -106,6 +110,15 @@ def test_host_loop_devices_and_disks_are_refused(release_roots, psdemo, tmp_path
                 got = c.run("dd", f"if={node}", "of=/dev/null", "count=1", "status=none")
                 assert (got.returncode, got.output) == (
                     1, f"dd: failed to open '{node}': {REFUSED}")
+            # the container's root mounts the devices hierarchy (its cgroup namespace is
+            # rooted at payload/) and tries to allow the host disk: the kernel refuses, the
+            # limit is on payload/'s parent
+            got = c.run("sh", "-c", "mkdir -p /tmp/cg && mount -t cgroup -o devices none "
+                        f"/tmp/cg && echo 'b {_numbers(disk)} rw' > /tmp/cg/devices.allow")
+            assert got.returncode != 0 and got.output.endswith("I/O error"), got.output
+            got = c.run("dd", f"if={nspawn.HOST_DEV}/{disk}", "of=/dev/null", "count=1",
+                        "status=none")
+            assert got.output == f"dd: failed to open '{nspawn.HOST_DEV}/{disk}': {REFUSED}"
             # a unit under the trusted profile: the image's own loop device works (it is
             # mounted as the unit's root), the host's do not
             image = probe_image(tmp_path, psdemo, "devprobe", nodes)
