@@ -245,8 +245,9 @@ class SquashfsFS:
 
     def walk(self) -> Iterator[tuple[str, Stat]]:
         with squashfs_errors():
-            for path, st in self._image.walk():
-                yield path, _convert(st)
+            # the reader builds our Stat directly (same fields, same order): one record
+            # per entry instead of two
+            yield from self._image.walk_as(Stat)
 
     def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
         with squashfs_errors():
