@@ -129,16 +129,20 @@ def _lookup(fs: ImageFS, path: str) -> tuple[str, Stat]:
     return real, fs.stat(real)
 
 
-def ls_entries(fs: ImageFS, path: str) -> list[tuple[str, Stat]]:
-    """What ``ls`` lists: a folder's entries, or the one entry ``path`` names."""
+def ls_entries(fs: ImageFS, path: str, recursive: bool = False) -> list[tuple[str, Stat]]:
+    """What ``ls`` lists: a folder's entries (with ``recursive``, every entry below it,
+    named from the folder, as ``unsquashfs -lln``), or the one entry ``path`` names."""
     real, st = _lookup(fs, path)
     if st.kind != "dir":
         return [(posixpath.basename(real), st)]
+    if recursive:  # one walk decodes each entry once; lookups would decode each path
+        prefix = real.rstrip("/") + "/"
+        return [(p[len(prefix):], s) for p, s in fs.walk() if p.startswith(prefix) and p != real]
     return [(name, fs.stat(posixpath.join(real, name))) for name in fs.listdir(real)]
 
 
-def ls_lines(fs: ImageFS, path: str, long: bool) -> list[str]:
-    return [_ls_line(name, st, long) for name, st in ls_entries(fs, path)]
+def ls_lines(fs: ImageFS, path: str, long: bool, recursive: bool = False) -> list[str]:
+    return [_ls_line(name, st, long) for name, st in ls_entries(fs, path, recursive)]
 
 
 def _ls_line(name: str, st: Stat, long: bool) -> str:
@@ -154,5 +158,9 @@ def cat_file(fs: ImageFS, path: str, chunk: int = 1 << 20) -> Iterator[bytes]:
     real, st = _lookup(fs, path)
     if st.kind != "file":
         raise ImageError(f"{path} is a {st.kind}, not a file", "give the path of a file")
+    stream = getattr(fs, "stream", None)  # a squashfs image: blocks decoded in parallel
+    if stream is not None:
+        yield from stream(real)
+        return
     for offset in range(0, st.size, chunk):
         yield fs.read(real, offset, min(chunk, st.size - offset))

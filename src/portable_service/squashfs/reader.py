@@ -829,15 +829,14 @@ def parse_listing(data: bytes) -> list[ListEntry]:
             if pos + 8 > end:
                 raise CorruptImageError("a directory listing ends inside an entry")
             offset, _delta, itype, name_size = unpack_entry(data, pos)
-            pos += 8
-            n = name_size + 1
-            if n > fmt.MAX_NAME or pos + n > end:
+            start = pos + 8
+            pos = start + name_size + 1
+            if name_size >= fmt.MAX_NAME or pos > end:
                 raise CorruptImageError("a directory entry's name is too long or truncated")
-            name = data[pos: pos + n]
-            pos += n
+            name = data[start:pos]
             if not 1 <= itype <= 7:
                 raise CorruptImageError(f"directory entry {name!r} has type {itype}")
-            if b"/" in name or b"\0" in name or name in (b".", b".."):
+            if b"/" in name or b"\0" in name or name == b"." or name == b"..":
                 raise CorruptImageError(f"directory entry {name!r} is not a valid name")
             if name <= last and entries:
                 raise CorruptImageError("directory entries are not sorted or repeat a name")
