@@ -32,6 +32,7 @@ from portable_service.squashfs.errors import (
     CorruptImageError,
     NotFoundError,
     OutOfBoundsError,
+    SquashfsError,
     UnsupportedError,
 )
 from portable_service.squashfs.format import Superblock
@@ -220,6 +221,8 @@ class SquashfsImage:
         self._lookups: OrderedDict[tuple[str, bool], Inode] = OrderedDict()
         self._cached_entries = 0
         self._frag_cache: OrderedDict[int, bytes] = OrderedDict()
+        self._frag_ahead: dict[int, Future[bytes]] = {}  # the next block, being decoded
+        self._frag_last = -2
         self._data_cache: OrderedDict[int, bytes] = OrderedDict()
         self._xattr_start = 0
         self._xattr_count = 0
@@ -694,6 +697,29 @@ class SquashfsImage:
         cached = self._frag_cache.get(index)
         if cached is not None:
             return cached
+        ahead = self._frag_ahead.pop(index, None)
+        # a block decoded ahead reports its errors here, when it is wanted, not before
+        data = ahead.result() if ahead is not None else self._fragment_decode(
+            *self._fragment_where(index))
+        self._frag_cache[index] = data
+        if len(self._frag_cache) > 8:
+            self._frag_cache.popitem(last=False)
+        # Files are mostly read in the order they were packed (verify, diff, size walk in
+        # that order): after two blocks in a row, decode the next on another core while
+        # this one is parsed. A single read (cat of one small file) starts nothing.
+        follows, self._frag_last = index == self._frag_last + 1, index
+        nxt = index + 1
+        if follows and nxt < self.superblock.fragment_count and nxt not in self._frag_cache:
+            try:
+                where = self._fragment_where(nxt)
+            except SquashfsError:
+                pass  # reported if and when that block is read
+            else:
+                self._frag_ahead = {nxt: _pool().submit(self._fragment_decode, *where)}
+        return data
+
+    def _fragment_where(self, index: int) -> tuple[int, int]:
+        """Where fragment block ``index`` is stored and its size word, from the table."""
         sb = self.superblock
         if sb.fragment_table == fmt.NO_TABLE:
             raise CorruptImageError("a file has a fragment but the image has no fragment table")
@@ -703,12 +729,13 @@ class SquashfsImage:
         size = word & (fmt.BLOCK_UNCOMPRESSED - 1)
         if size > sb.block_size or size == 0:
             raise OutOfBoundsError(f"fragment {index} has size {size}")
-        data = self._read_at(start, size)
+        return start, word
+
+    def _fragment_decode(self, start: int, word: int) -> bytes:
+        """A fragment block read and decoded; touches no shared state (worker threads)."""
+        data = self._read_at(start, word & (fmt.BLOCK_UNCOMPRESSED - 1))
         if not word & fmt.BLOCK_UNCOMPRESSED:
-            data = self.compressor.decompress(data, sb.block_size)
-        self._frag_cache[index] = data
-        if len(self._frag_cache) > 8:
-            self._frag_cache.popitem(last=False)
+            data = self.compressor.decompress(data, self.superblock.block_size)
         return data
 
     def _read_range(self, ino: Inode, offset: int, size: int) -> bytes:
