@@ -7,6 +7,7 @@ container's facts and, for images we built, the roots of the closure.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import time
 from collections.abc import Iterator
@@ -148,9 +149,20 @@ def ls_lines(fs: ImageFS, path: str, long: bool, recursive: bool = False) -> lis
 def _ls_line(name: str, st: Stat, long: bool) -> str:
     if not long:
         return name + ("/" if st.kind == "dir" else "")
-    stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(st.mtime))
     target = f" -> {st.target}" if st.kind == "symlink" and st.target is not None else ""
-    return f"{st.mode_string()} {st.uid:>5} {st.gid:>5} {st.size:>10} {stamp} {name}{target}"
+    return (f"{_mode_string(st.kind, st.mode)} {st.uid:>5} {st.gid:>5} {st.size:>10} "
+            f"{_stamp(st.mtime)} {name}{target}")
+
+
+# an image has few distinct modes and times: `ls -lR` of 65,000 entries formats each once
+@functools.lru_cache(maxsize=4096)
+def _stamp(mtime: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(mtime))
+
+
+@functools.lru_cache(maxsize=4096)
+def _mode_string(kind: str, mode: int) -> str:
+    return Stat(kind, mode).mode_string()
 
 
 def cat_file(fs: ImageFS, path: str, chunk: int = 1 << 20) -> Iterator[bytes]:
