@@ -131,3 +131,35 @@ def test_resolved_paths_are_kept_and_bounded(tree: Path, tmp_path: Path,
             assert im.stat(f"/many/{name}").kind in ("file", "symlink")
         assert len(im._lookups) <= 100
         assert im.read("/big", 5, 10) == (tree / "big").read_bytes()[5:15]
+
+
+def test_fragment_read_ahead_gives_the_files_and_reports_errors_when_read(
+        tmp_path: Path) -> None:
+    """Fragment blocks read in a row are decoded one ahead, in a worker thread: the bytes
+    are the files', and a corrupt block read ahead fails only the read that wants it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(60):  # 3,000 bytes each: four to a 16K fragment block
+        (src / f"f{i:02d}").write_bytes(os.urandom(1500) + bytes([i]) * 1500)
+    image = mksquashfs(src, tmp_path / "img", "-comp", "gzip", "-b", "16K")
+    with SquashfsImage(image) as im:
+        for i in range(60):
+            assert im.read(f"/f{i:02d}") == (src / f"f{i:02d}").read_bytes()
+        assert im.superblock.fragment_count > 10
+        frag = {i: im._lookup(f"/f{i:02d}").fragment for i in range(60)}
+        victim = frag[30]
+        start, word = im._fragment_where(victim)
+    data = bytearray(image.read_bytes())
+    size = word & ((1 << 24) - 1)
+    data[start: start + size] = bytes(size)  # no longer a zlib stream
+    bad = tmp_path / "bad"
+    bad.write_bytes(bytes(data))
+    before = [i for i in range(60) if frag[i] < victim]
+    with SquashfsImage(bad) as im:
+        for i in before:  # the last two of these start decoding the victim ahead
+            assert im.read(f"/f{i:02d}") == (src / f"f{i:02d}").read_bytes()
+        assert victim in im._frag_ahead
+        with pytest.raises(SquashfsError):
+            im.read("/f30")
+        after = [i for i in range(60) if frag[i] > victim]
+        assert im.read(f"/f{after[0]:02d}") == (src / f"f{after[0]:02d}").read_bytes()
