@@ -651,12 +651,15 @@ class SquashfsImage:
         """
         starts = self._starts(ino)
         self._block_list(ino)  # checked once, here, not in every thread
-        if ino.fragment != fmt.NO_FRAGMENT and last > len(starts):
-            self._fragment_tail(ino, 0)  # the table read, cached, before the threads start
         if last - first <= 2:
             for i in range(first, last):
                 yield self._decode(ino, i, starts)
             return
+        # the tail in a fragment is read here: the fragment cache is not for threads
+        full = len(starts)
+        tail = Future[bytes]()
+        if last > full:
+            tail.set_result(self._fragment_tail(ino, ino.size - full * self.superblock.block_size))
         pool = _pool()
         ahead = max(2, READ_AHEAD_BYTES // self.superblock.block_size)
         pending: deque[Future[bytes]] = deque()
@@ -664,7 +667,8 @@ class SquashfsImage:
         try:
             for i in range(first, last):
                 while nxt < last and nxt - i < ahead:
-                    pending.append(pool.submit(self._decode, ino, nxt, starts))
+                    pending.append(tail if nxt >= full else
+                                   pool.submit(self._decode, ino, nxt, starts))
                     nxt += 1
                 yield pending.popleft().result()
         finally:
