@@ -16,7 +16,8 @@ def run() -> None:
         try:
             from portable_service.cli import main, make_parser
 
-            parser = make_parser()  # imports every verb's module
+            # imports every verb's module, or only the read verbs' for `ls IMAGE` and such
+            parser = make_parser(sys.argv[1] if len(sys.argv) > 1 else None)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         code = main(parser=parser)

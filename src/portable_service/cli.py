@@ -265,7 +265,14 @@ GLOBAL_HELP = {
 }
 
 
-def make_parser() -> argparse.ArgumentParser:
+# The verbs look/verbs.py registers. A command starting with one of them (as usually
+# typed) gets a parser of these alone: importing every verb's module (the build
+# pipeline, cryptography, ELF parsing) was most of an `ls` or `cat`.
+READ_VERBS = frozenset({"inspect", "ls", "cat", "verify", "diff", "size"})
+
+
+def make_parser(first: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``first``, the first argument, picks the read verbs alone."""
     parser = _Parser(prog=PROG, description="Build and check systemd portable service images.",
                      epilog=EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help=GLOBAL_HELP["debug"])
@@ -275,7 +282,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_completion_flag(parser)
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
-    for register in VERBS:
+    for register in [_image_verbs] if first in READ_VERBS else VERBS:
         register(sub)
     for verb in sub.choices.values():
         # the global flags also after the verb, where users put them (`build --debug`);

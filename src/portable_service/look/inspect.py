@@ -7,6 +7,7 @@ container's facts and, for images we built, the roots of the closure.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import time
 from collections.abc import Iterator
@@ -129,24 +130,39 @@ def _lookup(fs: ImageFS, path: str) -> tuple[str, Stat]:
     return real, fs.stat(real)
 
 
-def ls_entries(fs: ImageFS, path: str) -> list[tuple[str, Stat]]:
-    """What ``ls`` lists: a folder's entries, or the one entry ``path`` names."""
+def ls_entries(fs: ImageFS, path: str, recursive: bool = False) -> list[tuple[str, Stat]]:
+    """What ``ls`` lists: a folder's entries (with ``recursive``, every entry below it,
+    named from the folder, as ``unsquashfs -lln``), or the one entry ``path`` names."""
     real, st = _lookup(fs, path)
     if st.kind != "dir":
         return [(posixpath.basename(real), st)]
+    if recursive:  # one walk decodes each entry once; lookups would decode each path
+        prefix = real.rstrip("/") + "/"
+        return [(p[len(prefix):], s) for p, s in fs.walk() if p.startswith(prefix) and p != real]
     return [(name, fs.stat(posixpath.join(real, name))) for name in fs.listdir(real)]
 
 
-def ls_lines(fs: ImageFS, path: str, long: bool) -> list[str]:
-    return [_ls_line(name, st, long) for name, st in ls_entries(fs, path)]
+def ls_lines(fs: ImageFS, path: str, long: bool, recursive: bool = False) -> list[str]:
+    return [_ls_line(name, st, long) for name, st in ls_entries(fs, path, recursive)]
 
 
 def _ls_line(name: str, st: Stat, long: bool) -> str:
     if not long:
         return name + ("/" if st.kind == "dir" else "")
-    stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(st.mtime))
     target = f" -> {st.target}" if st.kind == "symlink" and st.target is not None else ""
-    return f"{st.mode_string()} {st.uid:>5} {st.gid:>5} {st.size:>10} {stamp} {name}{target}"
+    return (f"{_mode_string(st.kind, st.mode)} {st.uid:>5} {st.gid:>5} {st.size:>10} "
+            f"{_stamp(st.mtime)} {name}{target}")
+
+
+# an image has few distinct modes and times: `ls -lR` of 65,000 entries formats each once
+@functools.lru_cache(maxsize=4096)
+def _stamp(mtime: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(mtime))
+
+
+@functools.lru_cache(maxsize=4096)
+def _mode_string(kind: str, mode: int) -> str:
+    return Stat(kind, mode).mode_string()
 
 
 def cat_file(fs: ImageFS, path: str, chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -154,5 +170,9 @@ def cat_file(fs: ImageFS, path: str, chunk: int = 1 << 20) -> Iterator[bytes]:
     real, st = _lookup(fs, path)
     if st.kind != "file":
         raise ImageError(f"{path} is a {st.kind}, not a file", "give the path of a file")
+    stream = getattr(fs, "stream", None)  # a squashfs image: blocks decoded in parallel
+    if stream is not None:
+        yield from stream(real)
+        return
     for offset in range(0, st.size, chunk):
         yield fs.read(real, offset, min(chunk, st.size - offset))

@@ -8,6 +8,8 @@ them into one line and exit 2.
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,11 +71,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if style:
         entries = [{"name": name, "kind": st.kind, "mode": f"{st.mode:04o}", "uid": st.uid,
                     "gid": st.gid, "size": st.size, "mtime": st.mtime, "target": st.target}
-                   for name, st in ls_entries(fs, args.path)]
+                   for name, st in ls_entries(fs, args.path, args.recursive)]
         emit("ls", {"image": args.image, "path": args.path, "entries": entries}, style)
         return 0
-    for line in ls_lines(fs, args.path, args.long):
-        print(line)
+    sys.stdout.write("".join(line + "\n" for line in ls_lines(fs, args.path, args.long,
+                                                                 args.recursive)))
     return 0
 
 
@@ -82,9 +84,20 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
     chunks = cat_file(_open(args.image, indexed=False), args.path)
     first = next(chunks, b"")  # errors (not a file, missing) before anything is printed
-    sys.stdout.buffer.write(first)
-    for data in chunks:
-        sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    try:
+        out = sys.stdout.buffer.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: not a file
+        out = -1
+    for data in itertools.chain((first,), chunks):
+        if out < 0:
+            sys.stdout.buffer.write(data)
+            continue
+        # straight to the descriptor: no copy through a buffer, one call per MiB
+        with memoryview(data) as view:
+            done = 0
+            while done < len(view):
+                done += os.write(out, view[done:])
     sys.stdout.flush()
     return 0
 
@@ -189,6 +202,8 @@ def register(sub: Any) -> None:
     p.add_argument("image")
     p.add_argument("path", nargs="?", default="/", help="folder in the image (default: /)")
     p.add_argument("-l", "--long", action="store_true", help="modes, owners, sizes, times")
+    p.add_argument("-R", "--recursive", action="store_true",
+                   help="every entry below the folder, as paths (as unsquashfs -lln)")
     _json_flag(p)
     p.set_defaults(func=cmd_ls)
 

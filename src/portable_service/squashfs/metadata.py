@@ -106,6 +106,9 @@ class MetadataReader:
 
         The caller bounds ``size``; each block read moves forward, so this ends.
         """
+        data, _ = self.block(pos)
+        if offset + size <= len(data):  # most reads: one block, one slice
+            return data[offset: offset + size], pos, offset + size
         out = bytearray()
         while True:
             data, nxt = self.block(pos)
