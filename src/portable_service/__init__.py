@@ -8,9 +8,29 @@ The public API is :func:`build` (keyword arguments named like the spec keys)
 and :class:`Spec`, the typed spec that can be built in code.
 """
 
-from portable_service.api import build
-from portable_service.builder.spec import Spec
-from portable_service.errors import PortableServiceError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from portable_service.api import build
+    from portable_service.builder.spec import Spec
+    from portable_service.errors import PortableServiceError
 
 __all__ = ["PortableServiceError", "Spec", "build"]
 __version__ = "0.1.0"
+
+# Loaded on first use: importing a lower layer (portable_service.squashfs, to write or read
+# an image) must not pull in the whole builder, which costs 0.25 s at start-up.
+_LAZY = {"build": "portable_service.api", "Spec": "portable_service.builder.spec",
+         "PortableServiceError": "portable_service.errors"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'portable_service' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -5,7 +5,9 @@ sparse (size 0, no bytes), the tail shorter than a block goes into a shared
 fragment block. Blocks are compressed by a pool of threads (zlib, lzma and
 zstd release the GIL) but committed strictly in submission order, so the
 image does not depend on thread timing. At most ``window`` blocks are in
-flight, which bounds memory whatever the size of the input.
+flight, which bounds memory whatever the size of the input. A compressor
+faster than the hand-over to a thread (lz4) runs inline, in the caller's
+thread: the bytes are the same either way.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class BlockProcessor:
     """Streams files into the data area of an image open for writing at ``start``."""
 
     def __init__(self, out: BinaryIO, start: int, compressor: Compressor, block_size: int,
-                 workers: int | None = None, fragments: bool = True) -> None:
+                 workers: int | None = None, fragments: bool = True,
+                 inline: bool | None = None) -> None:
         self.out = out
         self.pos = start
         self.compressor = compressor
@@ -65,8 +68,10 @@ class BlockProcessor:
         self.workers = workers or os.cpu_count() or 1
         self.window = max(4, 4 * self.workers)  # compressions in flight
         self.in_flight = 0
+        # inline (None: when the compressor is faster than a thread hand-over, see Compressor.fast)
+        inline = compressor.fast if inline is None else inline
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="squashfs") \
-            if self.workers > 1 else None
+            if self.workers > 1 and not inline else None
         self.pending: deque[tuple[_Job, Callable[[int, int], None]]] = deque()
         self.fragment_buf = bytearray()
         self.fragment_table: list[tuple[int, int]] = []  # (start, size word) per fragment block
@@ -116,8 +121,34 @@ class BlockProcessor:
 
     def add_bytes(self, data: bytes, name: str,
                   progress: Callable[[int], None] | None = None) -> FileData:
-        """A file whose bytes are already in memory (read whole, see the writer)."""
-        return self.add_file(io.BytesIO(data), len(data), name, progress)
+        """A file whose bytes are already in memory (read whole, see the writer).
+
+        The same blocks, fragments and order as :meth:`add_file` of the same bytes, without
+        a file object: most files of a tree come this way.
+        """
+        size = len(data)
+        fd = FileData(size)
+        bs = self.block_size
+        n_full, tail = divmod(size, bs)
+        if not self.use_fragments and tail:
+            n_full, tail = n_full + 1, 0
+        for i in range(n_full):
+            block = data[i * bs: (i + 1) * bs]
+            if progress:
+                progress(len(block))
+            self._submit_block(fd, i, block, len(block), i == 0)
+        if not n_full:
+            fd.blocks_start = self.pos  # no blocks; kept for the inode only
+
+            def place(pos: int, fd: FileData = fd) -> None:
+                fd.blocks_start = pos
+
+            self._on_commit(place)
+        if tail:
+            if progress:
+                progress(tail)
+            self._add_tail(fd, data[n_full * bs:] if n_full else data)
+        return fd
 
     def _submit_block(self, fd: FileData, i: int, block: bytes | None, length: int,
                       first: bool) -> None:

@@ -33,7 +33,12 @@ STORABLE_XATTRS = ("user.", "trusted.", "security.")
 
 @dataclass(frozen=True)
 class Node:
-    """One path of the image. Files give ``size`` and ``opener``; hard links share ``link``."""
+    """One path of the image. Files give ``size`` and ``opener``; hard links share ``link``.
+
+    ``source``, when given, is the host path ``opener`` opens: the writer then reads a
+    small file with one ``os.open`` and ``pread`` (no file object), and calls ``opener``
+    only if that fails, so the error a user sees is still the opener's.
+    """
 
     path: Path_
     kind: str  # 'dir', 'file' or 'symlink'
@@ -46,6 +51,7 @@ class Node:
     target: bytes = b""
     xattrs: tuple[tuple[str, bytes], ...] = ()
     link: object = None
+    source: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class WriterOptions:
     workers: int | None = None  # compression threads; default: one per CPU
     fragments: bool = True
     dedupe: bool = True
+    inline: bool | None = None  # compress in the writing thread; None: when Compressor.fast
 
 
 def write_image(nodes: Iterable[Node], out: BinaryIO, options: WriterOptions,
@@ -82,10 +89,12 @@ def _write_data(tree: _Tree, out: BinaryIO, options: WriterOptions,
     a pass of their own first (:func:`_duplicates`), so memory stays bounded.
     """
     dups = _duplicates(tree) if options.dedupe else {}
+    # a file whose size no other file has cannot be a duplicate: only shared sizes are hashed
+    shared = _shared_sizes(tree) if options.dedupe else set()
     seen: dict[tuple[int, bytes], FileData] = {}  # (size, sha256) of small files stored
     data: dict[object, FileData] = {}
     bp = BlockProcessor(out, out.tell(), options.compressor, options.block_size,
-                        options.workers, options.fragments)
+                        options.workers, options.fragments, options.inline)
     try:
         for node in tree.preorder():
             key = tree.key(node)
@@ -99,7 +108,8 @@ def _write_data(tree: _Tree, out: BinaryIO, options: WriterOptions,
                 continue
             if 0 < node.size <= IN_MEMORY:
                 whole = _read_whole(node, tree.name(node))
-                digest = (node.size, hashlib.sha256(whole).digest()) if options.dedupe else None
+                digest = ((node.size, hashlib.sha256(whole).digest())
+                          if node.size in shared else None)
                 stored = seen.get(digest) if digest is not None else None
                 if stored is None:
                     stored = bp.add_bytes(whole, tree.name(node), progress)
@@ -122,15 +132,30 @@ def _write_data(tree: _Tree, out: BinaryIO, options: WriterOptions,
 IN_MEMORY = 1 << 20
 
 
+def _shared_sizes(tree: _Tree) -> set[int]:
+    """The sizes of small files that more than one file (inode) has."""
+    once: set[int] = set()
+    shared: set[int] = set()
+    seen: set[object] = set()
+    for node in tree.nodes.values():
+        if node.kind != "file" or not 0 < node.size <= IN_MEMORY:
+            continue
+        key = tree.key(node)
+        if key in seen:
+            continue
+        seen.add(key)
+        if node.size in once:
+            shared.add(node.size)
+        else:
+            once.add(node.size)
+    return shared
+
+
 def _read_whole(node: Node, name: str) -> bytes:
     """All of a small file's bytes, checked against the size it was listed with."""
-    assert node.opener is not None
-    try:
-        with node.opener() as f:
-            data = _read_upto(f, node.size + 1)
-    except OSError as e:
-        raise InputError(f"cannot read {getattr(e, 'filename', None) or name}: "
-                         f"{e.strerror or e}", "check that it exists and is readable") from None
+    data = _read_source(node.source, node.size + 1) if node.source is not None else None
+    if data is None:
+        data = _read_opened(node, name)
     if len(data) > node.size:
         raise InputError(f"{name} grew while the image was written",
                          "build again when it is no longer being written to")
@@ -138,6 +163,36 @@ def _read_whole(node: Node, name: str) -> bytes:
         raise InputError(f"{name} shrank while the image was written",
                          "build again when it is no longer being written to")
     return data
+
+
+def _read_source(path: str, n: int) -> bytes | None:
+    """Up to ``n`` bytes of a host file without a file object; None if it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # the opener tries again and says why it fails
+    try:
+        data = os.pread(fd, n, 0)
+        while len(data) < n:
+            more = os.pread(fd, n - len(data), len(data))
+            if not more:
+                break
+            data += more
+        return data
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_opened(node: Node, name: str) -> bytes:
+    assert node.opener is not None
+    try:
+        with node.opener() as f:
+            return _read_upto(f, node.size + 1)
+    except OSError as e:
+        raise InputError(f"cannot read {getattr(e, 'filename', None) or name}: "
+                         f"{e.strerror or e}", "check that it exists and is readable") from None
 
 
 def _read_upto(f: BinaryIO, n: int) -> bytes:
@@ -428,7 +483,8 @@ def nodes_from_directory(root: str | os.PathLike[str], *, mtime: int | None = No
         if kind == "file":
             link = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
             return Node(parts, kind, stat_mod.S_IMODE(mode), uid, gid, when, size=st.st_size,
-                        opener=functools.partial(_open_binary, path), xattrs=xattrs, link=link)
+                        opener=functools.partial(_open_binary, path), xattrs=xattrs, link=link,
+                        source=path)
         if kind == "symlink":
             return Node(parts, kind, stat_mod.S_IMODE(mode), uid, gid, when,
                         target=os.fsencode(os.readlink(path)), xattrs=xattrs)
