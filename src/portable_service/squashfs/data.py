@@ -27,6 +27,7 @@ from portable_service.squashfs.errors import InputError
 
 SEEK_DATA: int | None = getattr(os, "SEEK_DATA", None)
 MAX_PENDING = 1 << 16  # queued entries of any kind, to bound memory on huge sparse files
+BATCH_FAST = 1 << 20  # bytes per thread task for a fast compressor (Compressor.fast)
 
 
 @dataclass
@@ -41,9 +42,10 @@ class FileData:
     sparse: int = 0  # bytes stored as sparse blocks
 
 
-# a block on its way to the image: its (stored bytes, size word), or the compression
-# that yields them
-_Job = Future[tuple[bytes, int]] | tuple[bytes, int]
+# a block on its way to the image: its (stored bytes, size word) when known, else its
+# place in a batch that a thread compresses
+_Done = Callable[[int, int], None]
+_NOTHING = (b"", 0)
 
 
 def _pack(compressor: Compressor, block: bytes) -> tuple[bytes, int]:
@@ -52,6 +54,23 @@ def _pack(compressor: Compressor, block: bytes) -> tuple[bytes, int]:
     if len(packed) < len(block):
         return packed, len(packed)
     return block, len(block) | fmt.BLOCK_UNCOMPRESSED
+
+
+def _pack_many(compressor: Compressor, blocks: list[bytes]) -> list[tuple[bytes, int]]:
+    return [_pack(compressor, b) for b in blocks]
+
+
+class _Batch:
+    """Blocks handed to a compression thread in one task, so that a fast compressor's
+    blocks do not each pay for a future and two queue hand-overs."""
+
+    __slots__ = ("blocks", "future", "results", "size")
+
+    def __init__(self) -> None:
+        self.blocks: list[bytes] = []
+        self.size = 0
+        self.future: Future[list[tuple[bytes, int]]] | None = None
+        self.results: list[tuple[bytes, int]] | None = None
 
 
 class BlockProcessor:
@@ -72,7 +91,12 @@ class BlockProcessor:
         inline = compressor.fast if inline is None else inline
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="squashfs") \
             if self.workers > 1 and not inline else None
-        self.pending: deque[tuple[_Job, Callable[[int, int], None]]] = deque()
+        # batches of about this many bytes go to a thread: one block, unless the compressor
+        # is fast (then a task of one block costs more to hand over than to compress)
+        self.batch_bytes = max(block_size, BATCH_FAST if compressor.fast else 0)
+        self.batch: _Batch | None = None  # the batch being filled
+        # in submission order: (batch, index in it, done) or (None, (bytes, word), done)
+        self.pending: deque[tuple[_Batch | None, int | tuple[bytes, int], _Done]] = deque()
         self.fragment_buf = bytearray()
         self.fragment_table: list[tuple[int, int]] = []  # (start, size word) per fragment block
         self.fragment_count = 0  # fragment blocks started; the current one has this index
@@ -160,7 +184,7 @@ class BlockProcessor:
                 if first:
                     fd.blocks_start = pos
 
-            self._push((b"", 0), sparse)
+            self._push(_NOTHING, sparse)
             return
 
         def done(pos: int, word: int, fd: FileData = fd, i: int = i, first: bool = first) -> None:
@@ -169,7 +193,7 @@ class BlockProcessor:
             fd.blocks[i] = word
 
         assert block is not None
-        self._push(self._compress(block), done)
+        self._compress(block, done)
 
     def _add_tail(self, fd: FileData, tail: bytes) -> None:
         if len(self.fragment_buf) + len(tail) > self.block_size:
@@ -188,39 +212,65 @@ class BlockProcessor:
         def done(pos: int, word: int) -> None:
             self.fragment_table.append((pos, word))
 
-        self._push(self._compress(block), done)
+        self._compress(block, done)
 
     # -- the ordered pipeline
 
-    def _compress(self, block: bytes) -> _Job:
+    def _compress(self, block: bytes, done: _Done) -> None:
         if self.pool is None:
-            return _pack(self.compressor, block)
-        return self.pool.submit(_pack, self.compressor, block)
+            self._push(_pack(self.compressor, block), done)
+            return
+        batch = self.batch
+        if batch is None:
+            batch = self.batch = _Batch()
+        self.pending.append((batch, len(batch.blocks), done))
+        batch.blocks.append(block)
+        batch.size += len(block)
+        if batch.size >= self.batch_bytes:
+            self._send()
+        self._drain()
+
+    def _send(self) -> None:
+        """Hand the batch being filled to a thread."""
+        batch, self.batch = self.batch, None
+        assert batch is not None and self.pool is not None
+        batch.future = self.pool.submit(_pack_many, self.compressor, batch.blocks)
+        batch.blocks = []
+        self.in_flight += 1
 
     def _on_commit(self, fn: Callable[[int], None]) -> None:
         """Run ``fn(position)`` once everything submitted before it is on disk."""
-        self._push((b"", 0), lambda pos, _w: fn(pos))
+        self._push(_NOTHING, lambda pos, _w: fn(pos))
 
-    def _push(self, job: _Job, done: Callable[[int, int], None]) -> None:
-        # Only compressions count against the window: markers for small files and holes
+    def _push(self, job: tuple[bytes, int], done: _Done) -> None:
+        self.pending.append((None, job, done))
+        self._drain()
+
+    def _drain(self) -> None:
+        # Only batches sent count against the window: markers for small files and holes
         # are cheap, and letting them fill it would leave the compression threads idle.
-        self.pending.append((job, done))
-        if isinstance(job, Future):
-            self.in_flight += 1
         while self.pending:
-            head = self.pending[0][0]
-            ready = not isinstance(head, Future) or head.done()
+            batch = self.pending[0][0]
+            ready = batch is None or (batch.future is not None and batch.future.done())
             if not (ready or self.in_flight > self.window or len(self.pending) > MAX_PENDING):
                 break
             self._commit_one()
 
     def _commit_one(self) -> None:
-        job, done = self.pending.popleft()
-        if isinstance(job, Future):
-            self.in_flight -= 1
-            data, word = job.result()
-        else:
+        batch, job, done = self.pending.popleft()
+        if batch is None:
+            assert isinstance(job, tuple)
             data, word = job
+        else:
+            assert isinstance(job, int)
+            if batch.results is None:
+                if batch.future is None:
+                    self._send()  # the batch being filled: it is needed now
+                assert batch.future is not None
+                batch.results = batch.future.result()
+                self.in_flight -= 1
+            data, word = batch.results[job]
+            batch.results[job] = _NOTHING  # written: let it go
         pos = self.pos
         if data:
             self.out.write(data)
