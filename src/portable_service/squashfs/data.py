@@ -243,6 +243,14 @@ class BlockProcessor:
         self._push(_NOTHING, lambda pos, _w: fn(pos))
 
     def _push(self, job: tuple[bytes, int], done: _Done) -> None:
+        if not self.pending:  # nothing ahead of it: on disk now (inline, or a quiet pipeline)
+            data, word = job
+            pos = self.pos
+            if data:
+                self.out.write(data)
+                self.pos += len(data)
+            done(pos, word)
+            return
         self.pending.append((None, job, done))
         self._drain()
 

@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import stat as stat_mod
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -228,9 +229,10 @@ class _Metadata:
 
     def _inode(self, tree: _Tree, node: Node, data: dict[object, FileData]) -> bytes:
         key = tree.key(node)
-        header = fmt.InodeHeader(0, node.mode & 0o7777, self.ids.index(node.uid),
-                                 self.ids.index(node.gid), node.mtime, self.numbers[key])
-        xattr = self.xattrs.index(node.xattrs)
+        # the common header's fields after its type, which each kind puts first
+        header = (node.mode & 0o7777, self.ids.index(node.uid), self.ids.index(node.gid),
+                  node.mtime, self.numbers[key])
+        xattr = self.xattrs.index(node.xattrs) if node.xattrs else fmt.NO_XATTR
         nlink = tree.link_counts.get(key, 1)
         if node.kind == "file":
             return _file_inode(header, data[key], nlink, xattr)
@@ -250,7 +252,10 @@ class _Metadata:
         return _dir_inode(header, listing, nlink, parent, xattr)
 
 
-def _dir_inode(header: fmt.InodeHeader, listing: Listing, nlink: int, parent: int,
+_Header = tuple[int, int, int, int, int]  # mode, uid index, gid index, mtime, inode number
+
+
+def _dir_inode(header: _Header, listing: Listing, nlink: int, parent: int,
                xattr: int) -> bytes:
     if listing.index_count or xattr != fmt.NO_XATTR or listing.size > 0xFFFF:
         body = fmt.LDIR_BODY.pack(nlink, listing.size, listing.start_block, parent,
@@ -260,8 +265,8 @@ def _dir_inode(header: fmt.InodeHeader, listing: Listing, nlink: int, parent: in
     return _with_type(header, fmt.DIR) + body
 
 
-def _file_inode(header: fmt.InodeHeader, fd: FileData, nlink: int, xattr: int) -> bytes:
-    blocks = b"".join(fmt.U32.pack(w) for w in fd.blocks)
+def _file_inode(header: _Header, fd: FileData, nlink: int, xattr: int) -> bytes:
+    blocks = struct.pack(f"<{len(fd.blocks)}I", *fd.blocks)
     if (fd.blocks_start > 0xFFFFFFFF or fd.size > 0xFFFFFFFF or nlink > 1
             or xattr != fmt.NO_XATTR or fd.sparse):
         body = fmt.LFILE_BODY.pack(fd.blocks_start, fd.size, fd.sparse, nlink, fd.fragment,
@@ -271,7 +276,7 @@ def _file_inode(header: fmt.InodeHeader, fd: FileData, nlink: int, xattr: int) -
     return _with_type(header, fmt.FILE) + body + blocks
 
 
-def _symlink_inode(header: fmt.InodeHeader, target: bytes, nlink: int, xattr: int) -> bytes:
+def _symlink_inode(header: _Header, target: bytes, nlink: int, xattr: int) -> bytes:
     body = fmt.SYMLINK_BODY.pack(nlink, len(target)) + target
     if xattr != fmt.NO_XATTR:
         return _with_type(header, fmt.LSYMLINK) + body + fmt.U32.pack(xattr)
@@ -331,9 +336,11 @@ def _add_file(bp: BlockProcessor, node: Node, name: str,
                          f"{e.strerror or e}", "check that it exists and is readable") from None
 
 
-def _with_type(header: fmt.InodeHeader, inode_type: int) -> bytes:
-    return fmt.InodeHeader.FMT.pack(inode_type, header.mode, header.uid_idx, header.gid_idx,
-                                    header.mtime, header.inode_number)
+def _with_type(header: _Header, inode_type: int) -> bytes:
+    return _HEADER_PACK(inode_type, *header)
+
+
+_HEADER_PACK = fmt.InodeHeader.FMT.pack
 
 
 def _basic(kind: str) -> int:
