@@ -11,8 +11,8 @@ and :class:`Spec`, the typed spec that can be built in code.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # not typing's: importing typing costs start-up time
 if TYPE_CHECKING:
     from portable_service.api import build
     from portable_service.builder.spec import Spec

@@ -17,13 +17,18 @@ import io
 import os
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from portable_service.squashfs import format as fmt
 from portable_service.squashfs.compressor import Compressor
 from portable_service.squashfs.errors import InputError
+
+# typing and concurrent.futures cost 15 ms at start-up, a tenth of writing a small tree:
+# the annotations do not need them at run time, and the pool is made only when used
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+    from typing import BinaryIO
 
 SEEK_DATA: int | None = getattr(os, "SEEK_DATA", None)
 MAX_PENDING = 1 << 16  # queued entries of any kind, to bound memory on huge sparse files
@@ -89,8 +94,11 @@ class BlockProcessor:
         self.in_flight = 0
         # inline (None: when the compressor is faster than a thread hand-over, see Compressor.fast)
         inline = compressor.fast if inline is None else inline
-        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="squashfs") \
-            if self.workers > 1 and not inline else None
+        self.pool: ThreadPoolExecutor | None = None
+        if self.workers > 1 and not inline:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="squashfs")
         # batches of about this many bytes go to a thread: one block, unless the compressor
         # is fast (then a task of one block costs more to hand over than to compress)
         self.batch_bytes = max(block_size, BATCH_FAST if compressor.fast else 0)

@@ -17,7 +17,6 @@ import stat as stat_mod
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from portable_service.squashfs import format as fmt
 from portable_service.squashfs.compressor import Compressor
@@ -26,6 +25,10 @@ from portable_service.squashfs.directory import Listing, write_listing
 from portable_service.squashfs.errors import InputError
 from portable_service.squashfs.metadata import MetadataWriter, pack_block
 from portable_service.squashfs.tables import IdTable, XattrTable, pack_table
+
+TYPE_CHECKING = False  # typing is not imported at run time: see data.py
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 Path_ = tuple[bytes, ...]  # an image path as its components; () is the root
 MAX_SYMLINK = 4095
@@ -372,6 +375,7 @@ class _Tree:
                 raise InputError(f"{self.name(children[0])} has no parent directory")
             children.sort(key=lambda n: n.path[-1])
         self._kids = kids
+        self._preorder: list[Node] | None = None
 
     def key(self, node: Node) -> object:
         return node.link if node.link is not None else node.path
@@ -382,12 +386,18 @@ class _Tree:
     def name(self, node: Node) -> str:
         return "/" + os.fsdecode(b"/".join(node.path))
 
-    def preorder(self) -> Iterable[Node]:
-        stack = [self.nodes[()]]
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(reversed(self.children(node.path)))
+    def preorder(self) -> list[Node]:
+        """Every node, each folder before what it holds (worked out once: two passes use it)."""
+        if self._preorder is None:
+            order: list[Node] = []
+            stack = [self.nodes[()]]
+            while stack:
+                node = stack.pop()
+                order.append(node)
+                if node.kind == "dir":
+                    stack.extend(reversed(self.children(node.path)))
+            self._preorder = order
+        return self._preorder
 
     def postorder(self) -> Iterable[Node]:
         stack: list[tuple[Node, bool]] = [(self.nodes[()], False)]
