@@ -6,8 +6,10 @@ Input shapes (issue 15): ``tiny`` (/usr/share/zoneinfo: many tiny files), ``serv
 (1 GB of /usr files in a fixed pseudo-random order, made under /tmp); each with gzip,
 xz, zstd and lz4. For each: wall time against both C writers and against the faster of
 them, CPU seconds, sizes, peak memory, and the "physical limit": the compressor's own
-time on the same blocks in this process (one thread, CPU time) divided by the cores,
-as a fraction of our wall time. Then a linearity table (1x/4x/16x of a sample of /usr).
+time on the same blocks in this process (one thread, CPU time: "comp CPU") divided by
+the cores ("limit s"), as a fraction of our wall time ("of limit"); "CPU share" is the
+compressor's CPU time over all of ours (1.00: we spend nothing but compressing). Then a
+linearity table (1x/4x/16x of a sample of /usr).
 
 For each input tree and configuration the three writers pack the same tree
 (all files owned by root, fixed times) alternately ``--runs`` times; the
@@ -38,34 +40,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+WRITE = Path(__file__).resolve().parent / "squashfs_write.py"  # the native writer's process
+sys.path.insert(0, str(WRITE.parent))
+from squashfs_write import MTIME, parse_block_size  # noqa: E402
+
 CONFIGS = [("xz -Xdict-size 100%", "1M"), ("gzip", "128K"), ("zstd", "128K"), ("lz4", "128K")]
 INPUTS = Path("/tmp/sqfs-bench-inputs")  # generated trees, kept between runs
 SHAPES = ["tiny", "service", "large"]
 LIMIT_SAMPLE = 48 << 20  # bytes of blocks the compressor is timed on (scaled to the tree)
 # gensquashfs' name for each of mksquashfs' compressor options
 GENSQUASHFS_EXTRA = {"-Xdict-size": "dictsize", "-Xcompression-level": "level"}
-MTIME = 1_700_000_000
 E2E_CONTENTS = ["/usr/bin/gdb", "/usr/bin/cmake", "/usr/bin/perf"]
-
-
-def parse_block_size(block: str) -> int:
-    """128K, 1M: as the writer takes them (not imported, so the child loads only squashfs/)."""
-    return int(block[:-1]) << {"K": 10, "M": 20}[block[-1]] if block[-1] in "KM" else int(block)
-
-
-def child_native(tree: str, out: str, compression: str, block: str) -> None:
-    """Run in a child process so its peak memory is its own.
-
-    It imports the squashfs library only, as a command that writes an image would.
-    """
-    from portable_service.squashfs.compressor import from_options
-    from portable_service.squashfs.writer import WriterOptions, nodes_from_directory, write_image
-
-    name, *opts = compression.split()
-    bs = parse_block_size(block)
-    with open(out, "wb", buffering=1 << 20) as f:
-        write_image(nodes_from_directory(tree, mtime=MTIME), f,
-                    WriterOptions(from_options(name, tuple(opts), bs), bs, MTIME))
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
@@ -166,8 +151,9 @@ def child_env() -> dict[str, str]:
 
 def warm_up() -> None:
     """Import what the native child imports once, so no run pays for compiling it."""
+    env = {**child_env(), "PYTHONPATH": f"{REPO / 'src'}:{WRITE.parent}"}
     measure([sys.executable, "-c", "import portable_service.squashfs.writer, lz4.block, "
-             "zstandard"], child_env())
+             "zstandard, squashfs_write"], env)
 
 
 def bench_tree(tree: Path, runs: int, work: Path, label: str = "") -> list[str]:
@@ -181,8 +167,8 @@ def bench_tree(tree: Path, runs: int, work: Path, label: str = "") -> list[str]:
     cols = [("options", 20), ("mksq s", 7), ("gensq s", 7), ("native s", 8), ("/mksq", 5),
             ("/gensq", 6), ("/faster", 7), ("mksq CPU", 8), ("gensq CPU", 9),
             ("native CPU", 10), ("native bytes", 13), ("size /mksq", 10), ("size /gensq", 11),
-            ("mksq MB", 7), ("gensq MB", 8), ("native MB", 9), ("limit s", 7),
-            ("of limit", 8)]
+            ("mksq MB", 7), ("gensq MB", 8), ("native MB", 9), ("comp CPU", 8),
+            ("limit s", 7), ("of limit", 8), ("CPU share", 9)]
     header = "| " + " | ".join(f"{n:>{w}}" if i else f"{n:<{w}}"
                                for i, (n, w) in enumerate(cols)) + " |"
     rows.append(header)
@@ -199,7 +185,7 @@ def bench_tree(tree: Path, runs: int, work: Path, label: str = "") -> list[str]:
             cmds = {
                 "mksq": (mksquashfs_cmd(tree, imgs["mksq"], compression, block), None),
                 "gensq": (gensquashfs_cmd(tree, imgs["gensq"], compression, block), None),
-                "native": ([sys.executable, __file__, "--child", str(tree), str(imgs["native"]),
+                "native": ([sys.executable, str(WRITE), str(tree), str(imgs["native"]),
                             compression, block], env),
             }
             for k, (cmd, cmd_env) in cmds.items():
@@ -223,7 +209,8 @@ def bench_tree(tree: Path, runs: int, work: Path, label: str = "") -> list[str]:
                  f"{sz['native']:>13,}", f"{sz['native'] / sz['mksq']:>10.4f}",
                  f"{sz['native'] / sz['gensq']:>11.4f}", f"{max(peaks['mksq']):>7.0f}",
                  f"{max(peaks['gensq']):>8.0f}", f"{max(peaks['native']):>9.0f}",
-                 f"{limit:>7.2f}", f"{limit / t['native']:>8.2f}"]
+                 f"{limit_cpu:>8.2f}", f"{limit:>7.2f}", f"{limit / t['native']:>8.2f}",
+                 f"{limit_cpu / c['native']:>9.2f}"]
         rows.append("| " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
     print(f"load average after: {loadavg()}", flush=True)
@@ -316,7 +303,7 @@ def bench_linear(work: Path, configs: list[tuple[str, str]]) -> list[str]:
             img.unlink(missing_ok=True)
             mw, _, _ = measure(mksquashfs_cmd(tree, img, compression, block))
             img.unlink()
-            nw, _, nc = measure([sys.executable, __file__, "--child", str(tree), str(img),
+            nw, _, nc = measure([sys.executable, str(WRITE), str(tree), str(img),
                                  compression, block], env)
             per_mb = nc / (size / 1e6)
             base = base or per_mb
@@ -411,9 +398,6 @@ def bench_e2e(work: Path, runs: int) -> list[str]:
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child_native(*sys.argv[2:6])
-        return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--limit":
         child_limit(*sys.argv[2:5])
         return 0
