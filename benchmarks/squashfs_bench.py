@@ -209,7 +209,7 @@ def bench_tree(tree: Path, runs: int, work: Path, label: str = "") -> list[str]:
                  f"{sz['native']:>13,}", f"{sz['native'] / sz['mksq']:>10.4f}",
                  f"{sz['native'] / sz['gensq']:>11.4f}", f"{max(peaks['mksq']):>7.0f}",
                  f"{max(peaks['gensq']):>8.0f}", f"{max(peaks['native']):>9.0f}",
-                 f"{limit_cpu:>8.2f}", f"{limit:>7.2f}", f"{limit / t['native']:>8.2f}",
+                 f"{limit_cpu:>8.3f}", f"{limit:>7.3f}", f"{limit / t['native']:>8.2f}",
                  f"{limit_cpu / c['native']:>9.2f}"]
         rows.append("| " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
