@@ -41,6 +41,11 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "d/copy").write_bytes((root / "d/random").read_bytes())
     (root / "zeros").write_bytes(bytes(200_000) + b"end")
     (root / "big").write_bytes(os.urandom(1 << 20) + b"x" * (1 << 20) + b"tail")
+    (root / "big-zeros").write_bytes(bytes(3 << 20) + os.urandom(5000))  # read as zeros
+    with open(root / "big-holes", "wb") as f:  # holes the writer does not read
+        f.truncate(4 << 20)
+        f.seek(1 << 20)
+        f.write(os.urandom(200_000))
     for i in range(50):  # many small files, several of one size and of different bytes
         (root / f"s{i:02d}").write_bytes(b"%02d" % (i % 7) * (i % 5 + 1))
     (root / "link").symlink_to("d/text")
@@ -56,25 +61,41 @@ def test_inline_threaded_and_batched_give_the_same_image(mixed: Path, tmp_path: 
     one_thread = image_bytes(nodes, compression, block, workers=1, inline=None)
     # threads: one block per task for slow compressors, batches of many for lz4 (fast)
     threaded = image_bytes(nodes, compression, block, workers=2, inline=False)
-    assert inline == one_thread == threaded
+    # the default: lz4 reads and compresses large files' blocks in ranges in the threads
+    default = image_bytes(nodes, compression, block, workers=2, inline=None)
+    assert inline == one_thread == threaded == default
     image = tmp_path / "img"
     image.write_bytes(threaded)
     assert describe_image(image) == describe_dir(mixed)
     assert describe_dir(unsquashfs_extract(image, tmp_path / "x")) == describe_dir(mixed)
 
 
-def test_lz4_compresses_inline_by_default_and_zstd_in_threads() -> None:
+def test_a_large_file_that_shrinks_is_one_error_and_leaves_no_descriptor(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(3 << 20))
+    nodes = nodes_from_directory(src, mtime=MTIME)
+    # listed at 3 MiB, read in ranges by the threads: the one with the new end comes short
+    os.truncate(src / "f", (2 << 20) + 1000)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(InputError, match=r"f shrank while the image was written"):
+        image_bytes(nodes, "lz4", 131072, workers=2, inline=None)
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_lz4_compresses_inline_and_in_ranges_by_default_and_zstd_in_threads() -> None:
     out = io.BytesIO()
     lz4 = BlockProcessor(out, 0, from_options("lz4", (), 4096), 4096, workers=2)
     zstd = BlockProcessor(out, 0, from_options("zstd", (), 4096), 4096, workers=2)
     lz4_hc = BlockProcessor(out, 0, from_options("lz4", ("-Xhc",), 4096), 4096, workers=2)
     try:
-        assert lz4.pool is None
-        assert zstd.pool is not None and zstd.batch_bytes == 4096
-        assert lz4_hc.pool is not None and lz4_hc.batch_bytes == 4096
+        assert lz4.pool is not None and lz4.ranges  # for large files' ranges only
+        assert BlockProcessor(out, 0, from_options("lz4", (), 4096), 4096, workers=1).pool is None
+        assert zstd.pool is not None and zstd.batch_bytes == 4096 and not zstd.ranges
+        assert lz4_hc.pool is not None and lz4_hc.batch_bytes == 4096 and not lz4_hc.ranges
         forced = BlockProcessor(out, 0, from_options("lz4", (), 4096), 4096, workers=2,
                                 inline=False)
-        assert forced.pool is not None and forced.batch_bytes == 1 << 20
+        assert forced.pool is not None and forced.batch_bytes == 1 << 20 and not forced.ranges
         forced.finish()
     finally:
         for bp in (lz4, zstd, lz4_hc):

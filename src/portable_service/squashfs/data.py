@@ -65,6 +65,39 @@ def _pack_many(compressor: Compressor, blocks: list[bytes]) -> list[tuple[bytes,
     return [_pack(compressor, b) for b in blocks]
 
 
+def _read_pack_range(compressor: Compressor, fd: int, at: int, lengths: list[int],
+                     zero: bytes, name: str) -> list[tuple[bytes, int]]:
+    """Blocks of a host file from ``at`` on, read and packed in a compression thread.
+
+    A block of zeros (read, or in a hole, which is not read) is sparse: ``(b"", 0)``.
+    """
+    out: list[tuple[bytes, int]] = []
+    next_data = 0  # no data before this offset
+    try:
+        for n in lengths:
+            if SEEK_DATA is not None and at >= next_data:
+                try:
+                    next_data = os.lseek(fd, at, SEEK_DATA)
+                except OSError as e:
+                    next_data = 1 << 63 if e.errno == errno.ENXIO else 0
+            if SEEK_DATA is not None and next_data >= at + n:
+                out.append(_NOTHING)
+            else:
+                data = os.pread(fd, n, at)
+                while len(data) < n:
+                    more = os.pread(fd, n - len(data), at + len(data))
+                    if not more:
+                        raise InputError(f"{name} shrank while the image was written",
+                                         "build again when it is no longer being written to")
+                    data += more
+                out.append(_NOTHING if data == zero[:n] else _pack(compressor, data))
+            at += n
+    except OSError as e:
+        raise InputError(f"cannot read {name}: {e.strerror or e}",
+                         "check that it exists and is readable") from None
+    return out
+
+
 class _Batch:
     """Blocks handed to a compression thread in one task, so that a fast compressor's
     blocks do not each pay for a future and two queue hand-overs."""
@@ -93,9 +126,14 @@ class BlockProcessor:
         self.window = max(4, 4 * self.workers)  # compressions in flight
         self.in_flight = 0
         # inline (None: when the compressor is faster than a thread hand-over, see Compressor.fast)
+        # A fast compressor by default: small files and fragments inline, and a large host
+        # file's blocks read and compressed by the threads, a range of blocks per task,
+        # so that the writing thread hands over file offsets and never holds the bytes.
+        self.ranges = inline is None and compressor.fast and self.workers > 1
         inline = compressor.fast if inline is None else inline
         self.pool: ThreadPoolExecutor | None = None
-        if self.workers > 1 and not inline:
+        self.range_fds: set[int] = set()  # duplicated descriptors the threads still read
+        if self.workers > 1 and (not inline or self.ranges):
             from concurrent.futures import ThreadPoolExecutor
 
             self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="squashfs")
@@ -125,8 +163,11 @@ class BlockProcessor:
         n_full, tail = divmod(size, bs)
         if not self.use_fragments and tail:
             n_full, tail = n_full + 1, 0
-        first = True
-        for i in range(n_full):
+        first, here = True, n_full  # blocks read here, in this thread
+        if self.ranges and src.fd is not None and n_full > 1:
+            self._submit_ranges(fd, src.fd, size, n_full, name, progress)
+            first, here = False, 0
+        for i in range(here):
             want = min(bs, size - i * bs)
             block = src.read(i * bs, want)
             if progress:
@@ -203,6 +244,49 @@ class BlockProcessor:
         assert block is not None
         self._compress(block, done)
 
+    def _submit_ranges(self, fd: FileData, host_fd: int, size: int, n_full: int, name: str,
+                       progress: Callable[[int], None] | None) -> None:
+        """A host file's full blocks, read and compressed by the threads in ranges.
+
+        The same blocks as :meth:`_submit_block` makes (a block of zeros, read or in a
+        hole, is sparse), committed in the same order: the image is the same.
+        """
+        assert self.pool is not None
+        if self.batch is not None:
+            self._send()  # what was submitted before goes first
+        dup = os.dup(host_fd)  # the caller closes its file when this returns
+        self.range_fds.add(dup)
+        bs = self.block_size
+        per_task = max(1, self.batch_bytes // bs)
+        fd.blocks.extend([0] * n_full)
+        for first in range(0, n_full, per_task):
+            lengths = [min(bs, size - i * bs) for i in range(first, min(n_full, first + per_task))]
+            batch = _Batch()
+            batch.future = self.pool.submit(_read_pack_range, self.compressor, dup, first * bs,
+                                            lengths, self._zero, name)
+            self.in_flight += 1
+            for k, length in enumerate(lengths):
+                i = first + k
+
+                def done(pos: int, word: int, fd: FileData = fd, i: int = i,
+                         length: int = length) -> None:
+                    if i == 0:
+                        fd.blocks_start = pos
+                    if word == 0:  # sparse: no bytes stored
+                        fd.sparse += length
+                    fd.blocks[i] = word
+
+                self.pending.append((batch, k, done))
+            if progress:
+                progress(sum(lengths))
+            self._drain()
+
+        def close(_pos: int, dup: int = dup) -> None:
+            self.range_fds.discard(dup)
+            os.close(dup)
+
+        self._on_commit(close)
+
     def _add_tail(self, fd: FileData, tail: bytes) -> None:
         if len(self.fragment_buf) + len(tail) > self.block_size:
             self._flush_fragment()
@@ -225,7 +309,7 @@ class BlockProcessor:
     # -- the ordered pipeline
 
     def _compress(self, block: bytes, done: _Done) -> None:
-        if self.pool is None:
+        if self.pool is None or self.ranges:  # inline (the pool reads ranges only)
             self._push(_pack(self.compressor, block), done)
             return
         batch = self.batch
@@ -305,6 +389,9 @@ class BlockProcessor:
     def abort(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        for dup in self.range_fds:
+            os.close(dup)
+        self.range_fds.clear()
 
 
 class _Source:
