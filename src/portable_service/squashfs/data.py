@@ -7,7 +7,8 @@ zstd release the GIL) but committed strictly in submission order, so the
 image does not depend on thread timing. At most ``window`` blocks are in
 flight, which bounds memory whatever the size of the input. A compressor
 faster than the hand-over to a thread (lz4) runs inline, in the caller's
-thread: the bytes are the same either way.
+thread, except on a large host file, whose blocks the threads read and
+compress themselves a range at a time. The bytes are the same either way.
 """
 
 from __future__ import annotations
