@@ -229,8 +229,9 @@ def usr_files() -> list[Path]:
     return sorted(found, key=lambda p: hashlib.sha256(bytes(p)).digest())
 
 
-def make_sample(dest: Path, total: int, files: list[Path]) -> Path:
-    """The first ``total`` bytes' worth of ``files``, copied under ``dest`` at their paths."""
+def make_sample(dest: Path, total: int, files: list[Path], max_file: int = 0) -> Path:
+    """The first ``total`` bytes' worth of ``files`` (each at most ``max_file`` bytes, when
+    given), copied under ``dest`` at their paths."""
     if dest.exists():
         return dest
     tmp = dest.with_name(dest.name + ".part")
@@ -241,6 +242,8 @@ def make_sample(dest: Path, total: int, files: list[Path]) -> Path:
             break
         try:
             size = p.stat().st_size
+            if max_file and size > max_file:
+                continue
             target = tmp / p.relative_to("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p, target)
@@ -285,7 +288,8 @@ def shape_tree(shape: str) -> Path:
 
 
 def bench_linear(work: Path, configs: list[tuple[str, str]]) -> list[str]:
-    """The same kind of input at 1x, 4x and 16x (16, 64 and 256 MB samples of /usr)."""
+    """The same kind of input at 1x, 4x and 16x: 16, 64 and 256 MB samples of /usr, files of
+    at most 2 MB (so that no one file makes a sample overshoot its size)."""
     files = usr_files()
     env = child_env()
     rows = [f"linearity: samples of /usr (fixed pseudo-random order) at 1x/4x/16x; one run each; "
@@ -296,7 +300,7 @@ def bench_linear(work: Path, configs: list[tuple[str, str]]) -> list[str]:
     for compression, block in configs:
         base = 0.0
         for mult in (1, 4, 16):
-            tree = make_sample(INPUTS / f"usr-{16 * mult}m", (16 * mult) << 20, files)
+            tree = make_sample(INPUTS / f"usr-{16 * mult}m-2m", (16 * mult) << 20, files, 2 << 20)
             size = warm(tree)
             count = sum(len(f) for _, _, f in os.walk(tree))
             img = work / "lin.img"
