@@ -83,6 +83,19 @@ def test_a_large_file_that_shrinks_is_one_error_and_leaves_no_descriptor(tmp_pat
     assert set(os.listdir("/proc/self/fd")) <= before
 
 
+@pytest.mark.parametrize("inline", [True, None])
+def test_a_large_file_cut_at_a_block_is_said_to_have_shrunk(tmp_path: Path,
+                                                           inline: bool | None) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(3 << 20))
+    nodes = nodes_from_directory(src, mtime=MTIME)
+    # no data after 2 MiB: a hole to the file system, but the file ends there
+    os.truncate(src / "f", 2 << 20)
+    with pytest.raises(InputError, match=r"f shrank while the image was written"):
+        image_bytes(nodes, "lz4", 131072, workers=2, inline=inline)
+
+
 def test_lz4_compresses_inline_and_in_ranges_by_default_and_zstd_in_threads() -> None:
     out = io.BytesIO()
     lz4 = BlockProcessor(out, 0, from_options("lz4", (), 4096), 4096, workers=2)

@@ -80,7 +80,7 @@ def _read_pack_range(compressor: Compressor, fd: int, at: int, lengths: list[int
                 try:
                     next_data = os.lseek(fd, at, SEEK_DATA)
                 except OSError as e:
-                    next_data = 1 << 63 if e.errno == errno.ENXIO else 0
+                    next_data = _end_of(fd) if e.errno == errno.ENXIO else 0
             if SEEK_DATA is not None and next_data >= at + n:
                 out.append(_NOTHING)
             else:
@@ -97,6 +97,17 @@ def _read_pack_range(compressor: Compressor, fd: int, at: int, lengths: list[int
         raise InputError(f"cannot read {name}: {e.strerror or e}",
                          "check that it exists and is readable") from None
     return out
+
+
+def _end_of(fd: int) -> int:
+    """Where a file with no data after some offset ends: a hole up to there, nothing after.
+
+    Blocks past the end are then read, come short, and the file is said to have shrunk,
+    rather than stored as zeros."""
+    try:
+        return os.fstat(fd).st_size
+    except OSError:
+        return 1 << 63
 
 
 class _Batch:
@@ -419,7 +430,7 @@ class _Source:
                 self.next_data = os.lseek(self.fd, at, SEEK_DATA)
             except OSError as e:
                 # ENXIO: no data after ``at``; anything else: treat it all as data
-                self.next_data = 1 << 63 if e.errno == errno.ENXIO else 0
+                self.next_data = _end_of(self.fd) if e.errno == errno.ENXIO else 0
                 hole_ok = e.errno == errno.ENXIO
         if hole_ok and self.next_data >= at + n:
             return None
