@@ -49,6 +49,16 @@ class Compressor:
     algorithm: str = ""  # lzo only
 
     @property
+    def fast(self) -> bool:
+        """Compresses a block in less time than handing it to a thread and back costs.
+
+        lz4 (not -Xhc) runs at several hundred MB/s per core: with threads, the writer's
+        one thread spends more on queues and futures than the workers save, measured on
+        the standard library (see BENCHMARKS.md), so its blocks are compressed inline.
+        """
+        return self.name == "lz4" and not self.hc
+
+    @property
     def id(self) -> int:
         return fmt.COMPRESSOR_NAMES[self.name]
 

@@ -14,9 +14,9 @@ import hashlib
 import io
 import os
 import stat as stat_mod
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from portable_service.squashfs import format as fmt
 from portable_service.squashfs.compressor import Compressor
@@ -26,6 +26,10 @@ from portable_service.squashfs.errors import InputError
 from portable_service.squashfs.metadata import MetadataWriter, pack_block
 from portable_service.squashfs.tables import IdTable, XattrTable, pack_table
 
+TYPE_CHECKING = False  # typing is not imported at run time: see data.py
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
 Path_ = tuple[bytes, ...]  # an image path as its components; () is the root
 MAX_SYMLINK = 4095
 STORABLE_XATTRS = ("user.", "trusted.", "security.")
@@ -33,7 +37,12 @@ STORABLE_XATTRS = ("user.", "trusted.", "security.")
 
 @dataclass(frozen=True)
 class Node:
-    """One path of the image. Files give ``size`` and ``opener``; hard links share ``link``."""
+    """One path of the image. Files give ``size`` and ``opener``; hard links share ``link``.
+
+    ``source``, when given, is the host path ``opener`` opens: the writer then reads a
+    small file with one ``os.open`` and ``pread`` (no file object), and calls ``opener``
+    only if that fails, so the error a user sees is still the opener's.
+    """
 
     path: Path_
     kind: str  # 'dir', 'file' or 'symlink'
@@ -46,6 +55,7 @@ class Node:
     target: bytes = b""
     xattrs: tuple[tuple[str, bytes], ...] = ()
     link: object = None
+    source: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class WriterOptions:
     workers: int | None = None  # compression threads; default: one per CPU
     fragments: bool = True
     dedupe: bool = True
+    inline: bool | None = None  # compress in the writing thread; None: when Compressor.fast
 
 
 def write_image(nodes: Iterable[Node], out: BinaryIO, options: WriterOptions,
@@ -82,10 +93,12 @@ def _write_data(tree: _Tree, out: BinaryIO, options: WriterOptions,
     a pass of their own first (:func:`_duplicates`), so memory stays bounded.
     """
     dups = _duplicates(tree) if options.dedupe else {}
+    # a file whose size no other file has cannot be a duplicate: only shared sizes are hashed
+    shared = _shared_sizes(tree) if options.dedupe else set()
     seen: dict[tuple[int, bytes], FileData] = {}  # (size, sha256) of small files stored
     data: dict[object, FileData] = {}
     bp = BlockProcessor(out, out.tell(), options.compressor, options.block_size,
-                        options.workers, options.fragments)
+                        options.workers, options.fragments, options.inline)
     try:
         for node in tree.preorder():
             key = tree.key(node)
@@ -99,7 +112,8 @@ def _write_data(tree: _Tree, out: BinaryIO, options: WriterOptions,
                 continue
             if 0 < node.size <= IN_MEMORY:
                 whole = _read_whole(node, tree.name(node))
-                digest = (node.size, hashlib.sha256(whole).digest()) if options.dedupe else None
+                digest = ((node.size, hashlib.sha256(whole).digest())
+                          if node.size in shared else None)
                 stored = seen.get(digest) if digest is not None else None
                 if stored is None:
                     stored = bp.add_bytes(whole, tree.name(node), progress)
@@ -122,15 +136,30 @@ def _write_data(tree: _Tree, out: BinaryIO, options: WriterOptions,
 IN_MEMORY = 1 << 20
 
 
+def _shared_sizes(tree: _Tree) -> set[int]:
+    """The sizes of small files that more than one file (inode) has."""
+    once: set[int] = set()
+    shared: set[int] = set()
+    seen: set[object] = set()
+    for node in tree.nodes.values():
+        if node.kind != "file" or not 0 < node.size <= IN_MEMORY:
+            continue
+        key = tree.key(node)
+        if key in seen:
+            continue
+        seen.add(key)
+        if node.size in once:
+            shared.add(node.size)
+        else:
+            once.add(node.size)
+    return shared
+
+
 def _read_whole(node: Node, name: str) -> bytes:
     """All of a small file's bytes, checked against the size it was listed with."""
-    assert node.opener is not None
-    try:
-        with node.opener() as f:
-            data = _read_upto(f, node.size + 1)
-    except OSError as e:
-        raise InputError(f"cannot read {getattr(e, 'filename', None) or name}: "
-                         f"{e.strerror or e}", "check that it exists and is readable") from None
+    data = _read_source(node.source, node.size + 1) if node.source is not None else None
+    if data is None:
+        data = _read_opened(node, name)
     if len(data) > node.size:
         raise InputError(f"{name} grew while the image was written",
                          "build again when it is no longer being written to")
@@ -138,6 +167,36 @@ def _read_whole(node: Node, name: str) -> bytes:
         raise InputError(f"{name} shrank while the image was written",
                          "build again when it is no longer being written to")
     return data
+
+
+def _read_source(path: str, n: int) -> bytes | None:
+    """Up to ``n`` bytes of a host file without a file object; None if it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # the opener tries again and says why it fails
+    try:
+        data = os.pread(fd, n, 0)
+        while len(data) < n:
+            more = os.pread(fd, n - len(data), len(data))
+            if not more:
+                break
+            data += more
+        return data
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_opened(node: Node, name: str) -> bytes:
+    assert node.opener is not None
+    try:
+        with node.opener() as f:
+            return _read_upto(f, node.size + 1)
+    except OSError as e:
+        raise InputError(f"cannot read {getattr(e, 'filename', None) or name}: "
+                         f"{e.strerror or e}", "check that it exists and is readable") from None
 
 
 def _read_upto(f: BinaryIO, n: int) -> bytes:
@@ -173,9 +232,10 @@ class _Metadata:
 
     def _inode(self, tree: _Tree, node: Node, data: dict[object, FileData]) -> bytes:
         key = tree.key(node)
-        header = fmt.InodeHeader(0, node.mode & 0o7777, self.ids.index(node.uid),
-                                 self.ids.index(node.gid), node.mtime, self.numbers[key])
-        xattr = self.xattrs.index(node.xattrs)
+        # the common header's fields after its type, which each kind puts first
+        header = (node.mode & 0o7777, self.ids.index(node.uid), self.ids.index(node.gid),
+                  node.mtime, self.numbers[key])
+        xattr = self.xattrs.index(node.xattrs) if node.xattrs else fmt.NO_XATTR
         nlink = tree.link_counts.get(key, 1)
         if node.kind == "file":
             return _file_inode(header, data[key], nlink, xattr)
@@ -195,7 +255,10 @@ class _Metadata:
         return _dir_inode(header, listing, nlink, parent, xattr)
 
 
-def _dir_inode(header: fmt.InodeHeader, listing: Listing, nlink: int, parent: int,
+_Header = tuple[int, int, int, int, int]  # mode, uid index, gid index, mtime, inode number
+
+
+def _dir_inode(header: _Header, listing: Listing, nlink: int, parent: int,
                xattr: int) -> bytes:
     if listing.index_count or xattr != fmt.NO_XATTR or listing.size > 0xFFFF:
         body = fmt.LDIR_BODY.pack(nlink, listing.size, listing.start_block, parent,
@@ -205,8 +268,8 @@ def _dir_inode(header: fmt.InodeHeader, listing: Listing, nlink: int, parent: in
     return _with_type(header, fmt.DIR) + body
 
 
-def _file_inode(header: fmt.InodeHeader, fd: FileData, nlink: int, xattr: int) -> bytes:
-    blocks = b"".join(fmt.U32.pack(w) for w in fd.blocks)
+def _file_inode(header: _Header, fd: FileData, nlink: int, xattr: int) -> bytes:
+    blocks = struct.pack(f"<{len(fd.blocks)}I", *fd.blocks)
     if (fd.blocks_start > 0xFFFFFFFF or fd.size > 0xFFFFFFFF or nlink > 1
             or xattr != fmt.NO_XATTR or fd.sparse):
         body = fmt.LFILE_BODY.pack(fd.blocks_start, fd.size, fd.sparse, nlink, fd.fragment,
@@ -216,7 +279,7 @@ def _file_inode(header: fmt.InodeHeader, fd: FileData, nlink: int, xattr: int) -
     return _with_type(header, fmt.FILE) + body + blocks
 
 
-def _symlink_inode(header: fmt.InodeHeader, target: bytes, nlink: int, xattr: int) -> bytes:
+def _symlink_inode(header: _Header, target: bytes, nlink: int, xattr: int) -> bytes:
     body = fmt.SYMLINK_BODY.pack(nlink, len(target)) + target
     if xattr != fmt.NO_XATTR:
         return _with_type(header, fmt.LSYMLINK) + body + fmt.U32.pack(xattr)
@@ -276,9 +339,11 @@ def _add_file(bp: BlockProcessor, node: Node, name: str,
                          f"{e.strerror or e}", "check that it exists and is readable") from None
 
 
-def _with_type(header: fmt.InodeHeader, inode_type: int) -> bytes:
-    return fmt.InodeHeader.FMT.pack(inode_type, header.mode, header.uid_idx, header.gid_idx,
-                                    header.mtime, header.inode_number)
+def _with_type(header: _Header, inode_type: int) -> bytes:
+    return _HEADER_PACK(inode_type, *header)
+
+
+_HEADER_PACK = fmt.InodeHeader.FMT.pack
 
 
 def _basic(kind: str) -> int:
@@ -310,6 +375,7 @@ class _Tree:
                 raise InputError(f"{self.name(children[0])} has no parent directory")
             children.sort(key=lambda n: n.path[-1])
         self._kids = kids
+        self._preorder: list[Node] | None = None
 
     def key(self, node: Node) -> object:
         return node.link if node.link is not None else node.path
@@ -320,12 +386,18 @@ class _Tree:
     def name(self, node: Node) -> str:
         return "/" + os.fsdecode(b"/".join(node.path))
 
-    def preorder(self) -> Iterable[Node]:
-        stack = [self.nodes[()]]
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(reversed(self.children(node.path)))
+    def preorder(self) -> list[Node]:
+        """Every node, each folder before what it holds (worked out once: two passes use it)."""
+        if self._preorder is None:
+            order: list[Node] = []
+            stack = [self.nodes[()]]
+            while stack:
+                node = stack.pop()
+                order.append(node)
+                if node.kind == "dir":
+                    stack.extend(reversed(self.children(node.path)))
+            self._preorder = order
+        return self._preorder
 
     def postorder(self) -> Iterable[Node]:
         stack: list[tuple[Node, bool]] = [(self.nodes[()], False)]
@@ -428,7 +500,8 @@ def nodes_from_directory(root: str | os.PathLike[str], *, mtime: int | None = No
         if kind == "file":
             link = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
             return Node(parts, kind, stat_mod.S_IMODE(mode), uid, gid, when, size=st.st_size,
-                        opener=functools.partial(_open_binary, path), xattrs=xattrs, link=link)
+                        opener=functools.partial(_open_binary, path), xattrs=xattrs, link=link,
+                        source=path)
         if kind == "symlink":
             return Node(parts, kind, stat_mod.S_IMODE(mode), uid, gid, when,
                         target=os.fsencode(os.readlink(path)), xattrs=xattrs)

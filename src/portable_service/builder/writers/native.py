@@ -35,8 +35,10 @@ def node_of(entry: Entry, mtime: int) -> Node:
     except OSError as e:
         raise TreeError(f"cannot read {entry.source} for {entry.path}: {e.strerror}",
                          "check that it exists and is readable") from None
+    # a host file's path lets the writer read it without a file object (see Node.source)
+    source = str(entry.source) if entry.data is None and entry.source is not None else None
     return Node(parts, "file", entry.mode, mtime=mtime, size=size, opener=entry.open,
-                xattrs=entry.xattrs)
+                xattrs=entry.xattrs, source=source)
 
 
 class NativeWriter:
