@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from portable_service import jsonout
-from portable_service.builder.spec import SETTINGS, load_spec, spec_from_flags
 from portable_service.errors import EXIT_USAGE, PortableServiceError, SpecError
 from portable_service.progress import Reporter
 
@@ -47,6 +46,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
+    from portable_service.builder.spec import SETTINGS  # the read verbs' start-up goes without
+
     group = parser.add_argument_group("spec settings (override the spec file)")
     for s in SETTINGS:
         kwargs: dict[str, Any] = {"dest": f"spec_{s.attr}", "help": s.help.replace("%", "%%"),
@@ -63,6 +64,8 @@ def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from portable_service.builder.spec import SETTINGS
+
     return {
         s.key: getattr(args, f"spec_{s.attr}")
         for s in SETTINGS
@@ -72,6 +75,8 @@ def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_spec_from_args(args: argparse.Namespace) -> Any:
     """The spec file (if any) with the flags on top; no file is needed when flags say it all."""
+    from portable_service.builder.spec import load_spec, spec_from_flags
+
     overrides = spec_overrides(args)
     if args.spec is not None:
         return load_spec(Path(args.spec), overrides)
@@ -299,12 +304,25 @@ def make_parser(first: str | None = None) -> argparse.ArgumentParser:
 
 
 def add_completion_flag(parser: argparse.ArgumentParser) -> None:
-    """``--print-completion bash|zsh|fish``: a completion script made from this parser."""
-    import shtab
+    """``--print-completion bash|zsh|fish``: a completion script made from this parser.
 
-    shtab.add_argument_to(parser, ["--print-completion"], help="print a shell completion "
-                          "script for bash, zsh or fish (the README's 'Install' says where it "
-                          "goes)")
+    shtab writes it; it is imported only when asked (it costs a tenth of the start-up).
+    """
+    parser.add_argument("--print-completion", choices=COMPLETION_SHELLS, default=None,
+                        action=_PrintCompletion, help="print a shell completion script for "
+                        "bash, zsh or fish (the README's 'Install' says where it goes)")
+
+
+COMPLETION_SHELLS = ("bash", "zsh", "fish")
+
+
+class _PrintCompletion(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        import shtab
+
+        print(shtab.complete(parser, values))
+        parser.exit(0)
 
 
 def _version() -> str:
