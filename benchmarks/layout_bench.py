@@ -36,17 +36,13 @@ PHASES = ("closure", "layout", "write", "verify")
 
 def child(spec_dir: str, out_dir: str) -> None:
     """Run the build's phases one after the other and print their times as JSON."""
-    from portable_service.builder import closure as closure_mod
     from portable_service.builder import layout
     from portable_service.builder import units as units_mod
     from portable_service.builder.closure.secrets import check_no_secrets
+    from portable_service.builder.closure.walk import resolve as resolve_closure
     from portable_service.builder.spec import load_spec
     from portable_service.builder.writers.native import NativeWriter
-    from portable_service.builder.writers.options import (
-        PackOptions,
-        parse_block_size,
-        parse_compression,
-    )
+    from portable_service.builder.writers.options import PackOptions
     from portable_service.look.verify import check_written
     from portable_service.progress import QUIET
 
@@ -62,17 +58,16 @@ def child(spec_dir: str, out_dir: str) -> None:
     units = units_mod.load_units(spec)
 
     def resolve():  # type: ignore[no-untyped-def]
-        found = closure_mod.resolve(spec, units)
+        found = resolve_closure(spec, units)
         check_no_secrets(found)
         return found
 
     found = timed("closure", resolve)
     tree = timed("layout", lambda: layout.assemble(spec, units, found))
-    options = PackOptions(parse_compression(spec.squash_compression),
-                          parse_block_size(spec.squash_block_size), MTIME)
+    options = PackOptions(spec.squash_compression, spec.squash_block_size, MTIME)
     out = Path(out_dir) / spec.image_name
     timed("write", lambda: NativeWriter().write(tree, out, options, QUIET))
-    timed("verify", lambda: check_written(out, out.name, tree, lambda line: None,
+    timed("verify", lambda: check_written(out, out.name, lambda line: None,
                                           allow_missing=spec.allow_missing))
     print(json.dumps({"entries": len(tree), "times": times, "image": str(out)}))
 

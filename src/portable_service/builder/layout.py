@@ -15,6 +15,7 @@ from portable_service.builder.closure import (
     Closure,
     Node,
     image_link,
+    lstat_of,
     runtime,
     within,
 )
@@ -157,7 +158,7 @@ def place(tree: ImageTree, node: Node, spec: Spec | None = None) -> PurePosixPat
     image = mirror_host_parents(tree, node.image, node.reason)
     check_placement(image, node.reason)
     try:
-        st = os.lstat(node.host)
+        st = lstat_of(node)
     except OSError as e:
         raise ClosureError(f"cannot read {node.host}: {e.strerror}", UNREADABLE_HINT) from None
     mode = stat.S_IMODE(st.st_mode)
