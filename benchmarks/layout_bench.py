@@ -4,7 +4,7 @@ The input is a spec whose ``contents`` are N copies of /usr/share/zoneinfo
 placed with ``{ source, target }`` (about 1,300 entries each: tiny files and
 relative symlinks, the shape that makes per-entry cost show), lz4, 128K
 blocks, one unit running /usr/bin/true. Each phase is timed in its own child
-process per scale (wall and CPU seconds, microseconds per image entry), so a
+process per scale (wall seconds; wall and CPU microseconds per image entry), so a
 ``--before`` source tree (another checkout's ``src``) is measured in the same
 run, alternating with this one. The writer is the native one; mksquashfs packs
 the written image's tree alongside, for the cost of the writer itself.
@@ -130,7 +130,8 @@ def main() -> int:
         srcs = {"before": args.before.resolve(), **srcs}
     work = Path(tempfile.mkdtemp(prefix="layout-bench-"))
     print(f"{os.cpu_count()} cores; load average before: {loadavg()}", flush=True)
-    print("| input | entries | source | " + " | ".join(f"{p} s (us/entry)" for p in PHASES)
+    print("| input | entries | source | "
+          + " | ".join(f"{p} s (wall / CPU us/entry)" for p in PHASES)
           + " | build on top of writer us/entry | CPU us/entry | mksquashfs of the tree s |",
           flush=True)
     print("|---|---|---|" + "---|" * (len(PHASES) + 3), flush=True)
@@ -152,7 +153,8 @@ def main() -> int:
                 extra = sum(walls[p] for p in PHASES if p != "write")
                 extra_cpu = sum(cpus[p] for p in PHASES if p != "write")
                 mksq = mksquashfs_seconds(Path(str(runs[-1]["image"])), work)
-                cells = " | ".join(f"{walls[p]:.2f} ({walls[p] / n * 1e6:.0f})" for p in PHASES)
+                cells = " | ".join(f"{walls[p]:.2f} ({walls[p] / n * 1e6:.0f} / "
+                                   f"{cpus[p] / n * 1e6:.0f})" for p in PHASES)
                 label = str(args.tree) if args.tree else f"{scale}x ({copies} copies)"
                 print(f"| {label} | {n:,} | {name} | {cells} | "
                       f"{extra / n * 1e6:.0f} | {extra_cpu / n * 1e6:.0f} | {mksq:.2f} |",

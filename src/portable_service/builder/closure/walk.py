@@ -44,6 +44,7 @@ from portable_service.builder.closure.scripts import env_commands, shell_command
 from portable_service.builder.spec import Spec
 from portable_service.builder.units import Unit, environment_files, exec_programs
 from portable_service.errors import ClosureError, TreeError
+from portable_service.fs.paths import child
 from portable_service.rules.portabled import SYSTEMD_PATH
 
 
@@ -155,8 +156,8 @@ def folder_resolver(node: Node) -> Iterator[Node]:
             st: os.stat_result | None = entry.stat(follow_symlinks=False)
         except OSError:
             st = None  # gone or unreadable: the walk's own check reports it
-        yield Node(node.image / entry.name, node.host / entry.name, "in folder", node.image,
-                   st=st)
+        yield Node(child(node.image, entry.name), child(node.host, entry.name), "in folder",
+                   node.image, st=st)
 
 
 def _is_dir(node: Node) -> bool:
@@ -275,8 +276,11 @@ def resolve(
         if not _readable(ctx, node):
             continue
         closure.nodes[node.image] = node
-        for resolver in resolvers:
-            _follow(ctx, resolver, node, queue)
+        for resolver in resolvers:  # _follow, inline: this runs for every node
+            try:
+                queue.extend(resolver(node))
+            except Unreadable as e:
+                ctx.missing(f"cannot read {e.path}: {e.strerror}", UNREADABLE_HINT)
     for resolver in resolvers:
         finish = getattr(resolver, "finish", None)
         if finish is not None:
