@@ -29,6 +29,10 @@ def test_folder_entries_carry_their_lstat(tmp_path: Path) -> None:
     for node in entries:
         assert node.image == PurePosixPath("/srv/top") / node.host.name
         assert node.host == top / node.image.name and node.parent == folder.image
+        # made without Node's __init__, and yet the very node it would make
+        made = Node(node.image, node.host, "in folder", folder.image, st=node.st)
+        assert node == made and hash(node) == hash(made) and repr(node) == repr(made)
+        assert (node.package, node.executed, node.reason) == (None, False, "in folder")
         want = os.lstat(node.host)
         assert node.st is not None
         assert (node.st.st_mode, node.st.st_ino, node.st.st_size) == \

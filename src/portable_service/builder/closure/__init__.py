@@ -56,6 +56,20 @@ class Node:
     st: os.stat_result | None = field(default=None, compare=False, repr=False)
 
 
+def folder_entry(image: PurePosixPath, host: Path, folder: PurePosixPath,
+                 st: os.stat_result | None) -> Node:
+    """``Node(image, host, "in folder", folder, st=st)``, the node made for every entry of
+    every folder: filled in directly, not through the frozen record's __init__ and its
+    setattr per field (twice the cost, per entry)."""
+    node = object.__new__(Node)
+    node.__dict__.update(image=image, host=host, reason=FOLDER_ENTRY, parent=folder,
+                         package=None, executed=False, st=st)
+    return node
+
+
+FOLDER_ENTRY = "in folder"  # the reason folder_resolver gives an entry of a folder
+
+
 def lstat_of(node: Node) -> os.stat_result:
     """``os.lstat(node.host)``, made once per node (raises OSError as lstat does)."""
     st = node.st

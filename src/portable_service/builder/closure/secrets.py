@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import PurePosixPath
 
-from portable_service.builder.closure import Closure, Node, lstat_of
+from portable_service.builder.closure import FOLDER_ENTRY, Closure, Node, lstat_of
 from portable_service.errors import ClosureError
 
 # places whose files are secret whatever their mode says
@@ -24,7 +24,6 @@ SECRET_PLACES = (
     "/etc/ssl/private", "/etc/ssl/private/*", "/root", "/root/*", "/home", "/home/*",
     "/etc/sudoers", "/etc/sudoers.d/*", "/var/lib/sss/*", "/etc/krb5.keytab",
 )
-FOLDER_ENTRY = "in folder"  # the reason folder_resolver gives an entry of a folder
 
 
 def secret_place(path: PurePosixPath) -> bool:

@@ -29,6 +29,7 @@ from portable_service.builder.closure import (
     deb,
     elf,
     excluded,
+    folder_entry,
     follows_executed,
     host_spelling,
     is_link,
@@ -156,8 +157,8 @@ def folder_resolver(node: Node) -> Iterator[Node]:
             st: os.stat_result | None = entry.stat(follow_symlinks=False)
         except OSError:
             st = None  # gone or unreadable: the walk's own check reports it
-        yield Node(child(node.image, entry.name), child(node.host, entry.name), "in folder",
-                   node.image, st=st)
+        yield folder_entry(child(node.image, entry.name), child(node.host, entry.name),
+                           node.image, st)
 
 
 def _is_dir(node: Node) -> bool:
