@@ -13,7 +13,10 @@ the written image's tree alongside, for the cost of the writer itself.
         [--before /tmp/before/src] [--runs 1] [--tree FOLDER]
 
 With ``--tree`` the contents are that one folder (a virtualenv, a node_modules)
-instead of the zoneinfo copies.
+instead of the zoneinfo copies. BENCHMARKS.md's virtualenv-like tree: 8 ``cp -a``
+copies of this project's .venv, then ``find T -size +64k -delete``, ``find T -type l
+-lname '/*' -delete`` (links into the host's pyenv: a secret place) and ``find T -xtype l
+-delete``. Use ``--runs 3`` there: the first run pays the page cache for the tree.
 """
 
 from __future__ import annotations
