@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path, PurePosixPath
 
-from portable_service.builder.closure import _Moves, _plain, rebase, within
+from portable_service.builder.closure import _Moves, _plain, in_nix_store, rebase, runtime, within
 from portable_service.builder.spec import Content
 
 PATHS = ["/", "/a", "/a/b", "/a/bc", "/ab", "/a/b/c", "/usr", "/usr/lib", "/usr/lib64",
@@ -53,3 +53,23 @@ def test_contents_holding_a_path_is_the_linear_scan() -> None:
     outside = _Moves(contents[:3])
     assert outside.holding("/usr/lib/x") == ()
     assert outside.holding("/srv/z0/Europe/Berlin") == (0, 1, 2)
+
+
+def test_in_nix_store_is_the_parts_test() -> None:
+    """The string shortcut answers as ``parts[1:3] == ("nix", "store")`` did."""
+    for raw in ["/nix/store", "/nix/store/abc-x/bin/y", "/nix/storex", "/nix/stor", "/nix",
+                "//nix/store/a", "/usr/nix/store", "nix/store", "a/nix/store/b", "/", "/n"]:
+        path = PurePosixPath(raw)
+        assert in_nix_store(path) == (path.parts[1:3] == ("nix", "store")), raw
+
+
+def test_runtime_resolver_leads_cover_its_patterns() -> None:
+    """The runtime resolver skips a name by its start: every pattern it acts on begins so."""
+    names = ["libc.so.6", "libssl.so.3", "libgnutls.so.30", "libnss3.so", "libmbedtls.so.14",
+             "libwolfssl.so", "python3", "python3.11", "python", "perl", "perl5.36.0", "ruby",
+             "ruby3.1"]
+    for name in names:
+        acted = name == "libc.so.6" or any(p.match(name) for p in (
+            runtime.TLS_LIBRARY, runtime.PYTHON, runtime.PERL, runtime.RUBY))
+        assert acted, name
+        assert name.startswith(runtime._LEADS), name
