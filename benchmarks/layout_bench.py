@@ -4,7 +4,7 @@ The input is a spec whose ``contents`` are N copies of /usr/share/zoneinfo
 placed with ``{ source, target }`` (about 1,300 entries each: tiny files and
 relative symlinks, the shape that makes per-entry cost show), lz4, 128K
 blocks, one unit running /usr/bin/true. Each phase is timed in its own child
-process per scale (wall and CPU seconds, microseconds per image entry), so a
+process per scale (wall seconds; wall and CPU microseconds per image entry), so a
 ``--before`` source tree (another checkout's ``src``) is measured in the same
 run, alternating with this one. The writer is the native one; mksquashfs packs
 the written image's tree alongside, for the cost of the writer itself.
@@ -13,7 +13,10 @@ the written image's tree alongside, for the cost of the writer itself.
         [--before /tmp/before/src] [--runs 1] [--tree FOLDER]
 
 With ``--tree`` the contents are that one folder (a virtualenv, a node_modules)
-instead of the zoneinfo copies.
+instead of the zoneinfo copies. BENCHMARKS.md's virtualenv-like tree: 8 ``cp -a``
+copies of this project's .venv, then ``find T -size +64k -delete``, ``find T -type l
+-lname '/*' -delete`` (links into the host's pyenv: a secret place) and ``find T -xtype l
+-delete``. Use ``--runs 3`` there: the first run pays the page cache for the tree.
 """
 
 from __future__ import annotations
@@ -36,17 +39,13 @@ PHASES = ("closure", "layout", "write", "verify")
 
 def child(spec_dir: str, out_dir: str) -> None:
     """Run the build's phases one after the other and print their times as JSON."""
-    from portable_service.builder import closure as closure_mod
     from portable_service.builder import layout
     from portable_service.builder import units as units_mod
     from portable_service.builder.closure.secrets import check_no_secrets
+    from portable_service.builder.closure.walk import resolve as resolve_closure
     from portable_service.builder.spec import load_spec
     from portable_service.builder.writers.native import NativeWriter
-    from portable_service.builder.writers.options import (
-        PackOptions,
-        parse_block_size,
-        parse_compression,
-    )
+    from portable_service.builder.writers.options import PackOptions
     from portable_service.look.verify import check_written
     from portable_service.progress import QUIET
 
@@ -62,17 +61,16 @@ def child(spec_dir: str, out_dir: str) -> None:
     units = units_mod.load_units(spec)
 
     def resolve():  # type: ignore[no-untyped-def]
-        found = closure_mod.resolve(spec, units)
+        found = resolve_closure(spec, units)
         check_no_secrets(found)
         return found
 
     found = timed("closure", resolve)
     tree = timed("layout", lambda: layout.assemble(spec, units, found))
-    options = PackOptions(parse_compression(spec.squash_compression),
-                          parse_block_size(spec.squash_block_size), MTIME)
+    options = PackOptions(spec.squash_compression, spec.squash_block_size, MTIME)
     out = Path(out_dir) / spec.image_name
     timed("write", lambda: NativeWriter().write(tree, out, options, QUIET))
-    timed("verify", lambda: check_written(out, out.name, tree, lambda line: None,
+    timed("verify", lambda: check_written(out, out.name, lambda line: None,
                                           allow_missing=spec.allow_missing))
     print(json.dumps({"entries": len(tree), "times": times, "image": str(out)}))
 
@@ -135,7 +133,8 @@ def main() -> int:
         srcs = {"before": args.before.resolve(), **srcs}
     work = Path(tempfile.mkdtemp(prefix="layout-bench-"))
     print(f"{os.cpu_count()} cores; load average before: {loadavg()}", flush=True)
-    print("| input | entries | source | " + " | ".join(f"{p} s (us/entry)" for p in PHASES)
+    print("| input | entries | source | "
+          + " | ".join(f"{p} s (wall / CPU us/entry)" for p in PHASES)
           + " | build on top of writer us/entry | CPU us/entry | mksquashfs of the tree s |",
           flush=True)
     print("|---|---|---|" + "---|" * (len(PHASES) + 3), flush=True)
@@ -157,7 +156,8 @@ def main() -> int:
                 extra = sum(walls[p] for p in PHASES if p != "write")
                 extra_cpu = sum(cpus[p] for p in PHASES if p != "write")
                 mksq = mksquashfs_seconds(Path(str(runs[-1]["image"])), work)
-                cells = " | ".join(f"{walls[p]:.2f} ({walls[p] / n * 1e6:.0f})" for p in PHASES)
+                cells = " | ".join(f"{walls[p]:.2f} ({walls[p] / n * 1e6:.0f} / "
+                                   f"{cpus[p] / n * 1e6:.0f})" for p in PHASES)
                 label = str(args.tree) if args.tree else f"{scale}x ({copies} copies)"
                 print(f"| {label} | {n:,} | {name} | {cells} | "
                       f"{extra / n * 1e6:.0f} | {extra_cpu / n * 1e6:.0f} | {mksq:.2f} |",

@@ -15,8 +15,8 @@ from portable_service.builder.closure import (
     Closure,
     Node,
     image_link,
+    lstat_of,
     runtime,
-    within,
 )
 from portable_service.builder.spec import Spec
 from portable_service.builder.units import Unit, exec_programs, mount_points
@@ -92,11 +92,14 @@ def scaffold(tree: ImageTree, spec: Spec) -> None:
 # the image's own paths (portabled binds or reads them) and the kernel's file systems
 _SCAFFOLD_PATHS = frozenset({*SCAFFOLD_FILES, "/etc/systemd/system"})
 _KERNEL_DIRS = ("/proc", "/sys", "/dev")
+# a kernel folder or anything below it (``within``), in one test per path
+_OWN_PATHS = _SCAFFOLD_PATHS | set(_KERNEL_DIRS)
+_BELOW_KERNEL_DIRS = tuple(d + "/" for d in _KERNEL_DIRS)
 
 
 def is_scaffold_path(path: PurePosixPath) -> bool:
     text = str(path)  # as str: this is asked for every entry of the image
-    return text in _SCAFFOLD_PATHS or any(within(text, d) for d in _KERNEL_DIRS)
+    return text in _OWN_PATHS or text.startswith(_BELOW_KERNEL_DIRS)
 
 
 def check_placement(path: PurePosixPath, what: str) -> None:
@@ -157,7 +160,7 @@ def place(tree: ImageTree, node: Node, spec: Spec | None = None) -> PurePosixPat
     image = mirror_host_parents(tree, node.image, node.reason)
     check_placement(image, node.reason)
     try:
-        st = os.lstat(node.host)
+        st = lstat_of(node)
     except OSError as e:
         raise ClosureError(f"cannot read {node.host}: {e.strerror}", UNREADABLE_HINT) from None
     mode = stat.S_IMODE(st.st_mode)
@@ -306,11 +309,17 @@ CLOSURE_RECORD = P(CLOSURE_RECORD_PATH)
 
 def add_closure_record(tree: ImageTree, closure: Closure, units: Sequence[Unit] = ()) -> None:
     real_folder = _FolderResolver(tree)
+    # a folder is the parent of each of its entries: its answer is looked up, not made again
+    memo: dict[PurePosixPath, str] = {}
 
     def placed(path: PurePosixPath) -> str:
+        got = memo.get(path)
+        if got is not None:
+            return got
         folder, _, name = str(path).rpartition("/")
         folder = folder or "/"
-        return posixpath.join(real_folder(folder) or folder, name)
+        got = memo[path] = posixpath.join(real_folder(folder) or folder, name)
+        return got
 
     roots = [{"path": placed(n.image), "reason": n.reason} for n in closure if n.parent is None]
     parents = {placed(n.image): placed(n.parent) for n in closure if n.parent is not None}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -48,6 +49,43 @@ class Node:
     # a unit runs it (directly, through env or sh -c, as a #! interpreter or through a
     # symlink): only then does a script bring its interpreter; anything else is data
     executed: bool = False
+    # the lstat of ``host`` once someone made it (the folder listing that found it, or the
+    # walk's readability check): every resolver and the layout ask for the kind and mode
+    # of every node, and a syscall each made that several per entry. Not part of the
+    # node's identity.
+    st: os.stat_result | None = field(default=None, compare=False, repr=False)
+
+
+def folder_entry(image: PurePosixPath, host: Path, folder: PurePosixPath,
+                 st: os.stat_result | None) -> Node:
+    """``Node(image, host, "in folder", folder, st=st)``, the node made for every entry of
+    every folder: filled in directly, not through the frozen record's __init__ and its
+    setattr per field (twice the cost, per entry)."""
+    node = object.__new__(Node)
+    node.__dict__.update(image=image, host=host, reason=FOLDER_ENTRY, parent=folder,
+                         package=None, executed=False, st=st)
+    return node
+
+
+FOLDER_ENTRY = "in folder"  # the reason folder_resolver gives an entry of a folder
+
+
+def lstat_of(node: Node) -> os.stat_result:
+    """``os.lstat(node.host)``, made once per node (raises OSError as lstat does)."""
+    st = node.st
+    if st is None:
+        st = os.lstat(node.host)
+        # a frozen record filled in once: the value is a fact about host, not a new node
+        object.__setattr__(node, "st", st)
+    return st
+
+
+def is_link(node: Node) -> bool:
+    """``os.path.islink(node.host)``, from the node's lstat."""
+    try:
+        return stat.S_ISLNK(lstat_of(node).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass
@@ -153,9 +191,11 @@ class Context:
     def host_of(self, image: str) -> str:
         """The host file behind an image path: contents moved with { source, target } map back."""
         p = _plain(image)
-        for source, target in _moves(self.spec.contents):
-            if within(p, target):
-                return rebase(p, target, source)
+        moves = _moves(self.spec.contents)
+        found = moves.holding(p)
+        if found:
+            source, target = moves.pairs[found[0]]
+            return rebase(p, target, source)
         if self.root is not None:
             return str(self.root) + "/" + image.lstrip("/")
         return image
@@ -185,19 +225,47 @@ def _plain(path: str) -> str:
     return path
 
 
-def _moves(contents: tuple[Content, ...]) -> tuple[tuple[str, str], ...]:
-    """(source, target) of every content as plain strings, in the spec's order.
+class _Moves:
+    """The spec's contents as (source, target) strings, and which targets hold a path.
 
-    Remembered for the last spec's contents, by identity: hashing the contents (every
-    Path in them) would cost more than the answer saves.
+    ``holding`` answers for a path from its own entry and its folder's (remembered per
+    folder): a lookup per path instead of a comparison with every content, which made
+    the closure's cost per entry grow with the number of contents.
     """
+
+    def __init__(self, contents: tuple[Content, ...]) -> None:
+        self.pairs = tuple((str(c.source), str(c.target)) for c in contents)
+        self._at: dict[str, tuple[int, ...]] = {}  # target -> indices of the contents there
+        for i, (_, target) in enumerate(self.pairs):
+            self._at[target] = (*self._at.get(target, ()), i)
+        self._folders: dict[str, tuple[int, ...]] = {}
+
+    def holding(self, path: str) -> tuple[int, ...]:
+        """Indices, in the spec's order, of the contents whose target ``within`` ``path``."""
+        if not path.startswith("/"):  # not an image path: compare as within does
+            return tuple(i for i, (_, t) in enumerate(self.pairs) if within(path, t))
+        own = self._at.get(path, ())
+        if path == "/":
+            return own
+        folder = path[:path.rindex("/")] or "/"
+        up = self._folders.get(folder)
+        if up is None:
+            up = self._folders[folder] = self.holding(folder)
+        if not own:
+            return up
+        return tuple(sorted({*own, *up})) if up else own
+
+
+def _moves(contents: tuple[Content, ...]) -> _Moves:
+    """The :class:`_Moves` of the contents, remembered for the last spec's, by identity:
+    hashing the contents (every Path in them) would cost more than the answer saves."""
     if _MOVES[0] is not contents:
-        _MOVES[:] = [contents, tuple((str(c.source), str(c.target)) for c in contents)]
-    moves: tuple[tuple[str, str], ...] = _MOVES[1]
+        _MOVES[:] = [contents, _Moves(contents)]
+    moves: _Moves = _MOVES[1]
     return moves
 
 
-_MOVES: list[Any] = [None, ()]
+_MOVES: list[Any] = [None, None]
 
 
 def relocation(spec: Spec, node: Node) -> tuple[Path, PurePosixPath] | None:
@@ -205,10 +273,12 @@ def relocation(spec: Spec, node: Node) -> tuple[Path, PurePosixPath] | None:
     host, image = str(node.host), str(node.image)
     if host == image:
         return None
-    for c, (source, target) in zip(spec.contents, _moves(spec.contents), strict=True):
-        # the target first: of many contents from one source, one target holds the image
-        if within(image, target) and within(host, source) and \
-                image == rebase(host, source, target):
+    moves = _moves(spec.contents)
+    # the target first: of many contents from one source, one target holds the image
+    for i in moves.holding(image):
+        source, target = moves.pairs[i]
+        if within(host, source) and image == rebase(host, source, target):
+            c = spec.contents[i]
             return c.source, c.target
     return None
 
@@ -260,6 +330,9 @@ def present(path: os.PathLike[str] | str, ctx: Context) -> bool:
 
 
 def in_nix_store(path: PurePosixPath) -> bool:
+    text = str(path)  # asked by four resolvers of every node: most answers need no parts
+    if text.startswith("/") and not text.startswith(("/nix/store", "//nix/store")):
+        return False
     return path.parts[1:3] == ("nix", "store")
 
 

@@ -48,7 +48,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE
 from elftools.elf.segments import InterpSegment
 
-from portable_service.builder.closure import Context, Node, in_nix_store, ldcache
+from portable_service.builder.closure import Context, Node, in_nix_store, is_link, ldcache
 from portable_service.errors import PortableServiceError, ToolError
 from portable_service.fs.views import HostFS, ImageFS, open_file, read_bytes, resolve
 from portable_service.run import run
@@ -809,7 +809,7 @@ class ElfResolver:
         return self.files.ident(str(path)) or str(path)
 
     def __call__(self, node: Node) -> Iterator[Node]:
-        if in_nix_store(node.image) or os.path.islink(node.host):
+        if in_nix_store(node.image) or is_link(node):
             return  # Nix records store closures itself; a link's target is resolved in its turn
         image = str(node.image)
         if image in self._loaded:

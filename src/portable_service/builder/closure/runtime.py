@@ -115,6 +115,10 @@ def needs_identity(spec: Spec) -> bool:
     return any(".service" in u.name for u in spec.units)
 
 
+# how every name the resolver acts on begins: libc.so.6, TLS_LIBRARY, PYTHON, PERL, RUBY
+_LEADS = ("lib", "python", "perl", "ruby")
+
+
 class RuntimeResolver:
     """Resolver: the run-time files a node implies (identity, CA certificates, stdlibs)."""
 
@@ -127,9 +131,11 @@ class RuntimeResolver:
         self._queried: set[str] = set()
 
     def __call__(self, node: Node) -> Iterator[Node]:
+        name = node.image.name
+        if not name.startswith(_LEADS):
+            return  # most nodes: none of the names below, told without a pattern
         if in_nix_store(node.image):
             return
-        name = node.image.name
         if name == "libc.so.6" and not self._libc_done:
             self._libc_done = True
             if self.identity:

@@ -23,7 +23,14 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
-from portable_service.builder.closure import Context, Node, Resolver, follows_executed, in_nix_store
+from portable_service.builder.closure import (
+    Context,
+    Node,
+    Resolver,
+    follows_executed,
+    in_nix_store,
+    lstat_of,
+)
 from portable_service.builder.closure.elf import SHEBANG_MAX, parse_shebang
 from portable_service.builder.units import Unit, exec_commands
 from portable_service.rules.portabled import SYSTEMD_PATH
@@ -156,7 +163,7 @@ def script_resolver(ctx: Context) -> Resolver:
         if in_nix_store(node.image):
             return  # the Nix resolver knows a store path's references
         try:
-            st = os.lstat(node.host)
+            st = lstat_of(node)
         except OSError:
             return
         if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:

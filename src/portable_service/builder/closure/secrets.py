@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import PurePosixPath
 
-from portable_service.builder.closure import Closure, Node
+from portable_service.builder.closure import FOLDER_ENTRY, Closure, Node, lstat_of
 from portable_service.errors import ClosureError
 
 # places whose files are secret whatever their mode says
@@ -24,7 +24,6 @@ SECRET_PLACES = (
     "/etc/ssl/private", "/etc/ssl/private/*", "/root", "/root/*", "/home", "/home/*",
     "/etc/sudoers", "/etc/sudoers.d/*", "/var/lib/sss/*", "/etc/krb5.keytab",
 )
-FOLDER_ENTRY = "in folder"  # the reason folder_resolver gives an entry of a folder
 
 
 def secret_place(path: PurePosixPath) -> bool:
@@ -69,7 +68,7 @@ def _secret(node: Node) -> str | None:
     if secret_place(PurePosixPath(os.path.normpath(node.host))):
         return "lies in a secret place of the host"
     try:
-        st = os.lstat(node.host)
+        st = lstat_of(node)
     except OSError:
         return None  # missing or unreadable: the layout reports it
     if stat.S_ISLNK(st.st_mode):

@@ -29,9 +29,12 @@ from portable_service.builder.closure import (
     deb,
     elf,
     excluded,
+    folder_entry,
     follows_executed,
     host_spelling,
+    is_link,
     ldcache,
+    lstat_of,
     moved_link,
     nix,
     relocation,
@@ -42,6 +45,7 @@ from portable_service.builder.closure.scripts import env_commands, shell_command
 from portable_service.builder.spec import Spec
 from portable_service.builder.units import Unit, environment_files, exec_programs
 from portable_service.errors import ClosureError, TreeError
+from portable_service.fs.paths import child
 from portable_service.rules.portabled import SYSTEMD_PATH
 
 
@@ -141,20 +145,26 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
 
 def folder_resolver(node: Node) -> Iterator[Node]:
     """A folder brings every entry in it (symlinks stay links; they are not followed here)."""
-    if node.package is not None or not _is_dir(node.host):
+    if node.package is not None or not _is_dir(node):
         return
     try:
-        names = sorted(os.listdir(node.host), key=os.fsencode)
+        with os.scandir(node.host) as found:
+            entries = sorted(found, key=lambda e: os.fsencode(e.name))
     except OSError as e:
         raise Unreadable(node.host, e.strerror or str(e)) from None
-    for name in names:
-        yield Node(node.image / name, node.host / name, "in folder", node.image)
+    for entry in entries:
+        try:  # each entry's lstat, made once here for the resolvers and the layout
+            st: os.stat_result | None = entry.stat(follow_symlinks=False)
+        except OSError:
+            st = None  # gone or unreadable: the walk's own check reports it
+        yield folder_entry(child(node.image, entry.name), child(node.host, entry.name),
+                           node.image, st)
 
 
-def _is_dir(path: Path) -> bool:
+def _is_dir(node: Node) -> bool:
     """A folder itself, not a link to one (``not is_symlink() and is_dir()``, one lstat)."""
     try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
+        return stat.S_ISDIR(lstat_of(node).st_mode)
     except (OSError, ValueError):
         return False
 
@@ -166,7 +176,7 @@ def symlink_resolver(node: Node) -> Iterator[Node]:
     The target is executed when the link is (a unit running /usr/bin/python3 runs
     python3.11), data otherwise.
     """
-    if str(node.image) != str(node.host) or not os.path.islink(node.host):
+    if str(node.image) != str(node.host) or not is_link(node):
         return
     target = os.readlink(node.host)
     resolved = PurePosixPath(os.path.normpath(os.path.join(node.host.parent, target)))
@@ -187,7 +197,7 @@ def relocated_link_resolver(ctx: Context) -> Resolver:
     @follows_executed
     def resolve(node: Node) -> Iterator[Node]:
         host = str(node.host)
-        if host == str(node.image) or not os.path.islink(host):
+        if host == str(node.image) or not is_link(node):
             return
         if ctx.root is not None and str(node.host) == ctx.host_of(str(node.image)):
             # a link of the root: its target is an image path, read from the root
@@ -267,8 +277,11 @@ def resolve(
         if not _readable(ctx, node):
             continue
         closure.nodes[node.image] = node
-        for resolver in resolvers:
-            _follow(ctx, resolver, node, queue)
+        for resolver in resolvers:  # _follow, inline: this runs for every node
+            try:
+                queue.extend(resolver(node))
+            except Unreadable as e:
+                ctx.missing(f"cannot read {e.path}: {e.strerror}", UNREADABLE_HINT)
     for resolver in resolvers:
         finish = getattr(resolver, "finish", None)
         if finish is not None:
@@ -292,7 +305,7 @@ def _readable(ctx: Context, node: Node) -> bool:
     is checked on its own.
     """
     try:
-        st = os.lstat(node.host)
+        st = lstat_of(node)
     except FileNotFoundError:
         return True  # image.place names a path that vanished; not a permission matter
     except OSError as e:
