@@ -283,13 +283,8 @@ _new, _setattr = object.__new__, object.__setattr__
 
 
 def _convert(st: squashfs_reader.Stat) -> Stat:
-    # made for every entry of an image that is walked (verify, diff): filled in directly,
-    # not through the frozen record's __init__ and its setattr per field (3x the cost)
-    made = object.__new__(Stat)
-    made.__dict__.update(kind=st.kind, mode=st.mode & 0o7777, uid=st.uid, gid=st.gid,
-                         size=st.size, mtime=st.mtime, inode=st.inode, nlink=st.nlink,
-                         target=st.target)
-    return made
+    return _stat_record(st.kind, st.mode & 0o7777, st.uid, st.gid, st.size, st.mtime, st.inode,
+                        st.nlink, st.target)
 
 
 def open_image(path: str | Path) -> SquashfsFS | HostFS:
