@@ -9,7 +9,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from portable_service.builder.sbom import HOST_FILE, MADE_FILE, licences
+import pytest
+
+from portable_service.builder.sbom import HOST_FILE, MADE_FILE, licences, validation_problems
 from tests.conftest import require
 
 
@@ -94,3 +96,57 @@ def test_inspect_sbom_of_an_image_without_one_is_one_line(tmp_path, cli):
     proc = cli("inspect", "--sbom", str(image))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "carries no SBOM" in proc.stderr
+
+
+def _document(files: int, *, bad: dict[str, str] | None = None):
+    """A document shaped like ours: the image, two packages, ``files`` files each contained
+    by one of them; ``bad`` renames ends of relationships (``{"File-7": "SPDXRef-Nope"}``)."""
+    from datetime import datetime
+
+    from spdx_tools.spdx.model.actor import Actor, ActorType
+    from spdx_tools.spdx.model.checksum import Checksum, ChecksumAlgorithm
+    from spdx_tools.spdx.model.document import CreationInfo, Document
+    from spdx_tools.spdx.model.file import File
+    from spdx_tools.spdx.model.package import Package
+    from spdx_tools.spdx.model.relationship import Relationship, RelationshipType
+    from spdx_tools.spdx.model.spdx_no_assertion import SpdxNoAssertion
+
+    bad = bad or {}
+    info = CreationInfo(spdx_version="SPDX-2.3", spdx_id="SPDXRef-DOCUMENT", name="t_1",
+                        document_namespace="https://portable-service.invalid/spdx/t",
+                        creators=[Actor(ActorType.TOOL, "portable-service")],
+                        created=datetime(2026, 1, 1))
+    packages = [Package(f"SPDXRef-Package-{n}", n, SpdxNoAssertion()) for n in ("a", "b")]
+    links = [Relationship("SPDXRef-DOCUMENT", RelationshipType.DESCRIBES, "SPDXRef-Package-a")]
+    found = [File(f"./f{n}", f"SPDXRef-File-{n}", [Checksum(ChecksumAlgorithm.SHA1, "0" * 40)])
+             for n in range(files)]
+    for n in range(files):
+        links.append(Relationship(bad.get(f"Package-{n}", f"SPDXRef-Package-{'ab'[n % 2]}"),
+                                  RelationshipType.CONTAINS,
+                                  bad.get(f"File-{n}", f"SPDXRef-File-{n}")))
+    if files > 2:  # a link between files of two slices
+        links.append(Relationship("SPDXRef-File-0", RelationshipType.GENERATED_FROM,
+                                  f"SPDXRef-File-{files - 1}"))
+    return Document(info, packages=packages, files=found, relationships=links)
+
+
+@pytest.mark.parametrize("bad", [{}, {"File-37": "SPDXRef-Nope"}, {"Package-2": "SPDXRef-Gone"},
+                                 {"File-1": "not an id"}])
+def test_sliced_validation_says_what_the_library_says_of_the_whole(bad):
+    """The SBOM is validated in slices of files (spdx-tools' own check is quadratic): on a
+    valid document and on one broken in a late slice, the messages are the library's."""
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    doc = _document(40, bad=bad)
+    whole = sorted({m.validation_message for m in validate_full_spdx_document(doc)})
+    assert sorted(validation_problems(doc, step=8)) == whole
+    assert bool(whole) == bool(bad)
+
+
+def test_sliced_validation_finds_an_id_given_twice_in_two_slices():
+    from spdx_tools.spdx.model.file import File
+
+    doc = _document(20)
+    doc.files[15] = File("./again", "SPDXRef-File-2", doc.files[15].checksums)
+    problems = validation_problems(doc, step=8)
+    assert any("duplicates: ['SPDXRef-File-2']" in p for p in problems), problems
