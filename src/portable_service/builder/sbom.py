@@ -253,7 +253,9 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
         raise ToolError(f"the SBOM does not validate as SPDX 2.3: {'; '.join(problems)[:300]}",
                         "report it; the image was not written")
     stream = io.StringIO()
-    write_document_to_stream(doc, stream, validate=False, drop_duplicates=False)  # one link per package and file
+    # validated above; no duplicates to drop (one link per package and per file), so no
+    # deep copy of the whole document either
+    write_document_to_stream(doc, stream, validate=False, drop_duplicates=False)
     # sorted keys, two-space indent: the same bytes for the same image
     return (json.dumps(json.loads(stream.getvalue()), indent=1, sort_keys=True) + "\n").encode()
 

@@ -176,13 +176,7 @@ def _read_source(path: str, n: int) -> bytes | None:
     except OSError:
         return None  # the opener tries again and says why it fails
     try:
-        data = os.pread(fd, n, 0)
-        while len(data) < n:
-            more = os.pread(fd, n - len(data), len(data))
-            if not more:
-                break
-            data += more
-        return data
+        return _pread_upto(fd, n)
     except OSError:
         return None
     finally:
@@ -207,6 +201,11 @@ def _read_upto(f: BinaryIO, n: int) -> bytes:
         fd = None
     if fd is None:
         return f.read(n)
+    return _pread_upto(fd, n)
+
+
+def _pread_upto(fd: int, n: int) -> bytes:
+    """Up to ``n`` bytes from the start of ``fd``, fewer only at its end."""
     data = os.pread(fd, n, 0)
     while len(data) < n:
         more = os.pread(fd, n - len(data), len(data))
