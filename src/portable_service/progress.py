@@ -22,21 +22,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Column
-from rich.text import Text
+if TYPE_CHECKING:  # rich is loaded when the live display is drawn: a tenth of a start-up
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 PROG = "portable-service"
 
@@ -64,24 +54,6 @@ def live_wanted(stream: TextIO, env: dict[str, str] | None = None) -> bool:
     return "NO_COLOR" not in env and env.get("TERM", "") != "dumb"
 
 
-class _Amount(ProgressColumn):
-    """``done/total MiB`` for counted work; nothing for a step (it has the spinner)."""
-
-    def render(self, task: Task) -> Text:
-        if task.total is None:
-            return Text("")
-        return Text(f"{human(task.completed)}/{human(task.total)}")
-
-
-class _Bar(BarColumn):
-    """A bar only for counted work: a step without a count shows no fake bar."""
-
-    def render(self, task: Task) -> Text:  # type: ignore[override]
-        if task.total is None:
-            return Text("")
-        return super().render(task)  # type: ignore[return-value]
-
-
 ANNOUNCE_AFTER = 0.5  # seconds a step runs before its plain "==> STEP" line is printed
 
 
@@ -101,8 +73,7 @@ class Reporter:
     def __init__(self, quiet: bool = False, console: Console | None = None,
                  live: bool | None = None) -> None:
         self.quiet = quiet
-        # soft_wrap: a long line is the terminal's to fold, never cut into two by us
-        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+        self._console = console
         self.live = live_wanted(sys.stderr) if live is None else live
         self._lock = threading.RLock()
         self._progress: Progress | None = None
@@ -115,6 +86,15 @@ class Reporter:
         self._pending: list[_Pending] = []  # plain mode: the running steps, outermost first
         self._quarters = 0  # plain mode: the quarters of the bar already printed
         self.warnings: list[str] = []  # every warning of the run, for build --json
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            # soft_wrap: a long line is the terminal's to fold, never cut into two by us
+            self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+        return self._console
 
     # -- lines
 
@@ -146,14 +126,7 @@ class Reporter:
 
     def _start(self, description: str, total: float | None) -> TaskID:
         if self._progress is None:
-            self._progress = Progress(
-                # the description gives way (an ellipsis) before the numbers do
-                SpinnerColumn(finished_text=" "),
-                TextColumn("{task.description}",
-                           table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
-                _Bar(bar_width=20), _Amount(table_column=Column(no_wrap=True)),
-                TimeElapsedColumn(),
-                console=self.console, transient=True)
+            self._progress = _live_display(self.console)
             # drawn once a step has run for ANNOUNCE_AFTER: a quick run (or a mistake
             # found at once) leaves no flicker, and an error is the only line
             self._live_timer = threading.Timer(ANNOUNCE_AFTER, self._go_live,
@@ -268,6 +241,46 @@ class Reporter:
                     self._print(f"    {self._bar_text}: {self._quarters * 25}% "
                                f"({human(self._bar_total * self._quarters // 4)} of "
                                f"{human(self._bar_total)})")
+
+
+def _live_display(console: Console) -> Progress:
+    """The live display: a spinner, the step, a bar and ``done/total`` for counted work."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Column
+    from rich.text import Text
+
+    class Amount(ProgressColumn):
+        """``done/total MiB`` for counted work; nothing for a step (it has the spinner)."""
+
+        def render(self, task: Task) -> Text:
+            if task.total is None:
+                return Text("")
+            return Text(f"{human(task.completed)}/{human(task.total)}")
+
+    class Bar(BarColumn):
+        """A bar only for counted work: a step without a count shows no fake bar."""
+
+        def render(self, task: Task) -> Text:  # type: ignore[override]
+            if task.total is None:
+                return Text("")
+            return super().render(task)  # type: ignore[return-value]
+
+    return Progress(
+        # the description gives way (an ellipsis) before the numbers do
+        SpinnerColumn(finished_text=" "),
+        TextColumn("{task.description}",
+                   table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+        Bar(bar_width=20), Amount(table_column=Column(no_wrap=True)),
+        TimeElapsedColumn(),
+        console=console, transient=True)
 
 
 QUIET = Reporter(quiet=True, live=False)

@@ -11,7 +11,8 @@ from portable_service.cli import READ_VERBS, make_parser
 from tests.conftest import REPO, mksquashfs, require_tool
 
 HEAVY = ("portable_service.builder.pipeline", "portable_service.harness.trial",
-         "portable_service.deploy.attach", "portable_service.builder.sign", "cryptography")
+         "portable_service.deploy.attach", "portable_service.builder.sign", "cryptography",
+         "portable_service.builder.spec", "shtab", "rich")
 
 
 def _verbs(first: str | None) -> set[str]:
