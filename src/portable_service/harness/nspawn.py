@@ -170,21 +170,41 @@ class Container:
         return result
 
     def start(self, unit: str, timeout: float = 60) -> Result:
-        """``systemctl start``, retried only for systemd 247's udev wait (see :meth:`settle`).
+        """``systemctl start``; on systemd 247 retried for two faults of the harness, never
+        of the unit: the udev wait (see :meth:`settle`), and, once, a start whose image
+        mount lost the race for a loop device the device policy had not yet allowed again
+        (see :mod:`.devices`). Either fails before the unit's program runs. (Later
+        releases start without the wait for the program that both checks need.)
 
         ``timeout`` bounds the wait for the start job (a ToolError past it; the job goes on).
         """
         if not self.release.needs_udevd:
             return self.systemctl("start", unit, timeout=timeout)
+        raced = False
         for _ in range(UDEV_RETRIES + 1):
             cursor = self._cursor()
             result = self.systemctl("start", unit, timeout=timeout)
             if result.ok:
                 self._wait_until_exec(unit)  # a simple service can still fail after this
-            if not self._udev_timeout(self._journal_since(cursor)):
+            journal = self._journal_since(cursor)
+            if self._udev_timeout(journal):
+                pass
+            elif not raced and self._lost_device_race_at_start(unit, journal):
+                raced = True
+            else:
                 break
             self.systemctl("reset-failed", unit)
+            self.settle()
         return result
+
+    def _lost_device_race_at_start(self, unit: str, journal: str) -> bool:
+        """Whether ``unit`` failed setting up its namespace (its image mount) with
+        "Operation not permitted": a loop device the policy refused at that moment."""
+        if self.policy is None or self.unit_state(unit).active != "failed":
+            return False
+        self.policy.sync()
+        return any("Operation not permitted" in line and "namespac" in line.lower()
+                   for line in journal.splitlines())
 
     def _wait_until_exec(self, unit: str, timeout: float = 10) -> None:
         """Until the unit's program runs, or the unit failed or finished.
