@@ -159,6 +159,48 @@ def test_two_containers_each_open_only_their_own(release_roots, psdemo, tmp_path
                 assert a.run("dd", f"if=/dev/loop{n}", "of=/dev/null", "count=1").ok
 
 
+def refuse_free_loops(policy: devices.DevicePolicy) -> None:
+    """As if every free loop device had just been freed elsewhere and the watcher had not
+    seen it yet: refused, and allowed again by the policy's next look. (The watcher is
+    stopped first, so that next look is the harness's own.)"""
+    policy.stop()
+    with policy._lock:
+        for node in [n for n in policy._allowed if n.major == 7]:
+            if node.minor not in policy._ours:
+                for cgroup in (policy.payload, policy.top):
+                    (cgroup / "devices.deny").write_text(node.rule())
+                policy._allowed.discard(node)
+
+
+@pytest.mark.parametrize("suite", RELEASES)
+def test_a_device_freed_elsewhere_and_not_yet_allowed_is_retried(release_roots, psdemo,
+                                                                  tmp_path, suite):
+    """Attach and start lost the race for a loop device (their first try is refused
+    whichever device they take): each is retried once and works, and `try` never
+    judges the unit by the harness's race."""
+    require_policy()
+    release = roots.RELEASES[suite]
+    image = build_image(tmp_path, {
+        "pname": "raced", "version": "1",
+        "units": [unit("raced.service", "[Service]\nExecStart=/usr/bin/psdemo serve 18160 raced\n")],
+        "contents": [{"source": str(psdemo), "target": "/usr/bin/psdemo"}]})
+    with nspawn.booted(release, release_roots[suite], log_dir=LOG_DIR) as c:
+        assert c.policy is not None
+        refuse_free_loops(c.policy)
+        widened = c.policy.widened
+        with attached(c, image) as name:
+            assert c.policy.widened > widened, "the attach did not meet a refused device"
+            assert name in c.portablectl("list").stdout
+            refuse_free_loops(c.policy)
+            cursor = c._cursor()
+            start = c.start("raced.service")
+            assert start.ok, c.journal("raced.service")
+            assert tcp_get(18160) == "raced\n", c.journal("raced.service")
+            journal = c._journal_since(cursor)
+            refused = [ln for ln in journal.splitlines() if "mount namespacing" in ln]
+            assert len(refused) == 1 and REFUSED in refused[0], journal
+
+
 @pytest.mark.parametrize("suite", DDI_RELEASES)
 def test_a_ddi_gets_its_own_partitions_not_the_hosts(release_roots, psdemo, tmp_path, suite):
     """The host has a DDI's partitions; the container attaches a DDI of its own and serves

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import json
 import os
 import re
 import shutil
@@ -52,6 +53,8 @@ LOOP_DEVICES = 256
 LOOP_PARTITIONS = 8  # partition nodes linked per loop device (a portable DDI uses 1-3)
 HOST_DEV = "/run/harness-dev"  # where the container sees the kernel's devtmpfs
 UDEV_RETRIES = 4
+DENIED = "Operation not permitted"  # what EPERM from the devices policy reads as
+DENIED_ATTACH = (DENIED, "Access denied")  # portabled 247 returns EPERM as D-Bus AccessDenied
 # what commands in the container see: systemd's PATH and nothing of the host's environment
 CONTAINER_ENV = {"PATH": ":".join(SPLIT_USR_PATH), "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0",
                  "TERM": "dumb"}
@@ -170,16 +173,14 @@ class Container:
         return result
 
     def start(self, unit: str, timeout: float = 60) -> Result:
-        """``systemctl start``; on systemd 247 retried for two faults of the harness, never
-        of the unit: the udev wait (see :meth:`settle`), and, once, a start whose image
+        """``systemctl start``, retried for two faults of the harness, never of the unit:
+        on systemd 247 the udev wait (see :meth:`settle`), and, once, a start whose image
         mount lost the race for a loop device the device policy had not yet allowed again
-        (see :mod:`.devices`). Either fails before the unit's program runs. (Later
-        releases start without the wait for the program that both checks need.)
+        (see :mod:`.devices`). Either fails before the unit's program runs, so the start
+        waits for the program (a simple service is "active" as soon as it is forked).
 
         ``timeout`` bounds the wait for the start job (a ToolError past it; the job goes on).
         """
-        if not self.release.needs_udevd:
-            return self.systemctl("start", unit, timeout=timeout)
         raced = False
         for _ in range(UDEV_RETRIES + 1):
             cursor = self._cursor()
@@ -203,7 +204,7 @@ class Container:
         if self.policy is None or self.unit_state(unit).active != "failed":
             return False
         self.policy.sync()
-        return any("Operation not permitted" in line and "namespac" in line.lower()
+        return any(DENIED in line and "namespac" in line.lower()
                    for line in journal.splitlines())
 
     def _wait_until_exec(self, unit: str, timeout: float = 10) -> None:
@@ -217,6 +218,8 @@ class Container:
         while time.monotonic() < deadline:
             state = self.unit_state(unit)
             if state.active == "failed":
+                return
+            if state.sub == "auto-restart":  # it ran, and systemd will start it again
                 return
             if state.active != "activating":
                 pid = self.systemctl("show", "-p", "MainPID", "--value", unit).stdout.strip()
@@ -233,7 +236,7 @@ class Container:
     def _lost_device_race(self, result: Result, widened: int) -> bool:
         """Whether the step failed on a loop device freed elsewhere that the device policy
         allowed again only while the step ran (see :mod:`.devices`)."""
-        if self.policy is None or "Operation not permitted" not in result.output:
+        if self.policy is None or not any(m in result.output for m in DENIED_ATTACH):
             return False
         self.policy.sync()
         return self.policy.widened != widened
@@ -305,15 +308,60 @@ class Container:
                 return state
             time.sleep(0.1)
 
-    def journal(self, unit: str | None = None, *fields: str) -> str:
-        """This boot's journal (of one unit), message text only."""
-        args = ["journalctl", "--no-pager", "-b", "-o", "cat"]
-        if unit:
-            args += ["-u", unit]
-        return self.run(*args, *fields).stdout
+    def journal(self, unit: str | None = None) -> str:
+        """This boot's journal (of one unit), message text only.
+
+        A unit's lines are those ``journalctl -u`` shows, and also those of its processes
+        that journald could not put in the unit: it reads a sender's cgroup from /proc
+        when the line arrives, so a process gone by then (the exec child that failed to
+        set up the unit's sandbox exits at once) leaves lines with no ``_SYSTEMD_UNIT``.
+        That child names the unit itself (``UNIT=``) in its last lines; its other lines
+        ("Failed to create destination mount point node ...") are found by its PID.
+        """
+        if not unit:
+            return self.run("journalctl", "--no-pager", "-b", "-o", "cat").stdout
+        out = self.run("journalctl", "--no-pager", "-b", "-o", "json", "--all",
+                       f"--output-fields={','.join(JOURNAL_FIELDS)}").stdout
+        return "".join(line + "\n" for line in unit_lines(out, unit))
 
     def status(self, unit: str) -> str:
         return self.systemctl("status", "--lines=0", unit).stdout
+
+
+JOURNAL_FIELDS = ("MESSAGE", "MESSAGE_ID", "_PID", "_UID", "_SYSTEMD_UNIT", "UNIT",
+                  "OBJECT_SYSTEMD_UNIT", "COREDUMP_UNIT")
+_COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
+
+
+def unit_lines(json_lines: str, unit: str) -> list[str]:
+    """The messages of ``journalctl -o json`` output that are about ``unit``: the matches
+    of ``journalctl -u`` (systemd's ``add_matches_for_unit``) and the lines of every
+    process other than PID 1 that logged ``UNIT=unit`` and has no unit of its own."""
+    entries = []
+    for line in json_lines.splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                entries.append(entry)
+    children = {e.get("_PID") for e in entries if e.get("UNIT") == unit} - {"1", None}
+
+    def about(e: dict[str, object]) -> bool:
+        own = e.get("_SYSTEMD_UNIT")
+        return (own == unit
+                or (e.get("UNIT") == unit and (e.get("_PID") == "1" or not own))
+                or (e.get("_UID") == "0" and e.get("OBJECT_SYSTEMD_UNIT") == unit)
+                or (e.get("_UID") == "0" and e.get("COREDUMP_UNIT") == unit
+                    and e.get("MESSAGE_ID") == _COREDUMP_MESSAGE_ID)
+                or (not own and e.get("_PID") in children))
+
+    return [_message(e) for e in entries if about(e)]
+
+
+def _message(entry: dict[str, object]) -> str:
+    message = entry.get("MESSAGE")
+    if isinstance(message, list):  # not valid UTF-8: journalctl gives the bytes
+        return bytes(b for b in message if isinstance(b, int)).decode(errors="replace")
+    return message if isinstance(message, str) else ""
 
 
 def one_line(text: str) -> str:
