@@ -150,3 +150,16 @@ def test_sliced_validation_finds_an_id_given_twice_in_two_slices():
     doc.files[15] = File("./again", "SPDXRef-File-2", doc.files[15].checksums)
     problems = validation_problems(doc, step=8)
     assert any("duplicates: ['SPDXRef-File-2']" in p for p in problems), problems
+
+
+def test_sliced_validation_checks_each_package_once_with_the_librarys_words():
+    """A broken package (an invalid homepage) is said once, as the library says it of the
+    whole document; the slices carry only the packages' ids."""
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    doc = _document(40)
+    doc.packages[1].homepage = "not a url"
+    whole = sorted({m.validation_message for m in validate_full_spdx_document(doc)})
+    problems = validation_problems(doc, step=8)
+    assert len(whole) == 1 and "homepage" in whole[0], whole
+    assert problems == whole

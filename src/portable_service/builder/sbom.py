@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -125,6 +124,7 @@ def _host_owners() -> tuple[dict[str, str], dict[str, tuple[str, str, str]]]:
 def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned: Pinned | None,
                    mtime: int) -> bytes:
     from spdx_tools.common.spdx_licensing import spdx_licensing
+    from spdx_tools.spdx.jsonschema.document_converter import DocumentConverter
     from spdx_tools.spdx.model.actor import Actor, ActorType
     from spdx_tools.spdx.model.checksum import Checksum, ChecksumAlgorithm
     from spdx_tools.spdx.model.document import CreationInfo, Document
@@ -133,7 +133,6 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
     from spdx_tools.spdx.model.package import Package, PackageVerificationCode
     from spdx_tools.spdx.model.relationship import Relationship, RelationshipType
     from spdx_tools.spdx.model.spdx_no_assertion import SpdxNoAssertion
-    from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream
 
     # -- which package each image file came from
     package_of: dict[PurePosixPath, str] = {}
@@ -252,12 +251,12 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
     if problems:  # a field this build filled in wrongly
         raise ToolError(f"the SBOM does not validate as SPDX 2.3: {'; '.join(problems)[:300]}",
                         "report it; the image was not written")
-    stream = io.StringIO()
-    # validated above; no duplicates to drop (one link per package and per file), so no
-    # deep copy of the whole document either
-    write_document_to_stream(doc, stream, validate=False, drop_duplicates=False)
-    # sorted keys, two-space indent: the same bytes for the same image
-    return (json.dumps(json.loads(stream.getvalue()), indent=1, sort_keys=True) + "\n").encode()
+    # the library's JSON writer validates, drops duplicates (a deep copy of the whole
+    # document) and encodes: validated above, with no duplicates to drop (one link per
+    # package and per file), so only its converter is used, and the encoding is ours:
+    # sorted keys, one-space indent, the same bytes for the same image
+    return (json.dumps(DocumentConverter().convert(doc), indent=1, sort_keys=True)
+            + "\n").encode()
 
 
 def validation_problems(doc: Document, step: int = SBOM_VALIDATION_SLICE) -> list[str]:
@@ -265,13 +264,20 @@ def validation_problems(doc: Document, step: int = SBOM_VALIDATION_SLICE) -> lis
 
     The library looks each relationship's ends up in a list of all the document's ids,
     made anew for each one (spdx/tools-python#818): 5,000 files cost 7 s, 80,000 half an
-    hour. So it runs on parts: each has the creation info, the packages, the relationships
-    that name no file, and a slice of ``step`` files with the relationships naming them
-    (one naming files of two slices goes to a part of its own with those files). Every
-    element is checked once against everything it refers to; ids unique across the parts
-    are checked on the whole list of ids, once.
+    hour. So it runs on parts. The first has the creation info, the packages and the
+    relationships that name no file; each other part a slice of ``step`` files with the
+    relationships naming them (one naming files of two slices goes to a part of its own
+    with those files), the document's own DESCRIBES relationships, and in place of the
+    packages their ids (a package with nothing but its id and name): every element is
+    checked once against everything it refers to, and a package's licences are parsed
+    once, not once per slice. Ids unique across the parts are checked on the whole list of
+    ids, once.
     """
     from spdx_tools.spdx.model.document import Document
+    from spdx_tools.spdx.model.file import File
+    from spdx_tools.spdx.model.package import Package
+    from spdx_tools.spdx.model.relationship import RelationshipType
+    from spdx_tools.spdx.model.spdx_no_assertion import SpdxNoAssertion
     from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
     from spdx_tools.spdx.validation.spdx_id_validators import get_list_of_all_spdx_ids
 
@@ -289,17 +295,22 @@ def validation_problems(doc: Document, step: int = SBOM_VALIDATION_SLICE) -> lis
             by_slice.setdefault(ends.pop(), []).append(r)
         else:
             across.append(r)
-    parts = [(doc.files[k:k + step], by_slice.get(k // step, []))
-             for k in range(0, max(len(doc.files), 1), step)]
+    describes = [r for r in shared if r.relationship_type is RelationshipType.DESCRIBES
+                 and r.spdx_element_id == doc.creation_info.spdx_id]
+    stubs = [Package(p.spdx_id, p.name, SpdxNoAssertion()) for p in doc.packages]
+    parts: list[tuple[list[Package], list[File], list[Relationship]]] = [
+        (doc.packages, [], shared)]
+    parts += [(stubs, doc.files[k:k + step], describes + by_slice.get(k // step, []))
+              for k in range(0, len(doc.files), step)]
     for r in across:
         named = [files[e] for e in (r.spdx_element_id, r.related_spdx_element_id)
                  if isinstance(e, str) and e in files]
-        parts.append((named, [r]))
+        parts.append((stubs, named, [*describes, r]))
     version = doc.creation_info.spdx_version
     problems: list[str] = []
-    for part_files, links in parts:
-        part = Document(doc.creation_info, packages=doc.packages, files=part_files,
-                        relationships=shared + links,
+    for part_packages, part_files, links in parts:
+        part = Document(doc.creation_info, packages=part_packages, files=part_files,
+                        relationships=links,
                         extracted_licensing_info=doc.extracted_licensing_info)
         problems += [m.validation_message for m in validate_full_spdx_document(part, version)
                      if m.validation_message not in problems]
