@@ -73,6 +73,50 @@ def test_pinned_server_runs_on_its_release(container, tmp_path, suite_cache):
         assert version == {"bookworm": "252", "trixie": "257"}[release]
 
 
+ZONED = """
+pname = "zoned"
+version = "1"
+distribution = "debian"
+release = "{release}"
+packages = ["coreutils"]
+units = [{{ name = "zoned.service", text = '''
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+Environment=TZ=Europe/Paris LANG=de_DE.UTF-8
+ExecStart=/usr/bin/date --date=@1780000000 "+%%Z %%A %%B"
+''' }}]
+"""
+
+
+@pytest.mark.parametrize("container", ["bookworm", "trixie"], indirect=True)
+def test_a_pinned_units_time_zone_and_locale_come_from_its_release(container, tmp_path,
+                                                                   suite_cache):
+    """A unit naming a time zone and a locale: the lock gets tzdata and locales-all of the
+    release (no host file), the image only the zone and the locale named (and what their
+    links reach), and on the release's systemd the program speaks German in Paris time."""
+    c = container
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    (folder / "portable.toml").write_text(ZONED.format(release=c.release.suite))
+    image = build_image(load_spec(folder), tmp_path / "out")
+    lock = (folder / "portable.lock").read_text()
+    assert '"name": "tzdata"' in lock and '"name": "locales-all"' in lock
+    from portable_service.fs.views import exists, open_image
+
+    fs = open_image(image)
+    zones = {p for p, _ in fs.walk() if p.startswith("/usr/share/zoneinfo/")}
+    assert "/usr/share/zoneinfo/Europe/Paris" in zones
+    assert len([z for z in zones if fs.stat(z).kind == "file"]) == 1, sorted(zones)
+    assert exists(fs, "/usr/lib/locale/de_DE.utf8/LC_TIME")
+    assert not exists(fs, "/usr/lib/locale/fr_FR.utf8")
+    with attached(c, image):
+        assert c.start("zoned.service").ok, c.journal("zoned.service")
+        journal = c.journal("zoned.service")
+        # 1780000000 is Thursday, 28 May 2026, 20:26 UTC (22:26 CEST in Paris)
+        assert "CEST Donnerstag Mai" in journal, journal
+
+
 def test_rebuild_from_lock_in_fresh_cache_is_byte_identical(tmp_path, suite_cache, monkeypatch):
     """The lock, not the cache or the machine, decides the image: a second build with an
     empty cache (every .deb downloaded again) writes the same bytes."""

@@ -50,3 +50,9 @@ def host_dpkg_arch() -> str:
 NSS_PACKAGE = "libnss-systemd"
 # The package that ships C.UTF-8 (/usr/lib/locale/C.utf8, closure.runtime's locale rule).
 LOCALE_PACKAGE = "libc-bin"
+# The package that ships /usr/share/zoneinfo: a pinned build whose units name a time zone
+# (Environment=TZ=, PassEnvironment=TZ) resolves it, as the host build takes the host's.
+TZ_PACKAGE = "tzdata"
+# Every locale compiled (/usr/lib/locale): what a pinned build names for another locale
+# than C.UTF-8 (nothing runs locale-gen in its root).
+LOCALES_PACKAGE = "locales-all"

@@ -327,3 +327,21 @@ def test_pinned_spec_mistakes_are_one_line(tmp_path, cli, extra, words):
     proc = cli("build", "-q")
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
     assert proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
+
+
+@pytest.mark.network
+def test_a_zone_the_release_lacks_is_one_line_naming_the_pinned_packages(tmp_path, cli,
+                                                                          work_cache):
+    """tzdata comes from the release (the host's zones do not count): a zone it lacks is
+    an error naming the build's packages, not the host."""
+    (tmp_path / "portable.toml").write_text(
+        'pname = "p"\nversion = "1"\ndistribution = "debian"\nrelease = "bookworm"\n'
+        'packages = ["mini-httpd"]\nunits = [{ name = "p.service", text = "[Service]\\n'
+        'Environment=TZ=Europe/Atlantis\\nExecStart=/usr/sbin/mini_httpd\\n" }]\n')
+    proc = cli("build", "-q", env={"PORTABLE_SERVICE_CACHE": str(work_cache)})
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "/usr/share/zoneinfo/Europe/Atlantis is not in this pinned build's packages" \
+        in proc.stderr, proc.stderr
+    assert '"name": "tzdata"' in (tmp_path / "portable.lock").read_text()
+    assert not (tmp_path / "result").exists()

@@ -177,6 +177,16 @@ class Context:
         return bool(patterns) and (excluded(image, patterns)
                                    or excluded(self.spelling(image), patterns))
 
+    @property
+    def here(self) -> str:
+        """Where this build's files come from, as a message says it."""
+        return "on this host" if self.root is None else "in this pinned build's packages"
+
+    def get(self, package: str, host_hint: str) -> str:
+        """The hint for a file this build lacks: ``host_hint`` (install it on the host), or
+        for a pinned build, to name ``package`` in ``packages`` (the host does not count)."""
+        return host_hint if self.root is None else f"add {package} to packages"
+
     def missing(self, message: str, hint: str) -> None:
         """A reference that cannot be satisfied: an error, or a warning with allow-missing."""
         if self.spec.allow_missing:

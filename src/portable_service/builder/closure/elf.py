@@ -830,7 +830,7 @@ class ElfResolver:
                 yield Node(PurePosixPath(info.interp), host, "PT_INTERP", node.image)
             else:
                 self.ctx.missing(f"{node.image} needs the program interpreter {info.interp}, "
-                                 "which is not on this host",
+                                 f"which is not {self.ctx.here}",
                                  "install the loader for its architecture or leave the file out")
         load = self.loader.load(image, info, program)
         for lookup in load.lookups:

@@ -37,6 +37,7 @@ from portable_service.builder.closure import Closure, Context, Node, excluded, i
 from portable_service.builder.spec import Spec
 from portable_service.builder.units import Unit, parse_unit_text
 from portable_service.errors import ToolError
+from portable_service.rules.debian import LOCALES_PACKAGE, TZ_PACKAGE
 
 P = PurePosixPath
 
@@ -164,7 +165,7 @@ class RuntimeResolver:
         host = libc.host.parent / NSS_SYSTEMD  # same spelling as the image path: links resolve
         if not host.exists():
             self.ctx.missing(
-                f"{NSS_SYSTEMD} is not on this host: a service's dynamic user (DynamicUser=yes "
+                f"{NSS_SYSTEMD} is not {self.ctx.here}: a service's dynamic user (DynamicUser=yes "
                 "under the default profile) would not resolve, and programs that look up their "
                 "user (getpwuid) fail", "apt-get install libnss-systemd")
             return
@@ -364,19 +365,38 @@ def unit_environment(unit: Unit) -> list[tuple[str, str]]:
     return out
 
 
+def zone_requests(unit: Unit) -> Iterator[tuple[str, str]]:
+    """(zone, directive) of each time zone a unit names: ``Environment=TZ=``, and
+    ``PassEnvironment=TZ`` (the manager's own TZ, known only on the server: every zone)."""
+    for section in unit.exec_sections():
+        if any("TZ" in v.split() for v in unit.values(section, "PassEnvironment")):
+            yield "$TZ", f"PassEnvironment=TZ in {unit.unit_name}"
+    for name, value in unit_environment(unit):
+        if name == "TZ":
+            yield value, f"Environment={name}={value} in {unit.unit_name}"
+
+
+def locale_requests(unit: Unit) -> Iterator[tuple[str, str]]:
+    """(locale, directive) of each locale a unit's ``Environment=`` names (LANG, LC_*)."""
+    for name, value in unit_environment(unit):
+        if name in LOCALE_VARS:
+            yield value, f"Environment={name}={value} in {unit.unit_name}"
+
+
+def needs_locales(value: str) -> bool:
+    """Whether a locale is one glibc has built in or C.UTF-8 (libc-bin) does not give."""
+    builtin = value in ("", "C", "POSIX") or value.partition(".")[0] == "C"
+    return not builtin and "$" not in value and "%" not in value
+
+
 def root_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
-    """The time zones and locales the units' ``Environment=`` names."""
+    """The time zones and locales the units' ``Environment=`` names, from the host (or a
+    pinned build's root: the release's tzdata, locales and gconv modules)."""
     for unit in units:
-        for section in unit.exec_sections():
-            if any("TZ" in v.split() for v in unit.values(section, "PassEnvironment")):
-                # the manager's own TZ, known only on the server: every zone
-                yield from _zone("$TZ", f"PassEnvironment=TZ in {unit.unit_name}", ctx)
-        for name, value in unit_environment(unit):
-            directive = f"Environment={name}={value} in {unit.unit_name}"
-            if name == "TZ":
-                yield from _zone(value, directive, ctx)
-            elif name in LOCALE_VARS:
-                yield from _locale(value, directive, ctx)
+        for zone, directive in zone_requests(unit):
+            yield from _zone(zone, directive, ctx)
+        for value, directive in locale_requests(unit):
+            yield from _locale(value, directive, ctx)
 
 
 def _zone(value: str, directive: str, ctx: Context) -> Iterator[Node]:
@@ -385,17 +405,18 @@ def _zone(value: str, directive: str, ctx: Context) -> Iterator[Node]:
         return
     if "$" in zone or "%" in zone:
         # known only at run time: every zone
-        if os.path.isdir(ZONEINFO):
-            yield Node(ZONEINFO, Path(ZONEINFO), f"time zones for {directive}")
+        if os.path.isdir(ctx.in_root(str(ZONEINFO))):
+            yield Node(ZONEINFO, Path(ctx.in_root(str(ZONEINFO))), f"time zones for {directive}")
         else:
-            ctx.missing(f"{directive}: this host has no {ZONEINFO}", "apt-get install tzdata")
+            ctx.missing(f"{directive}: there is no {ZONEINFO} {ctx.here}",
+                        ctx.get(TZ_PACKAGE, "apt-get install tzdata"))
         return
     path = P(zone) if zone.startswith("/") else ZONEINFO / zone
-    if os.path.exists(path):
-        yield Node(path, Path(path), f"time zone of {directive}")
+    if os.path.exists(ctx.in_root(str(path))):
+        yield Node(path, Path(ctx.in_root(str(path))), f"time zone of {directive}")
     elif not _POSIX_TZ.match(zone) or "/" in zone:
-        ctx.missing(f"{directive}: time zone file {path} is not on this host",
-                    "apt-get install tzdata, or fix the zone name")
+        ctx.missing(f"{directive}: time zone file {path} is not {ctx.here}",
+                    ctx.get(TZ_PACKAGE, "apt-get install tzdata") + ", or fix the zone name")
 
 
 def normalize_codeset(codeset: str) -> str:
@@ -413,38 +434,44 @@ def _locale(value: str, directive: str, ctx: Context) -> Iterator[Node]:
     if dot:
         names.append(f"{lang}.{normalize_codeset(codeset)}{at}{modifier}")
     reason = f"locale of {directive}"
-    folder = next((LOCALE_DIR / n for n in names if os.path.isdir(LOCALE_DIR / n)), None)
+    folder = next((LOCALE_DIR / n for n in names
+                   if os.path.isdir(ctx.in_root(str(LOCALE_DIR / n)))), None)
+    archive = ctx.in_root(str(LOCALE_ARCHIVE))
     if folder is not None:
-        yield Node(folder, Path(folder), reason)
-    elif os.path.exists(LOCALE_ARCHIVE) and set(names) & _archive_locales():
-        yield Node(LOCALE_ARCHIVE, Path(LOCALE_ARCHIVE), reason)
+        yield Node(folder, Path(ctx.in_root(str(folder))), reason)
+    elif os.path.exists(archive) and set(names) & _archive_locales(archive):
+        yield Node(LOCALE_ARCHIVE, Path(archive), reason)
     else:
-        ctx.missing(f"{directive}: locale {value} is not installed on this host",
-                    "add it to /etc/locale.gen and run locale-gen (apt-get install locales)")
+        ctx.missing(f"{directive}: locale {value} is not installed {ctx.here}",
+                    "add it to /etc/locale.gen and run locale-gen (apt-get install locales)"
+                    if ctx.root is None else
+                    f"fix its name: {LOCALES_PACKAGE} of the release has every locale it makes")
         return
     if dot and normalize_codeset(codeset) != "utf8":
-        yield from _gconv(normalize_codeset(codeset), directive)
+        yield from _gconv(normalize_codeset(codeset), directive, Path(ctx.in_root("/usr/lib")))
 
 
-def _archive_locales() -> set[str]:
+def _archive_locales(archive: str) -> set[str]:
     try:
-        proc = run_mod.run(["localedef", "--list-archive"], check=False)
+        proc = run_mod.run(["localedef", "--list-archive", archive], check=False)
     except ToolError:
         return set()
     return set(proc.stdout.decode(errors="replace").split())
 
 
-def _gconv(codeset: str, directive: str) -> Iterator[Node]:
-    """The gconv configuration and the module for a non-UTF-8 charset (iconv, mbrtowc)."""
-    folders = [f for f in sorted(Path("/usr/lib").glob("*/gconv")) if f.is_dir()]
+def _gconv(codeset: str, directive: str, lib: Path = Path("/usr/lib")) -> Iterator[Node]:
+    """The gconv configuration and the module for a non-UTF-8 charset (iconv, mbrtowc);
+    ``lib`` is where the image's /usr/lib is read from (a pinned build's root)."""
+    folders = [f for f in sorted(lib.glob("*/gconv")) if f.is_dir()]
     if not folders:
         return
     folder = folders[0]
+    image = P("/usr/lib") / folder.relative_to(lib).as_posix()
     reason = f"charset conversion for {directive}"
     for entry in sorted(os.listdir(folder)):
         if entry.startswith("gconv-modules") or \
                 normalize_codeset(entry.removesuffix(".so")) == codeset:
-            yield Node(P(str(folder / entry)), folder / entry, reason)
+            yield Node(image / entry, folder / entry, reason)
 
 
 # -- the units: reach systemd's user database

@@ -180,8 +180,8 @@ def script_resolver(ctx: Context) -> Resolver:
                         "write the interpreter as an absolute path")
             return
         if not os.path.exists(ctx.host_of(interp)):
-            ctx.missing(f"script {node.image} runs {interp}, which is not on this host",
-                        "install it, or fix the #! line")
+            ctx.missing(f"script {node.image} runs {interp}, which is not {ctx.here}",
+                        ctx.get("the package that has it", "install it") + ", or fix the #! line")
             return
         yield Node(PurePosixPath(interp), Path(ctx.host_of(interp)), "#! interpreter", node.image,
                    executed=True)
@@ -206,7 +206,7 @@ def _check_data_script(ctx: Context, node: Node, interp: str, arg: str | None) -
     if not interp.startswith("/"):
         missing = f"a relative interpreter {interp!r}"
     elif not os.path.exists(ctx.host_of(interp)):
-        missing = f"{interp}, which is not on this host"
+        missing = f"{interp}, which is not {ctx.here}"
     elif os.path.basename(interp) == "env" and (name := env_program(arg)) is not None and \
             (name if name.startswith("/") and os.path.exists(name) else which(name)) is None:
         missing = f"{name!r} through env, which is not in systemd's PATH"

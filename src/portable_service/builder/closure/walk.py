@@ -119,20 +119,22 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
             if found is None and (word, directive) in in_shell:
                 # a shell may define it as a function or alias: worth a warning only
                 ctx.closure.warnings.append(
-                    f"{directive} runs {word!r}, which is not in systemd's PATH on this host")
+                    f"{directive} runs {word!r}, which is not in systemd's PATH {ctx.here}")
                 continue
             if found is None:
                 ctx.missing(f"{directive} runs {word!r}, which is not in systemd's PATH "
-                            f"({':'.join(SYSTEMD_PATH)}) on this host",
-                            "install it, give its absolute path, or ship it with contents")
+                            f"({':'.join(SYSTEMD_PATH)}) {ctx.here}",
+                            ctx.get("the package that has it", "install it")
+                            + ", give its absolute path, or ship it with contents")
                 continue
             path = PurePosixPath(os.path.normpath(found))
             mark_executed(path)
             if not wanted(path):
                 continue
             if not os.path.lexists(ctx.host_of(str(path))):
-                ctx.missing(f"{directive} runs {path}, which does not exist on this host",
-                            "install it, ship it with contents (source, target), or fix the unit")
+                ctx.missing(f"{directive} runs {path}, which does not exist {ctx.here}",
+                            ctx.get("the package that has it", "install it")
+                            + ", ship it with contents (source, target), or fix the unit")
                 continue
             yield Node(path, Path(ctx.host_of(str(path))), f"program of {directive}", executed=True)
         for file, directive in environment_files(unit, optional=True):

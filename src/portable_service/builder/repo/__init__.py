@@ -113,10 +113,17 @@ def lock_for(spec: Spec, update: bool, state: Path, reporter: Reporter = QUIET) 
 
 def _runtime_packages(spec: Spec) -> tuple[str, ...]:
     """Packages the run-time rules (closure/runtime.py) need from the release: the user
-    database module for services (the dynamic user), unless the spec opts out, and the
-    C.UTF-8 locale. Only what the rules reach of them is shipped."""
+    database module for services (the dynamic user), unless the spec opts out, the
+    C.UTF-8 locale, the time zones when a unit names one, every compiled locale when a
+    unit names another than C.UTF-8. Only what the rules reach of them is shipped."""
     from portable_service.builder.closure import excluded
-    from portable_service.builder.closure.runtime import NSS_SYSTEMD
+    from portable_service.builder.closure.runtime import (
+        NSS_SYSTEMD,
+        locale_requests,
+        needs_locales,
+        zone_requests,
+    )
+    from portable_service.builder.units import load_units
 
     services = any(u.name.endswith(".service") for u in spec.units)
     opted_out = excluded(PurePosixPath("/usr/lib") / NSS_SYSTEMD, spec.exclude) or any(
@@ -127,6 +134,13 @@ def _runtime_packages(spec: Spec) -> tuple[str, ...]:
     # C.UTF-8 for every image with glibc: the release's, which a locale of another glibc is not
     if debian.LOCALE_PACKAGE not in spec.packages:
         extra.append(debian.LOCALE_PACKAGE)
+    units = load_units(spec)
+    if debian.TZ_PACKAGE not in spec.packages and any(next(zone_requests(u), None)
+                                                       for u in units):
+        extra.append(debian.TZ_PACKAGE)
+    if debian.LOCALES_PACKAGE not in spec.packages and any(
+            needs_locales(value) for u in units for value, _ in locale_requests(u)):
+        extra.append(debian.LOCALES_PACKAGE)
     return tuple(extra)
 
 
