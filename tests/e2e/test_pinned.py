@@ -8,6 +8,7 @@ Network: the first run fetches the archive's indexes and a handful of .deb files
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import urllib.request
@@ -73,20 +74,14 @@ def test_pinned_server_runs_on_its_release(container, tmp_path, suite_cache):
         assert version == {"bookworm": "252", "trixie": "257"}[release]
 
 
-ZONED = """
-pname = "zoned"
-version = "1"
-distribution = "debian"
-release = "{release}"
-packages = ["coreutils"]
-units = [{{ name = "zoned.service", text = '''
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-Environment=TZ=Europe/Paris LANG=de_DE.UTF-8
-ExecStart=/usr/bin/date --date=@1780000000 "+%%Z %%A %%B"
-''' }}]
-"""
+def build_pinned(folder: Path, name: str, release: str, package: str, service: str) -> Path:
+    """A pinned spec of one package and one oneshot unit, built into ``folder``/out."""
+    folder.mkdir()
+    (folder / "portable.toml").write_text(
+        f'pname = "{name}"\nversion = "1"\ndistribution = "debian"\nrelease = "{release}"\n'
+        f'packages = ["{package}"]\nunits = [{{ name = "{name}.service", text = """\n'
+        f'[Service]\nType=oneshot\nRemainAfterExit=yes\n{service}""" }}]\n')
+    return build_image(load_spec(folder), folder / "out")
 
 
 @pytest.mark.parametrize("container", ["bookworm", "trixie"], indirect=True)
@@ -97,9 +92,9 @@ def test_a_pinned_units_time_zone_and_locale_come_from_its_release(container, tm
     links reach), and on the release's systemd the program speaks German in Paris time."""
     c = container
     folder = tmp_path / "spec"
-    folder.mkdir()
-    (folder / "portable.toml").write_text(ZONED.format(release=c.release.suite))
-    image = build_image(load_spec(folder), tmp_path / "out")
+    image = build_pinned(folder, "zoned", c.release.suite, "coreutils",
+                         "Environment=TZ=Europe/Paris LANG=de_DE.UTF-8\n"
+                         'ExecStart=/usr/bin/date --date=@1780000000 "+%%Z %%A %%B"\n')
     lock = (folder / "portable.lock").read_text()
     assert '"name": "tzdata"' in lock and '"name": "locales-all"' in lock
     from portable_service.fs.views import exists, open_image
@@ -115,6 +110,44 @@ def test_a_pinned_units_time_zone_and_locale_come_from_its_release(container, tm
         journal = c.journal("zoned.service")
         # 1780000000 is Thursday, 28 May 2026, 20:26 UTC (22:26 CEST in Paris)
         assert "CEST Donnerstag Mai" in journal, journal
+
+
+@pytest.mark.parametrize("container", ["bookworm", "trixie"], indirect=True)
+def test_a_pinned_images_trust_store_is_the_releases(container, tmp_path, suite_cache):
+    """The CA store comes from the release's ca-certificates, made as its maintainer
+    script makes it (the bundle, NAME.pem links, OpenSSL's hash links), never from the
+    build host (whose store may hold a CA of its own); OpenSSL in the image verifies a
+    root through the bundle and through the hash links."""
+    c = container
+    folder = tmp_path / "spec"
+    isrg = "/usr/share/ca-certificates/mozilla/ISRG_Root_X1.crt"
+    image = build_pinned(folder, "trusting", c.release.suite, "openssl",
+                         f"ExecStart=/usr/bin/openssl verify -CAfile "
+                         f"/etc/ssl/certs/ca-certificates.crt {isrg}\n"
+                         f"ExecStart=/usr/bin/openssl verify -no-CAfile -CApath /etc/ssl/certs "
+                         f"{isrg}\n")
+    from portable_service.fs.views import open_image
+
+    fs = open_image(image)
+    store = {p.rsplit("/", 1)[1] for p, _ in fs.walk() if p.startswith("/etc/ssl/certs/")}
+    host = set(os.listdir("/etc/ssl/certs")) - {"ca-certificates.crt"}
+    host_only = {n for n in host if not n.endswith((".0", ".1"))} - store
+    assert "ca-certificates.crt" in store and "ISRG_Root_X1.pem" in store
+    assert any(n.endswith(".0") for n in store)
+    assert not {"java"} & store
+    sbom = json.loads((folder / "out/trusting_1.spdx.json").read_text())
+    names = {p["SPDXID"]: p["name"] for p in sbom["packages"]}
+    files = {f["SPDXID"]: f for f in sbom["files"] if f["fileName"].startswith("./etc/ssl/")}
+    owner = {files[r["relatedSpdxElement"]]["fileName"]: names.get(r["spdxElementId"])
+             for r in sbom["relationships"] if r["relatedSpdxElement"] in files}
+    assert owner["./etc/ssl/certs/ca-certificates.crt"] == "ca-certificates", owner
+    assert not [f for f in files.values() if "comment" in f], files  # no host file
+    with attached(c, image):
+        assert c.start("trusting.service").ok, c.journal("trusting.service")
+        journal = c.journal("trusting.service")
+        assert journal.count("ISRG_Root_X1.crt: OK") == 2, journal
+    # the control: what the host's store has beyond the release's stays out
+    assert not host_only & store, host_only & store
 
 
 def test_rebuild_from_lock_in_fresh_cache_is_byte_identical(tmp_path, suite_cache, monkeypatch):

@@ -56,3 +56,6 @@ TZ_PACKAGE = "tzdata"
 # Every locale compiled (/usr/lib/locale): what a pinned build names for another locale
 # than C.UTF-8 (nothing runs locale-gen in its root).
 LOCALES_PACKAGE = "locales-all"
+# The CA certificates: every pinned build resolves them, and its root gets the store the
+# package's maintainer script would make (builder/repo/cacerts.py); the host's never counts.
+CA_PACKAGE = "ca-certificates"

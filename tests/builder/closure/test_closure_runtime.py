@@ -234,6 +234,23 @@ def test_a_tls_library_brings_the_ca_certificates(tmp_path: Path) -> None:
     assert not any(runtime.CA_FOLDER in p.parents for p in closure_of(tmp_path).nodes)
 
 
+def test_the_ca_store_comes_whole_when_openssl_is_a_named_package(tmp_path: Path) -> None:
+    """dpkg lists /etc/ssl/certs as a folder of the openssl package, empty: named in
+    ``packages``, the package's folder came first and held nothing (the image had no
+    certificates). The CA rule wants it whole; other package folders stay the package's."""
+    require(os.path.exists("/usr/bin/openssl"), "apt-get install openssl")
+    require(os.path.exists(runtime.CA_BUNDLE), "apt-get install ca-certificates")
+    c = closure_of(tmp_path, packages=["openssl"], units=[unit("/usr/bin/openssl version")])
+    assert c.nodes[runtime.CA_FOLDER].package == "openssl"
+    assert runtime.CA_BUNDLE in c.nodes
+    assert any(p.parent == runtime.CA_FOLDER and p.suffix == ".0" for p in c.nodes)
+    # a package folder no rule wants whole keeps only the package's entries
+    doc = P("/usr/lib/ssl/misc")
+    if os.path.isdir(doc):
+        listed = {P(line) for line in Path("/var/lib/dpkg/info/openssl.list").read_text().split()}
+        assert {p for p in c.nodes if doc in p.parents} <= listed
+
+
 def test_openssl_verifies_with_the_image_certificates(tmp_path: Path) -> None:
     require(os.path.exists("/usr/bin/openssl"), "apt-get install openssl")
     require(os.path.exists(runtime.CA_BUNDLE), "apt-get install ca-certificates")

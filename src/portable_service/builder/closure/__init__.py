@@ -49,6 +49,9 @@ class Node:
     # a unit runs it (directly, through env or sh -c, as a #! interpreter or through a
     # symlink): only then does a script bring its interpreter; anything else is data
     executed: bool = False
+    # a folder a rule wants with all it holds, even where it is also a package's folder
+    # (the CA store /etc/ssl/certs, which the openssl package lists empty)
+    whole: bool = False
     # the lstat of ``host`` once someone made it (the folder listing that found it, or the
     # walk's readability check): every resolver and the layout ask for the kind and mode
     # of every node, and a syscall each made that several per entry. Not part of the
@@ -63,7 +66,7 @@ def folder_entry(image: PurePosixPath, host: Path, folder: PurePosixPath,
     setattr per field (twice the cost, per entry)."""
     node = object.__new__(Node)
     node.__dict__.update(image=image, host=host, reason=FOLDER_ENTRY, parent=folder,
-                         package=None, executed=False, st=st)
+                         package=None, executed=False, whole=False, st=st)
     return node
 
 

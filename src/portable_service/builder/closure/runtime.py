@@ -37,7 +37,7 @@ from portable_service.builder.closure import Closure, Context, Node, excluded, i
 from portable_service.builder.spec import Spec
 from portable_service.builder.units import Unit, parse_unit_text
 from portable_service.errors import ToolError
-from portable_service.rules.debian import LOCALES_PACKAGE, TZ_PACKAGE
+from portable_service.rules.debian import CA_PACKAGE, LOCALES_PACKAGE, TZ_PACKAGE
 
 P = PurePosixPath
 
@@ -198,21 +198,24 @@ class RuntimeResolver:
 
     def _certificates(self, lib: Node) -> Iterator[Node]:
         """The CA folder once for any TLS library; OpenSSL's own folder once for libssl."""
+        in_root = self.ctx.in_root  # a pinned build's store is the release's (repo/cacerts.py)
         if not self._ca_done:
             self._ca_done = True
-            if os.path.exists(CA_BUNDLE):
-                yield Node(CA_FOLDER, Path(CA_FOLDER),
-                           f"CA certificates for the TLS library {lib.image.name}", lib.image)
+            if os.path.exists(in_root(str(CA_BUNDLE))):
+                yield Node(CA_FOLDER, Path(in_root(str(CA_FOLDER))),
+                           f"CA certificates for the TLS library {lib.image.name}", lib.image,
+                           whole=True)
             else:
                 self.ctx.closure.warnings.append(
-                    f"{lib.image} is a TLS library, but this host has no {CA_BUNDLE}: the "
-                    "image gets no CA certificates (apt-get install ca-certificates)")
+                    f"{lib.image} is a TLS library, but there is no {CA_BUNDLE} "
+                    f"{self.ctx.here}: the image gets no CA certificates "
+                    f"({self.ctx.get(CA_PACKAGE, 'apt-get install ca-certificates')})")
         if lib.image.name.startswith("libssl") and not self._openssl_done:
             self._openssl_done = True
             for path in OPENSSL_DIR_FILES:
-                if os.path.lexists(path):
-                    yield Node(path, Path(path), f"OpenSSL's folder for {lib.image.name}",
-                               lib.image)
+                if os.path.lexists(in_root(str(path))):
+                    yield Node(path, Path(in_root(str(path))),
+                               f"OpenSSL's folder for {lib.image.name}", lib.image)
 
     # interpreters
 

@@ -258,6 +258,7 @@ def resolve(
     queue = deque(root_nodes(spec, units, ctx))
     # a path the spec makes a symlink is the spec's: the host's file there is not shipped
     spec_links = {host_spelling(s.symlink) for s in spec.symlinks}
+    whole: set[PurePosixPath] = set()  # package folders a rule wanted with all they hold
     while queue:
         node = queue.popleft()
         if ctx.excluded(node.image):
@@ -275,6 +276,12 @@ def resolve(
                 for resolver in resolvers:
                     if getattr(resolver, "follows_executed", False):
                         _follow(ctx, resolver, upgraded, queue)
+            elif node.whole and old.package is not None and old.host == node.host \
+                    and node.image not in whole and _is_dir(node):
+                # a package's folder (dpkg lists only its own entries there) that a rule
+                # wants with all it holds
+                whole.add(node.image)
+                _follow(ctx, folder_resolver, replace(node, package=None), queue)
             continue
         if not _readable(ctx, node):
             continue

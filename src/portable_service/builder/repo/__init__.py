@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from portable_service.builder.closure.deb import DEFAULT_SKIP, effective
-from portable_service.builder.repo import apt, fetch, unpack
+from portable_service.builder.repo import apt, cacerts, fetch, unpack
 from portable_service.builder.repo.lock import Lock, LockedPackage, Repository, Request, read_lock
 from portable_service.builder.spec import Spec
 from portable_service.errors import SpecError
@@ -114,8 +114,9 @@ def lock_for(spec: Spec, update: bool, state: Path, reporter: Reporter = QUIET) 
 def _runtime_packages(spec: Spec) -> tuple[str, ...]:
     """Packages the run-time rules (closure/runtime.py) need from the release: the user
     database module for services (the dynamic user), unless the spec opts out, the
-    C.UTF-8 locale, the time zones when a unit names one, every compiled locale when a
-    unit names another than C.UTF-8. Only what the rules reach of them is shipped."""
+    C.UTF-8 locale, the CA certificates, the time zones when a unit names one, every
+    compiled locale when a unit names another than C.UTF-8. Only what the rules reach of
+    them is shipped."""
     from portable_service.builder.closure import excluded
     from portable_service.builder.closure.runtime import (
         NSS_SYSTEMD,
@@ -134,6 +135,9 @@ def _runtime_packages(spec: Spec) -> tuple[str, ...]:
     # C.UTF-8 for every image with glibc: the release's, which a locale of another glibc is not
     if debian.LOCALE_PACKAGE not in spec.packages:
         extra.append(debian.LOCALE_PACKAGE)
+    # the trust store, should a TLS library be reached (not known before the closure runs)
+    if debian.CA_PACKAGE not in spec.packages:
+        extra.append(debian.CA_PACKAGE)
     units = load_units(spec)
     if debian.TZ_PACKAGE not in spec.packages and any(next(zone_requests(u), None)
                                                        for u in units):
@@ -154,6 +158,7 @@ def prepare(spec: Spec, workdir: Path, update: bool = False, reporter: Reporter 
     root = workdir / "root"
     with reporter.step(f"unpacking {len(debs)} packages into a private root"):
         unpacked = unpack.unpack(debs, root, docs=spec.package_docs)
+        cacerts.make_store(root, unpacked.owners)
     closure_spec = replace(spec, os_release=(*os_release(lock.repository), *spec.os_release))
     return Pinned(lock, root, unpacked.owners, unpacked.copyright, closure_spec, fetched)
 
