@@ -94,6 +94,9 @@ def lock_for(spec: Spec, update: bool, state: Path, reporter: Reporter = QUIET) 
         probe = Repository(source.distribution, source.mirror, source.release, "", "",
                            source.architecture, "")
         why = lock.matches(probe, request)
+        added = sorted(set(request.packages) - set(spec.packages) - set(lock.request.packages))
+        if why is not None and added:
+            why += f" (of those, {', '.join(added)} for the run-time rules)"
         if why is not None:
             raise SpecError(f"{spec.lock_file} does not answer this spec: {why}",
                             "run build --update to resolve the packages again")

@@ -80,8 +80,8 @@ class Lock:
                 return f"it was resolved for {what} {getattr(mine, what)!r}, the spec says " \
                        f"{getattr(theirs, what)!r}"
         if sorted(self.request.packages) != sorted(request.packages):
-            return f"it was resolved for packages {sorted(self.request.packages)}, the spec " \
-                   f"names {sorted(request.packages)}"
+            return f"it was resolved for packages {sorted(self.request.packages)}, this build " \
+                   f"resolves {sorted(request.packages)}"
         if sorted(self.request.skip_packages) != sorted(request.skip_packages):
             return "it was resolved with other skip-packages"
         return None
