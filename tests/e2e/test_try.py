@@ -24,6 +24,7 @@ PORT = 18131
 BAD_SOCKET_PORT = 18132
 GOOD_SOCKET_PORT = 18133
 DEAF_SOCKET_PORT = 18134
+ACCEPT_SOCKET_PORTS = (18135, 18136)  # Accept=yes: the bad image's, the good image's
 TRYDEMO = "/usr/bin/trydemo"
 
 
@@ -64,6 +65,11 @@ BAD = {
                                       "not loaded, refusing"]),
     "trybad-orphanpath.path": ("", ["trybad-orphanpath.service, is not loaded",
                                     "Refusing to start"]),
+    # Accept=yes without the template of its per-connection instances
+    "trybad-orphanaccept.socket": (
+        f"[Socket]\nListenStream=127.0.0.1:{ACCEPT_SOCKET_PORTS[0]}\nAccept=yes\n",
+        ["Accept=yes starts an instance of trybad-orphanaccept@.service per connection, "
+         "and it is not loaded (LoadState=not-found)"]),
 }
 GOOD = {
     "trygood.service": f"[Service]\nExecStart={TRYDEMO} run\n",
@@ -74,6 +80,10 @@ GOOD = {
     "trygood-tick.service": f"[Service]\nType=oneshot\nExecStart={TRYDEMO} exit 0\n",
     "trygood-web.socket": f"[Socket]\nListenStream=127.0.0.1:{GOOD_SOCKET_PORT}\n",
     "trygood-web.service": f"[Service]\nExecStart={TRYDEMO} accept hi\n",
+    # Accept=yes: Triggers= is empty, an instance of the template runs per connection
+    "trygood-echo.socket": f"[Socket]\nListenStream=127.0.0.1:{ACCEPT_SOCKET_PORTS[1]}\n"
+                           "Accept=yes\n",
+    "trygood-echo@.service": f"[Service]\nStandardInput=socket\nExecStart={TRYDEMO} exit 0\n",
 }
 
 
@@ -167,7 +177,7 @@ def test_good_units_pass_on_every_release(cli, trydemo, tmp_path):
     assert proc.stdout.count("--- trygood-web.service (started by trygood-web.socket): "
                              "active (running") == 3, proc.stdout
     for name in ("trygood.service", "trygood-once.service", "trygood-kept.service",
-                 "trygood-tick.timer", "trygood-web.socket"):
+                 "trygood-tick.timer", "trygood-web.socket", "trygood-echo.socket"):
         assert proc.stdout.count(f"--- {name}: ") == 3, proc.stdout
     # the timer fired within the window: its service was judged too
     assert proc.stdout.count("--- trygood-tick.service (started by trygood-tick.timer): "

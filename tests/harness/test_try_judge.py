@@ -272,3 +272,19 @@ def test_recorded_late_death_fools_an_early_look(suite):
     assert judge(early, "trybad-late.service").ok
     assert not settled(early, window=3, quiet=1) or early[-1].at >= 3
     assert not judge(history, "trybad-late.service").ok
+
+
+def test_an_accept_socket_is_judged_by_the_template_of_its_instances():
+    """Accept=yes: Triggers= is empty (systemd makes an instance per connection); the
+    socket is good when an instance of NAME@.service loads, not "triggers no unit"."""
+    sock = UnitProps(name="echo.socket", load="loaded", active="active", sub="listening",
+                     result="success", accept=True)
+    instance = "echo@try.service"
+    assert sock.targets == (instance,)
+    assert trigger_problem(sock, {instance: UnitProps(name=instance, load="loaded")}) == ""
+    missing = trigger_problem(sock, {instance: UnitProps(name=instance, load="not-found")})
+    assert missing == ("Accept=yes starts an instance of echo@.service per connection, and it "
+                       "is not loaded (LoadState=not-found)")
+    plain = UnitProps(name="echo.socket", load="loaded", active="active", sub="listening")
+    assert plain.targets == () and trigger_problem(plain, {}) == "triggers no unit"
+    assert UnitProps.from_show("echo.socket", {"Accept": "yes"}).accept

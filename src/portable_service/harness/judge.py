@@ -17,7 +17,7 @@ from portable_service.rules.portabled import TRIGGER_TYPES
 # the properties `systemctl show` is asked for; Triggers= lists what a .timer, .socket or
 # .path starts (a timer's Unit= lands there too)
 PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "Result", "NRestarts",
-              "ExecMainCode", "ExecMainStatus", "Type", "RemainAfterExit", "Triggers")
+              "ExecMainCode", "ExecMainStatus", "Type", "RemainAfterExit", "Triggers", "Accept")
 # ActiveStates on the way somewhere else; a unit in one of them has not settled
 TRANSITIONAL = ("activating", "deactivating", "reloading", "refreshing")
 # ExecMainCode is a siginfo si_code: CLD_EXITED, CLD_KILLED, CLD_DUMPED
@@ -39,6 +39,7 @@ class UnitProps:
     type: str = ""  # Type= of a service
     remain_after_exit: bool = False
     triggers: tuple[str, ...] = ()
+    accept: bool = False  # Accept=yes of a socket: a service instance per connection
 
     @classmethod
     def from_show(cls, name: str, props: Mapping[str, str]) -> UnitProps:
@@ -49,7 +50,17 @@ class UnitProps:
                    main_code=props.get("ExecMainCode", ""),
                    main_status=props.get("ExecMainStatus", ""), type=props.get("Type", ""),
                    remain_after_exit=props.get("RemainAfterExit", "") == "yes",
-                   triggers=tuple(props.get("Triggers", "").split()))
+                   triggers=tuple(props.get("Triggers", "").split()),
+                   accept=props.get("Accept", "") == "yes")
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The units it starts: ``Triggers=``, or for an ``Accept=yes`` socket (whose
+        Triggers= is empty: systemd makes an instance per connection) an instance of the
+        template it makes them from, ``NAME@.service``."""
+        if self.accept and not self.triggers and self.name.endswith(".socket"):
+            return (accept_instance(self.name),)
+        return self.triggers
 
     @property
     def is_trigger(self) -> bool:
@@ -206,15 +217,28 @@ def _service_reason(u: UnitProps) -> str:
     return f"not running ({u.active}/{u.sub})"
 
 
+ACCEPT_INSTANCE = "try"  # the instance loaded to see that an Accept=yes socket's template loads
+
+
+def accept_instance(socket: str) -> str:
+    """An instance of the template an ``Accept=yes`` socket makes one of per connection."""
+    return f"{socket.removesuffix('.socket')}@{ACCEPT_INSTANCE}.service"
+
+
 def trigger_problem(unit: UnitProps, triggered: Mapping[str, UnitProps]) -> str:
-    """Why a socket, timer or path cannot do its job: the unit it triggers is not loaded."""
+    """Why a socket, timer or path cannot do its job: the unit it triggers is not loaded
+    (for an ``Accept=yes`` socket: the template of its per-connection instances)."""
     if not unit.is_trigger:
         return ""
-    if not unit.triggers:
+    if not unit.targets:
         return "triggers no unit"
-    for name in unit.triggers:
+    for name in unit.targets:
         other = triggered.get(name)
         if other is not None and other.load != "loaded":
+            if name not in unit.triggers:
+                template = name.replace(f"@{ACCEPT_INSTANCE}.", "@.")
+                return (f"Accept=yes starts an instance of {template} per connection, and it "
+                        f"is not loaded (LoadState={other.load})")
             return f"the unit it triggers, {name}, is not loaded (LoadState={other.load})"
     return ""
 

@@ -356,7 +356,7 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
     # what the sockets, timers and paths start is watched too: it may be missing, or run
     # (a timer that elapsed, a socket that got a connection) and fail
     first = c.unit_props(chosen)
-    triggered = [t for u in chosen for t in first[u].triggers if t not in chosen]
+    triggered = [t for u in chosen for t in first[u].targets if t not in chosen]
     names = list(dict.fromkeys([*chosen, *triggered]))
     with reporter.step(f"watching {len(names)} unit(s) settle (at least {settle:g} s, "
                        f"at most {timeout:g} s)"):
@@ -373,7 +373,7 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
         outcomes.append(_outcome(c, verdict, started.get(unit, "")))
     for unit in dict.fromkeys(triggered):
         if last[unit].load == "loaded" and judge.ran(history, unit):
-            by = next(u for u in chosen if unit in first[u].triggers)
+            by = next(u for u in chosen if unit in first[u].targets)
             outcomes.append(_outcome(c, judge.judge(history, unit, timed_out=timed_out,
                                                     triggered=True), "", triggered_by=by))
     return ReleaseRun(release, tuple(outcomes), seconds=history[-1].at, history=tuple(history))
