@@ -182,7 +182,8 @@ def test_a_device_freed_elsewhere_and_not_yet_allowed_is_retried(release_roots, 
     release = roots.RELEASES[suite]
     image = build_image(tmp_path, {
         "pname": "raced", "version": "1",
-        "units": [unit("raced.service", "[Service]\nExecStart=/usr/bin/psdemo serve 18160 raced\n")],
+        "units": [unit("raced.service", "[Service]\nRestart=on-failure\n"
+                                        "ExecStart=/usr/bin/psdemo serve 18160 raced\n")],
         "contents": [{"source": str(psdemo), "target": "/usr/bin/psdemo"}]})
     with nspawn.booted(release, release_roots[suite], log_dir=LOG_DIR) as c:
         assert c.policy is not None
@@ -196,6 +197,9 @@ def test_a_device_freed_elsewhere_and_not_yet_allowed_is_retried(release_roots, 
             start = c.start("raced.service")
             assert start.ok, c.journal("raced.service")
             assert tcp_get(18160) == "raced\n", c.journal("raced.service")
+            # the harness's retry, not systemd's Restart=: `try` would call that a loop
+            restarts = c.systemctl("show", "-p", "NRestarts", "--value", "raced.service")
+            assert restarts.stdout.strip() == "0", restarts.output
             journal = c._journal_since(cursor)
             refused = [ln for ln in journal.splitlines() if "mount namespacing" in ln]
             assert len(refused) == 1 and REFUSED in refused[0], journal

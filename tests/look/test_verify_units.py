@@ -75,7 +75,7 @@ def test_typo_in_execstart_is_an_error_with_the_fix() -> None:
     problems = _check({"demo.service": f"[Service]\nExecStrat={PROG}\n"})
     assert _rules(problems) == [("error", "service-refused"), ("error", "unknown-key")]
     key = next(p for p in problems if p.rule == "unknown-key")
-    assert "ExecStart=" in key.fix and "refuses the unit" in key.message
+    assert "ExecStart=" in key.fix and "(all tested) refuse the unit" in key.message
     refused = next(p for p in problems if p.rule == "service-refused")
     assert "Service has no ExecStart=, ExecStop=, or SuccessAction=. Refusing." in refused.message
 
@@ -166,7 +166,7 @@ def test_oneshot_restart_force_exit_status_is_refused_before_256() -> None:
     text = f"[Service]\nType=oneshot\nExecStart={PROG}\nRestartForceExitStatus=3\n"
     problems = _check({"demo.service": text})
     assert _rules(problems) == [("error", "service-refused")]
-    assert problems[0].message.startswith("systemd 247 and 252 refuses")
+    assert problems[0].message.startswith("systemd 247 and 252 refuse to load")
     assert _check({"demo.service": text}, Target(systemd=257)) == []
 
 

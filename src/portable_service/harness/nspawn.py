@@ -194,18 +194,24 @@ class Container:
                 raced = True
             else:
                 break
+            # a unit with Restart= is in auto-restart by now, and systemd's own restart
+            # would count: stop it, then zero its counters (NRestarts included)
+            self.systemctl("stop", unit)
             self.systemctl("reset-failed", unit)
             self.settle()
         return result
 
     def _lost_device_race_at_start(self, unit: str, journal: str) -> bool:
         """Whether ``unit`` failed setting up its namespace (its image mount) with
-        "Operation not permitted": a loop device the policy refused at that moment."""
-        if self.policy is None or self.unit_state(unit).active != "failed":
+        "Operation not permitted": a loop device the policy refused at that moment. (It
+        may be failed, in auto-restart, or running again after systemd's own restart.)"""
+        if self.policy is None:
             return False
-        self.policy.sync()
-        return any(DENIED in line and "namespac" in line.lower()
+        lost = any(line.startswith(f"{unit}: ") and DENIED in line and "namespac" in line.lower()
                    for line in journal.splitlines())
+        if lost:
+            self.policy.sync()
+        return lost
 
     def _wait_until_exec(self, unit: str, timeout: float = 10) -> None:
         """Until the unit's program runs, or the unit failed or finished.

@@ -69,6 +69,11 @@ class Target:
             return f"systemd {'/'.join(map(str, vs))} (all tested)"
         return "systemd " + " and ".join(map(str, vs))
 
+    def say(self, versions: Iterable[int], verb: str, plural: str) -> str:
+        """:meth:`on` with its verb: 'systemd 252 refuses', 'systemd 247 and 252 refuse'."""
+        many = self.systemd is None and len(set(versions)) > 1
+        return f"{self.on(versions)} {plural if many else verb}"
+
 
 # -- names
 
@@ -450,8 +455,8 @@ def check_service(unit: Unit, target: Target) -> tuple[list[Problem], set[int]]:
                      "(tests/e2e/test_verify_rules.py)")
         problems.append(Problem(
             ERROR, "service-refused", unit.origin,
-            f"{target.on(versions)} refuses to load {unit.name}: '{reason}' (the unit is "
-            f"'bad-setting' and every start fails){worse}", fix))
+            f"{target.say(versions, 'refuses', 'refuse')} to load {unit.name}: '{reason}' "
+            f"(the unit is 'bad-setting' and every start fails){worse}", fix))
     return problems, {v for vs in said.values() for v in vs}
 
 
@@ -482,13 +487,13 @@ def check_keys(unit: Unit, target: Target, broken: set[int]) -> Iterator[Problem
             hurt = [v for v in ignoring if v in broken
                     and service_refusal(fixed, v, keep=(section, meant)) is None]
             severity = ERROR if hurt else WARNING
-            effect = (f"; without it {target.on(hurt)} refuses the unit" if hurt
+            effect = (f"; without it {target.say(hurt, 'refuses', 'refuse')} the unit" if hurt
                       else "; systemd ignores it")
             logged = f"(systemd logs 'Unknown key '{key}' in section [{section}], ignoring.')"
             if knowing:
                 yield Problem(severity, "key-needs-newer-systemd", unit.origin,
                               f"{key}= in [{section}] of {unit.name} needs systemd >= "
-                              f"{min(knowing)}: {target.on(ignoring)} does not know it "
+                              f"{min(knowing)}: {target.say(ignoring, 'does', 'do')} not know it "
                               f"{logged}{effect}",
                               f"keep {key}= only for hosts with systemd >= {min(knowing)}, or "
                               "reach the same with keys older versions know")
