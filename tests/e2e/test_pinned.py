@@ -18,6 +18,7 @@ import pytest
 
 from portable_service.api import build_image
 from portable_service.builder.spec import load_spec
+from portable_service.harness.nspawn import Container
 from tests.e2e.lib import attached
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
@@ -43,6 +44,17 @@ ExecStart=/usr/sbin/mini_httpd -D -h 127.0.0.1 -p {PORT} -d /srv/www
     return folder
 
 
+def http_get(c: Container, port: int, tries: int = 50) -> str:
+    """The body at http://127.0.0.1:port/, asked every 0.1 s until the server answers."""
+    for _ in range(tries):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                return str(r.read().decode())
+        except OSError:
+            c.run("sleep", "0.1")
+    return ""
+
+
 @pytest.fixture
 def suite_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PORTABLE_SERVICE_CACHE", str(CACHE))
@@ -61,14 +73,7 @@ def test_pinned_server_runs_on_its_release(container, tmp_path, suite_cache):
     with attached(c, image):
         start = c.start("minihttpd.service")
         assert start.ok, c.journal("minihttpd.service")
-        body = ""
-        for _ in range(50):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/", timeout=2) as r:
-                    body = r.read().decode()
-                break
-            except OSError:
-                c.run("sleep", "0.1")
+        body = http_get(c, PORT)
         assert body == f"<h1>mini-httpd from {release}</h1>\n", c.journal("minihttpd.service")
         version = c.run("systemctl", "--version").stdout.split()[1]
         assert version == {"bookworm": "252", "trixie": "257"}[release]
@@ -148,6 +153,43 @@ def test_a_pinned_images_trust_store_is_the_releases(container, tmp_path, suite_
         assert journal.count("ISRG_Root_X1.crt: OK") == 2, journal
     # the control: what the host's store has beyond the release's stays out
     assert not host_only & store, host_only & store
+
+
+NODE_APP = """const http = require('http');
+http.createServer((q, r) => r.end('node on ' + process.versions.node.split('.')[0] + ' ' +
+  new Intl.DateTimeFormat('de-DE', {month: 'long'}).format(new Date(0)) + '\\n'))
+  .listen(%d, '127.0.0.1');
+"""
+
+
+@pytest.mark.parametrize("container", ["bookworm", "trixie"], indirect=True)
+def test_debians_nodejs_gets_the_builtins_libnode_loads_from_files(container, tmp_path,
+                                                                    suite_cache):
+    """Debian's libnode loads some builtins from the node-* packages it depends on, at paths
+    compiled into it (acorn, cjs-module-lexer, undici; minimatch too on trixie): found in
+    libnode itself, they are shipped, and node serves on its release (under the trusted
+    profile: its JIT needs writable+executable memory)."""
+    c = container
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    (folder / "app.js").write_text(NODE_APP % PORT)
+    (folder / "portable.toml").write_text(
+        f'pname = "nodeapp"\nversion = "1"\ndistribution = "debian"\n'
+        f'release = "{c.release.suite}"\npackages = ["nodejs"]\n'
+        'contents = [{ source = "app.js", target = "/srv/app.js" }]\n'
+        'units = [{ name = "nodeapp.service", text = "[Service]\\n'
+        'ExecStart=/usr/bin/node /srv/app.js\\n" }]\n')
+    image = build_image(load_spec(folder), tmp_path / "out")
+    from portable_service.fs.views import exists, open_image
+
+    fs = open_image(image)
+    assert exists(fs, "/usr/share/nodejs/cjs-module-lexer/lexer.js")
+    assert exists(fs, "/usr/share/nodejs/acorn/dist/acorn.js")
+    with attached(c, image, profile="trusted"):
+        assert c.start("nodeapp.service").ok, c.journal("nodeapp.service")
+        body = http_get(c, PORT, tries=100)
+        major = {"bookworm": "18", "trixie": "20"}[c.release.suite]
+        assert body == f"node on {major} Januar\n", c.journal("nodeapp.service")
 
 
 def test_rebuild_from_lock_in_fresh_cache_is_byte_identical(tmp_path, suite_cache, monkeypatch):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import mmap
 import os
 import re
 import shlex
@@ -77,6 +78,11 @@ GENERATED_WHY = {
 # -- CA certificates
 
 TLS_LIBRARY = re.compile(r"^lib(ssl|gnutls|nss3|mbedtls|wolfssl)\.so(\.|$)")
+# Debian's Node.js loads some of its own builtins from node-* packages, at paths compiled
+# into libnode (its config: NODE_SHARED_BUILTIN_ACORN_PATH=/usr/share/nodejs/acorn/...);
+# without them node aborts at start ("Cannot load externalized builtin")
+NODE_LIBRARY = re.compile(r"^libnode\.so(\.|$)")
+NODE_BUILTIN = re.compile(rb"NODE_SHARED_BUILTIN_\w+_PATH=(/[\w./+-]+)")
 CA_BUNDLE = P("/etc/ssl/certs/ca-certificates.crt")
 CA_FOLDER = P("/etc/ssl/certs")
 # OpenSSL's OPENSSLDIR on Debian: SSL_CTX_set_default_verify_paths() reads certs/ here
@@ -147,6 +153,8 @@ class RuntimeResolver:
                     break
         if TLS_LIBRARY.match(name):
             yield from self._certificates(node)
+        if NODE_LIBRARY.match(name):
+            yield from self._node_builtins(node)
         # a package's files are data unless a unit runs them (see scripts.py)
         interpreter = PYTHON.match(name) or PERL.match(name) or RUBY.match(name)
         if interpreter and node.package is None and node.image == P(str(node.host)) \
@@ -216,6 +224,24 @@ class RuntimeResolver:
                 if os.path.lexists(in_root(str(path))):
                     yield Node(path, Path(in_root(str(path))),
                                f"OpenSSL's folder for {lib.image.name}", lib.image)
+
+    def _node_builtins(self, lib: Node) -> Iterator[Node]:
+        """The builtins a libnode loads from files (Debian's Node.js): each path it names."""
+        try:
+            with open(lib.host, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                paths = sorted({found.decode() for found in NODE_BUILTIN.findall(m)})
+        except (OSError, ValueError):
+            return  # unreadable: the walk's own check says so
+        for path in paths:
+            host = self.ctx.in_root(path)
+            if os.path.exists(host):
+                yield Node(P(path), Path(host), f"builtin {lib.image.name} loads", lib.image)
+            else:
+                self.ctx.missing(
+                    f"{lib.image} loads the Node.js builtin {path}, which is not {self.ctx.here}",
+                    self.ctx.get("its node-* package",
+                                 "install the node-* package that ships it (apt-get install "
+                                 "nodejs brings them)"))
 
     # interpreters
 
