@@ -253,3 +253,32 @@ def test_try_without_nspawn_names_the_packages(cli, tmp_path, psdemo):
     assert proc.stderr.strip().splitlines() == [
         "portable-service: error: systemd-nspawn not found in PATH (needed to boot a throwaway "
         "systemd); install it: apt-get install systemd-container debootstrap"]
+
+
+def test_a_timer_that_did_not_fire_has_its_job_run_once(cli, trydemo, tmp_path):
+    """A nightly job cannot wait for the night: with the default choice of units, the
+    service of a timer that did not fire while watched is run once, as the timer would run
+    it, and judged (a failing one fails `try`); named with --unit, only what is named runs."""
+    image = build_image(tmp_path, {
+        "pname": "tryjob", "version": "1.0",
+        "units": [unit("tryjob-good.timer", "[Timer]\nOnCalendar=daily\n"),
+                  service("tryjob-good.service", f"Type=oneshot\nExecStart={TRYDEMO} exit 0"),
+                  unit("tryjob-bad.timer", "[Timer]\nOnCalendar=*-*-* 03:00:00\n"),
+                  service("tryjob-bad.service", f"Type=oneshot\nExecStart={TRYDEMO} exit 3")],
+        "contents": [{"source": str(trydemo), "target": TRYDEMO}]})
+    proc = cli("try", str(image), "--release", "all", "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)["releases"]
+    for suite in RELEASES:
+        units = report[suite]["units"]
+        assert sorted(units) == ["tryjob-bad.service", "tryjob-bad.timer",
+                                 "tryjob-good.service", "tryjob-good.timer"], units
+        good, bad = units["tryjob-good.service"], units["tryjob-bad.service"]
+        assert (good["verdict"], good["run_once"], good["started_by"]) == (
+            "ok", True, "tryjob-good.timer"), (suite, good)
+        assert (bad["verdict"], bad["run_once"]) == ("FAILED", True), (suite, bad)
+        assert "status=3" in bad["cause"], (suite, bad)
+        assert units["tryjob-bad.timer"]["verdict"] == "ok"
+    named = cli("try", str(image), "--unit", "tryjob-bad.timer", "--json")
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert list(json.loads(named.stdout)["releases"]["bookworm"]["units"]) == ["tryjob-bad.timer"]

@@ -14,7 +14,7 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -168,6 +168,7 @@ class Outcome:
     cause: str  # systemd's own lines ("" when ok)
     journal: str
     triggered_by: str = ""  # set for a unit started by a socket, timer or path
+    run_once: bool = False  # a timer's service that try ran itself (the timer did not fire)
 
     @property
     def unit(self) -> str:
@@ -188,7 +189,8 @@ class Outcome:
         last = self.verdict.last
         return {"state": last.active, "sub": last.sub, "result": last.result,
                 "restarts": self.verdict.restarts, "verdict": "FAILED" if self.failed else "ok",
-                "cause": self.reason}
+                "cause": self.reason, "started_by": self.triggered_by or None,
+                "run_once": self.run_once}
 
 
 @dataclass(frozen=True)
@@ -333,7 +335,8 @@ def try_on(image: Path, release: Release, *, profile: str = "default",
         if not chosen:
             raise TryFailed("the image has no unit to start (only templates?)",
                             "name one with --unit NAME@INSTANCE.service")
-        run = _start_and_judge(c, release, chosen, settle, timeout, reporter)
+        run = _start_and_judge(c, release, chosen, settle, timeout, reporter,
+                               run_jobs=not units)
         if stack is None:
             c.detach(image.name.removesuffix(".raw"))
         else:
@@ -342,7 +345,10 @@ def try_on(image: Path, release: Release, *, profile: str = "default",
 
 
 def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], settle: float,
-                     timeout: float, reporter: Reporter) -> ReleaseRun:
+                     timeout: float, reporter: Reporter, *, run_jobs: bool = False
+                     ) -> ReleaseRun:
+    """Start ``chosen``, watch them (and what they trigger) settle, judge each; with
+    ``run_jobs``, then run once each timer's service the timer did not start meanwhile."""
     started: dict[str, str] = {}
     begin = time.monotonic()  # the timeout bounds the starts and the watch together
     with reporter.step(f"systemctl start {' '.join(chosen)}"):
@@ -365,9 +371,10 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
                                          timeout=timeout, start=begin)
     last = history[-1].units
     outcomes = []
+    trigger_problems: dict[str, str] = {}
     for unit in chosen:
         verdict = judge.judge(history, unit, timed_out=timed_out)
-        problem = judge.trigger_problem(last[unit], last)
+        problem = trigger_problems[unit] = judge.trigger_problem(last[unit], last)
         if problem:
             verdict = Verdict(unit, False, problem, verdict.last, verdict.restarts)
         outcomes.append(_outcome(c, verdict, started.get(unit, "")))
@@ -376,11 +383,37 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
             by = next(u for u in chosen if unit in first[u].targets)
             outcomes.append(_outcome(c, judge.judge(history, unit, timed_out=timed_out,
                                                     triggered=True), "", triggered_by=by))
+    jobs = {job: u for u in chosen if u.endswith(".timer") and not trigger_problems.get(u)
+            for job in first[u].targets
+            if job not in chosen and last[job].load == "loaded" and not judge.ran(history, job)}
+    if run_jobs and jobs:
+        outcomes += _run_jobs(c, jobs, settle, timeout, reporter)
     return ReleaseRun(release, tuple(outcomes), seconds=history[-1].at, history=tuple(history))
 
 
+def _run_jobs(c: Container, jobs: Mapping[str, str], settle: float, timeout: float,
+              reporter: Reporter) -> list[Outcome]:
+    """Each job (a timer's service, to its timer) run once, as the timer would run it, and
+    judged: a nightly job that fails must fail here, not at 3 a.m. on the server."""
+    started: dict[str, str] = {}
+    begin = time.monotonic()
+    names = list(jobs)
+    with reporter.step(f"running {' '.join(names)} once (its timer did not fire while watched)"):
+        for job in names:
+            try:
+                left = max(timeout - (time.monotonic() - begin), 1.0)
+                started[job] = c.start(job, timeout=left).output
+            except PortableServiceError as e:  # the job outlived the timeout
+                started[job] = str(e)
+        history, timed_out = judge.watch(lambda: c.unit_props(names), time.monotonic,
+                                         time.sleep, window=settle, quiet=QUIET,
+                                         timeout=timeout, start=begin)
+    return [_outcome(c, judge.judge(history, job, timed_out=timed_out, triggered=True),
+                     started[job], triggered_by=jobs[job], run_once=True) for job in names]
+
+
 def _outcome(c: Container, verdict: Verdict, start_output: str,
-             triggered_by: str = "") -> Outcome:
+             triggered_by: str = "", run_once: bool = False) -> Outcome:
     journal = c.journal(verdict.unit)
     for _ in range(JOURNAL_RETRIES):
         if verdict.ok or not _cause_missing(journal):
@@ -391,7 +424,7 @@ def _outcome(c: Container, verdict: Verdict, start_output: str,
         time.sleep(0.5)
         journal = c.journal(verdict.unit)
     cause = "" if verdict.ok else systemd_words(journal, start_output)
-    return Outcome(verdict, cause, journal, triggered_by)
+    return Outcome(verdict, cause, journal, triggered_by, run_once)
 
 
 def _print_run(run: ReleaseRun, out: TextIO) -> None:
@@ -400,7 +433,8 @@ def _print_run(run: ReleaseRun, out: TextIO) -> None:
         print(f"    attach FAILED: {run.attach_error}", file=out)
     for o in run.outcomes:
         last = o.verdict.last
-        by = f" (started by {o.triggered_by})" if o.triggered_by else ""
+        by = (f" (run once by try: {o.triggered_by} did not fire while watched)" if o.run_once
+              else f" (started by {o.triggered_by})" if o.triggered_by else "")
         verdict = f"FAILED: {o.reason}" if o.failed else "ok"
         print(f"--- {o.unit}{by}: {last.active} ({last.sub}, result {last.result or '-'}, "
               f"restarts {o.verdict.restarts}) {verdict}", file=out)
