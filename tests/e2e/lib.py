@@ -53,14 +53,16 @@ def build_image(out_dir: Path, settings: Mapping[str, Any],
 @contextlib.contextmanager
 def attached(c: Container, image: Path, *, profile: str = "default", now: bool = False,
              runtime: bool = True) -> Iterator[str]:
-    """The image attached (its name is yielded); detached with --now afterwards."""
+    """The image attached (its name is yielded); detached with --now afterwards (a detach
+    that failed fails the test, unless the block failed first)."""
     result = c.attach(image, profile=profile, now=now, runtime=runtime)
     name = image.name.removesuffix(".raw")
     assert result.ok, f"attach of {image.name} failed on {c.release.suite}: {result.output}"
     try:
         yield name
     finally:
-        c.detach(name, runtime=runtime)
+        detached = c.detach(name, runtime=runtime)
+    assert detached.ok, f"detach of {name} failed on {c.release.suite}: {detached.output}"
 
 
 def tcp_get(port: int, timeout: float = 10) -> str:

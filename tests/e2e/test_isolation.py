@@ -23,7 +23,7 @@ from portable_service.harness import devices, nspawn, roots
 from portable_service.run import run
 from tests.conftest import REPO, require, require_tool
 from tests.e2e.conftest import LOG_DIR, RELEASES, require_e2e
-from tests.e2e.lib import attached, build_image, tcp_get, unit
+from tests.e2e.lib import attached, build_image, port_closed, tcp_get, unit
 from tests.e2e.test_ddi import DDI_RELEASES, PORT, build_ddi, settings
 
 pytestmark = pytest.mark.e2e
@@ -203,6 +203,14 @@ def test_a_device_freed_elsewhere_and_not_yet_allowed_is_retried(release_roots, 
             journal = c._journal_since(cursor)
             refused = [ln for ln in journal.splitlines() if "mount namespacing" in ln]
             assert len(refused) == 1 and REFUSED in refused[0], journal
+            # detach --now opens the image too (portablectl asks for its units, to stop
+            # them): refused, nothing would be stopped or detached
+            refuse_free_loops(c.policy)
+            widened = c.policy.widened
+            detach = c.detach(name)
+            assert detach.ok and c.policy.widened > widened, detach.output
+            assert c.attached_units() == [] and port_closed(18160)
+            c.attach(image)  # for the context's own detach
 
 
 @pytest.mark.parametrize("suite", DDI_RELEASES)

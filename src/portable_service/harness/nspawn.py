@@ -161,15 +161,23 @@ class Container:
         name = self.copy_image(image)
         args = ["attach", f"--profile={profile}"]
         args += ["--runtime"] * runtime + ["--now"] * now
+        result = self._portablectl_retried(*args, name)
+        self.settle()
+        return result
+
+    def _portablectl_retried(self, *args: str) -> Result:
+        """``portablectl``, retried for the harness's faults: the udev wait (systemd 247,
+        see :meth:`settle`) and a loop device freed elsewhere that the device policy had
+        not yet allowed again (both attach and detach open the image: detach asks for its
+        units first, to stop them)."""
         for _ in range(UDEV_RETRIES + 1):
             self.settle()
             cursor = self._cursor()
             widened = self.policy.widened if self.policy is not None else 0
-            result = self.portablectl(*args, name)
+            result = self.portablectl(*args)
             if result.ok or not (self._udev_timeout(self._journal_since(cursor))
                                  or self._lost_device_race(result, widened)):
                 break
-        self.settle()
         return result
 
     def start(self, unit: str, timeout: float = 60) -> Result:
@@ -271,8 +279,16 @@ class Container:
 
     def detach(self, name: str, *, runtime: bool = True, now: bool = True) -> Result:
         """Detach (stopping the units with ``now``) and delete the copied image."""
-        self.settle()
-        result = self.portablectl("detach", *["--runtime"] * runtime, *["--now"] * now, name)
+        args = ["detach", *["--runtime"] * runtime, *["--now"] * now, name]
+        prefix = name.split("_", 1)[0]  # the image's units carry its name's prefix
+        templates = [u for u in self.attached_units(runtime) if "@." in u and
+                     u.startswith((f"{prefix}.", f"{prefix}-", f"{prefix}@"))]
+        result = self._portablectl_retried(*args)
+        if not result.ok and now and templates and "is active, can't detach" in result.output:
+            # --now stops the image's units by name, and a template's instances have none
+            # of their own ("is missing the instance name"): stop them, then detach
+            self.systemctl("stop", *(t.replace("@.", "@*.") for t in templates))
+            result = self._portablectl_retried(*args)
         # a failed unit stays loaded after its file is gone, and portabled then refuses
         # to attach an image carrying a unit of that name ("exists on the host already")
         self.systemctl("reset-failed")
