@@ -39,10 +39,10 @@ denied from the start, and so is every partition that exists then.
 
 A device freed elsewhere is open to the container again only when the watcher has seen
 it (a few milliseconds): if the container's next allocation takes it sooner, the open
-fails with "Operation not permitted". ``Container.attach`` retries that once (portabled
-says "Access denied", and the policy widened meanwhile), and so does ``Container.start``
-(the image mount fails "Failed to set up mount namespacing: Operation not permitted"
-before the program runs), on every release.
+fails with "Operation not permitted". ``Container.attach`` and ``Container.detach``
+retry that once (portabled says "Access denied", and the policy widened meanwhile), and
+so does ``Container.start`` (the image mount fails "Failed to set up mount namespacing:
+Operation not permitted" before the program runs), on every release.
 
 What this does not stop (v1 checks access when a node is opened, not afterwards): a
 process that opens a free loop device (or blkext minor) and keeps it open until someone
