@@ -54,7 +54,8 @@ LOOP_PARTITIONS = 8  # partition nodes linked per loop device (a portable DDI us
 HOST_DEV = "/run/harness-dev"  # where the container sees the kernel's devtmpfs
 UDEV_RETRIES = 4
 DENIED = "Operation not permitted"  # what EPERM from the devices policy reads as
-DENIED_ATTACH = (DENIED, "Access denied")  # portabled 247 returns EPERM as D-Bus AccessDenied
+# portabled (247, 252, 257) returns EPERM to portablectl as D-Bus AccessDenied
+DENIED_ATTACH = (DENIED, "Access denied")
 # what commands in the container see: systemd's PATH and nothing of the host's environment
 CONTAINER_ENV = {"PATH": ":".join(SPLIT_USR_PATH), "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0",
                  "TERM": "dumb"}
