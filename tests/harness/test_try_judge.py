@@ -288,3 +288,13 @@ def test_an_accept_socket_is_judged_by_the_template_of_its_instances():
     plain = UnitProps(name="echo.socket", load="loaded", active="active", sub="listening")
     assert plain.targets == () and trigger_problem(plain, {}) == "triggers no unit"
     assert UnitProps.from_show("echo.socket", {"Accept": "yes"}).accept
+
+
+def test_a_unit_past_the_timeout_is_said_to_be_so_at_the_limit():
+    """The last sample may come after the limit (a start the harness retried for its own
+    fault took some of the time): the reason names the limit, not the late sample."""
+    stuck = svc(type="notify", active="activating", sub="start")
+    late = history([stuck] * 5, step=1.2)  # the last sample at 4.8 s, the limit 4 s
+    v = judge(late, "x.service", timed_out=True, timeout=4)
+    assert v.reason == "still activating after 4 s (Type=notify, start)"
+    assert judge(late, "x.service", timed_out=True).reason.startswith("still activating after 5 s")

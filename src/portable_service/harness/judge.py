@@ -160,11 +160,13 @@ def ran(history: Sequence[Sample], name: str) -> bool:
 
 
 def judge(history: Sequence[Sample], name: str, *, timed_out: bool = False,
-          triggered: bool = False) -> Verdict:
+          triggered: bool = False, timeout: float | None = None) -> Verdict:
     """The verdict on one unit over all samples (the last one after settling).
 
     A ``triggered`` unit (started by a socket, timer or path) may also have run and ended:
-    inactive with result success.
+    inactive with result success. A unit still changing when the watch ``timed_out`` is
+    said to be so after ``timeout`` seconds, the limit (the last sample may come a little
+    later: a start the harness retried for its own fault took some of the time).
     """
     units = [s.units[name] for s in history]
     first, last = units[0], units[-1]
@@ -188,7 +190,8 @@ def judge(history: Sequence[Sample], name: str, *, timed_out: bool = False,
         return verdict(f"failed (result {last.result}{exits})")
     if last.active in TRANSITIONAL:
         how = f" (Type={last.type}, {last.sub})" if last.type else f" ({last.sub})"
-        return verdict(f"still {last.active} after {seconds:.0f} s{how}" if timed_out
+        limit = timeout if timeout is not None else seconds
+        return verdict(f"still {last.active} after {limit:.0f} s{how}" if timed_out
                        else f"still {last.active}{how}")
     if triggered and last.active == "inactive" and last.result in ("success", ""):
         return verdict("")

@@ -191,9 +191,11 @@ class Container:
         ``timeout`` bounds the wait for the start job (a ToolError past it; the job goes on).
         """
         raced = False
+        deadline = time.monotonic() + timeout  # retries included
         for _ in range(UDEV_RETRIES + 1):
             cursor = self._cursor()
-            result = self.systemctl("start", unit, timeout=timeout)
+            result = self.systemctl("start", unit,
+                                    timeout=max(deadline - time.monotonic(), 1.0))
             if result.ok:
                 self._wait_until_exec(unit)  # a simple service can still fail after this
             journal = self._journal_since(cursor)

@@ -373,7 +373,7 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
     outcomes = []
     trigger_problems: dict[str, str] = {}
     for unit in chosen:
-        verdict = judge.judge(history, unit, timed_out=timed_out)
+        verdict = judge.judge(history, unit, timed_out=timed_out, timeout=timeout)
         problem = trigger_problems[unit] = judge.trigger_problem(last[unit], last)
         if problem:
             verdict = Verdict(unit, False, problem, verdict.last, verdict.restarts)
@@ -382,7 +382,8 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
         if last[unit].load == "loaded" and judge.ran(history, unit):
             by = next(u for u in chosen if unit in first[u].targets)
             outcomes.append(_outcome(c, judge.judge(history, unit, timed_out=timed_out,
-                                                    triggered=True), "", triggered_by=by))
+                                                    timeout=timeout, triggered=True),
+                                     "", triggered_by=by))
     jobs = {job: u for u in chosen if u.endswith(".timer") and not trigger_problems.get(u)
             for job in first[u].targets
             if job not in chosen and last[job].load == "loaded" and not judge.ran(history, job)}
@@ -408,7 +409,8 @@ def _run_jobs(c: Container, jobs: Mapping[str, str], settle: float, timeout: flo
         history, timed_out = judge.watch(lambda: c.unit_props(names), time.monotonic,
                                          time.sleep, window=settle, quiet=QUIET,
                                          timeout=timeout, start=begin)
-    return [_outcome(c, judge.judge(history, job, timed_out=timed_out, triggered=True),
+    return [_outcome(c, judge.judge(history, job, timed_out=timed_out, timeout=timeout,
+                                    triggered=True),
                      started[job], triggered_by=jobs[job], run_once=True) for job in names]
 
 
