@@ -349,16 +349,9 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
                      ) -> ReleaseRun:
     """Start ``chosen``, watch them (and what they trigger) settle, judge each; with
     ``run_jobs``, then run once each timer's service the timer did not start meanwhile."""
-    started: dict[str, str] = {}
     begin = time.monotonic()  # the timeout bounds the starts and the watch together
     with reporter.step(f"systemctl start {' '.join(chosen)}"):
-        for unit in chosen:
-            try:
-                # a start job that blocks (Type=notify never ready) is judged by the watch
-                left = max(timeout - (time.monotonic() - begin), 1.0)
-                started[unit] = c.start(unit, timeout=left).output
-            except PortableServiceError as e:  # the start job outlived the timeout
-                started[unit] = str(e)
+        started = _start_all(c, chosen, timeout, begin)
     # what the sockets, timers and paths start is watched too: it may be missing, or run
     # (a timer that elapsed, a socket that got a connection) and fail
     first = c.unit_props(chosen)
@@ -366,15 +359,12 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
     names = list(dict.fromkeys([*chosen, *triggered]))
     with reporter.step(f"watching {len(names)} unit(s) settle (at least {settle:g} s, "
                        f"at most {timeout:g} s)"):
-        history, timed_out = judge.watch(lambda: c.unit_props(names), time.monotonic,
-                                         time.sleep, window=settle, quiet=QUIET,
-                                         timeout=timeout, start=begin)
+        history, timed_out = _watch(c, names, settle, timeout, begin)
     last = history[-1].units
     outcomes = []
-    trigger_problems: dict[str, str] = {}
     for unit in chosen:
         verdict = judge.judge(history, unit, timed_out=timed_out, timeout=timeout)
-        problem = trigger_problems[unit] = judge.trigger_problem(last[unit], last)
+        problem = judge.trigger_problem(last[unit], last)
         if problem:
             verdict = Verdict(unit, False, problem, verdict.last, verdict.restarts)
         outcomes.append(_outcome(c, verdict, started.get(unit, "")))
@@ -384,31 +374,45 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
             outcomes.append(_outcome(c, judge.judge(history, unit, timed_out=timed_out,
                                                     timeout=timeout, triggered=True),
                                      "", triggered_by=by))
-    jobs = {job: u for u in chosen if u.endswith(".timer") and not trigger_problems.get(u)
-            for job in first[u].targets
+    # a timer whose service is not loaded was judged FAILED above: nothing to run
+    jobs = {job: u for u in chosen if u.endswith(".timer") for job in first[u].targets
             if job not in chosen and last[job].load == "loaded" and not judge.ran(history, job)}
     if run_jobs and jobs:
         outcomes += _run_jobs(c, jobs, settle, timeout, reporter)
     return ReleaseRun(release, tuple(outcomes), seconds=history[-1].at, history=tuple(history))
 
 
+def _start_all(c: Container, units: Sequence[str], timeout: float,
+               begin: float) -> dict[str, str]:
+    """``systemctl start`` each unit within what is left of ``timeout`` since ``begin``;
+    what each start printed. A start job that blocks (Type=notify never ready, a long
+    oneshot) is left to the watch to judge."""
+    started: dict[str, str] = {}
+    for unit in units:
+        try:
+            left = max(timeout - (time.monotonic() - begin), 1.0)
+            started[unit] = c.start(unit, timeout=left).output
+        except PortableServiceError as e:  # the start job outlived the timeout
+            started[unit] = str(e)
+    return started
+
+
+def _watch(c: Container, names: Sequence[str], settle: float, timeout: float,
+           begin: float) -> tuple[list[judge.Sample], bool]:
+    """The units' samples until they settled, or ``timeout`` since ``begin``."""
+    return judge.watch(lambda: c.unit_props(names), time.monotonic, time.sleep,
+                       window=settle, quiet=QUIET, timeout=timeout, start=begin)
+
+
 def _run_jobs(c: Container, jobs: Mapping[str, str], settle: float, timeout: float,
               reporter: Reporter) -> list[Outcome]:
     """Each job (a timer's service, to its timer) run once, as the timer would run it, and
     judged: a nightly job that fails must fail here, not at 3 a.m. on the server."""
-    started: dict[str, str] = {}
     begin = time.monotonic()
     names = list(jobs)
     with reporter.step(f"running {' '.join(names)} once (its timer did not fire while watched)"):
-        for job in names:
-            try:
-                left = max(timeout - (time.monotonic() - begin), 1.0)
-                started[job] = c.start(job, timeout=left).output
-            except PortableServiceError as e:  # the job outlived the timeout
-                started[job] = str(e)
-        history, timed_out = judge.watch(lambda: c.unit_props(names), time.monotonic,
-                                         time.sleep, window=settle, quiet=QUIET,
-                                         timeout=timeout, start=begin)
+        started = _start_all(c, names, timeout, begin)
+        history, timed_out = _watch(c, names, settle, timeout, begin)
     return [_outcome(c, judge.judge(history, job, timed_out=timed_out, timeout=timeout,
                                     triggered=True),
                      started[job], triggered_by=jobs[job], run_once=True) for job in names]

@@ -185,7 +185,8 @@ class Context:
         """Where this build's files come from, as a message says it."""
         return "on this host" if self.root is None else "in this pinned build's packages"
 
-    def get(self, package: str, host_hint: str) -> str:
+    def how_to_get(self, package: str = "the package that has it",
+                   host_hint: str = "install it") -> str:
         """The hint for a file this build lacks: ``host_hint`` (install it on the host), or
         for a pinned build, to name ``package`` in ``packages`` (the host does not count)."""
         return host_hint if self.root is None else f"add {package} to packages"

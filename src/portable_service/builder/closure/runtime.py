@@ -217,7 +217,7 @@ class RuntimeResolver:
                 self.ctx.closure.warnings.append(
                     f"{lib.image} is a TLS library, but there is no {CA_BUNDLE} "
                     f"{self.ctx.here}: the image gets no CA certificates "
-                    f"({self.ctx.get(CA_PACKAGE, 'apt-get install ca-certificates')})")
+                    f"({self.ctx.how_to_get(CA_PACKAGE, 'apt-get install ca-certificates')})")
         if lib.image.name.startswith("libssl") and not self._openssl_done:
             self._openssl_done = True
             for path in OPENSSL_DIR_FILES:
@@ -239,7 +239,7 @@ class RuntimeResolver:
             else:
                 self.ctx.missing(
                     f"{lib.image} loads the Node.js builtin {path}, which is not {self.ctx.here}",
-                    self.ctx.get("its node-* package",
+                    self.ctx.how_to_get("its node-* package",
                                  "install the node-* package that ships it (apt-get install "
                                  "nodejs brings them)"))
 
@@ -412,10 +412,14 @@ def locale_requests(unit: Unit) -> Iterator[tuple[str, str]]:
             yield value, f"Environment={name}={value} in {unit.unit_name}"
 
 
+def _builtin_locale(value: str) -> bool:
+    """A locale glibc has built in, or one known only at run time (nothing to ship)."""
+    return value in ("", "C", "POSIX") or "$" in value or "%" in value
+
+
 def needs_locales(value: str) -> bool:
-    """Whether a locale is one glibc has built in or C.UTF-8 (libc-bin) does not give."""
-    builtin = value in ("", "C", "POSIX") or value.partition(".")[0] == "C"
-    return not builtin and "$" not in value and "%" not in value
+    """Whether a locale is neither built into glibc nor C.UTF-8 (libc-bin gives that)."""
+    return not _builtin_locale(value) and value.partition(".")[0] != "C"
 
 
 def root_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
@@ -434,18 +438,20 @@ def _zone(value: str, directive: str, ctx: Context) -> Iterator[Node]:
         return
     if "$" in zone or "%" in zone:
         # known only at run time: every zone
-        if os.path.isdir(ctx.in_root(str(ZONEINFO))):
-            yield Node(ZONEINFO, Path(ctx.in_root(str(ZONEINFO))), f"time zones for {directive}")
+        zones = ctx.in_root(str(ZONEINFO))
+        if os.path.isdir(zones):
+            yield Node(ZONEINFO, Path(zones), f"time zones for {directive}")
         else:
             ctx.missing(f"{directive}: there is no {ZONEINFO} {ctx.here}",
-                        ctx.get(TZ_PACKAGE, "apt-get install tzdata"))
+                        ctx.how_to_get(TZ_PACKAGE, "apt-get install tzdata"))
         return
     path = P(zone) if zone.startswith("/") else ZONEINFO / zone
-    if os.path.exists(ctx.in_root(str(path))):
-        yield Node(path, Path(ctx.in_root(str(path))), f"time zone of {directive}")
+    host = ctx.in_root(str(path))
+    if os.path.exists(host):
+        yield Node(path, Path(host), f"time zone of {directive}")
     elif not _POSIX_TZ.match(zone) or "/" in zone:
         ctx.missing(f"{directive}: time zone file {path} is not {ctx.here}",
-                    ctx.get(TZ_PACKAGE, "apt-get install tzdata") + ", or fix the zone name")
+                    ctx.how_to_get(TZ_PACKAGE, "apt-get install tzdata") + ", or fix the zone name")
 
 
 def normalize_codeset(codeset: str) -> str:
@@ -455,8 +461,8 @@ def normalize_codeset(codeset: str) -> str:
 
 
 def _locale(value: str, directive: str, ctx: Context) -> Iterator[Node]:
-    if value in ("", "C", "POSIX") or "$" in value or "%" in value:
-        return  # built into glibc (or only known at run time)
+    if _builtin_locale(value):
+        return
     lang, dot, rest = value.partition(".")
     codeset, at, modifier = rest.partition("@")
     names = [value]

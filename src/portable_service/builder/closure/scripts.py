@@ -181,7 +181,7 @@ def script_resolver(ctx: Context) -> Resolver:
             return
         if not os.path.exists(ctx.host_of(interp)):
             ctx.missing(f"script {node.image} runs {interp}, which is not {ctx.here}",
-                        ctx.get("the package that has it", "install it") + ", or fix the #! line")
+                        ctx.how_to_get() + ", or fix the #! line")
             return
         yield Node(PurePosixPath(interp), Path(ctx.host_of(interp)), "#! interpreter", node.image,
                    executed=True)

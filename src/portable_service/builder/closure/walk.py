@@ -124,7 +124,7 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
             if found is None:
                 ctx.missing(f"{directive} runs {word!r}, which is not in systemd's PATH "
                             f"({':'.join(SYSTEMD_PATH)}) {ctx.here}",
-                            ctx.get("the package that has it", "install it")
+                            ctx.how_to_get()
                             + ", give its absolute path, or ship it with contents")
                 continue
             path = PurePosixPath(os.path.normpath(found))
@@ -133,7 +133,7 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
                 continue
             if not os.path.lexists(ctx.host_of(str(path))):
                 ctx.missing(f"{directive} runs {path}, which does not exist {ctx.here}",
-                            ctx.get("the package that has it", "install it")
+                            ctx.how_to_get()
                             + ", ship it with contents (source, target), or fix the unit")
                 continue
             yield Node(path, Path(ctx.host_of(str(path))), f"program of {directive}", executed=True)
@@ -258,7 +258,6 @@ def resolve(
     queue = deque(root_nodes(spec, units, ctx))
     # a path the spec makes a symlink is the spec's: the host's file there is not shipped
     spec_links = {host_spelling(s.symlink) for s in spec.symlinks}
-    whole: set[PurePosixPath] = set()  # package folders a rule wanted with all they hold
     while queue:
         node = queue.popleft()
         if ctx.excluded(node.image):
@@ -277,10 +276,9 @@ def resolve(
                     if getattr(resolver, "follows_executed", False):
                         _follow(ctx, resolver, upgraded, queue)
             elif node.whole and old.package is not None and old.host == node.host \
-                    and node.image not in whole and _is_dir(node):
+                    and _is_dir(node):
                 # a package's folder (dpkg lists only its own entries there) that a rule
-                # wants with all it holds
-                whole.add(node.image)
+                # wants with all it holds (entries already reached are skipped above)
                 _follow(ctx, folder_resolver, replace(node, package=None), queue)
             continue
         if not _readable(ctx, node):
