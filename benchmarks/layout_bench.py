@@ -1,4 +1,4 @@
-"""The build's own cost per image entry (closure, layout, write, verify) at 1x, 4x and 16x input.
+"""The build's own cost per image entry (closure, layout, SBOM, write, verify) at 1x, 4x and 16x input.
 
 The input is a spec whose ``contents`` are N copies of /usr/share/zoneinfo
 placed with ``{ source, target }`` (about 1,300 entries each: tiny files and
@@ -34,12 +34,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MTIME = 1_700_000_000
-PHASES = ("closure", "layout", "write", "verify")
+PHASES = ("closure", "layout", "sbom", "write", "verify")
 
 
 def child(spec_dir: str, out_dir: str) -> None:
     """Run the build's phases one after the other and print their times as JSON."""
-    from portable_service.builder import layout
+    from portable_service.builder import layout, sbom
     from portable_service.builder import units as units_mod
     from portable_service.builder.closure.secrets import check_no_secrets
     from portable_service.builder.closure.walk import resolve as resolve_closure
@@ -67,6 +67,7 @@ def child(spec_dir: str, out_dir: str) -> None:
 
     found = timed("closure", resolve)
     tree = timed("layout", lambda: layout.assemble(spec, units, found))
+    timed("sbom", lambda: sbom.add_to_tree(tree, spec, found, None, MTIME))
     options = PackOptions(spec.squash_compression, spec.squash_block_size, MTIME)
     out = Path(out_dir) / spec.image_name
     timed("write", lambda: NativeWriter().write(tree, out, options, QUIET))

@@ -113,6 +113,14 @@ def test_version_must_be_quoted(tmp_path: Path) -> None:
     assert "quote it" in (e.value.hint or "")
 
 
+def test_homepage_must_be_a_url(tmp_path: Path) -> None:
+    """The homepage is the SBOM's too: what its library refuses is refused by the spec, in
+    one sentence, not by the SBOM step after the closure was made."""
+    assert spec(tmp_path, homepage="https://example.org/x").homepage == "https://example.org/x"
+    with pytest.raises(SpecError, match="homepage 'my service' is not a URL"):
+        spec(tmp_path, homepage="my service")
+
+
 def test_no_units(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="no units"):
         spec(tmp_path, units=[])

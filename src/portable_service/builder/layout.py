@@ -178,9 +178,9 @@ def place(tree: ImageTree, node: Node, spec: Spec | None = None) -> PurePosixPat
     elif stat.S_ISDIR(st.st_mode):
         tree.add_dir(image, mode, origin=origin)
     elif stat.S_ISREG(st.st_mode):
-        if not os.access(node.host, os.R_OK):
-            raise ClosureError(f"cannot read {node.host}: permission denied", UNREADABLE_HINT)
-        tree.add_file(image, source=node.host, mode=mode, xattrs=_xattrs(node.host), origin=origin)
+        # readable: the closure took only what it could read (walk._readable)
+        tree.add_file(image, source=node.host, mode=mode, xattrs=_xattrs(node.host), origin=origin,
+                      source_size=st.st_size)
     else:
         raise ClosureError(
             f"{node.host} is a device, fifo or socket: a portable image has no use for it",
@@ -255,12 +255,17 @@ def _is_symlink(path: str) -> bool:
 
 
 def _xattrs(path: Path | str) -> tuple[tuple[str, bytes], ...]:
+    try:  # one listing, empty for most files, instead of an ENODATA error per kept name
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return ()
     out = []
     for name in KEPT_XATTRS:
-        try:
-            out.append((name, os.getxattr(path, name, follow_symlinks=False)))
-        except OSError:
-            continue
+        if name in names:
+            try:
+                out.append((name, os.getxattr(path, name, follow_symlinks=False)))
+            except OSError:
+                continue
     return tuple(out)
 
 

@@ -22,20 +22,18 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import re
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from portable_service.builder.spec import Spec
+from portable_service.builder.spec import Spec, is_url
 from portable_service.errors import ToolError
 from portable_service.fs.tree import ImageTree, Kind
 from portable_service.fs.views import ImageFS
 
 if TYPE_CHECKING:
-    from spdx_tools.spdx.model.document import Document
-    from spdx_tools.spdx.model.relationship import Relationship
 
     from portable_service.builder.closure import Closure
     from portable_service.builder.repo import Pinned
@@ -44,7 +42,6 @@ IMAGE_SBOM = PurePosixPath("/usr/lib/portable-service/sbom.spdx.json")
 NAMESPACE = "https://portable-service.invalid/spdx"
 HOST_FILE = "a file of the build host that no Debian package ships"
 MADE_FILE = "made by the build"
-SBOM_VALIDATION_SLICE = 32  # files validated together (see build_document)
 
 # Debian's short licence names (copyright-format 1.0) -> SPDX identifiers
 DEBIAN_TO_SPDX = {
@@ -126,13 +123,12 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
     from spdx_tools.common.spdx_licensing import spdx_licensing
     from spdx_tools.spdx.jsonschema.document_converter import DocumentConverter
     from spdx_tools.spdx.model.actor import Actor, ActorType
-    from spdx_tools.spdx.model.checksum import Checksum, ChecksumAlgorithm
     from spdx_tools.spdx.model.document import CreationInfo, Document
     from spdx_tools.spdx.model.extracted_licensing_info import ExtractedLicensingInfo
-    from spdx_tools.spdx.model.file import File
     from spdx_tools.spdx.model.package import Package, PackageVerificationCode
     from spdx_tools.spdx.model.relationship import Relationship, RelationshipType
     from spdx_tools.spdx.model.spdx_no_assertion import SpdxNoAssertion
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
     # -- which package each image file came from
     package_of: dict[PurePosixPath, str] = {}
@@ -159,6 +155,7 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
     else:
         owners, meta = _host_owners()
         nodes = closure.nodes if closure is not None else {}
+        real_folders: dict[str, str] = {}
         for entry in tree:
             if entry.kind is not Kind.FILE or entry.source is None:
                 continue
@@ -166,7 +163,12 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
             owner = node.package if node is not None and node.package in meta else None
             if owner is None:
                 src = str(entry.source)
-                owner = owners.get(src) or owners.get(os.path.realpath(src))
+                owner = owners.get(src)
+                if owner is None:  # a file: only its folders can be links, resolved once each
+                    folder, _, name = src.rpartition("/")
+                    if folder not in real_folders:
+                        real_folders[folder] = os.path.realpath(folder or "/")
+                    owner = owners.get(posixpath.join(real_folders[folder], name))
                 if owner is None and src.startswith("/usr/"):
                     owner = owners.get(src[4:])  # dpkg lists /lib/x for merged-/usr /usr/lib/x
             if owner is not None:
@@ -179,27 +181,27 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
 
     # -- the document
     created = datetime.fromtimestamp(mtime, UTC).replace(tzinfo=None)
-    files: list[tuple[PurePosixPath, bytes, bytes]] = []
-    for entry in sorted(tree, key=lambda e: str(e.path)):
+    files: list[tuple[str, str, str, str | None, str]] = []  # name, SHA-1, SHA-256, comment, container
+    image_id = _spdx_id("Package", f"image-{spec.pname}")
+    digest = hashlib.sha256()
+    sha1s: dict[str, list[str]] = {}  # package id -> its files' SHA-1s (verification code)
+    for entry in tree:  # the image's order
         if entry.kind is not Kind.FILE or entry.path == IMAGE_SBOM:
             continue
         h1, h256 = hashlib.sha1(), hashlib.sha256()  # SPDX requires SHA-1; SHA-256 is what counts
-        with entry.open() as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h1.update(chunk)
-                h256.update(chunk)
-        files.append((entry.path, h1.digest(), h256.digest()))
-    digest = hashlib.sha256(b"".join(os.fsencode(str(p)) + b"\0" + s for p, _, s in files)).hexdigest()
-    image_id = _spdx_id("Package", f"image-{spec.pname}")
+        for chunk in entry.chunks():
+            h1.update(chunk)
+            h256.update(chunk)
+        digest.update(os.fsencode(str(entry.path)) + b"\0" + h256.digest())
+        owner = package_of.get(entry.path)
+        comment = None if owner else (MADE_FILE if entry.source is None else HOST_FILE)
+        container = _spdx_id("Package", f"deb-{owner}") if owner else image_id
+        files.append(("." + str(entry.path), h1.hexdigest(), h256.hexdigest(), comment, container))
+        sha1s.setdefault(container, []).append(files[-1][1])
     info = CreationInfo(
         spdx_version="SPDX-2.3", spdx_id="SPDXRef-DOCUMENT", name=f"{spec.pname}_{spec.version}",
-        document_namespace=f"{NAMESPACE}/{spec.pname}-{spec.version}-{digest[:32]}",
+        document_namespace=f"{NAMESPACE}/{spec.pname}-{spec.version}-{digest.hexdigest()[:32]}",
         creators=[Actor(ActorType.TOOL, "portable-service")], created=created)
-    sha1s: dict[str, list[str]] = {}  # package id -> its files' SHA-1s (verification code)
-    for fpath, fsha1, _ in files:
-        fowner = package_of.get(fpath)
-        sha1s.setdefault(_spdx_id("Package", f"deb-{fowner}") if fowner else image_id,
-                         []).append(fsha1.hex())
 
     def code(pid: str) -> PackageVerificationCode:
         # SPDX 2.3 section 7.9: SHA-1 of the sorted SHA-1s of the package's files
@@ -225,100 +227,64 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
         packages.append(Package(
             pid, name, locations.get(name, SpdxNoAssertion()), version=version or None,
             verification_code=code(pid), source_info=f"built from Debian source package {source}".strip()
-            if source else None, homepage=homepage or None,
+            if source else None, homepage=homepage if homepage and is_url(homepage) else None,
             license_info_from_files=exprs or [SpdxNoAssertion()],
             license_declared=SpdxNoAssertion(), license_concluded=SpdxNoAssertion(),
             copyright_text=SpdxNoAssertion(), supplier=Actor(ActorType.ORGANIZATION, "Debian")))
         package_links.append(Relationship(image_id, RelationshipType.CONTAINS, pid))
-    spdx_files = []
-    file_links = []
-    for n, (fpath, fsha1, fsha256) in enumerate(files):
-        fid = f"SPDXRef-File-{n}"
-        owner = package_of.get(fpath)
-        placed = tree.get(fpath)
-        made = placed is not None and placed.source is None
-        comment = None if owner else (MADE_FILE if made else HOST_FILE)
-        spdx_files.append(File("." + str(fpath), fid,
-                               [Checksum(ChecksumAlgorithm.SHA1, fsha1.hex()),
-                                Checksum(ChecksumAlgorithm.SHA256, fsha256.hex())],
-                               comment=comment))
-        container = _spdx_id("Package", f"deb-{owner}") if owner else image_id
-        file_links.append(Relationship(container, RelationshipType.CONTAINS, fid))
-    doc = Document(info, packages=packages, files=spdx_files,
-                   relationships=package_links + file_links,
+    # Everything that comes from outside (names, versions, URLs, licences, the package ids
+    # made of them) is in the library's objects and checked by its validation. The files are
+    # tens of thousands of records of one shape, valid by construction (an SPDXRef-File-N
+    # id, a "./" name, a SHA-1 and a SHA-256 hex digest, a known container), which the
+    # library's objects, validation and converter would take over 100 us each to say: they
+    # are written as its converter writes them (file_record, contains_record; the tests
+    # hold them to the library's converter and validate whole documents with the library).
+    doc = Document(info, packages=packages, relationships=package_links,
                    extracted_licensing_info=[extracted[k] for k in sorted(extracted)])
-    problems = validation_problems(doc)
+    problems = list(dict.fromkeys(m.validation_message for m in validate_full_spdx_document(doc)))
     if problems:  # a field this build filled in wrongly
         raise ToolError(f"the SBOM does not validate as SPDX 2.3: {'; '.join(problems)[:300]}",
                         "report it; the image was not written")
+    converted = DocumentConverter().convert(doc)
+    if files:
+        converted["files"] = [file_record(n, *f[:4]) for n, f in enumerate(files)]
+        converted["relationships"] += [contains_record(f[4], f"SPDXRef-File-{n}")
+                                       for n, f in enumerate(files)]
     # the library's JSON writer validates, drops duplicates (a deep copy of the whole
     # document) and encodes: validated above, with no duplicates to drop (one link per
-    # package and per file), so only its converter is used, and the encoding is ours:
-    # sorted keys, one-space indent, the same bytes for the same image
-    return (json.dumps(DocumentConverter().convert(doc), indent=1, sort_keys=True)
-            + "\n").encode()
+    # package and per file), so only its converter is used, and the encoding is ours
+    return encode(converted)
 
 
-def validation_problems(doc: Document, step: int = SBOM_VALIDATION_SLICE) -> list[str]:
-    """spdx-tools' validation of ``doc``, made linear: its messages, none when it is valid.
-
-    The library looks each relationship's ends up in a list of all the document's ids,
-    made anew for each one (spdx/tools-python#818): 5,000 files cost 7 s, 80,000 half an
-    hour. So it runs on parts. The first has the creation info, the packages and the
-    relationships that name no file; each other part a slice of ``step`` files with the
-    relationships naming them (one naming files of two slices goes to a part of its own
-    with those files), the document's own DESCRIBES relationships, and in place of the
-    packages their ids (a package with nothing but its id and name): every element is
-    checked once against everything it refers to, and a package's licences are parsed
-    once, not once per slice. Ids unique across the parts are checked on the whole list of
-    ids, once.
-    """
-    from spdx_tools.spdx.model.document import Document
-    from spdx_tools.spdx.model.file import File
-    from spdx_tools.spdx.model.package import Package
-    from spdx_tools.spdx.model.relationship import RelationshipType
-    from spdx_tools.spdx.model.spdx_no_assertion import SpdxNoAssertion
-    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
-    from spdx_tools.spdx.validation.spdx_id_validators import get_list_of_all_spdx_ids
-
-    slice_of = {f.spdx_id: n // step for n, f in enumerate(doc.files)}
-    files = {f.spdx_id: f for f in doc.files}
-    shared: list[Relationship] = []
-    by_slice: dict[int, list[Relationship]] = {}
-    across: list[Relationship] = []
-    for r in doc.relationships:
-        ends = {slice_of[e] for e in (r.spdx_element_id, r.related_spdx_element_id)
-                if isinstance(e, str) and e in slice_of}
-        if not ends:
-            shared.append(r)
-        elif len(ends) == 1:
-            by_slice.setdefault(ends.pop(), []).append(r)
+def encode(document: dict[str, object]) -> bytes:
+    """The document's JSON, sorted keys, each element of a list at its top on a line of its
+    own: two SBOMs diff file by file and package by package, and every line is encoded by
+    the json module's C encoder (an indented document is encoded in Python, 2.5x slower)."""
+    one = json.JSONEncoder(sort_keys=True, separators=(", ", ": ")).encode
+    lines = []
+    for key, value in sorted(document.items()):
+        if isinstance(value, list) and value:
+            lines.append(f" {one(key)}: [\n" + ",\n".join("  " + one(v) for v in value) + "\n ]")
         else:
-            across.append(r)
-    describes = [r for r in shared if r.relationship_type is RelationshipType.DESCRIBES
-                 and r.spdx_element_id == doc.creation_info.spdx_id]
-    stubs = [Package(p.spdx_id, p.name, SpdxNoAssertion()) for p in doc.packages]
-    parts: list[tuple[list[Package], list[File], list[Relationship]]] = [
-        (doc.packages, [], shared)]
-    parts += [(stubs, doc.files[k:k + step], describes + by_slice.get(k // step, []))
-              for k in range(0, len(doc.files), step)]
-    for r in across:
-        named = [files[e] for e in (r.spdx_element_id, r.related_spdx_element_id)
-                 if isinstance(e, str) and e in files]
-        parts.append((stubs, named, [*describes, r]))
-    version = doc.creation_info.spdx_version
-    problems: list[str] = []
-    for part_packages, part_files, links in parts:
-        part = Document(doc.creation_info, packages=part_packages, files=part_files,
-                        relationships=links,
-                        extracted_licensing_info=doc.extracted_licensing_info)
-        problems += [m.validation_message for m in validate_full_spdx_document(part, version)
-                     if m.validation_message not in problems]
-    twice = sorted(i for i, n in Counter(get_list_of_all_spdx_ids(doc)).items() if n > 1)
-    if twice:
-        problems.append(f"every spdx_id must be unique within the document, but found the "
-                        f"following duplicates: {twice}")
-    return problems
+            lines.append(f" {one(key)}: {one(value)}")
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
+
+
+def file_record(n: int, name: str, sha1: str, sha256: str, comment: str | None) -> dict[str, object]:
+    """The SPDX JSON of image file number ``n``, as spdx-tools' FileConverter writes it."""
+    record: dict[str, object] = {
+        "SPDXID": f"SPDXRef-File-{n}", "fileName": name,
+        "checksums": [{"algorithm": "SHA1", "checksumValue": sha1},
+                      {"algorithm": "SHA256", "checksumValue": sha256}]}
+    if comment is not None:
+        record["comment"] = comment
+    return record
+
+
+def contains_record(container: str, element: str) -> dict[str, str]:
+    """A CONTAINS relationship as spdx-tools' RelationshipConverter writes it."""
+    return {"spdxElementId": container, "relationshipType": "CONTAINS",
+            "relatedSpdxElement": element}
 
 
 def add_to_tree(tree: ImageTree, spec: Spec, closure: Closure | None, pinned: Pinned | None,

@@ -360,6 +360,13 @@ def _format(value: Any, base: Path, key: str) -> str:
     return text
 
 
+def is_url(text: str) -> bool:
+    """Whether the SBOM's library takes ``text`` as a URL (a homepage)."""
+    from spdx_tools.spdx.validation.uri_validators import validate_url
+
+    return not validate_url(text)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One spec key: its TOML name, flag, parser, default and help, in one place."""
@@ -615,6 +622,9 @@ def check_spec(spec: Spec) -> None:
             raise SpecError(f"{what} {value!r} contains a control character: os-release values "
                             "are one line of text, and systemd refuses the image otherwise",
                             "remove it (a line break, tab or NUL)")
+    if spec.homepage is not None and not is_url(spec.homepage):
+        raise SpecError(f"homepage {spec.homepage!r} is not a URL: it is os-release's HOME_URL "
+                        "and the SBOM's homepage of the image", "write it as https://example.org/")
     if not spec.units:
         raise SpecError("no units given", "name at least one unit file (units = [\"demo.service\"])")
     # the compressor's name and options were read once; which ones are valid is the writer's

@@ -28,7 +28,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from portable_service.builder.spec import Content, Spec
 from portable_service.errors import ClosureError
@@ -120,6 +120,7 @@ class Closure:
 
 # A resolver looks at one node (its host file) and names what it references.
 Resolver = Callable[[Node], Iterable[Node]]
+R = TypeVar("R")
 
 
 def follows_executed(resolver: Callable[[Node], Iterable[Node]]) -> Callable[[Node], Iterable[Node]]:
@@ -127,6 +128,16 @@ def follows_executed(resolver: Callable[[Node], Iterable[Node]]) -> Callable[[No
     data and then run by a unit is given to it again."""
     setattr(resolver, "follows_executed", True)  # noqa: B010 (mypy knows no such attribute)
     return resolver
+
+
+def acts_on(*kinds: int) -> Callable[[R], R]:
+    """Mark a resolver that can only answer for nodes of these ``stat.S_IFMT`` kinds (a
+    folder's entries, a link's target): the walk does not ask it of others. Unmarked
+    resolvers are asked of every node."""
+    def mark(resolver: R) -> R:
+        setattr(resolver, "kinds", frozenset(kinds))  # noqa: B010 (as follows_executed)
+        return resolver
+    return mark
 
 
 class Unreadable(Exception):

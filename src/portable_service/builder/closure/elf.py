@@ -35,6 +35,7 @@ import functools
 import os
 import posixpath
 import re
+import stat
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -48,7 +49,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE
 from elftools.elf.segments import InterpSegment
 
-from portable_service.builder.closure import Context, Node, in_nix_store, is_link, ldcache
+from portable_service.builder.closure import Context, Node, in_nix_store, is_link, ldcache, lstat_of
 from portable_service.errors import PortableServiceError, ToolError
 from portable_service.fs.views import HostFS, ImageFS, open_file, read_bytes, resolve
 from portable_service.run import run
@@ -781,6 +782,25 @@ def links_crossed(files: Files, path: str) -> list[str]:
     return out
 
 
+def _starts_like_elf(node: Node) -> bool:
+    """Whether the node is a regular file starting with the ELF magic: its lstat (made by
+    the folder listing) says which nodes are files of four bytes or more, and only those
+    are opened (asked of every node, so without a stat or a file object of its own)."""
+    try:
+        st = lstat_of(node)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < len(ELF_MAGIC):
+            return False
+        fd = os.open(node.host, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.read(fd, len(ELF_MAGIC)) == ELF_MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 class ElfResolver:
     """Resolver: an ELF file brings its interpreter and every library its load pulls in.
 
@@ -790,6 +810,8 @@ class ElfResolver:
     only its program's load provides: its misses count only if no program of
     the closure loads it (see :meth:`finish`).
     """
+
+    kinds = frozenset({stat.S_IFREG})  # what it reads is a regular file (walk: acts_on)
 
     def __init__(self, ctx: Context, loader: Loader | None = None) -> None:
         self.ctx = ctx
@@ -814,7 +836,7 @@ class ElfResolver:
         image = str(node.image)
         if image in self._loaded:
             return
-        if self.files.read(image, len(ELF_MAGIC)) != ELF_MAGIC:
+        if not _starts_like_elf(node):
             return  # most of a tree is data: four bytes tell, before any realpath
         if self.realpath(image) in self._loaded:
             return

@@ -27,6 +27,7 @@ from portable_service.builder.closure import (
     Context,
     Node,
     Resolver,
+    acts_on,
     follows_executed,
     in_nix_store,
     lstat_of,
@@ -159,6 +160,7 @@ def which(name: str, path: Sequence[str] = SYSTEMD_PATH, root: os.PathLike[str] 
 
 def script_resolver(ctx: Context) -> Resolver:
     @follows_executed
+    @acts_on(stat.S_IFREG)
     def resolve(node: Node) -> Iterator[Node]:
         if in_nix_store(node.image):
             return  # the Nix resolver knows a store path's references

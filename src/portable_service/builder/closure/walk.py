@@ -26,6 +26,7 @@ from portable_service.builder.closure import (
     Node,
     Resolver,
     Unreadable,
+    acts_on,
     deb,
     elf,
     excluded,
@@ -145,6 +146,7 @@ def unit_nodes(spec: Spec, units: list[Unit], ctx: Context) -> Iterator[Node]:
                 "Environment=, keep the file on the host, or read it in ExecStart=")
 
 
+@acts_on(stat.S_IFDIR)
 def folder_resolver(node: Node) -> Iterator[Node]:
     """A folder brings every entry in it (symlinks stay links; they are not followed here)."""
     if node.package is not None or not _is_dir(node):
@@ -172,6 +174,7 @@ def _is_dir(node: Node) -> bool:
 
 
 @follows_executed
+@acts_on(stat.S_IFLNK)
 def symlink_resolver(node: Node) -> Iterator[Node]:
     """A symlink at its host path brings its target, so the chain resolves inside the image.
 
@@ -197,6 +200,7 @@ def relocated_link_resolver(ctx: Context) -> Resolver:
     """
 
     @follows_executed
+    @acts_on(stat.S_IFLNK)
     def resolve(node: Node) -> Iterator[Node]:
         host = str(node.host)
         if host == str(node.image) or not is_link(node):
@@ -258,6 +262,7 @@ def resolve(
     queue = deque(root_nodes(spec, units, ctx))
     # a path the spec makes a symlink is the spec's: the host's file there is not shipped
     spec_links = {host_spelling(s.symlink) for s in spec.symlinks}
+    by_kind: dict[int, tuple[Resolver, ...]] = {}
     while queue:
         node = queue.popleft()
         if ctx.excluded(node.image):
@@ -284,7 +289,14 @@ def resolve(
         if not _readable(ctx, node):
             continue
         closure.nodes[node.image] = node
-        for resolver in resolvers:  # _follow, inline: this runs for every node
+        # the resolvers that can answer for this kind of node (its lstat, made by
+        # _readable; all of them when there is none): a data file is asked of four, not seven
+        kind = stat.S_IFMT(node.st.st_mode) if node.st is not None else -1
+        asked = by_kind.get(kind)
+        if asked is None:
+            asked = by_kind[kind] = tuple(r for r in resolvers
+                                          if kind in getattr(r, "kinds", (kind,)))
+        for resolver in asked:  # _follow, inline: this runs for every node
             try:
                 queue.extend(resolver(node))
             except Unreadable as e:
@@ -318,10 +330,21 @@ def _readable(ctx: Context, node: Node) -> bool:
     except OSError as e:
         ctx.missing(f"cannot read {node.host}: {e.strerror}", UNREADABLE_HINT)
         return False
-    if stat.S_ISREG(st.st_mode) and not os.access(node.host, os.R_OK):
+    if stat.S_ISREG(st.st_mode) and not _readable_by_bits(st) and not os.access(node.host, os.R_OK):
         ctx.missing(f"cannot read {node.host}: {os.strerror(errno.EACCES)}", UNREADABLE_HINT)
         return False
     return True
+
+
+def _readable_by_bits(st: os.stat_result) -> bool:
+    """Readable for sure, without asking the kernel (``access``, a path walk per file): the
+    build runs as root (which reads any file of a local file system), or owner, group and
+    others may all read it (and its lstat, just made, walked the same folders). Otherwise
+    ``access`` decides (who the build is, its groups, ACLs)."""
+    return _EUID == 0 or st.st_mode & 0o444 == 0o444
+
+
+_EUID = os.geteuid()
 
 
 IMAGE_LD_CACHE = PurePosixPath("/etc/ld.so.cache")
