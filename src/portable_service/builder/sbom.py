@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import posixpath
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -246,10 +248,11 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
         raise ToolError(f"the SBOM does not validate as SPDX 2.3: {'; '.join(problems)[:300]}",
                         "report it; the image was not written")
     converted = DocumentConverter().convert(doc)
-    if files:
-        converted["files"] = [file_record(n, *f[:4]) for n, f in enumerate(files)]
-        converted["relationships"] += [contains_record(f[4], f"SPDXRef-File-{n}")
-                                       for n, f in enumerate(files)]
+    if files:  # made as they are encoded, one at a time: a list of them took 1.7 KB a file
+        converted["files"] = (file_record(n, *f[:4]) for n, f in enumerate(files))
+        converted["relationships"] = itertools.chain(
+            converted["relationships"],
+            (contains_record(f[4], f"SPDXRef-File-{n}") for n, f in enumerate(files)))
     # the library's JSON writer validates, drops duplicates (a deep copy of the whole
     # document) and encodes: validated above, with no duplicates to drop (one link per
     # package and per file), so only its converter is used, and the encoding is ours
@@ -259,11 +262,12 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
 def encode(document: dict[str, object]) -> bytes:
     """The document's JSON, sorted keys, each element of a list at its top on a line of its
     own: two SBOMs diff file by file and package by package, and every line is encoded by
-    the json module's C encoder (an indented document is encoded in Python, 2.5x slower)."""
+    the json module's C encoder (an indented document is encoded in Python, 2.5x slower).
+    A list may be given as an iterator (not empty), read once."""
     one = json.JSONEncoder(sort_keys=True, separators=(", ", ": ")).encode
     lines = []
     for key, value in sorted(document.items()):
-        if isinstance(value, list) and value:
+        if isinstance(value, Iterator) or (isinstance(value, list) and value):
             lines.append(f" {one(key)}: [\n" + ",\n".join("  " + one(v) for v in value) + "\n ]")
         else:
             lines.append(f" {one(key)}: {one(value)}")

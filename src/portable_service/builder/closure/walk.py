@@ -23,6 +23,7 @@ from portable_service.builder.closure import (
     UNREADABLE_HINT,
     Closure,
     Context,
+    Lstat,
     Node,
     Resolver,
     Unreadable,
@@ -158,7 +159,7 @@ def folder_resolver(node: Node) -> Iterator[Node]:
         raise Unreadable(node.host, e.strerror or str(e)) from None
     for entry in entries:
         try:  # each entry's lstat, made once here for the resolvers and the layout
-            st: os.stat_result | None = entry.stat(follow_symlinks=False)
+            st: Lstat | None = Lstat.of(entry.stat(follow_symlinks=False))
         except OSError:
             st = None  # gone or unreadable: the walk's own check reports it
         yield folder_entry(child(node.image, entry.name), child(node.host, entry.name),
@@ -336,7 +337,7 @@ def _readable(ctx: Context, node: Node) -> bool:
     return True
 
 
-def _readable_by_bits(st: os.stat_result) -> bool:
+def _readable_by_bits(st: Lstat) -> bool:
     """Readable for sure, without asking the kernel (``access``, a path walk per file): the
     build runs as root (which reads any file of a local file system), or owner, group and
     others may all read it (and its lstat, just made, walked the same folders). Otherwise
