@@ -258,10 +258,17 @@ def _fleet_verbs(sub: Any) -> None:
     hostconfig.register(sub)
 
 
-# Each verb registers itself here: (name -> function adding its parser).
-VERBS: list[Callable[[Any], None]] = [_init_parser, _build_parser, _why_parser, _image_verbs,
-                                      _try_parser,
-                                      _sign_parser, _fleet_verbs, _deploy_verbs]
+# Each verb registers itself here: the function adding its parser, and the verbs it adds.
+VERBS: list[tuple[Callable[[Any], None], frozenset[str]]] = [
+    (_init_parser, frozenset({"init"})),
+    (_build_parser, frozenset({"build"})),
+    (_why_parser, frozenset({"why"})),
+    (_image_verbs, frozenset({"inspect", "ls", "cat", "verify", "diff", "size"})),
+    (_try_parser, frozenset({"try"})),
+    (_sign_parser, frozenset({"sign"})),
+    (_fleet_verbs, frozenset({"publish", "host-config"})),
+    (_deploy_verbs, frozenset({"attach", "detach", "reattach"})),
+]
 
 
 GLOBAL_HELP = {
@@ -272,12 +279,14 @@ GLOBAL_HELP = {
 
 # The verbs look/verbs.py registers. A command starting with one of them (as usually
 # typed) gets a parser of these alone: importing every verb's module (the build
-# pipeline, cryptography, ELF parsing) was most of an `ls` or `cat`.
-READ_VERBS = frozenset({"inspect", "ls", "cat", "verify", "diff", "size"})
+# pipeline, cryptography, ELF parsing) was most of an `ls` or `cat`. The same holds for
+# every verb: `build` does not load `try`'s harness (0.1 s) or `sign`'s cryptography.
+READ_VERBS = VERBS[3][1]
 
 
 def make_parser(first: str | None = None) -> argparse.ArgumentParser:
-    """The command line; ``first``, the first argument, picks the read verbs alone."""
+    """The command line; ``first``, the first argument, when it is a verb, picks the
+    verbs registered with it alone (anything else, ``--help`` say, gets them all)."""
     parser = _Parser(prog=PROG, description="Build and check systemd portable service images.",
                      epilog=EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help=GLOBAL_HELP["debug"])
@@ -287,7 +296,8 @@ def make_parser(first: str | None = None) -> argparse.ArgumentParser:
     add_completion_flag(parser)
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
-    for register in [_image_verbs] if first in READ_VERBS else VERBS:
+    chosen = [register for register, names in VERBS if first in names]
+    for register in chosen or [register for register, _ in VERBS]:
         register(sub)
     for verb in sub.choices.values():
         # the global flags also after the verb, where users put them (`build --debug`);

@@ -26,7 +26,25 @@ def test_the_read_parser_has_exactly_the_read_verbs() -> None:
     assert everything > READ_VERBS and "build" in everything
     for verb in READ_VERBS:
         assert _verbs(verb) == READ_VERBS
-    assert _verbs("build") == everything == _verbs("--debug")
+    assert everything == _verbs("--debug") == _verbs("buidl")  # a typo is told the choices
+
+
+def test_each_verb_gets_the_parser_of_its_own_group() -> None:
+    """The table of verbs says what each registrar adds: it adds exactly that, and a
+    command starting with a verb gets its group's parser alone."""
+    import argparse
+
+    from portable_service.cli import VERBS
+
+    seen: set[str] = set()
+    for register, names in VERBS:
+        sub = argparse.ArgumentParser().add_subparsers()
+        register(sub)
+        assert set(sub.choices) == names, register.__name__
+        for verb in names:
+            assert _verbs(verb) == names
+        seen |= names
+    assert seen == _verbs(None)
 
 
 def test_ls_and_cat_load_no_build_module(tmp_path: Path) -> None:

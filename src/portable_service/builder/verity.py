@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from portable_service.builder.spec import Spec
-from portable_service.disk import signing, verity
+from portable_service.disk import verity
 from portable_service.errors import SpecError
 from portable_service.progress import QUIET, Reporter
 from portable_service.rules import verity as rules
@@ -41,6 +41,8 @@ def check_signing_inputs(spec: Spec) -> None:
     or a certificate of another key fails in a second, not after the image is written."""
     if spec.verity_key is None or spec.verity_certificate is None:
         return
+    from portable_service.disk import signing  # cryptography: loaded by signed builds only
+
     if spec.verity_key.startswith(signing.PKCS11_PREFIX):
         signing.check_pkcs11(spec.verity_certificate)
     else:
@@ -61,6 +63,8 @@ def sidecar_files(image: Path, out: Path, spec: Spec) -> dict[Path, bytes | None
         names[rules.SIGNATURE_SUFFIX]: None,
     }
     if spec.verity_key is not None and spec.verity_certificate is not None:
+        from portable_service.disk import signing
+
         files[names[rules.SIGNATURE_SUFFIX]] = signing.sign_root_hash(
             tree.root_hash_hex, spec.verity_key, spec.verity_certificate)
     return files
