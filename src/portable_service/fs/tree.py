@@ -115,6 +115,9 @@ class ImageTree:
             ROOT: Entry(ROOT, Kind.DIR, 0o755, origin="scaffold")
         }
         self._order: list[PurePosixPath] | None = None  # sorted paths, until the next change
+        # the folders' paths as text: an entry's folder is found from its path's text,
+        # without making (and hashing) a new path object for its parent
+        self._dirs: set[str] = {"/"}
 
     def __contains__(self, path: object) -> bool:
         return path in self._entries
@@ -158,6 +161,8 @@ class ImageTree:
             )
         self._entries[entry.path] = entry
         self._order = None
+        if entry.kind is Kind.DIR:
+            self._dirs.add(str(entry.path))
         return entry
 
     def add_dir(self, path: PurePosixPath, mode: int = 0o755, origin: str = "") -> Entry:
@@ -186,16 +191,17 @@ class ImageTree:
             if p != ROOT:
                 del self._entries[p]
                 self._order = None
+                self._dirs.discard(str(p))
 
     def _ensure_parents(self, path: PurePosixPath, origin: str) -> None:
-        old = self._entries.get(path.parent)
-        if old is not None and old.kind is Kind.DIR:
+        if (str(path).rpartition("/")[0] or "/") in self._dirs:
             return  # the usual case: its own parents came with it
         for parent in reversed(path.parents):
             old = self._entries.get(parent)
             if old is None:
                 self._entries[parent] = Entry(parent, Kind.DIR, 0o755, origin=origin)
                 self._order = None
+                self._dirs.add(str(parent))
             elif old.kind is not Kind.DIR:
                 raise TreeError(
                     f"{path} lies below {parent}, which is a {old.kind.value} "
