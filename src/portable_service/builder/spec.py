@@ -396,7 +396,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("units", _units, "unit file (or NAME.d drop-in folder); inline in TOML as "
             "{ name, text }", required=True, repeatable=True, metavar="FILE", flag_name="unit"),
     Setting("description", _opt_str, "PORTABLE_PRETTY_NAME in os-release"),
-    Setting("homepage", _opt_str, "HOME_URL in os-release"),
+    Setting("homepage", _opt_str, "HOME_URL in os-release and the SBOM's homepage: a URL"),
     Setting("symlinks", _symlinks, "absolute symlink in the image to a host object, "
             "included with its closure", repeatable=True, metavar="LINK=OBJECT", flag_name="symlink"),
     Setting("contents", _contents, "host path to include (folders recursively); "
