@@ -6,9 +6,9 @@ fragment block. Blocks are compressed by a pool of threads (zlib, lzma and
 zstd release the GIL) but committed strictly in submission order, so the
 image does not depend on thread timing. At most ``window`` blocks are in
 flight, which bounds memory whatever the size of the input. A compressor
-faster than the hand-over to a thread (lz4) runs inline, in the caller's
-thread, except on a large host file, whose blocks the threads read and
-compress themselves a range at a time. The bytes are the same either way.
+faster than the hand-over of one block to a thread (lz4) gets its blocks in
+batches of about a MiB, and a large host file's blocks are read and compressed
+by the threads themselves, a range at a time. The bytes are the same either way.
 """
 
 from __future__ import annotations
@@ -137,10 +137,12 @@ class BlockProcessor:
         self.workers = workers or os.cpu_count() or 1
         self.window = max(4, 4 * self.workers)  # compressions in flight
         self.in_flight = 0
-        # inline (None: when the compressor is faster than a thread hand-over, see Compressor.fast)
-        # A fast compressor by default: small files and fragments inline, and a large host
-        # file's blocks read and compressed by the threads, a range of blocks per task,
-        # so that the writing thread hands over file offsets and never holds the bytes.
+        # inline (None: when the compressor is faster than a thread hand-over, see Compressor.fast,
+        # and there is one core). A fast compressor by default: the blocks the writing thread
+        # holds (small files, fragments) go to the threads in batches of about BATCH_FAST
+        # bytes, and a large host file's blocks are read and compressed by the threads, a
+        # range of blocks per task, so that the writing thread hands over file offsets and
+        # never holds the bytes. (lz4 lets go of the GIL: two threads compress at 1.9x one.)
         self.ranges = inline is None and compressor.fast and self.workers > 1
         inline = compressor.fast if inline is None else inline
         self.pool: ThreadPoolExecutor | None = None
@@ -321,7 +323,7 @@ class BlockProcessor:
     # -- the ordered pipeline
 
     def _compress(self, block: bytes, done: _Done) -> None:
-        if self.pool is None or self.ranges:  # inline (the pool reads ranges only)
+        if self.pool is None:  # inline
             self._push(_pack(self.compressor, block), done)
             return
         batch = self.batch
