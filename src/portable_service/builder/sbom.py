@@ -36,7 +36,6 @@ from portable_service.fs.tree import ImageTree, Kind
 from portable_service.fs.views import ImageFS
 
 if TYPE_CHECKING:
-
     from portable_service.builder.closure import Closure
     from portable_service.builder.repo import Pinned
 
@@ -187,6 +186,7 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
     image_id = _spdx_id("Package", f"image-{spec.pname}")
     digest = hashlib.sha256()
     sha1s: dict[str, list[str]] = {}  # package id -> its files' SHA-1s (verification code)
+    ids: dict[str, str] = {}  # package -> its SPDX id
     for entry in tree:  # the image's order
         if entry.kind is not Kind.FILE or entry.path == IMAGE_SBOM:
             continue
@@ -197,7 +197,11 @@ def build_document(tree: ImageTree, spec: Spec, closure: Closure | None, pinned:
         digest.update(os.fsencode(str(entry.path)) + b"\0" + h256.digest())
         owner = package_of.get(entry.path)
         comment = None if owner else (MADE_FILE if entry.source is None else HOST_FILE)
-        container = _spdx_id("Package", f"deb-{owner}") if owner else image_id
+        container = image_id
+        if owner:
+            if owner not in ids:
+                ids[owner] = _spdx_id("Package", f"deb-{owner}")
+            container = ids[owner]
         files.append(("." + str(entry.path), h1.hexdigest(), h256.hexdigest(), comment, container))
         sha1s.setdefault(container, []).append(files[-1][1])
     info = CreationInfo(

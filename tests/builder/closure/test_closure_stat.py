@@ -58,3 +58,38 @@ def test_missing_host_path_is_no_link(tmp_path: Path) -> None:
     node = Node(PurePosixPath("/gone"), tmp_path / "gone", "content")
     assert not is_link(node)
     assert node.st is None  # nothing was there to remember
+
+
+def test_each_resolver_is_asked_of_the_kinds_it_answers_for(tmp_path: Path) -> None:
+    """The walk asks a resolver marked with acts_on only of nodes of those kinds (by the
+    lstat the listing made) and an unmarked one of every node, each once."""
+    import stat
+
+    from portable_service.builder.closure import Closure, Context, acts_on
+    from portable_service.builder.closure.walk import resolve, standard_resolvers
+    from portable_service.builder.units import load_units
+    from tests.builder.closure.closure_helpers import make_spec, unit
+
+    top = _tree(tmp_path)
+    spec = make_spec(tmp_path, contents=[{"source": str(top), "target": "/srv/top"}],
+                     units=[unit("/usr/bin/true")])
+    asked: dict[str, list[str]] = {"files": [], "all": []}
+
+    @acts_on(stat.S_IFREG)
+    def files(node: Node) -> list[Node]:
+        asked["files"].append(str(node.image))
+        return []
+
+    def every(node: Node) -> list[Node]:
+        asked["all"].append(str(node.image))
+        return []
+
+    standard = standard_resolvers(Context(spec, Closure()))
+    closure = resolve(spec, load_units(spec), resolvers=(*standard, files, every))
+    mine = {str(p) for p in closure.nodes if str(p).startswith("/srv/top")}
+    assert mine == {"/srv/top", *(f"/srv/top/{n}" for n in ("B", "dangling", "exe", "file",
+                                                            "link", "sub"))}
+    assert {p for p in asked["files"] if p.startswith("/srv/top")} == {
+        "/srv/top/B", "/srv/top/exe", "/srv/top/file"}
+    assert sorted(p for p in asked["all"] if p.startswith("/srv/top")) == sorted(mine)
+    assert len(asked["all"]) == len(set(asked["all"])) == len(closure.nodes)
