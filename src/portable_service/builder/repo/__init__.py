@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from portable_service.builder.closure.deb import DEFAULT_SKIP, effective
-from portable_service.builder.repo import apt, cacerts, fetch, unpack
+from portable_service.builder.repo import alternatives, apt, cacerts, fetch, unpack
 from portable_service.builder.repo.lock import Lock, LockedPackage, Repository, Request, read_lock
 from portable_service.builder.spec import Spec
 from portable_service.errors import SpecError
@@ -162,6 +162,7 @@ def prepare(spec: Spec, workdir: Path, update: bool = False, reporter: Reporter 
     with reporter.step(f"unpacking {len(debs)} packages into a private root"):
         unpacked = unpack.unpack(debs, root, docs=spec.package_docs)
         cacerts.make_store(root, unpacked.owners)
+        alternatives.make_links(debs, root)
     closure_spec = replace(spec, os_release=(*os_release(lock.repository), *spec.os_release))
     return Pinned(lock, root, unpacked.owners, unpacked.copyright, closure_spec, fetched)
 
