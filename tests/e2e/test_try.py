@@ -258,13 +258,17 @@ def test_try_without_nspawn_names_the_packages(cli, tmp_path, psdemo):
 def test_a_timer_that_did_not_fire_has_its_job_run_once(cli, trydemo, tmp_path):
     """A nightly job cannot wait for the night: with the default choice of units, the
     service of a timer that did not fire while watched is run once, as the timer would run
-    it, and judged (a failing one fails `try`); named with --unit, only what is named runs."""
+    it, and judged (a failing one fails `try`); so is the service of a path unit whose path
+    did not change (a spool folder's worker, before a file arrives). Named with --unit,
+    only what is named runs."""
     image = build_image(tmp_path, {
         "pname": "tryjob", "version": "1.0",
         "units": [unit("tryjob-good.timer", "[Timer]\nOnCalendar=daily\n"),
                   service("tryjob-good.service", f"Type=oneshot\nExecStart={TRYDEMO} exit 0"),
                   unit("tryjob-bad.timer", "[Timer]\nOnCalendar=*-*-* 03:00:00\n"),
-                  service("tryjob-bad.service", f"Type=oneshot\nExecStart={TRYDEMO} exit 3")],
+                  service("tryjob-bad.service", f"Type=oneshot\nExecStart={TRYDEMO} exit 3"),
+                  unit("tryjob-spool.path", "[Path]\nPathExists=/run/tryjob-spool-never\n"),
+                  service("tryjob-spool.service", f"Type=oneshot\nExecStart={TRYDEMO} exit 4")],
         "contents": [{"source": str(trydemo), "target": TRYDEMO}]})
     proc = cli("try", str(image), "--release", "all", "--json")
     assert proc.returncode == 1, proc.stderr
@@ -272,13 +276,22 @@ def test_a_timer_that_did_not_fire_has_its_job_run_once(cli, trydemo, tmp_path):
     for suite in RELEASES:
         units = report[suite]["units"]
         assert sorted(units) == ["tryjob-bad.service", "tryjob-bad.timer",
-                                 "tryjob-good.service", "tryjob-good.timer"], units
+                                 "tryjob-good.service", "tryjob-good.timer",
+                                 "tryjob-spool.path", "tryjob-spool.service"], units
         good, bad = units["tryjob-good.service"], units["tryjob-bad.service"]
         assert (good["verdict"], good["run_once"], good["started_by"]) == (
             "ok", True, "tryjob-good.timer"), (suite, good)
         assert (bad["verdict"], bad["run_once"]) == ("FAILED", True), (suite, bad)
         assert "status=3" in bad["cause"], (suite, bad)
         assert units["tryjob-bad.timer"]["verdict"] == "ok"
+        spool = units["tryjob-spool.service"]
+        assert (spool["verdict"], spool["run_once"], spool["started_by"]) == (
+            "FAILED", True, "tryjob-spool.path"), (suite, spool)
+        assert "status=4" in spool["cause"], (suite, spool)
+        assert units["tryjob-spool.path"]["verdict"] == "ok"
+    text = cli("try", str(image))
+    assert "--- tryjob-spool.service (run once by try: tryjob-spool.path did not trigger " \
+        "while watched): " in text.stdout, text.stdout
     named = cli("try", str(image), "--unit", "tryjob-bad.timer", "--json")
     assert named.returncode == 0, named.stdout + named.stderr
     assert list(json.loads(named.stdout)["releases"]["bookworm"]["units"]) == ["tryjob-bad.timer"]

@@ -104,6 +104,40 @@ def test_interrupt_at_any_moment_of_start_up_is_quiet(tmp_path: Path) -> None:
         assert proc.returncode in (0, 130), f"after {delay} s: exit {proc.returncode}: {err}"
 
 
+def test_an_interrupt_lost_in_a_callback_is_delivered_again() -> None:
+    """A Ctrl-C raised in a callback Python runs for itself (as the import lock's, when the
+    build loads a module late) is "ignored" with a traceback and lost; the command's hook
+    raises it again, in the command's own flow, where it ends the command in one line."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys, time, weakref\n"
+            "from portable_service.__main__ import deliver_lost_interrupts\n"
+            "if sys.argv[1] == 'hook':\n"
+            "    sys.unraisablehook = deliver_lost_interrupts\n"
+            "class Lock: pass\n"
+            "def callback(_):\n"
+            "    raise KeyboardInterrupt\n"
+            "lock = Lock()\n"
+            "ref = weakref.ref(lock, callback)\n"
+            "try:\n"
+            "    del lock\n"
+            "    for _ in range(100):\n"
+            "        time.sleep(0.01)\n"
+            "    print('went on')\n"
+            "except KeyboardInterrupt:\n"
+            "    print('interrupted')\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    for mode, said in (("hook", "interrupted"), ("plain", "went on")):
+        done = subprocess.run([sys.executable, "-c", code, mode], env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.stdout == said + "\n", (mode, done.stdout, done.stderr)
+        assert ("Traceback" in done.stderr) == (mode == "plain"), (mode, done.stderr)
+
+
 def test_long_inline_unit_is_not_a_path(tmp_path: Path) -> None:
     comments = "".join(f"# line {n} of a long unit\n" for n in range(2000))
     spec = spec_from_mapping({"pname": "demo", "version": "1", "units": [

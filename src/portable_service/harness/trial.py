@@ -168,7 +168,7 @@ class Outcome:
     cause: str  # systemd's own lines ("" when ok)
     journal: str
     triggered_by: str = ""  # set for a unit started by a socket, timer or path
-    run_once: bool = False  # a timer's service that try ran itself (the timer did not fire)
+    run_once: bool = False  # a timer's or path's service try ran itself (it was not started)
 
     @property
     def unit(self) -> str:
@@ -348,7 +348,8 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
                      timeout: float, reporter: Reporter, *, run_jobs: bool = False
                      ) -> ReleaseRun:
     """Start ``chosen``, watch them (and what they trigger) settle, judge each; with
-    ``run_jobs``, then run once each timer's service the timer did not start meanwhile."""
+    ``run_jobs``, then run once each timer's or path unit's service it did not start
+    meanwhile."""
     begin = time.monotonic()  # the timeout bounds the starts and the watch together
     with reporter.step(f"systemctl start {' '.join(chosen)}"):
         started = _start_all(c, chosen, timeout, begin)
@@ -374,8 +375,8 @@ def _start_and_judge(c: Container, release: Release, chosen: Sequence[str], sett
             outcomes.append(_outcome(c, judge.judge(history, unit, timed_out=timed_out,
                                                     timeout=timeout, triggered=True),
                                      "", triggered_by=by))
-    # a timer whose service is not loaded was judged FAILED above: nothing to run
-    jobs = {job: u for u in chosen if u.endswith(".timer") for job in first[u].targets
+    # a timer (or path) whose service is not loaded was judged FAILED above: nothing to run
+    jobs = {job: u for u in chosen if u.endswith(JOB_TRIGGERS) for job in first[u].targets
             if job not in chosen and last[job].load == "loaded" and not judge.ran(history, job)}
     if run_jobs and jobs:
         outcomes += _run_jobs(c, jobs, settle, timeout, reporter)
@@ -406,11 +407,13 @@ def _watch(c: Container, names: Sequence[str], settle: float, timeout: float,
 
 def _run_jobs(c: Container, jobs: Mapping[str, str], settle: float, timeout: float,
               reporter: Reporter) -> list[Outcome]:
-    """Each job (a timer's service, to its timer) run once, as the timer would run it, and
-    judged: a nightly job that fails must fail here, not at 3 a.m. on the server."""
+    """Each job (a timer's or path unit's service, to its trigger) run once, as the trigger
+    would run it, and judged: a nightly job that fails must fail here, not at 3 a.m. on the
+    server; so must the service a spool folder's path unit starts, before a file arrives."""
     begin = time.monotonic()
     names = list(jobs)
-    with reporter.step(f"running {' '.join(names)} once (its timer did not fire while watched)"):
+    with reporter.step(f"running {' '.join(names)} once (not started by its timer or path "
+                       "while watched)"):
         started = _start_all(c, names, timeout, begin)
         history, timed_out = _watch(c, names, settle, timeout, begin)
     return [_outcome(c, judge.judge(history, job, timed_out=timed_out, timeout=timeout,
@@ -433,13 +436,23 @@ def _outcome(c: Container, verdict: Verdict, start_output: str,
     return Outcome(verdict, cause, journal, triggered_by, run_once)
 
 
+# a trigger whose service try runs once when the trigger did not start it while watched:
+# a timer that is not due (OnCalendar=daily), a path unit whose path did not change
+JOB_TRIGGERS = (".timer", ".path")
+
+
+def _did_not(trigger: str) -> str:
+    return "did not fire" if trigger.endswith(".timer") else "did not trigger"
+
+
 def _print_run(run: ReleaseRun, out: TextIO) -> None:
     print(f"=== {run.label}", file=out)
     if run.attach_error:
         print(f"    attach FAILED: {run.attach_error}", file=out)
     for o in run.outcomes:
         last = o.verdict.last
-        by = (f" (run once by try: {o.triggered_by} did not fire while watched)" if o.run_once
+        by = (f" (run once by try: {o.triggered_by} {_did_not(o.triggered_by)} while watched)"
+              if o.run_once
               else f" (started by {o.triggered_by})" if o.triggered_by else "")
         verdict = f"FAILED: {o.reason}" if o.failed else "ok"
         print(f"--- {o.unit}{by}: {last.active} ({last.sub}, result {last.result or '-'}, "
