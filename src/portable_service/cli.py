@@ -374,6 +374,20 @@ def one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
+def interrupted(error: BaseException) -> bool:
+    """Whether a Ctrl-C is behind ``error``: one that lands while a module the verb loads
+    late defines a class reaches us as "RuntimeError: Error calling __set_name__", caused
+    by the KeyboardInterrupt."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
@@ -405,6 +419,11 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; no image was written or changed", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        if not interrupted(e):
+            raise
         print(f"{PROG}: interrupted; no image was written or changed", file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -138,6 +138,36 @@ def test_an_interrupt_lost_in_a_callback_is_delivered_again() -> None:
         assert ("Traceback" in done.stderr) == (mode == "plain"), (mode, done.stderr)
 
 
+def test_an_interrupt_behind_another_error_is_one_line(capsys) -> None:
+    """A Ctrl-C while a late-loaded module defines a class reaches the command as a
+    RuntimeError caused by the KeyboardInterrupt (a full run saw it inside pyelftools):
+    it ends the command as a Ctrl-C does. Any other RuntimeError is not hidden."""
+    import argparse
+
+    from portable_service.cli import main
+
+    def loading(_args: object) -> int:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Error calling __set_name__ on 'cached_property'") from e
+
+    def broken(_args: object) -> int:
+        raise RuntimeError("a bug")
+
+    for func, code in ((loading, 130), (broken, None)):
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--debug", action="store_true")
+        parser.set_defaults(func=func, verb="build")
+        if code is None:
+            with pytest.raises(RuntimeError, match="a bug"):
+                main([], parser=parser)
+            continue
+        assert main([], parser=parser) == code
+        err = capsys.readouterr().err
+        assert err == "portable-service: interrupted; no image was written or changed\n", err
+
+
 def test_long_inline_unit_is_not_a_path(tmp_path: Path) -> None:
     comments = "".join(f"# line {n} of a long unit\n" for n in range(2000))
     spec = spec_from_mapping({"pname": "demo", "version": "1", "units": [
