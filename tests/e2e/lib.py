@@ -16,6 +16,7 @@ from portable_service.builder.pipeline import plan as plan_build
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.harness.nspawn import Container
 from portable_service.progress import QUIET
+from portable_service.rules import verity as verity_rules
 from tests.conftest import require
 
 
@@ -142,3 +143,23 @@ class Probe:
                     longest = max(longest, t - last_ok)
                 last_ok = t
         return longest
+
+
+# how a start whose image is checked for verity ends, in the journal: the unit's own
+# program ran, or device-mapper (after a good signature), or both ways of checking, failed
+VERITY_ENDS = ("verity-demo-ran", verity_rules.NO_DEVICE_MAPPER,
+               "worked neither via the kernel nor in userspace")
+
+
+def journal_until(c: Container, cursor: str, ends: tuple[str, ...], tries: int = 10) -> str:
+    """The journal after ``cursor``, read again (after ``journalctl --sync``) until one of
+    ``ends`` is in it: the exec child's lines (the PKCS#7 check of a signature) can reach
+    journald after PID 1 has said the start failed. After ``tries`` reads, what is there."""
+    journal = c._journal_since(cursor)
+    for _ in range(tries):
+        if any(end in journal for end in ends):
+            break
+        c.run("journalctl", "--sync")
+        time.sleep(0.5)
+        journal = c._journal_since(cursor)
+    return journal

@@ -35,7 +35,7 @@ from portable_service.rules import verity as verity_rules
 from tests.conftest import require_tool
 from tests.disk.keys import KeyPair, make_key_pair
 from tests.e2e.conftest import RELEASES
-from tests.e2e.lib import tcp_get, unit
+from tests.e2e.lib import VERITY_ENDS, journal_until, tcp_get, unit
 from tests.e2e.test_verity import after, ran, trust, vcontainer  # noqa: F401 (vcontainer: a fixture)
 
 PORT = 18131
@@ -275,7 +275,7 @@ def start_signed(c: Container, image: Path, cert: Path | None) -> tuple[str, str
     try:
         cursor = c._cursor()
         c.systemctl("start", "vddi.service")
-        journal = c._journal_since(cursor)
+        journal = journal_until(c, cursor, VERITY_ENDS)
         status = c.unit_state("vddi.service").exit_status
     finally:
         c.detach("vddi_1", runtime=True)

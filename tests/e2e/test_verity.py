@@ -30,7 +30,7 @@ from portable_service.progress import Reporter
 from portable_service.rules import verity as rules
 from tests.disk.keys import KeyPair, key_pairs
 from tests.e2e.conftest import LOG_DIR, require_e2e
-from tests.e2e.lib import unit
+from tests.e2e.lib import VERITY_ENDS, journal_until, unit
 
 pytestmark = pytest.mark.e2e
 keys = pytest.fixture(scope="session")(key_pairs)
@@ -128,7 +128,7 @@ def start(c: nspawn.Container, image: Path, cert: Path | None, sidecars: bool = 
     try:
         cursor = c._cursor()
         c.systemctl("start", "vdemo.service")
-        journal = c._journal_since(cursor)
+        journal = journal_until(c, cursor, VERITY_ENDS)
         status = c.unit_state("vdemo.service").exit_status
     finally:
         c.detach(NAME, runtime=True)
