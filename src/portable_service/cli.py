@@ -258,12 +258,18 @@ def _fleet_verbs(sub: Any) -> None:
     hostconfig.register(sub)
 
 
+# The verbs look/verbs.py registers. A command starting with one of them (as usually
+# typed) gets a parser of these alone: importing every verb's module (the build
+# pipeline, cryptography, ELF parsing) was most of an `ls` or `cat`. The same holds for
+# every verb: `build` does not load `try`'s harness (0.1 s) or `sign`'s cryptography.
+READ_VERBS = frozenset({"inspect", "ls", "cat", "verify", "diff", "size"})
+
 # Each verb registers itself here: the function adding its parser, and the verbs it adds.
 VERBS: list[tuple[Callable[[Any], None], frozenset[str]]] = [
     (_init_parser, frozenset({"init"})),
     (_build_parser, frozenset({"build"})),
     (_why_parser, frozenset({"why"})),
-    (_image_verbs, frozenset({"inspect", "ls", "cat", "verify", "diff", "size"})),
+    (_image_verbs, READ_VERBS),
     (_try_parser, frozenset({"try"})),
     (_sign_parser, frozenset({"sign"})),
     (_fleet_verbs, frozenset({"publish", "host-config"})),
@@ -275,13 +281,6 @@ GLOBAL_HELP = {
     "debug": "log every external command; show tracebacks",
     "quiet": "no progress lines (warnings and findings are still shown)",
 }
-
-
-# The verbs look/verbs.py registers. A command starting with one of them (as usually
-# typed) gets a parser of these alone: importing every verb's module (the build
-# pipeline, cryptography, ELF parsing) was most of an `ls` or `cat`. The same holds for
-# every verb: `build` does not load `try`'s harness (0.1 s) or `sign`'s cryptography.
-READ_VERBS = VERBS[3][1]
 
 
 def make_parser(first: str | None = None) -> argparse.ArgumentParser:
@@ -418,10 +417,7 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
             traceback.print_exc()
         print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no image was written or changed", file=sys.stderr)
-        return 130
-    except RuntimeError as e:
+    except (KeyboardInterrupt, RuntimeError) as e:
         if not interrupted(e):
             raise
         print(f"{PROG}: interrupted; no image was written or changed", file=sys.stderr)
