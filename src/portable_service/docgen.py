@@ -72,6 +72,9 @@ RULE_TEXT: dict[str, str] = {
     "unit-mount-point": "a folder a unit's directive mounts over (`StateDirectory=`, "
                         "`BindPaths=`, ...) is missing: `Failed to create destination mount "
                         "point node`",
+    "bind-mount-kind": "a `BindPaths=` destination in the image is a folder where the source "
+                       "is a file or socket (`/dev/log`), or the other way: `Not a "
+                       "directory`, `status=226/NAMESPACE`",
     "exec-missing": "an `Exec*=` program is not in the image: `status=203/EXEC`",
     "exec-not-file": "an `Exec*=` program is a folder or special file: `status=203/EXEC`",
     "exec-not-executable": "an `Exec*=` program has no execute bit: `status=203/EXEC` "

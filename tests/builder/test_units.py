@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -114,6 +115,23 @@ def test_mount_points_of_every_directive() -> None:
         "/opt/x": False, "/etc/demo-host": True, "/scratch": False, "/var/spool/demo": False,
         "/srv/demo": False,
     }
+    assert {str(m.path) for m in mount_points(u) if m.bind} == {
+        "/data", "/opt/x", "/etc/demo-host"}
+
+
+def test_a_bind_mount_point_is_of_its_sources_kind(tmp_path: Path) -> None:
+    """A socket (the journal's /dev/log, bound into a chroot by haproxy's unit) or a file
+    needs a file to mount on, a folder a folder; a source this machine lacks is a folder
+    unless it is under /dev or named like a socket."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "s"))
+    (tmp_path / "d").mkdir()
+    u = unit("[Service]\n"
+             f"BindReadOnlyPaths={tmp_path}/s:/a {tmp_path}/d:/b /dev/nowhere-log:/c\n"
+             f"BindPaths=-{tmp_path}/none:/d /run/none/app.sock:/e {tmp_path}/none:/f\n")
+    assert {str(m.path): m.is_file for m in mount_points(u)} == {
+        "/a": True, "/b": False, "/c": True, "/d": False, "/e": True, "/f": False}
+    sock.close()
 
 
 def test_exec_programs_strip_prefixes() -> None:

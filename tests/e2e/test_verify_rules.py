@@ -509,3 +509,38 @@ def test_a_file_the_service_cannot_read(container, tmp_path, psdemo, mode) -> No
     else:
         assert ("error", "unreadable") not in rules(problems), problems
         assert out.started, out.said
+
+
+# -- 7. a bind mount's destination must be of its source's kind
+
+BIND_KIND = {
+    # source, destination, what the image has there (None: what the builder makes)
+    "socket-on-builders-file": ("/dev/log", "/srv/jlog", None),
+    "socket-on-folder": ("/dev/log", "/srv/jlog", "folder"),
+    "folder-on-builders-folder": ("/etc/systemd", "/srv/sd", None),
+    "folder-on-file": ("/etc/systemd", "/srv/sd", "file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BIND_KIND))
+def test_bind_mount_on_the_wrong_kind(container, tmp_path, psdemo, case) -> None:
+    """/dev/log is the journal's socket (haproxy's unit binds it into its chroot): systemd
+    mounts it only on a file, and a folder only on a folder."""
+    source, dest, there = BIND_KIND[case]
+    text = f"{ONESHOT}BindReadOnlyPaths={source}:{dest}\n"
+    contents = []
+    if there is not None:  # the spec's contents are placed before the units' mount points
+        made = tmp_path / "made"
+        made.mkdir() if there == "folder" else made.write_bytes(b"")
+        contents.append({"source": str(made), "target": dest})
+    image = build(tmp_path / "img", "bindk", {"bindk.service": text}, psdemo, contents=contents)
+    problems = check(container, image)
+    out = run_image(container, image, "bindk.service")
+    log(container, f"bind-mount-kind ({case})", problems, out)
+    if there is None:  # the builder made the destination of the source's kind
+        assert problems == [], problems
+        assert out.started, out.said
+    else:
+        assert rules(problems) == {("error", "bind-mount-kind")}, problems
+        assert not out.started, out.said
+        assert "status=226/NAMESPACE" in out.said and "Not a directory" in out.said, out.said

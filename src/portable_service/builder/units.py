@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from portable_service.builder.spec import Spec, UnitSource
 from portable_service.errors import UnitError
-from portable_service.rules.portabled import UNIT_TYPES
+from portable_service.rules.portabled import UNIT_TYPES, bind_source_is_folder
 from portable_service.rules.unitfile import (
     BYTE_ORDER_MARK,
     UNIT_SECTIONS,
@@ -279,13 +279,14 @@ class MountPoint:
     path: PurePosixPath
     is_file: bool
     directive: str  # e.g. "StateDirectory=demo in demo.service"
+    bind: bool = False  # a bind mount: the path must be of its source's kind (is_file)
 
 
 def mount_points(unit: Unit) -> list[MountPoint]:
     """Every path systemd needs in the unit's root to set up its sandbox."""
     found: list[MountPoint] = []
 
-    def add(path: str, directive: str, is_file: bool = False) -> None:
+    def add(path: str, directive: str, is_file: bool = False, bind: bool = False) -> None:
         if "%" in path or not path.startswith("/"):
             return  # specifiers are resolved at run time; relative paths are invalid anyway
         p = PurePosixPath(path)
@@ -293,7 +294,7 @@ def mount_points(unit: Unit) -> list[MountPoint]:
             return
         if any(p == r or r in p.parents for r in _API_ROOTS):
             return
-        found.append(MountPoint(p, is_file, f"{directive} in {unit.unit_name}"))
+        found.append(MountPoint(p, is_file, f"{directive} in {unit.unit_name}", bind))
 
     for section in unit.exec_sections():
         for key, root in _EXEC_DIRECTORIES.items():
@@ -306,7 +307,7 @@ def mount_points(unit: Unit) -> list[MountPoint]:
                 for word in value.split():
                     src, _, rest = word.lstrip("-").partition(":")
                     dest = rest.split(":", 1)[0] if rest else src
-                    add(dest, f"{key}={word}", is_file=Path(src).is_file())
+                    add(dest, f"{key}={word}", is_file=not bind_source_is_folder(src), bind=True)
         for value in unit.values(section, "TemporaryFileSystem"):
             for word in value.split():
                 add(word.split(":", 1)[0], f"TemporaryFileSystem={word}")

@@ -230,12 +230,22 @@ def check_unit_needs(fs: ImageFS, unit: Unit) -> tuple[list[Problem], set[str]]:
         path = str(mp.path)
         if _under(path, ("/run",)):
             continue  # MountAPIVFS= puts a fresh tmpfs on /run: the node is created there
-        if resolve(fs, path) is None:
+        real = resolve(fs, path)
+        if real is None:
             problems.append(Problem(
                 ERROR, "unit-mount-point", path,
                 f"{mp.directive} needs {path} in the image; systemd cannot create it in a "
                 "read-only image and the start fails",
                 f"create the {'file' if mp.is_file else 'folder'} {path} in the image"))
+        elif mp.bind and (fs.stat(real).kind == "dir") == mp.is_file:
+            # a folder is mounted only on a folder, anything else only on a non-folder
+            there, needed = ("a folder", "a file") if mp.is_file else ("not a folder", "a folder")
+            problems.append(Problem(
+                ERROR, "bind-mount-kind", path,
+                f"{mp.directive} mounts {needed} on {path}, which is {there} in the image: "
+                "the start fails with 'Not a directory' (status=226/NAMESPACE)",
+                f"make {path} {'an empty file' if mp.is_file else 'a folder'} in the image, "
+                "or bind it elsewhere"))
     for program, directive in exec_programs(unit):
         if "%" in program or "$" in program:
             continue  # specifiers and variables are expanded at start

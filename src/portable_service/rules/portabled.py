@@ -6,7 +6,9 @@ both import them from here (REFERENCE.md sections 2 and 5 say where each comes f
 
 from __future__ import annotations
 
+import os
 import posixpath
+import stat
 
 from portable_service.rules.extensions import OVERLAID
 
@@ -66,3 +68,20 @@ def is_portable_unit(name: str) -> bool:
     """A unit file name portabled would attach (a type it takes, no folder)."""
     return name.endswith(UNIT_TYPES) and "/" not in name
 
+
+
+def bind_source_is_folder(source: str) -> bool:
+    """Whether a ``BindPaths=``/``BindReadOnlyPaths=`` source needs a folder to mount on.
+
+    systemd mounts a folder only on a folder and anything else (a file, a socket such as
+    /dev/log, a device) only on a non-folder: the wrong kind fails the start with 'Not a
+    directory' (status=226/NAMESPACE). A missing destination it makes itself of the
+    source's kind (namespace.c, make_mount_point_inode_from_path), which a read-only image
+    cannot take. The source is on the host that runs the unit: judged by this machine's,
+    and where this machine has none, a folder unless it is under /dev (device nodes and
+    the journal's /dev/log socket) or named like a socket.
+    """
+    try:
+        return stat.S_ISDIR(os.stat(source).st_mode)
+    except (OSError, ValueError):
+        return not (source.startswith("/dev/") or source.endswith((".sock", ".socket")))
