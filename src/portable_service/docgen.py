@@ -81,6 +81,8 @@ RULE_TEXT: dict[str, str] = {
                            "(a warning when only other users may run it)",
     "interpreter-missing": "a script's `#!` interpreter is not in the image: `status=203/EXEC`",
     "shell-command-missing": "a command a `sh -c` line runs is not in the image",
+    "script-command-missing": "a command a shell script run by a unit runs is not in the "
+                              "image: `id: not found`",
     "elf-interpreter": "an ELF program's loader (`PT_INTERP`) is missing: `status=203/EXEC`",
     "elf-library": "a library the loader looks for is missing: `error while loading shared "
                    "libraries`",

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from portable_service.builder.atomic import write_atomically
+from portable_service.builder.closure.scripts import which
 from portable_service.builder.pipeline import plan as plan_build
 from portable_service.builder.spec import spec_from_mapping
 from portable_service.fs.views import IndexedFS, open_image
@@ -22,7 +23,7 @@ from portable_service.harness.nspawn import Container, UnitState
 from portable_service.look.verify import DBUS_CRASH_FIXED, Problem, Target, verify
 from portable_service.progress import QUIET
 from tests.e2e.conftest import LOG_DIR
-from tests.e2e.lib import port_closed, static_program, tcp_get, unit
+from tests.e2e.lib import build_image, port_closed, static_program, tcp_get, unit
 
 pytestmark = pytest.mark.e2e
 # the host network is shared: ports no other test uses
@@ -544,3 +545,37 @@ def test_bind_mount_on_the_wrong_kind(container, tmp_path, psdemo, case) -> None
         assert rules(problems) == {("error", "bind-mount-kind")}, problems
         assert not out.started, out.said
         assert "status=226/NAMESPACE" in out.said and "Not a directory" in out.said, out.said
+
+
+# -- 8. what a unit's shell script runs
+
+
+@pytest.mark.parametrize("dropped", [False, True])
+def test_a_shell_script_needs_the_programs_it_runs(container, tmp_path, psdemo, dropped) -> None:
+    """apachectl runs id (coreutils, which apache2 does not depend on): the builder brings
+    what a unit's shell script runs; without it the script stops at 'id: not found'."""
+    host_id = which("id")
+    assert host_id is not None, "id is not on this host"
+    start = tmp_path / "start-sh"
+    start.write_text(f"#!/bin/sh\nset -e\nwho=$(id -u)\nexec {PSDEMO} say \"uid $who\"\n")
+    start.chmod(0o755)
+    settings = {
+        "pname": "shcmd", "version": "1",
+        "units": [unit("shcmd.service", "[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+                       "ExecStart=/usr/local/bin/shcmd-start\n")],
+        "contents": [{"source": str(psdemo), "target": PSDEMO},
+                     {"source": str(start), "target": "/usr/local/bin/shcmd-start"}]}
+    image = build_image(tmp_path / "img", settings,
+                        drop=PurePosixPath(host_id) if dropped else None)
+    problems = check(container, image)
+    out = run_image(container, image, "shcmd.service")
+    log(container, f"script-command-missing ({'id dropped' if dropped else 'as built'})",
+        problems, out)
+    if dropped:
+        assert rules(problems) == {("warning", "script-command-missing")}, problems
+        assert "runs id, which is not in the image" in problems[0].message, problems
+        assert not out.started and "id: not found" in out.said, out.said
+    else:
+        assert problems == [], problems
+        assert out.started and "uid " in out.said, out.said
+

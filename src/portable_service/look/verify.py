@@ -17,7 +17,13 @@ from typing import Any
 
 from portable_service.builder.closure.elf import Files as ElfFiles
 from portable_service.builder.closure.elf import parse_shebang
-from portable_service.builder.closure.scripts import env_program, shell_commands
+from portable_service.builder.closure.scripts import (
+    SHELL_SCRIPT_MAX,
+    env_program,
+    runs_shell,
+    script_needs,
+    shell_commands,
+)
 from portable_service.builder.units import (
     Unit,
     exec_commands,
@@ -346,8 +352,43 @@ def _check_interpreter(fs: ImageFS, program: str, real: str, head: bytes, direct
             yield Problem(ERROR, "interpreter-missing", real,
                           f"{program} (run by {directive}) runs '{name}' through env, which "
                           "is not in the image's PATH", f"add {name} to the image")
-        else:
-            programs.add(target)
+            return
+        programs.add(target)
+    if runs_shell(interp, arg):
+        yield from _check_script_commands(fs, program, real, programs)
+
+
+def _check_script_commands(fs: ImageFS, program: str, real: str,
+                           programs: set[str]) -> Iterator[Problem]:
+    """The programs a shell script runs must be in the image (the builder brings them:
+    closure/scripts.py); the scripts among them are read in turn. A warning: the script
+    may never reach the command."""
+    size = fs.stat(real).size
+    if size > SHELL_SCRIPT_MAX:
+        return
+    def read(path: str) -> bytes | None:
+        found = resolve(fs, path)
+        if found is None or fs.stat(found).kind != "file":
+            return None
+        return fs.read(found, 0, min(fs.stat(found).size, SHELL_SCRIPT_MAX))
+
+    missing = []
+    for word in script_needs(fs.read(real, 0, size), read)[0]:
+        found = _find_program(fs, word)
+        if found is None:
+            missing.append(word)
+        elif found not in programs and fs.stat(found).kind == "file":
+            programs.add(found)
+            head = fs.read(found, 0, 256)
+            shebang = parse_shebang(head) if head.startswith(b"#!") else None
+            if shebang is not None and runs_shell(*shebang):
+                yield from _check_script_commands(fs, word, found, programs)
+    if missing:
+        are = "is" if len(missing) == 1 else "are"
+        yield Problem(WARNING, "script-command-missing", real,
+                      f"{program} runs {', '.join(missing)}, which {are} "
+                      "not in the image: the script fails with 'not found' where it gets there",
+                      "add the programs to the image (contents or packages)")
 
 
 # -- what systemd itself refuses or ignores in the unit files (rules/ holds its facts)

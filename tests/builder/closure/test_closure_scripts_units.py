@@ -159,10 +159,23 @@ def test_env_in_a_unit_brings_the_program_it_runs(tmp_path: Path) -> None:
     ("if test -f /x; then cat /x; else exit 1; fi", ["cat"]),
     ("while true; do date; sleep 5; done", ["date", "sleep"]),
     ("a;(b)", ["a", "b"]),
-    ("$HOME/bin/x; `foo`; echo 'a;b'", []),
-    ("nohup /opt/x &", ["/opt/x"]),
+    ("$HOME/bin/x; `foo`; echo 'a;b'", ["foo"]),
+    ("nohup /opt/x &", ["nohup", "/opt/x"]),
     ("x <in >out; y", ["x", "y"]),
     ("echo 'unbalanced", []),
+    # what a whole script holds: functions, case branches, heredocs, substitutions
+    ("f() { inner; }\nf\ncase $1 in start) st ;; *) other ;; esac\n", ["inner", "st", "other"]),
+    ("cat <<EOF\nUsage: not-a-command\n$(sub)\nEOF\nnext\n", ["cat", "sub", "next"]),
+    ('x=$(id -u); [ "$(whoami)" = root ] # comment: nope\n', ["id", "whoami"]),
+    ("for arg do x \"$arg\"; done", ["x"]),  # POSIX's form, which the grammar misreads
+    ("command -v foo >/dev/null && nice -n 5 env -u HOME A=1 prog; exec -a n p2",
+     ["nice", "env", "prog", "p2"]),
+    ("exec >/dev/null 2>&1; 'quoted' a; \"dq\"; $VAR; ./rel; g*", ["quoted", "dq", "./rel"]),
+    # a daemon's path set once: each literal value, and an expansion's default
+    ('D=/usr/sbin/d\nif x; then D="/opt/d2"; fi\nexec $D -f; "${D}" -g\n', ["x", "/usr/sbin/d", "/opt/d2"]),
+    ("H=${APACHE_HTTPD:-/usr/sbin/apache2}\n$H -k start; ${Y:-/bin/y}; ${Y#x}; $UNSET\n",
+     ["/usr/sbin/apache2", "/bin/y"]),
+    ('L="www-browser -dump"\n$L http://x\n', ["www-browser"]),
 ])
 def test_programs_of_a_shell_line(script_text: str, programs: list[str]) -> None:
     assert scripts.shell_script_programs(script_text) == programs
@@ -179,3 +192,52 @@ def test_sh_c_in_a_unit_brings_the_programs_it_starts(tmp_path: Path) -> None:
     assert not any(str(p).endswith("/echo") for p in c.nodes)  # a builtin: nothing to ship
     # a name the shell may define itself is only worth a warning
     assert any("no-such-xyz-prog" in w for w in c.warnings)
+
+
+def test_a_shell_script_brings_the_programs_it_runs(tmp_path: Path, outside_tmp: Path) -> None:
+    """apachectl runs id, mkdir and mktemp, of coreutils, which apache2 does not depend on:
+    an executed shell script brings what it runs, its helpers' too, the scripts they are
+    in turn; a name found nowhere is a warning; a data script brings nothing."""
+    helper = script(outside_tmp / "helper", "#!/bin/sh\nexec readlink -f /\n")  # not in /tmp
+    s = script(tmp_path / "run", f"#!/usr/bin/env bash\nset -e\nlog() {{ logger \"$@\"; }}\n"
+               f"uid=$(id -u)\nmkdir -p /run/x && {helper} --x\n"
+               "case $1 in debug) no-such-xyz-prog ;; esac\n/var/lib/run/made-at-start\n"
+               "cat <<EOF\nUsage: not-run\nEOF\n/tmp/x/private-tmp\n")
+    data = script(tmp_path / "data.sh", "#!/bin/sh\nsha1sum x\n")
+    c = closure_of(tmp_path, contents=[str(s), str(helper), str(data)], units=[unit(str(s))])
+    got = {str(p): n for p, n in c.nodes.items()}
+    for name, by in (("id", s), ("mkdir", s), ("cat", s), ("readlink", helper)):
+        found = scripts.which(name)
+        assert found is not None and found in got, name
+        assert got[found].reason == f"run by script {by}" and got[found].executed, name
+    assert got[str(helper)].executed
+    assert scripts.which("logger") in got  # inside a function the script defines
+    assert not any(p.endswith(("/sha1sum", "/not-run", "/log")) for p in got)
+    warned = [w for w in c.warnings if str(s) in w and "no-such-xyz-prog" in w]
+    assert len(warned) == 1 and "made-at-start" not in warned[0], c.warnings
+    assert "private-tmp" not in warned[0], c.warnings
+
+
+def test_a_shell_script_finds_a_program_the_spec_places(tmp_path: Path) -> None:
+    tool = script(tmp_path / "tool", "#!/bin/sh\ntrue\n")
+    s = script(tmp_path / "run", "#!/bin/sh\nmy-own-xyz-tool\n")
+    c = closure_of(tmp_path, contents=[str(s), {"source": str(tool),
+                                                "target": "/usr/local/bin/my-own-xyz-tool"}],
+                   units=[unit(str(s))])
+    assert c.nodes[P("/usr/local/bin/my-own-xyz-tool")].executed  # run, so its #! followed
+    assert not any("my-own-xyz-tool" in w for w in c.warnings), c.warnings
+
+
+def test_a_sourced_files_functions_are_the_scripts(tmp_path: Path, outside_tmp: Path) -> None:
+    """mariadb's debian-start calls functions of the file it sources: not programs; what the
+    sourced file runs is run, and the file itself is needed in the image."""
+    inc = outside_tmp / "functions.sh"
+    inc.write_text("check_all() { basename x; }\n. /nowhere/xyz.sh\n")
+    s = script(tmp_path / "run", f"#!/bin/sh\n. {inc}\ncheck_all\n")
+    c = closure_of(tmp_path, contents=[str(s)], units=[unit(str(s))])
+    assert c.nodes[P(str(inc))].reason == f"sourced by script {s}"
+    assert not c.nodes[P(str(inc))].executed
+    assert scripts.which("basename") in paths(c)
+    assert not any("check_all" in w for w in c.warnings), c.warnings
+    needs, sourced = scripts.script_needs(s.read_bytes(), lambda p: None)
+    assert needs == ["check_all"] and sourced == []  # without the file: a program as far as known

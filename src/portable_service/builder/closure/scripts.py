@@ -16,12 +16,13 @@ missing the build says so in a warning, since running it would fail.
 
 from __future__ import annotations
 
+import functools
 import os
-import re
-import shlex
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from portable_service.builder.closure import (
     Context,
@@ -31,10 +32,11 @@ from portable_service.builder.closure import (
     follows_executed,
     in_nix_store,
     lstat_of,
+    within,
 )
 from portable_service.builder.closure.elf import SHEBANG_MAX, parse_shebang
 from portable_service.builder.units import Unit, exec_commands
-from portable_service.rules.portabled import SYSTEMD_PATH
+from portable_service.rules.portabled import RUNTIME_ROOTS, SCAFFOLD_FILES, SYSTEMD_PATH
 
 
 def read_shebang(path: Path) -> tuple[str, str | None] | None:
@@ -86,11 +88,6 @@ SHELL_BUILTINS = frozenset([
     "read", "readonly", "return", "set", "shift", "source", "test", "times", "trap", "true",
     "type", "ulimit", "umask", "unalias", "unset", "wait",
 ])
-# Reserved words after which a new command starts.
-SHELL_RESERVED = frozenset(["!", "{", "}", "if", "then", "else", "elif", "fi", "do", "done",
-                            "while", "until", "for", "case", "esac"])
-_SHELL_PUNCTUATION = frozenset("();<>|&")
-_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def shell_commands(unit: Unit) -> list[tuple[str, str]]:
@@ -110,42 +107,187 @@ def shell_commands(unit: Unit) -> list[tuple[str, str]]:
     return out
 
 
-def shell_script_programs(script: str) -> list[str]:
-    """The programs a simple shell script runs: the first word of each command.
+# Reserved words: never a program (the grammar can take one for a command word where it
+# does not know a form, such as POSIX's ``for NAME do``)
+SHELL_RESERVED = frozenset(["!", "{", "}", "if", "then", "else", "elif", "fi", "do", "done",
+                            "while", "until", "for", "in", "case", "esac", "function", "select"])
+# Commands that run the word after their options (and the options' values): the shell's
+# exec and command, and the programs nohup, nice, setsid and env (which also skips
+# VAR=value words)
+SHELL_WRAPPERS: dict[str, frozenset[str]] = {
+    "exec": frozenset(["-a"]), "command": frozenset(), "nohup": frozenset(),
+    "nice": frozenset(["-n", "--adjustment"]), "setsid": frozenset(),
+    "env": frozenset(["-u", "--unset", "-C", "--chdir", "-S", "--split-string"]),
+}
 
-    Assignments, redirections, builtins and words the shell expands at run time
-    ($VAR, `...`) are passed over; ``exec``, ``command`` and ``nohup`` lead to
-    the word after them.
+
+@functools.cache
+def _shell_parser() -> Any:
+    """tree-sitter's bash grammar (POSIX sh is a subset), loaded on first use (15 ms)."""
+    import tree_sitter
+    import tree_sitter_bash
+
+    return tree_sitter.Parser(tree_sitter.Language(tree_sitter_bash.language()))
+
+
+@dataclass(frozen=True)
+class ShellScript:
+    """What a shell script's text says it runs (:func:`parse_shell`)."""
+
+    programs: tuple[str, ...]  # command words, in order, each once (its functions too)
+    functions: frozenset[str]  # the functions it defines
+    sourced: tuple[str, ...]  # the files it reads with '.' or 'source', as written
+
+
+def parse_shell(script: str | bytes) -> ShellScript:
+    """The command word of every simple command, wherever it is: lists, pipelines,
+    conditions, loops, ``case`` branches, functions, ``$(...)`` and backquotes.
+
+    Passed over: builtins, reserved words, and command words the shell expands at run
+    time ($VAR, globs); ``exec``, ``command``, ``nohup``, ``nice``, ``setsid`` and ``env``
+    lead to the word after their options (``command -v`` runs nothing). Parsed with
+    tree-sitter's bash grammar: heredocs, quotes and comments are the shell's.
     """
-    lexer = shlex.shlex(script.replace("\n", ";"), posix=True, punctuation_chars=True)
-    lexer.whitespace_split = True
-    try:
-        tokens = list(lexer)
-    except ValueError:
-        return []  # unbalanced quotes: the shell fails on it before running anything
+    text = script.encode() if isinstance(script, str) else script
+    root = _shell_parser().parse(text).root_node
+    commands, functions = [], set()
+    values: dict[str, list[str]] = {}  # NAME=VALUE with a literal value, anywhere in the script
+    stack = [root]
+    while stack:  # depth first, in the script's order
+        node = stack.pop()
+        if node.type == "function_definition":
+            name = node.child_by_field_name("name")
+            if name is not None:
+                functions.add(name.text.decode(errors="replace"))
+        elif node.type == "command":
+            commands.append(node)
+        elif node.type == "variable_assignment":
+            name, value = node.child_by_field_name("name"), node.child_by_field_name("value")
+            found = _word(value, values) if value is not None else None
+            if name is not None and found:  # the first word: "$NAME args" splits at spaces
+                values.setdefault(name.text.decode(errors="replace"), []).extend(
+                    w.split()[0] for w in ((found,) if isinstance(found, str) else found)
+                    if w.strip())
+        stack.extend(reversed(node.children))
     programs: list[str] = []
-    at_start, skip_next = True, False
-    for token in tokens:
-        if skip_next:
-            skip_next = False
+    sourced: list[str] = []
+    for command in commands:
+        words = [_word(c, values) for c in command.children
+                 if c.type in ("command_name", "word", "string", "raw_string", "concatenation",
+                               "number", "simple_expansion", "expansion",
+                               "command_substitution")]
+        while words:
+            word = words.pop(0)
+            if isinstance(word, tuple):  # $DAEMON: each literal value the script gives it
+                programs.extend(w for w in word if w not in programs and w not in SHELL_BUILTINS)
+                break
+            if word is None or word in SHELL_RESERVED:
+                break  # expanded at run time, or a misread keyword
+            if word in (".", "source"):
+                if words and isinstance(words[0], str) and words[0] not in sourced:
+                    sourced.append(words[0])
+                break
+            if word not in SHELL_BUILTINS and word not in programs:
+                programs.append(word)  # nohup, nice, setsid, env are programs themselves
+            valued = SHELL_WRAPPERS.get(word)
+            if valued is None or (word == "command" and any(w in ("-v", "-V") for w in words)):
+                break  # not a wrapper; or command -v, which looks the name up and runs nothing
+            while words and isinstance(words[0], str) and (
+                    words[0].startswith("-") or (word == "env" and "=" in words[0])):
+                if words.pop(0) in valued and words:
+                    words.pop(0)  # the option's value
+    return ShellScript(tuple(programs), frozenset(functions), tuple(sourced))
+
+
+def shell_script_programs(script: str | bytes) -> list[str]:
+    """The programs a shell script runs, in order, each once: not its own functions."""
+    parsed = parse_shell(script)
+    return [p for p in parsed.programs if p not in parsed.functions]
+
+
+# files a script sources, and the files they source, read at most
+SOURCED_MAX = 16
+
+
+def script_needs(text: bytes, read: Callable[[str], bytes | None]) -> tuple[list[str], list[str]]:
+    """(programs, sourced files) a shell script needs in the image.
+
+    Programs: absolute paths (normalised) and names for systemd's PATH; paths made at run
+    time (/run, /tmp, /var/lib, ...) and paths relative to the working folder are passed
+    over. The files it sources with a literal absolute path (``. /usr/share/x/functions``)
+    are read with ``read`` (None: not there): their functions are the script's, and
+    what they run is run too; the image's own files (os-release) and run-time paths are
+    not read.
+    """
+    parsed = [parse_shell(text)]
+    sourced: list[str] = []
+    queue = list(parsed[0].sourced)
+    while queue and len(sourced) < SOURCED_MAX:
+        path = os.path.normpath(queue.pop(0))
+        if not path.startswith("/") or path in sourced or "$" in path or path in SCAFFOLD_FILES \
+                or any(within(path, r) for r in RUNTIME_ROOTS):
+            continue  # the image's own (os-release), or made at run time
+        data = read(path)
+        if data is None:
             continue
-        if set(token) <= _SHELL_PUNCTUATION:
-            if "<" in token or ">" in token:
-                skip_next = True  # a redirection: the next word is a file
-            else:
-                at_start = True  # ; && || | & ( ): a new command starts
+        sourced.append(path)
+        parsed.append(parse_shell(data))
+        queue.extend(parsed[-1].sourced)
+    functions = frozenset().union(*(p.functions for p in parsed))
+    out: list[str] = []
+    for word in (w for p in parsed for w in p.programs):
+        if "%" in word or word in functions:
             continue
-        if not at_start:
+        if word.startswith("/"):
+            word = os.path.normpath(word)
+            if any(within(word, r) for r in RUNTIME_ROOTS):
+                continue
+        elif "/" in word:
             continue
-        if token in SHELL_RESERVED or token in ("exec", "command", "nohup") or \
-                _ASSIGNMENT.match(token):
-            continue  # still waiting for the command word
-        at_start = False
-        if any(c in token for c in "$`%*?") or token in SHELL_BUILTINS:
-            continue
-        if token not in programs:
-            programs.append(token)
-    return programs
+        if word not in out:
+            out.append(word)
+    return out, sourced
+
+
+def _word(node: Any, values: dict[str, list[str]]) -> str | tuple[str, ...] | None:
+    """A word as written (:func:`_literal`), or for ``$NAME``, ``${NAME}``, ``"$NAME"`` and
+    ``${NAME:-DEFAULT}`` the literal values the script gives NAME (and the default): a
+    daemon's path is often set once at the top. None: known at run time only."""
+    if node.type == "command_name" and len(node.children) == 1:
+        node = node.children[0]
+    if node.type == "string" and [c.type for c in node.children][1:-1] in (
+            ["simple_expansion"], ["expansion"]):
+        node = node.children[1]
+    if node.type not in ("simple_expansion", "expansion"):
+        return _literal(node)
+    inner = [c for c in node.children if c.type not in ("$", "${", "}")]
+    if not inner or inner[0].type != "variable_name":
+        return None
+    found = list(values.get(inner[0].text.decode(errors="replace"), []))
+    if len(inner) == 3 and inner[1].type in (":-", "-"):
+        default = _literal(inner[2])
+        if default is None:
+            return None
+        found.append(default)
+    elif len(inner) != 1:
+        return None  # ${NAME#x}, ${NAME/a/b}, ...: computed
+    return tuple(found) or None
+
+
+def _literal(node: Any) -> str | None:
+    """A word's text when the shell takes it as written (quotes removed), else None."""
+    if node.type == "command_name":
+        if len(node.children) != 1:
+            return None
+        node = node.children[0]
+    if node.type in ("word", "number"):
+        text = node.text.decode(errors="replace")
+        return None if any(c in text for c in "*?[~\\") else text
+    if node.type == "raw_string":
+        return str(node.text.decode(errors="replace")[1:-1])
+    if node.type == "string" and all(c.type in ('"', "string_content") for c in node.children):
+        return str(node.text.decode(errors="replace")[1:-1])
+    return None
 
 
 def which(name: str, path: Sequence[str] = SYSTEMD_PATH, root: os.PathLike[str] | None = None) -> str | None:
@@ -199,8 +341,75 @@ def script_resolver(ctx: Context) -> Resolver:
                 return
             yield Node(PurePosixPath(found), Path(found), f"#!/usr/bin/env {name}", node.image,
                        executed=True)
+        if runs_shell(interp, arg) and st.st_size <= SHELL_SCRIPT_MAX:
+            yield from _script_programs(ctx, node)
 
     return resolve
+
+
+# a shell script larger than this is not read for its commands (an installer with a payload)
+SHELL_SCRIPT_MAX = 1 << 20
+
+
+def runs_shell(interp: str, arg: str | None) -> bool:
+    """Whether a ``#!`` line names a shell (directly, or through env)."""
+    name = os.path.basename(interp)
+    if name == "env":
+        name = os.path.basename(env_program(arg) or "")
+    return name in SHELLS
+
+
+def _script_programs(ctx: Context, node: Node) -> Iterator[Node]:
+    """The programs an executed shell script runs, found as systemd's PATH finds them.
+
+    A Debian package's script leans on Essential packages its package does not depend on
+    (apachectl runs id, mkdir and mktemp of coreutils): without them the script stops at
+    "id: not found". A name found nowhere is a warning, as for ``sh -c``: the script may
+    never reach it, or get it from a variable's PATH.
+    """
+    try:
+        with open(node.host, "rb") as f:
+            text = f.read(SHELL_SCRIPT_MAX)
+    except OSError:
+        return
+    def read(path: str) -> bytes | None:
+        try:
+            with open(ctx.host_of(path), "rb") as f:
+                return f.read(SHELL_SCRIPT_MAX)
+        except OSError:
+            return None
+
+    programs, sourced = script_needs(text, read)
+    for path in sourced:  # read by the script: data it cannot do without
+        yield Node(PurePosixPath(path), Path(ctx.host_of(path)), f"sourced by script {node.image}",
+                   node.image)
+    missing = []
+    for word in programs:
+        if word.startswith("/"):
+            found: str | None = word if os.path.lexists(ctx.host_of(word)) else None
+        else:
+            found = _which_in_image(ctx, word)
+        if found is None:
+            missing.append(word)
+            continue
+        yield Node(PurePosixPath(found), Path(ctx.host_of(found)), f"run by script {node.image}",
+                   node.image, executed=True)
+    if missing:
+        them = "it" if len(missing) == 1 else "them"
+        ctx.closure.warnings.append(
+            f"script {node.image} runs {', '.join(missing)}, not in systemd's PATH "
+            f"({':'.join(SYSTEMD_PATH)}) {ctx.here}: the script fails where it reaches {them}; "
+            f"{ctx.how_to_get('the package that has ' + them, 'install ' + them)} if it does")
+
+
+def _which_in_image(ctx: Context, name: str) -> str | None:
+    """Where systemd's PATH finds ``name`` in the image: a file the spec places there counts."""
+    for folder in SYSTEMD_PATH:
+        candidate = f"{folder}/{name}"
+        there = ctx.host_of(candidate)
+        if os.path.isfile(there) and os.access(there, os.X_OK):
+            return candidate
+    return None
 
 
 def _check_data_script(ctx: Context, node: Node, interp: str, arg: str | None) -> None:
