@@ -112,6 +112,9 @@ RULE_TEXT: dict[str, str] = {
                    "JIT's writable+executable memory (node, java, luajit, ...)",
     "profile-no-network": "under `nonetwork`/`strict` a service that asks for the network "
                           "gets no internet sockets",
+    "run-replaced": "`ReadWritePaths=/run` (or `ReadOnlyPaths=`, ...) puts the image's "
+                    "read-only /run over the profile's tmpfs: its sockets (D-Bus, the journal) "
+                    "cannot be mounted, `status=226/NAMESPACE`",
     "path-read-only": "an `Exec*=` argument names a place under `/var/lib`, `/var/cache` or "
                       "`/var/log` the unit does not make writable: `Read-only file system`",
     "environment-file-host": "`EnvironmentFile=` is read on the host before the image is "

@@ -579,3 +579,28 @@ def test_a_shell_script_needs_the_programs_it_runs(container, tmp_path, psdemo, 
         assert problems == [], problems
         assert out.started and "uid " in out.said, out.said
 
+
+
+# -- 9. /run is the profile's
+
+
+@pytest.mark.parametrize("profile", ["default", "strict", "trusted"])
+def test_read_write_paths_run_replaces_the_profiles_tmpfs(container, tmp_path, psdemo,
+                                                          profile) -> None:
+    """nsd's unit says ReadWritePaths=/run: that mount wins over the tmpfs the profile puts
+    on /run, which is then the image's, read-only, and the profile's sockets below it
+    cannot be mounted. Under trusted (the host's /run) it starts."""
+    image = build(tmp_path, "runrw", {"runrw.service": ONESHOT + "ReadWritePaths=/run\n"}, psdemo)
+    problems = check(container, image, profile)
+    out = run_image(container, image, "runrw.service", profile=profile)
+    log(container, f"run-replaced ({profile})", problems, out)
+    if profile == "trusted":
+        assert problems == [], problems
+        assert out.started, out.said
+    else:
+        assert rules(problems) == {("error", "run-replaced")}, problems
+        assert not out.started and "status=226/NAMESPACE" in out.said, out.said
+    clean = build(tmp_path / "sub", "runrw", {"runrw.service": ONESHOT + "RuntimeDirectory=runrw\n"},
+                  psdemo)
+    assert check(container, clean, profile) == []
+    assert run_image(container, clean, "runrw.service", profile=profile).started

@@ -76,6 +76,15 @@ def test_profiles_differ_between_versions() -> None:
         assert p.setting(v, "trusted", "MemoryDenyWriteExecute") is None
 
 
+def test_what_each_profile_mounts_below_run() -> None:
+    assert "/run/dbus/system_bus_socket" in p.run_mounts(252, "default")
+    assert "/run/systemd/notify" in p.run_mounts(247, "strict")
+    assert p.run_mounts(257, "strict") == ["/run/systemd/journal/socket"]  # BindLogSockets=yes
+    for v in VERSIONS:
+        assert p.run_mounts(v, "trusted") == []  # the host's /run, whole
+        assert p.run_mounts(v, "nonetwork")
+
+
 def test_data_version_picks_the_newest_not_newer() -> None:
     assert data_version(None) is None
     assert data_version(247) == 247

@@ -267,7 +267,7 @@ _EXEC_DIRECTORIES = {
     # tests/e2e/test_mount_points.py shows it starting without /run/NAME on 247-257.
 }
 # directives whose values are [-+]PATH, mounted or remounted in place
-_PATH_DIRECTIVES = (
+PATH_DIRECTIVES = (
     "ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths", "ExecPaths", "NoExecPaths",
 )
 # Paths on API file systems are mounted by systemd itself.
@@ -311,7 +311,7 @@ def mount_points(unit: Unit) -> list[MountPoint]:
         for value in unit.values(section, "TemporaryFileSystem"):
             for word in value.split():
                 add(word.split(":", 1)[0], f"TemporaryFileSystem={word}")
-        for key in _PATH_DIRECTIVES:
+        for key in PATH_DIRECTIVES:
             for value in unit.values(section, key):
                 for word in value.split():
                     if word.startswith("-"):

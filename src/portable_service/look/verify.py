@@ -25,6 +25,7 @@ from portable_service.builder.closure.scripts import (
     shell_commands,
 )
 from portable_service.builder.units import (
+    PATH_DIRECTIVES,
     Unit,
     exec_commands,
     exec_programs,
@@ -727,6 +728,30 @@ def _paths_in(word: str) -> Iterator[str]:
             return
 
 
+def check_run_replaced(unit: Unit, target: Target) -> Iterator[Problem]:
+    """``ReadWritePaths=/run`` (or ReadOnly, Inaccessible, Exec, NoExec): systemd keeps one
+    mount per path, and these win over the tmpfs the profile puts on /run (namespace.c,
+    MountMode order), so /run is the image's, read-only: the profile's sockets below it
+    cannot be mounted and every start fails (status=226/NAMESPACE)."""
+    hit = [v for v in target.versions() if profiles.run_mounts(v, target.profile)]
+    if not hit:
+        return
+    mounts = profiles.run_mounts(hit[-1], target.profile)
+    for section in unit.exec_sections():
+        for key in PATH_DIRECTIVES:
+            for value in unit.values(section, key):
+                for word in value.split():
+                    if posixpath.normpath("/" + word.lstrip("-+").lstrip("/")) != "/run":
+                        continue
+                    yield Problem(ERROR, "run-replaced", unit.origin,
+                                  f"{key}={word} in {unit.name} puts the image's read-only /run "
+                                  f"where the {target.profile!r} profile mounts a tmpfs "
+                                  f"({target.on(hit)}): its {mounts[0]} cannot be mounted there "
+                                  "and every start fails with status=226/NAMESPACE",
+                                  f"drop /run from {key}= (the unit's /run is a writable tmpfs "
+                                  "already), or name the folder below it (RuntimeDirectory=)")
+
+
 def check_read_only_paths(unit: Unit, target: Target) -> Iterator[Problem]:
     """Arguments naming a place under /var/lib, /var/cache or /var/log that the unit does not
     make writable: the image is read-only, and every profile but trusted adds
@@ -895,6 +920,7 @@ def verify(fs: ImageFS, image_name: str, target: Target | None = None) -> list[P
         problems.extend(check_users(unit, target))
         problems.extend(check_profile(ifs, unit, target, socket_services))
         problems.extend(check_read_only_paths(unit, target))
+        problems.extend(check_run_replaced(unit, target))
         unit_needs, found = check_unit_needs(ifs, unit)
         problems.extend(unit_needs)
         programs |= found

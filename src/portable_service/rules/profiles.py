@@ -37,3 +37,20 @@ def sets_yes(version: int, profile: str, key: str) -> bool:
 def is_yes(value: str | None) -> bool:
     """systemd's parse_boolean, true side."""
     return value is not None and value.strip().lower() in ("1", "yes", "y", "true", "t", "on")
+
+
+def run_mounts(version: int, profile: str) -> list[str]:
+    """What the profile mounts below /run in the unit's root (the D-Bus and journal sockets,
+    /run/systemd/notify): on the tmpfs the profile's TemporaryFileSystem=/run or
+    MountAPIVFS=yes puts there (``trusted`` binds the host's whole /run instead)."""
+    found = []
+    for key in ("BindReadOnlyPaths", "BindPaths"):
+        for value in assigned_values(profile_sections(version, profile), "Service", key):
+            for word in value.split():
+                source, _, rest = word.lstrip("-").partition(":")
+                target = rest.split(":", 1)[0] if rest else source
+                if target.startswith("/run/"):
+                    found.append(target)
+    if sets_yes(version, profile, "BindLogSockets"):  # 257: the journal's sockets
+        found.append("/run/systemd/journal/socket")
+    return found
