@@ -108,6 +108,11 @@ RULE_TEXT: dict[str, str] = {
                     "`status=217/USER`",
     "user-dynamic": "under `default`, `nonetwork`, `strict` the profile's `DynamicUser=yes` "
                     "makes `User=` a dynamic user's name",
+    "port-below-1024": "`PrivateUsers=yes` (every profile but `trusted`) keeps capabilities "
+                       "out of the host's network: no grant binds a port below 1024 "
+                       "(`Permission denied`); a `.socket` unit can",
+    "capabilities-not-granted": "`CapabilityBoundingSet=` keeps capabilities a service that is "
+                                "not root does not hold without `AmbientCapabilities=`",
     "profile-jit": "`MemoryDenyWriteExecute=yes` (every profile but `trusted`) refuses a "
                    "JIT's writable+executable memory (node, java, luajit, ...)",
     "profile-no-network": "under `nonetwork`/`strict` a service that asks for the network "

@@ -604,3 +604,43 @@ def test_read_write_paths_run_replaces_the_profiles_tmpfs(container, tmp_path, p
                   psdemo)
     assert check(container, clean, profile) == []
     assert run_image(container, clean, "runrw.service", profile=profile).started
+
+
+# -- 10. capabilities the service will not hold
+
+PORT_LOW = 987  # below 1024: needs CAP_NET_BIND_SERVICE in the host's network
+
+
+@pytest.mark.parametrize("profile,ambient", [("default", False), ("default", True),
+                                             ("trusted", False), ("trusted", True)])
+def test_a_port_below_1024(container, tmp_path, psdemo, profile, ambient) -> None:
+    """nsd's unit lists CAP_NET_BIND_SERVICE in CapabilityBoundingSet= for port 53. A
+    dynamic user holds no capabilities unless AmbientCapabilities= grants them, and under
+    PrivateUsers=yes (every profile but trusted) not even then: they hold in the service's
+    own user namespace, not in the host's network. Unless the kernel lets every user bind
+    low ports (net.ipv4.ip_unprivileged_port_start), then nothing is denied."""
+    grant = "AmbientCapabilities=CAP_NET_BIND_SERVICE\n" if ambient else ""
+    image = build(tmp_path, "lowport", {"lowport.service": (
+        "[Service]\nType=exec\nDynamicUser=yes\nCapabilityBoundingSet=CAP_NET_BIND_SERVICE\n"
+        f"{grant}ExecStart={PSDEMO} serve {PORT_LOW} low\n")}, psdemo)
+    problems = check(container, image, profile)
+
+    def reach(c: Container) -> bool:
+        return not port_closed(PORT_LOW) and tcp_get(PORT_LOW, timeout=3) == "low\n"
+
+    out = run_image(container, image, "lowport.service", profile=profile, probe=reach)
+    log(container, f"capabilities ({profile}, {'ambient' if ambient else 'bounding set only'})",
+        problems, out)
+    low_ports_open = int(container.run(
+        "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start").stdout) <= PORT_LOW
+    if profile == "default":
+        assert rules(problems) == {("warning", "port-below-1024")}, problems
+    elif not ambient:
+        assert rules(problems) == {("warning", "capabilities-not-granted")}, problems
+        assert problems[0].fix.endswith("AmbientCapabilities=CAP_NET_BIND_SERVICE"), problems
+    else:
+        assert problems == [], problems
+    if problems and not low_ports_open:
+        assert not out.probe and "Permission denied" in out.said, out.said
+    else:  # granted, or a kernel that denies nothing
+        assert out.started and out.probe, out.said

@@ -85,6 +85,19 @@ def test_what_each_profile_mounts_below_run() -> None:
         assert p.run_mounts(v, "nonetwork")
 
 
+def test_the_bounding_set_with_the_profiles_lines() -> None:
+    nsd = ["CAP_NET_BIND_SERVICE CAP_NET_RAW"]
+    for v in VERSIONS:
+        assert p.keeps_capability(v, "default", nsd, "CAP_NET_RAW")  # the unit's own, ORed
+        assert p.keeps_capability(v, "default", [], "cap_setuid")  # the profile's
+        assert not p.keeps_capability(v, "default", [], "CAP_SYS_TIME")
+        assert not p.keeps_capability(v, "strict", nsd, "CAP_NET_BIND_SERVICE")  # emptied
+        assert p.keeps_capability(v, "trusted", [], "CAP_SYS_TIME")  # not limited
+        assert not p.keeps_capability(v, "trusted", nsd, "CAP_SYS_TIME")
+        assert not p.keeps_capability(v, "trusted", ["~CAP_SYS_TIME"], "CAP_SYS_TIME")
+        assert p.keeps_capability(v, "trusted", ["~CAP_SYS_TIME"], "CAP_CHOWN")
+
+
 def test_data_version_picks_the_newest_not_newer() -> None:
     assert data_version(None) is None
     assert data_version(247) == 247

@@ -644,6 +644,59 @@ def check_users(unit: Unit, target: Target) -> Iterator[Problem]:
                           "DynamicUser=yes in the unit")
 
 
+def check_capabilities(unit: Unit, target: Target, socket_services: set[str]) -> Iterator[Problem]:
+    """Capabilities a unit asks for that its service will not hold.
+
+    Every profile but trusted sets PrivateUsers=yes: the service's capabilities hold only
+    in a user namespace of its own, never in the host's network, so no grant lets it bind
+    a port below 1024 (nsd's unit lists CAP_NET_BIND_SERVICE for port 53); a .socket unit
+    can, since systemd binds it on the host. And CapabilityBoundingSet= only takes
+    capabilities away: a service that is not root holds none that AmbientCapabilities=
+    does not grant.
+    """
+    if not unit.name.endswith(".service"):
+        return
+    bounding = unit.values("Service", "CapabilityBoundingSet")
+    wanted: list[str] = []
+    for value in bounding:
+        if not value.strip().startswith("~"):  # not a list of what to drop
+            wanted += [w.upper() for w in value.split() if w.upper() not in wanted]
+    ambient = {w.upper() for value in unit.values("Service", "AmbientCapabilities")
+               for w in value.lstrip("~").split()}
+    if any({"privileged", "ambient"} & set(c.flags) for c in exec_commands(unit)
+           if c.directive.startswith("ExecStart=")):
+        return  # '+' or '!': run with the privileges the manager has
+    private = [v for v in target.versions() if profiles.sets_yes(v, target.profile, "PrivateUsers")]
+    if private and "CAP_NET_BIND_SERVICE" in {*wanted, *ambient} and unit.name not in socket_services:
+        yield Problem(WARNING, "port-below-1024", unit.origin,
+                      f"{unit.name} asks for CAP_NET_BIND_SERVICE, but the {target.profile!r} "
+                      f"profile sets PrivateUsers=yes ({target.on(private)}): capabilities hold "
+                      "only in the service's own user namespace, never in the host's network, "
+                      "so binding a port below 1024 is 'Permission denied' whatever the unit "
+                      "grants (unless the host lowers net.ipv4.ip_unprivileged_port_start)",
+                      "listen in a .socket unit (systemd binds it on the host and passes it "
+                      "in), use a port from 1024 up, or attach with --profile trusted")
+        wanted = [c for c in wanted if c != "CAP_NET_BIND_SERVICE"]
+    dynamic = [v for v in target.versions() if profiles.sets_yes(v, target.profile, "DynamicUser")]
+    user = _last(unit, "Service", "User")
+    as_root = not dynamic and not profiles.is_yes(_last(unit, "Service", "DynamicUser")) and \
+        user in (None, "", "root", "0")
+    missing = [c for c in wanted if c not in ambient]
+    if as_root or not missing:
+        return  # root: the bounding set is what it has
+    grantable = [c for c in missing  # left in the bounding set with the profile's lines
+                 if all(profiles.keeps_capability(v, target.profile, bounding, c)
+                        for v in target.versions())]
+    who = (f"the {target.profile!r} profile runs it as a dynamic user ({target.on(dynamic)})"
+           if dynamic else f"it runs as {user or 'a dynamic user'}")
+    fix = (f"grant what it uses with AmbientCapabilities={' '.join(grantable)}" if grantable
+           else f"the {target.profile!r} profile allows none of them: attach with --profile "
+                "trusted")
+    yield Problem(WARNING, "capabilities-not-granted", unit.origin,
+                  f"CapabilityBoundingSet= in {unit.name} keeps {', '.join(missing)}, but {who}, "
+                  "which holds no capabilities unless AmbientCapabilities= grants them", fix)
+
+
 # programs that generate code at run time (a JIT): MemoryDenyWriteExecute=yes breaks them
 JIT_PROGRAM = re.compile(r"^(node|nodejs|java|luajit[0-9.-]*|pypy[0-9.]*|dotnet|mono|deno|bun|"
                          r"php[0-9.]*|php-fpm[0-9.]*|php-cgi[0-9.]*|beam\.smp|qemu-.*)$")
@@ -918,6 +971,7 @@ def verify(fs: ImageFS, image_name: str, target: Target | None = None) -> list[P
         problems.extend(check_keys(unit, target, broken))
         problems.extend(check_trigger(unit, attached, in_image))
         problems.extend(check_users(unit, target))
+        problems.extend(check_capabilities(unit, target, socket_services))
         problems.extend(check_profile(ifs, unit, target, socket_services))
         problems.extend(check_read_only_paths(unit, target))
         problems.extend(check_run_replaced(unit, target))

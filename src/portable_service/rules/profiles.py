@@ -54,3 +54,27 @@ def run_mounts(version: int, profile: str) -> list[str]:
     if sets_yes(version, profile, "BindLogSockets"):  # 257: the journal's sockets
         found.append("/run/systemd/journal/socket")
     return found
+
+
+def keeps_capability(version: int, profile: str, unit_lines: list[str], cap: str) -> bool:
+    """Whether ``cap`` is in the bounding set of a unit whose own CapabilityBoundingSet=
+    lines are ``unit_lines``, with the profile's drop-in read after them.
+
+    systemd's config_parse_capability_set: the first list sets the set (all capabilities
+    before it), later lists are added (OR), a "~" list is taken away, and an empty
+    assignment leaves the empty set ("strict" has one: no capabilities at all).
+    """
+    cap = cap.upper()
+    profile_lines = [v for k, v in profile_sections(version, profile).get("Service", [])
+                     if k == "CapabilityBoundingSet"]
+    kept: bool | None = None  # None: not set yet, every capability
+    for value in (v.strip() for v in [*unit_lines, *profile_lines]):
+        if not value:
+            kept = False
+            continue
+        named = cap in {w.upper() for w in value.lstrip("~").split()}
+        if value.startswith("~"):
+            kept = not named if kept is None else kept and not named
+        else:
+            kept = named if kept is None else kept or named
+    return kept is not False
