@@ -5,7 +5,10 @@ splits it into the interpreter and one optional argument. For
 ``#!/usr/bin/env NAME`` the interpreter is ``env`` and NAME is looked up in the
 PATH a service starts with: systemd's fixed default. A unit's own
 ``Exec*=/usr/bin/env NAME`` brings NAME the same way (:func:`env_commands`), and the
-commands of ``Exec*=/bin/sh -c 'SCRIPT'`` are followed too (:func:`shell_commands`).
+commands of ``Exec*=/bin/sh -c 'SCRIPT'`` are followed too (:func:`shell_commands`), as
+are the commands of an executed shell script (:func:`script_needs`, read with
+tree-sitter's bash grammar): Debian's scripts run programs of Essential packages their
+package does not depend on.
 
 Only executed scripts (``Node.executed``: what the units run, and what that runs)
 bring their interpreters. A script that is data (a folder entry, a package file:
