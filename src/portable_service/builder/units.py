@@ -22,6 +22,7 @@ from portable_service.rules.unitfile import (
     Finding,
     Severity,
     assigned_values,
+    bind_paths,
     parse_exec,
     read_unit_text,
 )
@@ -305,8 +306,7 @@ def mount_points(unit: Unit) -> list[MountPoint]:
         for key in ("BindPaths", "BindReadOnlyPaths"):
             for value in unit.values(section, key):
                 for word in value.split():
-                    src, _, rest = word.lstrip("-").partition(":")
-                    dest = rest.split(":", 1)[0] if rest else src
+                    src, dest = bind_paths(word)
                     add(dest, f"{key}={word}", is_file=not bind_source_is_folder(src), bind=True)
         for value in unit.values(section, "TemporaryFileSystem"):
             for word in value.split():

@@ -53,6 +53,7 @@ from portable_service.rules.portabled import (
     image_prefix,
     prefix_matches,
 )
+from portable_service.rules.unitfile import bind_paths
 
 
 @dataclass(frozen=True)
@@ -367,11 +368,13 @@ def _check_script_commands(fs: ImageFS, program: str, real: str,
     size = fs.stat(real).size
     if size > SHELL_SCRIPT_MAX:
         return
+
     def read(path: str) -> bytes | None:
         found = resolve(fs, path)
-        if found is None or fs.stat(found).kind != "file":
+        if found is None:
             return None
-        return fs.read(found, 0, min(fs.stat(found).size, SHELL_SCRIPT_MAX))
+        st = fs.stat(found)
+        return fs.read(found, 0, min(st.size, SHELL_SCRIPT_MAX)) if st.kind == "file" else None
 
     missing = []
     for word in script_needs(fs.read(real, 0, size), read)[0]:
@@ -819,10 +822,8 @@ def check_read_only_paths(unit: Unit, target: Target) -> Iterator[Problem]:
                 writable += [f"{root}/{w.split(':', 1)[0]}" for w in value.split()]
         for key in ("ReadWritePaths", "BindPaths", "TemporaryFileSystem"):
             for value in unit.values(section, key):
-                for w in value.split():
-                    src, _, rest = w.lstrip("-+").partition(":")
-                    writable.append(rest.split(":", 1)[0] if rest and key == "BindPaths"
-                                    else src)
+                writable += [bind_paths(w)[1] if key == "BindPaths"
+                             else w.lstrip("-+").partition(":")[0] for w in value.split()]
     strict = [v for v in target.versions()
               if profiles.setting(v, target.profile, "ProtectSystem") == "strict"]
     why = (f"the image is read-only and the {target.profile!r} profile sets ProtectSystem=strict"

@@ -69,7 +69,6 @@ def is_portable_unit(name: str) -> bool:
     return name.endswith(UNIT_TYPES) and "/" not in name
 
 
-
 def bind_source_is_folder(source: str) -> bool:
     """Whether a ``BindPaths=``/``BindReadOnlyPaths=`` source needs a folder to mount on.
 

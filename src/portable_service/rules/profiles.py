@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 
 from portable_service.rules import PROFILES, data_text
-from portable_service.rules.unitfile import assigned_values, read_unit_text
+from portable_service.rules.unitfile import assigned_values, bind_paths, read_unit_text
 
 DEFAULT_PROFILE = "default"
 
@@ -47,8 +47,7 @@ def run_mounts(version: int, profile: str) -> list[str]:
     for key in ("BindReadOnlyPaths", "BindPaths"):
         for value in assigned_values(profile_sections(version, profile), "Service", key):
             for word in value.split():
-                source, _, rest = word.lstrip("-").partition(":")
-                target = rest.split(":", 1)[0] if rest else source
+                target = bind_paths(word)[1]
                 if target.startswith("/run/"):
                     found.append(target)
     if sets_yes(version, profile, "BindLogSockets"):  # 257: the journal's sockets

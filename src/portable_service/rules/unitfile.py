@@ -546,3 +546,10 @@ def assigned_values(sections: Mapping[str, Sequence[tuple[str, str]]], section: 
     return out
 
 
+
+
+def bind_paths(word: str) -> tuple[str, str]:
+    """(source, destination) of one ``BindPaths=``/``BindReadOnlyPaths=`` word:
+    ``[-]SOURCE[:DESTINATION[:OPTIONS]]``, the destination being the source when not given."""
+    source, _, rest = word.lstrip("-").partition(":")
+    return source, rest.split(":", 1)[0] if rest else source

@@ -370,19 +370,17 @@ def _script_programs(ctx: Context, node: Node) -> Iterator[Node]:
     "id: not found". A name found nowhere is a warning, as for ``sh -c``: the script may
     never reach it, or get it from a variable's PATH.
     """
-    try:
-        with open(node.host, "rb") as f:
-            text = f.read(SHELL_SCRIPT_MAX)
-    except OSError:
-        return
-    def read(path: str) -> bytes | None:
+    def read(host: str) -> bytes | None:
         try:
-            with open(ctx.host_of(path), "rb") as f:
+            with open(host, "rb") as f:
                 return f.read(SHELL_SCRIPT_MAX)
         except OSError:
             return None
 
-    programs, sourced = script_needs(text, read)
+    text = read(str(node.host))
+    if text is None:
+        return
+    programs, sourced = script_needs(text, lambda path: read(ctx.host_of(path)))
     for path in sourced:  # read by the script: data it cannot do without
         yield Node(PurePosixPath(path), Path(ctx.host_of(path)), f"sourced by script {node.image}",
                    node.image)
